@@ -1,0 +1,31 @@
+// `app.upstream`: read (and, as features land, steer) pools at run time.
+import type { UpstreamPool, PoolSnapshot } from './pool/pool.js'
+import type { TargetSnapshot } from './pool/target.js'
+
+export interface UpstreamPoolApi {
+  readonly name: string
+  /** Every target with its state and counters, as of now. */
+  targets: () => TargetSnapshot[]
+}
+
+export interface UpstreamApi {
+  /** Every pool with its targets, as of now. */
+  pools: () => PoolSnapshot[]
+  /** One pool; throws for a name that is not configured. */
+  pool: (name: string) => UpstreamPoolApi
+}
+
+export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamApi {
+  const find = (name: string): UpstreamPool => {
+    const pool = pools.get(name)
+    if (pool === undefined) throw new Error(`fastify-upstream: no pool named "${name}" (pools: ${[...pools.keys()].join(', ')})`)
+    return pool
+  }
+  return {
+    pools: () => [...pools.values()].map((p) => p.snapshot()),
+    pool: (name) => {
+      const pool = find(name)
+      return { name, targets: () => pool.snapshot().targets }
+    }
+  }
+}

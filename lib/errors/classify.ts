@@ -1,0 +1,95 @@
+// The one classifier: an error (undici, Node system error, our own timeouts) and where the
+// exchange had got to become one RFC 9209 error type, a phase and a cause. `failure.ts` turns
+// that into the immutable record every response, header, log line and counter reads.
+import type { Phase, ProxyErrorType } from './taxonomy.js'
+
+export interface Classified {
+  error: ProxyErrorType | 'client_aborted'
+  phase: Phase
+  /** The system or library code that caused it, e.g. `ECONNREFUSED`, `UND_ERR_HEADERS_TIMEOUT`. */
+  cause: string | null
+}
+
+/** Where an attempt had got to when it failed. */
+export interface Progress {
+  /** A socket was connected and the request started to go out. */
+  connected: boolean
+  /** The request (and its body) had been fully handed to the socket. */
+  requestSent: boolean
+  /** Response headers had arrived. */
+  responseStarted: boolean
+}
+
+/** Codes that name a failing certificate rather than a failing handshake. */
+const CERTIFICATE_CODES = new Set([
+  'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_REVOKED', 'CERT_UNTRUSTED', 'CERT_REJECTED',
+  'CERT_SIGNATURE_FAILURE', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'ERR_TLS_CERT_ALTNAME_INVALID', 'HOSTNAME_MISMATCH', 'INVALID_CA', 'PATH_LENGTH_EXCEEDED'
+])
+
+const TERMINATED_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED', 'UND_ERR_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE'])
+
+/** Gateway-made errors carry one of these codes so the classifier can read them like any other. */
+export const GATEWAY_CODES = {
+  totalTimeout: 'FST_UPSTREAM_TOTAL_TIMEOUT',
+  clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED'
+} as const
+
+export function classify (err: unknown, progress: Progress): Classified {
+  const code = findCode(err)
+  const cause = code
+  const phaseAfterConnect: Phase = progress.responseStarted ? 'body' : progress.requestSent ? 'headers' : 'send'
+  const at = (error: ProxyErrorType, phase: Phase): Classified => ({ error, phase, cause })
+
+  if (code === GATEWAY_CODES.clientAborted) return { error: 'client_aborted', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
+  if (code === GATEWAY_CODES.totalTimeout) {
+    return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
+  }
+  if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
+
+  switch (code) {
+    case 'ENOTFOUND': case 'EAI_NONAME': case 'EAI_NODATA': case 'EAI_FAIL': return at('dns_error', 'dns')
+    case 'EAI_AGAIN': return at('dns_timeout', 'dns')
+    case 'ECONNREFUSED': return at('connection_refused', 'connect')
+    case 'EHOSTUNREACH': case 'ENETUNREACH': case 'EHOSTDOWN': case 'ENETDOWN': case 'EADDRNOTAVAIL':
+      return at('destination_ip_unroutable', 'connect')
+    case 'UND_ERR_CONNECT_TIMEOUT': return at('connection_timeout', 'connect')
+    case 'ETIMEDOUT':
+      return progress.connected ? at(progress.responseStarted ? 'connection_read_timeout' : 'http_response_timeout', phaseAfterConnect) : at('connection_timeout', 'connect')
+    case 'UND_ERR_HEADERS_TIMEOUT': return at('http_response_timeout', 'headers')
+    case 'UND_ERR_HEADERS_OVERFLOW': return at('http_response_header_section_size', 'headers')
+    case 'UND_ERR_BODY_TIMEOUT': return at('connection_read_timeout', 'body')
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH': return at('http_response_incomplete', 'body')
+  }
+  if (CERTIFICATE_CODES.has(code)) return at('tls_certificate_error', 'tls')
+  if (code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) return at('tls_protocol_error', 'tls')
+  if (code.startsWith('HPE_') || code.startsWith('UND_ERR_RESPONSE') || code === 'UND_ERR_INFO') {
+    return progress.responseStarted ? at('http_response_incomplete', 'body') : at('http_protocol_error', 'headers')
+  }
+  if (TERMINATED_CODES.has(code)) {
+    if (progress.responseStarted) return at('http_response_incomplete', 'body')
+    // A reset while TLS is still being set up is the handshake failing, not the service.
+    return progress.connected ? at('connection_terminated', phaseAfterConnect) : at('connection_terminated', 'connect')
+  }
+  return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
+}
+
+/**
+ * The most specific code in an error and its `cause` chain. undici wraps socket errors
+ * (`UND_ERR_SOCKET` around `ECONNRESET`), and the inner code says more.
+ */
+export function findCode (err: unknown): string | null {
+  let found: string | null = null
+  let current: unknown = err
+  for (let depth = 0; depth < 5 && current !== null && typeof current === 'object'; depth++) {
+    const code = (current as { code?: unknown }).code
+    if (typeof code === 'string' && code !== '') {
+      // Prefer a system/TLS code over undici's generic wrapper code.
+      if (found === null || found === 'UND_ERR_SOCKET' || found === 'UND_ERR') found = code
+      if (!code.startsWith('UND_ERR_SOCKET') && code !== 'UND_ERR') break
+    }
+    current = (current as { cause?: unknown }).cause
+  }
+  return found
+}

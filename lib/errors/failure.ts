@@ -1,0 +1,132 @@
+// The failure record: built once per failed request from the classifier's verdict and the
+// exchange's context, frozen, and then only read — by the response body, Proxy-Status, the log
+// record, counters and the dashboard.
+import { TAXONOMY, type Blame, type Phase, type ProxyErrorType, type Sent } from './taxonomy.js'
+import type { Timeouts } from '../options/config.js'
+
+export interface AttemptRecord {
+  /** `host:port` of the target tried. */
+  target: string
+  /** The error type of this try, or null if it got a response. */
+  error: ProxyErrorType | null
+  cause: string | null
+  phase: Phase
+  ms: number
+  /** The upstream status, when it answered. */
+  status?: number
+}
+
+export interface Failure {
+  readonly error: ProxyErrorType
+  readonly status: number
+  readonly title: string
+  /** Public words: what happened, nothing internal. */
+  readonly detail: string
+  /** Operator words: what to do, naming targets and options (full exposure only). */
+  readonly hint: string
+  readonly blame: Blame
+  readonly phase: Phase
+  readonly temporary: boolean
+  readonly sent: Sent
+  readonly cause: string | null
+  readonly pool: string | null
+  /** `host:port` of the target of the last try. */
+  readonly target: string | null
+  readonly attempts: readonly AttemptRecord[]
+  /** Milliseconds from the request's arrival to the failure. */
+  readonly ms: number
+  /** Seconds, when a wait is known. */
+  readonly retryAfter: number | null
+  /** The upstream's status, when the gateway replaces an upstream answer. */
+  readonly receivedStatus: number | null
+}
+
+export interface FailureContext {
+  phase: Phase
+  cause?: string | null
+  pool?: string | null
+  target?: string | null
+  attempts?: readonly AttemptRecord[]
+  ms: number
+  /** The timeouts in force for this request (for hints that name them). */
+  timeouts?: Timeouts | null
+  /** A status other than the taxonomy's (a Fastify 4xx is `http_request_error` with its own). */
+  status?: number
+  retryAfter?: number | null
+  receivedStatus?: number | null
+  /** Extra operator words: per-target reasons, what the budget did, the request's problem. */
+  why?: string
+  /** Overrides the public detail (e.g. Fastify's message for a client error). */
+  detail?: string
+}
+
+export function makeFailure (error: ProxyErrorType, ctx: FailureContext): Failure {
+  const kind = TAXONOMY[error]
+  const status = ctx.status ?? kind.status
+  return Object.freeze({
+    error,
+    status,
+    title: error === 'http_request_error' ? statusTitle(status) : kind.title,
+    detail: ctx.detail ?? kind.detail,
+    hint: hintFor(error, ctx),
+    blame: kind.blame,
+    phase: ctx.phase,
+    temporary: kind.temporary,
+    sent: kind.sent,
+    cause: ctx.cause ?? null,
+    pool: ctx.pool ?? null,
+    target: ctx.target ?? null,
+    attempts: Object.freeze([...(ctx.attempts ?? [])]),
+    ms: Math.round(ctx.ms),
+    retryAfter: ctx.retryAfter ?? null,
+    receivedStatus: ctx.receivedStatus ?? null
+  })
+}
+
+function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
+  const target = ctx.target ?? 'the target'
+  const pool = ctx.pool !== null && ctx.pool !== undefined ? `pool "${ctx.pool}"` : 'the pool'
+  const code = ctx.cause !== null && ctx.cause !== undefined ? ` (${ctx.cause})` : ''
+  const t = ctx.timeouts
+  const tries = (ctx.attempts?.length ?? 0) > 1 ? ` after ${ctx.attempts!.length} tries` : ''
+  const extra = ctx.why !== undefined ? ` ${ctx.why}` : ''
+  const hints: Record<ProxyErrorType, () => string> = {
+    dns_error: () => `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`,
+    dns_timeout: () => `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`,
+    connection_refused: () => `Nothing is listening on ${target}${tries}. Check that the service is running and bound to the right port; if it is restarting, health checks will take it out of rotation.`,
+    destination_ip_unroutable: () => `No route to ${target}${code}. Check the address, the network and any firewall between the gateway and the service.`,
+    connection_timeout: () => `${target} did not accept a connection within ${t?.connect ?? '?'} ms (timeouts.connect)${tries}. The host may be down, overloaded, or dropping packets; raise timeouts.connect only if connections are known to be slow.`,
+    tls_protocol_error: () => `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`,
+    tls_certificate_error: () => `${target} presented a certificate the gateway rejects${code}. Give the issuing CA in tls.ca, fix the name with tls.servername, or renew the certificate; tls.rejectUnauthorized is true.`,
+    connection_terminated: () => `${target} closed the connection before answering${code}. The service may have crashed or restarted, or closed an idle keep-alive connection; if the latter, set connections.keepAlive below the service's own keep-alive timeout.`,
+    http_response_timeout: () => ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
+      ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
+      : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`,
+    http_protocol_error: () => `${target} answered with something that is not valid HTTP/1.1${code}. Check that the port is an HTTP server (not TLS, gRPC or another protocol) and that it writes well-formed headers.`,
+    http_response_header_section_size: () => `${target} sent response headers larger than the gateway accepts (16 KiB). Look for oversized cookies or debug headers in that service.`,
+    connection_read_timeout: () => `${target} stopped sending the response body for ${t?.body ?? '?'} ms (timeouts.body). The client's connection was cut so it sees a truncated answer. Look for stalls in that service; raise timeouts.body for streaming routes.`,
+    http_response_incomplete: () => `The connection to ${target} was lost while its body streamed${code}. The client's connection was cut so it sees a truncated answer. Look for crashes or proxies killing long responses there.`,
+    destination_unavailable: () => `Every target of ${pool} is out of rotation.${extra}`,
+    connection_limit_reached: () => `${pool} is at its limits (limits.maxConcurrent per target, limits.maxPending queued, limits.queueTimeout).${extra}`,
+    proxy_loop_detected: () => `The request already carried this gateway's name in Via: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`,
+    destination_not_found: () => `No route or target matches this request.${extra}`,
+    proxy_internal_error: () => `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`,
+    http_request_error: () => `The client's request was rejected before it was proxied.${extra}`,
+    http_request_denied: () => `The client exceeded the rate limit (rateLimit option).${extra}`
+  }
+  return hints[error]()
+}
+
+function hostOf (target: string): string {
+  const colon = target.lastIndexOf(':')
+  return colon > 0 ? target.slice(0, colon) : target
+}
+
+function statusTitle (status: number): string {
+  const titles: Record<number, string> = {
+    400: 'Bad request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not found', 405: 'Method not allowed',
+    406: 'Not acceptable', 408: 'Request timeout', 411: 'Length required', 413: 'Request body too large',
+    414: 'URL too long', 415: 'Unsupported media type', 431: 'Request headers too large'
+  }
+  return titles[status] ?? 'Bad request'
+}

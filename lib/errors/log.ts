@@ -1,0 +1,29 @@
+// The one log record of a failed request, and the one line for a client that went away.
+import type { FastifyRequest } from 'fastify'
+import type { Failure } from './failure.js'
+
+export function logFailure (request: FastifyRequest, failure: Failure, note?: string): void {
+  const record = {
+    method: request.method,
+    url: request.url,
+    status: failure.status,
+    error: failure.error,
+    blame: failure.blame,
+    phase: failure.phase,
+    pool: failure.pool,
+    target: failure.target,
+    cause: failure.cause,
+    attempts: failure.attempts,
+    ms: failure.ms
+  }
+  const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
+  const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
+  const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${note !== undefined ? `; ${note}` : ''}`
+  if (failure.status >= 500) request.log.error(record, msg)
+  else request.log.warn(record, msg)
+}
+
+export function logClientAborted (request: FastifyRequest, phase: string, pool: string, target: string | null, ms: number): void {
+  request.log.info({ method: request.method, url: request.url, error: 'client_aborted', blame: 'client', phase, pool, target, ms: Math.round(ms) },
+    `client_aborted: the client went away during the ${phase} phase`)
+}

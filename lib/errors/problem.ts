@@ -1,0 +1,82 @@
+// RFC 9457 problem details and the RFC 9209 Proxy-Status member, both built from the one
+// failure record. `expose` decides how much an audience may see.
+import type { FastifyRequest } from 'fastify'
+import type { ErrorsConfig } from '../options/config.js'
+import type { Failure, AttemptRecord } from './failure.js'
+import type { Blame, Phase, ProxyErrorType } from './taxonomy.js'
+
+export interface Problem {
+  type: string
+  title: string
+  status: number
+  detail: string
+  instance: string
+  error: ProxyErrorType
+  blame: Blame
+  phase: Phase
+  requestId: string
+  timestamp: string
+  temporary: boolean
+  hint: string
+  /** Full exposure only. */
+  pool?: string | null
+  target?: string | null
+  cause?: string | null
+  attempts?: readonly AttemptRecord[]
+}
+
+export function isFullExposure (errors: ErrorsConfig, request: FastifyRequest): boolean {
+  const expose = errors.expose
+  return typeof expose === 'function' ? expose(request) === true : expose === 'full'
+}
+
+export function buildProblem (failure: Failure, request: FastifyRequest, errors: ErrorsConfig, full: boolean): Problem {
+  const problem: Problem = {
+    type: errors.typeBase + failure.error,
+    title: failure.title,
+    status: failure.status,
+    detail: failure.detail,
+    instance: request.url,
+    error: failure.error,
+    blame: failure.blame,
+    phase: failure.phase,
+    requestId: String(request.id),
+    timestamp: new Date().toISOString(),
+    temporary: failure.temporary,
+    hint: full ? failure.hint : publicHint(failure, errors)
+  }
+  if (full) {
+    problem.pool = failure.pool
+    problem.target = failure.target
+    problem.cause = failure.cause
+    problem.attempts = failure.attempts
+  }
+  return problem
+}
+
+function publicHint (failure: Failure, errors: ErrorsConfig): string {
+  const contact = errors.contact !== null ? ` (${errors.contact})` : ''
+  if (failure.blame === 'client') return failure.temporary ? 'Wait a moment, then send the request again.' : 'Check the request and send it again.'
+  return failure.temporary
+    ? `Try again in a few moments. If it keeps failing, tell the site's operators${contact} and quote the request id.`
+    : `This will not fix itself by retrying. Tell the site's operators${contact} and quote the request id.`
+}
+
+/** Our Proxy-Status member (RFC 9209 §2), appended after any the upstream sent. */
+export function proxyStatusMember (failure: Failure | null, proxyName: string, full: boolean, receivedStatus: number | null): string {
+  let member = proxyName
+  if (failure !== null && failure.receivedStatus === null) {
+    member += `; error=${failure.error}`
+    const details = full ? `${failure.phase} ${failure.cause ?? failure.error}` : failure.title
+    member += `; details=${sfString(details)}`
+    if (full && failure.target !== null) member += `; next-hop=${sfString(failure.target)}`
+  }
+  const received = failure?.receivedStatus ?? receivedStatus
+  if (received !== null) member += `; received-status=${received}`
+  return member
+}
+
+/** An RFC 8941 sf-string: printable ASCII, with `"` and `\` escaped. */
+function sfString (value: string): string {
+  return `"${value.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, (c) => `\\${c}`)}"`
+}

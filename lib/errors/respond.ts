@@ -1,0 +1,80 @@
+// Sends the gateway's own answer for a failure: negotiated body, Proxy-Status, no-store, the
+// request id and Retry-After. Everything here reads the failure record; nothing re-decides.
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { ErrorsConfig } from '../options/config.js'
+import type { Failure } from './failure.js'
+import { buildProblem, isFullExposure, proxyStatusMember, type Problem } from './problem.js'
+import { appendList } from '../proxy/forwarding.js'
+
+export interface ResponderSettings {
+  errors: ErrorsConfig
+  requestIdHeader: string
+}
+
+export function sendFailure (request: FastifyRequest, reply: FastifyReply, failure: Failure, settings: ResponderSettings): void {
+  if (reply.sent || reply.raw.headersSent) return
+  const full = isFullExposure(settings.errors, request)
+  const problem = buildProblem(failure, request, settings.errors, full)
+  // Headers the upstream may have set on this reply do not belong to the gateway's answer.
+  reply.removeHeader('content-length')
+  reply.code(failure.status)
+  reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(failure, settings.errors.proxyName, full, null)))
+  reply.header('cache-control', 'no-store')
+  reply.header(settings.requestIdHeader, String(request.id))
+  if (failure.retryAfter !== null) reply.header('retry-after', String(Math.ceil(failure.retryAfter)))
+  const { type, body } = render(problem, request, settings)
+  reply.header('content-type', type)
+  reply.send(request.method === 'HEAD' ? undefined : body)
+}
+
+type Format = 'problem' | 'html' | 'text'
+
+function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings): { type: string, body: string } {
+  const format = negotiate(request.headers.accept)
+  if (settings.errors.render !== null) {
+    const custom = settings.errors.render(problem as unknown as Record<string, unknown>, request)
+    if (typeof custom === 'string') return { type: format === 'html' ? 'text/html; charset=utf-8' : 'text/plain; charset=utf-8', body: custom }
+    if (Buffer.isBuffer(custom)) return { type: 'application/octet-stream', body: custom.toString() }
+    return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(custom) }
+  }
+  if (format === 'problem') return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(problem) }
+  return { type: 'text/plain; charset=utf-8', body: renderText(problem) }
+}
+
+/** problem+json for JSON clients, HTML for browsers, text for everyone else (curl). */
+export function negotiate (accept: string | undefined): Format {
+  if (accept === undefined || accept === '') return 'text'
+  let best: Format = 'text'
+  let bestQ = 0
+  for (const part of accept.split(',')) {
+    const [range, ...params] = part.trim().toLowerCase().split(';')
+    const qParam = params.find((p) => p.trim().startsWith('q='))
+    const q = qParam !== undefined ? Number(qParam.trim().slice(2)) : 1
+    const format: Format | null = range === 'application/problem+json' || range === 'application/json' || range === 'application/*'
+      ? 'problem'
+      : range === 'text/html' ? 'html' : range === 'text/plain' || range === 'text/*' ? 'text' : null
+    if (format !== null && q > bestQ) {
+      best = format
+      bestQ = q
+    }
+  }
+  return best
+}
+
+function renderText (problem: Problem): string {
+  const lines = [
+    `${problem.status} ${problem.title}`,
+    '',
+    problem.detail,
+    '',
+    `What to do: ${problem.hint}`,
+    '',
+    `error: ${problem.error} (blame: ${problem.blame}, phase: ${problem.phase})`
+  ]
+  if (problem.target !== undefined) {
+    lines.push(`pool: ${problem.pool ?? '-'}  target: ${problem.target ?? '-'}  cause: ${problem.cause ?? '-'}`)
+    for (const a of problem.attempts ?? []) lines.push(`  try ${a.target}: ${a.error ?? `status ${a.status ?? '?'}`} ${a.cause ?? ''} in ${a.phase} after ${a.ms} ms`)
+  }
+  lines.push(`request id: ${problem.requestId}`, `time: ${problem.timestamp}`, '')
+  return lines.join('\n')
+}

@@ -1,0 +1,143 @@
+// ERRORS.md as data: for each RFC 9209 error type, the status a client receives, whose side
+// the fault is on, whether a later retry is likely to work, and the public words. Nothing else
+// in the code chooses a status for a failure.
+
+export type ProxyErrorType =
+  | 'dns_error'
+  | 'dns_timeout'
+  | 'connection_refused'
+  | 'destination_ip_unroutable'
+  | 'connection_timeout'
+  | 'tls_protocol_error'
+  | 'tls_certificate_error'
+  | 'connection_terminated'
+  | 'http_response_timeout'
+  | 'http_protocol_error'
+  | 'http_response_header_section_size'
+  | 'connection_read_timeout'
+  | 'http_response_incomplete'
+  | 'destination_unavailable'
+  | 'connection_limit_reached'
+  | 'proxy_loop_detected'
+  | 'destination_not_found'
+  | 'proxy_internal_error'
+  | 'http_request_error'
+  | 'http_request_denied'
+
+export type Blame = 'client' | 'gateway' | 'network' | 'upstream'
+export type Phase = 'route' | 'queue' | 'dns' | 'connect' | 'tls' | 'send' | 'headers' | 'body'
+/** Could the upstream have acted on the request? (ERRORS.md "sent?") */
+export type Sent = 'no' | 'maybe' | 'yes'
+
+export interface ErrorKind {
+  status: number
+  blame: Blame
+  temporary: boolean
+  sent: Sent
+  title: string
+  /** For the public: what happened, without internals. */
+  detail: string
+}
+
+export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
+  dns_error: {
+    status: 502, blame: 'network', temporary: false, sent: 'no',
+    title: 'Service address not found',
+    detail: 'The gateway could not find the address of the service behind it.'
+  },
+  dns_timeout: {
+    status: 504, blame: 'network', temporary: true, sent: 'no',
+    title: 'Service address lookup timed out',
+    detail: 'The gateway could not look up the address of the service in time.'
+  },
+  connection_refused: {
+    status: 502, blame: 'upstream', temporary: true, sent: 'no',
+    title: 'Service refused the connection',
+    detail: 'The service behind this gateway is not accepting connections.'
+  },
+  destination_ip_unroutable: {
+    status: 502, blame: 'network', temporary: true, sent: 'no',
+    title: 'Service unreachable',
+    detail: 'The gateway has no network route to the service behind it.'
+  },
+  connection_timeout: {
+    status: 504, blame: 'network', temporary: true, sent: 'no',
+    title: 'Connection to the service timed out',
+    detail: 'The gateway could not connect to the service in time.'
+  },
+  tls_protocol_error: {
+    status: 502, blame: 'network', temporary: false, sent: 'no',
+    title: 'Secure connection to the service failed',
+    detail: 'The gateway could not set up a secure connection with the service.'
+  },
+  tls_certificate_error: {
+    status: 502, blame: 'network', temporary: false, sent: 'no',
+    title: 'Service certificate rejected',
+    detail: 'The service presented a certificate the gateway does not trust.'
+  },
+  connection_terminated: {
+    status: 502, blame: 'upstream', temporary: true, sent: 'maybe',
+    title: 'Service closed the connection',
+    detail: 'The service closed the connection before it answered.'
+  },
+  http_response_timeout: {
+    status: 504, blame: 'upstream', temporary: true, sent: 'maybe',
+    title: 'Service took too long',
+    detail: 'The service took too long to answer.'
+  },
+  http_protocol_error: {
+    status: 502, blame: 'upstream', temporary: false, sent: 'maybe',
+    title: 'Service sent an invalid response',
+    detail: 'The service answered with something that is not valid HTTP.'
+  },
+  http_response_header_section_size: {
+    status: 502, blame: 'upstream', temporary: false, sent: 'maybe',
+    title: 'Service response headers too large',
+    detail: 'The service answered with more headers than the gateway accepts.'
+  },
+  connection_read_timeout: {
+    status: 504, blame: 'upstream', temporary: true, sent: 'yes',
+    title: 'Service stopped sending',
+    detail: 'The service stopped sending its answer part way through.'
+  },
+  http_response_incomplete: {
+    status: 502, blame: 'upstream', temporary: true, sent: 'yes',
+    title: 'Service answer cut short',
+    detail: 'The connection to the service was lost while its answer was being sent.'
+  },
+  destination_unavailable: {
+    status: 503, blame: 'upstream', temporary: true, sent: 'no',
+    title: 'Service unavailable',
+    detail: 'No healthy instance of this service is available right now.'
+  },
+  connection_limit_reached: {
+    status: 503, blame: 'gateway', temporary: true, sent: 'no',
+    title: 'Service busy',
+    detail: 'The service is handling as many requests as it can; this one waited too long.'
+  },
+  proxy_loop_detected: {
+    status: 502, blame: 'gateway', temporary: false, sent: 'no',
+    title: 'Request loop detected',
+    detail: 'This request came back to the gateway that sent it, so it was stopped.'
+  },
+  destination_not_found: {
+    status: 500, blame: 'gateway', temporary: false, sent: 'no',
+    title: 'No service for this request',
+    detail: 'The gateway has no service configured for this request.'
+  },
+  proxy_internal_error: {
+    status: 500, blame: 'gateway', temporary: false, sent: 'maybe',
+    title: 'Gateway error',
+    detail: 'The gateway failed while handling this request.'
+  },
+  http_request_error: {
+    status: 400, blame: 'client', temporary: false, sent: 'no',
+    title: 'Bad request',
+    detail: 'The request could not be handled as it was sent.'
+  },
+  http_request_denied: {
+    status: 429, blame: 'client', temporary: true, sent: 'no',
+    title: 'Too many requests',
+    detail: 'Too many requests were sent; wait and try again.'
+  }
+}

@@ -1,0 +1,45 @@
+// fastify-upstream: a Fastify plugin that proxies routes to pools of upstream targets.
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { validateOptions } from './options/validate.js'
+import type { UpstreamOptions } from './options/types.js'
+import { UpstreamPool } from './pool/pool.js'
+import { registerRoute } from './proxy/routes.js'
+import { createApi, type UpstreamApi } from './api.js'
+
+export type * from './options/types.js'
+export type { UpstreamApi, UpstreamPoolApi } from './api.js'
+export type { PoolSnapshot } from './pool/pool.js'
+export type { TargetSnapshot } from './pool/target.js'
+export type { Failure, AttemptRecord } from './errors/failure.js'
+export type { Problem } from './errors/problem.js'
+export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
+export { OptionsError } from './options/check.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    upstream: UpstreamApi
+  }
+}
+
+async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions): Promise<void> {
+  // Validate everything before anything starts: a bad option leaves no timer or socket behind.
+  const config = validateOptions(options)
+  const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig)]))
+
+  app.decorate('upstream', createApi(pools))
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header(config.requestIdHeader, String(request.id))
+  })
+  app.addHook('onClose', async () => {
+    await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
+  })
+
+  for (const route of config.routes) {
+    await registerRoute(app, config, route, pools.get(route.pool)!)
+  }
+}
+
+const plugin = fp(fastifyUpstream, { fastify: '5.x', name: 'fastify-upstream' })
+export default plugin
+export { plugin as fastifyUpstream }

@@ -1,0 +1,97 @@
+// The complete, validated configuration. Everything after `validate.ts` receives these types:
+// every default is filled in, so no other module re-checks or re-defaults an option.
+import type { HTTPMethods } from 'fastify'
+import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+
+export interface Timeouts {
+  connect: number
+  headers: number
+  body: number
+  total: number
+}
+
+export interface TargetConfig {
+  /** Normalized origin, e.g. `http://127.0.0.1:3001`. */
+  url: string
+  weight: number
+  backup: boolean
+}
+
+export type BalancerConfig =
+  | { kind: 'round-robin' | 'least-request' | 'p2c-ewma' | 'random' }
+  | { kind: 'hash', key: HashKey }
+
+export interface HealthConfig {
+  path: string
+  interval: number
+  timeout: number
+  expect: { status: (status: number) => boolean, statusText: string, body: string | RegExp | null }
+  healthyAfter: number
+  unhealthyAfter: number
+}
+
+export interface OutlierConfig {
+  consecutiveFailures: number
+  ejectFor: number
+  maxEjectFor: number
+  maxEjectedPercent: number
+}
+
+export interface RetryConfig {
+  retries: number
+  on: ReadonlySet<RetryCondition>
+  statuses: ReadonlySet<number>
+  methods: ReadonlySet<string>
+  budget: { ratio: number, minPerSecond: number }
+}
+
+export interface PoolConfig {
+  name: string
+  targets: TargetConfig[]
+  balancer: BalancerConfig
+  timeouts: Timeouts
+  connections: { perTarget: number, keepAlive: number }
+  limits: { maxConcurrent: number, maxPending: number, queueTimeout: number }
+  health: HealthConfig | null
+  outlier: OutlierConfig | null
+  slowStart: number
+  retry: RetryConfig
+  tls: Required<Pick<TlsInput, 'rejectUnauthorized'>> & Omit<TlsInput, 'rejectUnauthorized'>
+  discovery: { refresh: 'ttl' | number, minTtl: number, maxTtl: number }
+  auth: AuthInput | null
+  panic: boolean
+}
+
+export interface RouteConfig {
+  prefix: string
+  pool: string
+  rewritePrefix: string
+  methods: HTTPMethods[]
+  websocket: boolean
+  /** The pool's timeouts with the route's overrides applied. */
+  timeouts: Timeouts
+  /** The pool's retry policy with the route's overrides applied. */
+  retry: RetryConfig
+  rateLimit: Record<string, unknown> | false | null
+}
+
+export interface ErrorsConfig {
+  expose: Exclude<ExposeInput, 'auto'>
+  proxyName: string
+  typeBase: string
+  contact: string | null
+  render: NonNullable<ErrorsInput['render']> | null
+  intercept: ReadonlySet<number>
+}
+
+export interface Config {
+  pools: Map<string, PoolConfig>
+  routes: RouteConfig[]
+  errors: ErrorsConfig
+  status: { path: string, expose: ExposeInput | null } | null
+  metrics: { path: string } | null
+  rateLimit: Record<string, unknown> | null
+  requestIdHeader: string
+}
+
+export type { BalancerInput }

@@ -1,0 +1,128 @@
+// The public options, exactly as SPEC.md names them. Every field is optional where the SPEC
+// gives a default; `validate.ts` turns these into the complete `Config` in `config.ts`.
+import type { FastifyRequest, HTTPMethods } from 'fastify'
+
+export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
+
+export type BalancerName = 'round-robin' | 'least-request' | 'p2c-ewma' | 'random'
+export type HashKey = 'ip' | `header:${string}` | `cookie:${string}`
+export type BalancerInput = BalancerName | { hash: HashKey }
+
+export interface TimeoutsInput {
+  /** Opening a TCP (and TLS) connection to a target. [2000] */
+  connect?: number
+  /** From the request sent to the response headers. [30000] */
+  headers?: number
+  /** The longest silence while the response body streams. [30000] */
+  body?: number
+  /** The whole exchange, across every try. [60000] */
+  total?: number
+}
+
+export interface ConnectionsInput {
+  /** Keep-alive connections per target. [128] */
+  perTarget?: number
+  /** How long an idle keep-alive connection is kept. [4000] */
+  keepAlive?: number
+}
+
+export interface LimitsInput {
+  maxConcurrent?: number
+  maxPending?: number
+  queueTimeout?: number
+}
+
+export type StatusExpectation = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | number | number[] | { from: number, to: number }
+
+export interface HealthInput {
+  path: string
+  interval?: number
+  timeout?: number
+  expect?: { status?: StatusExpectation, body?: string | RegExp }
+  healthyAfter?: number
+  unhealthyAfter?: number
+}
+
+export interface OutlierInput {
+  consecutiveFailures?: number
+  ejectFor?: number
+  maxEjectFor?: number
+  maxEjectedPercent?: number
+}
+
+export type RetryCondition = 'connect-failure' | 'refused-stream' | 'reset' | 'timeout' | '5xx'
+
+export interface RetryInput {
+  retries?: number
+  on?: RetryCondition[]
+  statuses?: number[]
+  methods?: string[]
+  budget?: { ratio?: number, minPerSecond?: number }
+}
+
+export interface TlsInput {
+  ca?: string | Buffer | Array<string | Buffer>
+  cert?: string | Buffer
+  key?: string | Buffer
+  servername?: string
+  rejectUnauthorized?: boolean
+}
+
+export interface DiscoveryInput {
+  refresh?: 'ttl' | number
+  minTtl?: number
+  maxTtl?: number
+}
+
+export interface AuthInput {
+  headers?: Record<string, string>
+  token?: () => Promise<{ value: string, expiresAt?: number | Date }>
+}
+
+export interface PoolInput {
+  targets: TargetInput[]
+  balancer?: BalancerInput
+  timeouts?: TimeoutsInput
+  connections?: ConnectionsInput
+  limits?: LimitsInput
+  health?: HealthInput
+  outlier?: OutlierInput | false
+  slowStart?: number
+  retry?: RetryInput
+  tls?: TlsInput
+  discovery?: DiscoveryInput
+  auth?: AuthInput
+  panic?: boolean
+}
+
+export interface RouteInput {
+  prefix: string
+  pool: string
+  rewritePrefix?: string
+  methods?: HTTPMethods[]
+  websocket?: boolean
+  timeouts?: TimeoutsInput
+  retry?: RetryInput
+  rateLimit?: Record<string, unknown> | false
+}
+
+export type ExposeInput = 'public' | 'full' | 'auto' | ((request: FastifyRequest) => boolean)
+
+export interface ErrorsInput {
+  expose?: ExposeInput
+  proxyName?: string
+  typeBase?: string
+  contact?: string
+  render?: (problem: Record<string, unknown>, request: FastifyRequest) => string | Buffer | Record<string, unknown>
+  intercept?: number[]
+}
+
+export interface UpstreamOptions {
+  pools: Record<string, PoolInput>
+  routes: RouteInput[]
+  errors?: ErrorsInput
+  status?: { path?: string, expose?: ExposeInput } | false
+  metrics?: { path?: string } | false
+  rateLimit?: Record<string, unknown>
+  requestIdHeader?: string
+}

@@ -1,0 +1,101 @@
+// Each `routes[]` entry becomes a @fastify/http-proxy registration (so it is a real Fastify
+// route: it shows in printRoutes() and runs hooks). Target choice happens in our dispatcher.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import httpProxy from '@fastify/http-proxy'
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Config, RouteConfig } from '../options/config.js'
+import type { UpstreamPool } from '../pool/pool.js'
+import { createDispatcher } from './dispatcher.js'
+import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
+import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
+import { sendFailure } from '../errors/respond.js'
+import { logFailure, logClientAborted } from '../errors/log.js'
+import { makeFailure, type Failure } from '../errors/failure.js'
+import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+
+/** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
+const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
+
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
+  const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
+  const responder = { errors: config.errors, requestIdHeader: config.requestIdHeader }
+  const exchanges = new WeakMap<FastifyRequest, Exchange>()
+
+  function answer (request: FastifyRequest, reply: FastifyReply, failure: Failure): void {
+    logFailure(request, failure)
+    sendFailure(request, reply, failure, responder)
+  }
+
+  const events: ExchangeEvents = {
+    failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
+    broken (exchange, failure) {
+      logFailure(exchange.request, failure, 'the response had started, so the client connection was cut')
+      exchange.reply.raw.destroy()
+    },
+    aborted (exchange, phase) {
+      logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
+    }
+  }
+
+  function handler (request: FastifyRequest, reply: FastifyReply, dest: string, options: object): FastifyReply {
+    if (viaContains(request.headers.via, settings.proxyName)) {
+      const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: 0 })
+      answer(request, reply, failure)
+      return reply
+    }
+    exchanges.set(request, new Exchange(request, reply, route, pool, events))
+    return reply.from(dest, options)
+  }
+
+  function rewriteRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders): IncomingHttpHeaders {
+    forwardRequestHeaders(request, headers, settings)
+    ;(headers as Record<symbol, unknown>)[kExchange] = exchanges.get(request)
+    return headers
+  }
+
+  function rewriteHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
+    forwardResponseHeaders(headers, settings)
+    return headers
+  }
+
+  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream }): void {
+    const full = isFullExposure(config.errors, request)
+    reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(null, settings.proxyName, full, res.statusCode)))
+    reply.send(res.stream)
+  }
+
+  function getUpstream (request: FastifyRequest): string {
+    // WebSocket upgrades are handed to `ws` by http-proxy, not to the dispatcher: choose here.
+    if (route.websocket && request.headers.upgrade?.toLowerCase() === 'websocket') {
+      return pool.candidates(request)[0]?.url ?? PLACEHOLDER_ORIGIN
+    }
+    return PLACEHOLDER_ORIGIN
+  }
+
+  await app.register(httpProxy, {
+    prefix: route.prefix,
+    upstream: '',
+    rewritePrefix: route.rewritePrefix,
+    httpMethods: route.methods,
+    websocket: route.websocket,
+    undici: createDispatcher() as unknown as { request: never },
+    disableRequestLogging: true,
+    config: { upstream: { pool: route.pool, prefix: route.prefix } },
+    handler,
+    replyOptions: {
+      getUpstream,
+      rewriteRequestHeaders,
+      rewriteHeaders,
+      onResponse: onResponse as never,
+      // Retries are the exchange's business; reply-from's own would retry 503s on its own.
+      retryDelay: () => null
+    },
+    wsClientOptions: {
+      rewriteRequestHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => {
+        const forwarded = forwardRequestHeaders(request, { ...headers }, settings)
+        if (request.headers.cookie !== undefined) forwarded.cookie = request.headers.cookie
+        return forwarded
+      }
+    }
+  } as never)
+}
