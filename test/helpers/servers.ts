@@ -1,0 +1,87 @@
+// Real servers on 127.0.0.1, port 0: well-behaved upstreams and the fault servers that make
+// each failure of ERRORS.md happen for real.
+import http from 'node:http'
+import net from 'node:net'
+import type { AddressInfo } from 'node:net'
+
+export interface Running {
+  url: string
+  port: number
+  /** Requests this server has seen. */
+  hits: number
+  close: () => Promise<void>
+}
+
+interface Closable {
+  close: (cb: () => void) => unknown
+  on: (event: 'connection', listener: (socket: net.Socket) => void) => unknown
+  address: () => string | AddressInfo | null
+}
+
+/** Tracks sockets so close() ends keep-alive connections too (nothing outlives a test). */
+async function listen<S extends Closable & { listen: (port: number, host: string, cb: () => void) => unknown }> (server: S): Promise<Running> {
+  const sockets = new Set<net.Socket>()
+  server.on('connection', (socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  const running: Running = {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    hits: 0,
+    close: async () => {
+      for (const socket of sockets) socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+  return running
+}
+
+export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void
+
+/** An HTTP upstream; the default handler answers JSON describing the request it got. */
+export async function startUpstream (name: string, handler?: Handler): Promise<Running> {
+  let running: Running | undefined
+  const server = http.createServer((req, res) => {
+    running!.hits++
+    if (handler !== undefined) return handler(req, res)
+    echo(name)(req, res)
+  })
+  running = await listen(server)
+  return running
+}
+
+/** Answers with the request as the upstream saw it: method, url, headers, body length. */
+export function echo (name: string): Handler {
+  return (req, res) => {
+    let bytes = 0
+    req.on('data', (chunk: Buffer) => { bytes += chunk.length })
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json')
+      res.end(JSON.stringify({ name, method: req.method, url: req.url, headers: req.headers, bytes }))
+    })
+  }
+}
+
+/** A raw TCP server: `onSocket` decides what bytes (if any) the "upstream" sends. */
+export async function startTcp (onSocket: (socket: net.Socket) => void): Promise<Running> {
+  let running: Running | undefined
+  const server = net.createServer((socket) => {
+    running!.hits++
+    socket.on('error', () => {})
+    onSocket(socket)
+  })
+  running = await listen(server)
+  return running
+}
+
+/** A port on which nothing listens (found by listening and closing). */
+export async function freePort (): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as AddressInfo).port
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
