@@ -31,6 +31,13 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   app.addHook('onRequest', async (request, reply) => {
     reply.header(config.requestIdHeader, String(request.id))
   })
+  // On shutdown, requests still in flight are answered, then their connections closed: a
+  // keep-alive connection left open would hold app.close() for the keep-alive timeout.
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close')
+  })
   app.addHook('onClose', async () => {
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })

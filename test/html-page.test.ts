@@ -95,6 +95,7 @@ t.test('a refused connection with full exposure shows the path, the reference an
   t.match(html, '<meta name="robots" content="noindex">')
   t.match(html, /<h1><span class="status">502<\/span> <span class="title">Service refused the connection<\/span><\/h1>/)
   t.match(html, 'The service behind this gateway is not accepting connections.')
+  t.match(html, '<p class="where">The service behind the gateway failed when the gateway tried to connect.</p>', 'the path in words')
   t.match(html, '<code class="ref-value" id="request-id">req-7f3a9c</code>')
   t.match(html, '<time class="ref-value" datetime="2025-06-01T12:34:56.789Z">2025-06-01 12:34:56 UTC</time>')
   t.match(html, '<code class="ref-value">/users/42?tab=profile</code>', 'the instance')
@@ -161,6 +162,8 @@ t.test('a client error marks the client, and the gateway as the one that answere
   t.match(html, 'data-hop="service-link" data-state="unreached"')
   t.match(html, 'data-hop="service" data-state="unreached"')
   t.match(html, 'Check the address and what was sent, then try again.')
+  t.match(html, '<p class="where">The request could not be handled as sent.</p>')
+  t.match(html, '<p class="eyebrow">Error 400 · retrying will not help</p>')
   assertSelfContained(t, html)
 })
 

@@ -55,7 +55,7 @@ t.test('register rejects bad options with the option path, and starts nothing', 
   const before = process.getActiveResourcesInfo().length
   const app = Fastify({ logger: false })
   app.register(upstream, { ...ok, pools: { users: { targets: ['localhost:3002'] } } } as never)
-  await t.rejects(app.ready(), new OptionsError('pools.users.targets[0]', 'expected an http(s) URL, got "localhost:3002"'))
+  await t.rejects(async () => await app.ready(), new OptionsError('pools.users.targets[0]', 'expected an http(s) URL, got "localhost:3002"'))
   await app.close()
   t.equal(process.getActiveResourcesInfo().length, before, 'no timer, socket or handle was left behind')
 })

@@ -64,10 +64,10 @@ const ESCAPES: Readonly<Record<string, string>> = {
 
 function renderSummary (problem: Problem): string {
   return `<header class="summary">
-<p class="eyebrow">Error ${escapeHtml(problem.status)} · ${problem.temporary ? 'probably temporary' : 'needs attention'}</p>
+<p class="eyebrow">Error ${escapeHtml(problem.status)} · ${problem.temporary ? 'probably temporary' : 'retrying will not help'}</p>
 <h1><span class="status">${escapeHtml(problem.status)}</span> <span class="title">${escapeHtml(problem.title)}</span></h1>
 <p class="detail">${escapeHtml(problem.detail)}</p>
-<p class="where">${escapeHtml(`${BLAME_WORDS[problem.blame]}, ${PHASE_WORDS[problem.phase]}.`)}</p>
+<p class="where">${escapeHtml(whereWords(problem.blame, problem.phase))}</p>
 </header>`
 }
 
@@ -240,14 +240,20 @@ const BLAME_WORDS: Readonly<Record<Blame, string>> = {
   upstream: 'The service behind the gateway failed'
 }
 
+/** One sentence that says the same as the marked path, for those who do not see it. */
+function whereWords (blame: Blame, phase: Phase): string {
+  // A client's request fails on arrival: the phase adds nothing a visitor can use.
+  return blame === 'client' ? `${BLAME_WORDS.client}.` : `${BLAME_WORDS[blame]} ${PHASE_WORDS[phase]}.`
+}
+
 const PHASE_WORDS: Readonly<Record<Phase, string>> = {
-  route: 'while choosing where to send it',
-  queue: 'while it waited for a free connection',
-  dns: 'while looking up the service address',
-  connect: 'while connecting to the service',
-  tls: 'while setting up a secure connection',
+  route: 'before the request could be sent on',
+  queue: 'while the request waited for a free connection',
+  dns: "when the gateway looked up the service's address",
+  connect: 'when the gateway tried to connect',
+  tls: 'during the secure-connection handshake',
   send: 'while the request was being sent',
-  headers: 'while waiting for the answer',
+  headers: 'while the gateway waited for the answer',
   body: 'while the answer was being received'
 }
 
@@ -307,7 +313,7 @@ h2{margin:0 0 .6rem;font-size:1.05rem;font-weight:650}
 .hop.link .hop-state{position:absolute;left:0;right:0;top:1rem;text-align:center;line-height:1.25;color:var(--bad);font-weight:600}
 .path.link-failed{padding-bottom:3rem}
 .hop.link.is-failed::after{content:"\\2715";position:absolute;left:50%;top:50%;width:1.3rem;height:1.3rem;margin:-.65rem 0 0 -.65rem;border-radius:50%;background:var(--bad);color:var(--card);font-size:.75rem;line-height:1.3rem;text-align:center;font-weight:700}
-.reference{display:grid;grid-template-columns:repeat(auto-fit,minmax(13rem,1fr));gap:.9rem 1.4rem;background:var(--soft)!important}
+.reference{display:grid;grid-template-columns:repeat(auto-fit,minmax(13rem,1fr));gap:.9rem 1.4rem;background:var(--soft)}
 .ref-item{display:flex;flex-direction:column;min-width:0}
 .ref-key{font-size:.75rem;letter-spacing:.06em;text-transform:uppercase;color:var(--muted)}
 .ref-value{overflow-wrap:anywhere;font-size:.95rem}
@@ -340,7 +346,7 @@ h1{font-size:1.35rem}
 .hop.link.is-unreached{border-left:2px dotted var(--idle)}
 .hop.link.is-failed{border-left:3px dashed var(--bad)}
 .hop.link .hop-state{position:static;transform:none;white-space:normal}
-.hop.link.is-failed::after{left:-.75rem;margin-left:-.1rem}
+.hop.link.is-failed::after{left:-.75rem;margin-left:0}
 .attempts thead{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}
 .attempts tr{display:block;border:1px solid var(--line);border-radius:8px;margin-bottom:.6rem;padding:.3rem .2rem}
 .attempts td{display:flex;justify-content:space-between;gap:1rem;border:none;padding:.2rem .5rem;text-align:right}

@@ -17,7 +17,7 @@ export interface Gateway {
   url: string
   logs: LogRecord[]
   /** Sends a request to the gateway with a client of its own (closed with the gateway). */
-  request: (path: string, options?: Omit<Dispatcher.RequestOptions, 'origin' | 'path'> & { method?: Dispatcher.HttpMethod }) => Promise<Dispatcher.ResponseData>
+  request: (path: string, options?: Partial<Omit<Dispatcher.RequestOptions, 'origin' | 'path'>>) => Promise<Dispatcher.ResponseData>
   /** Log records of failed requests (those with an `error` type). */
   failures: () => LogRecord[]
   close: () => Promise<void>

@@ -85,3 +85,38 @@ export async function freePort (): Promise<number> {
   await new Promise<void>((resolve) => server.close(() => resolve()))
   return port
 }
+
+/**
+ * A loopback listener that never accepts, with its accept queue filled: a new TCP connect to
+ * it hangs, as to a host that drops packets. The listener lives in a stopped child process
+ * (Node itself always accepts), so only 127.0.0.1 is involved.
+ */
+export async function startBlackhole (): Promise<Running> {
+  const { spawn } = await import('node:child_process')
+  const child = spawn(process.execPath, ['-e',
+    "const s=require('net').createServer().listen({port:0,host:'127.0.0.1',backlog:1},()=>console.log(s.address().port))"
+  ], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const port = await new Promise<number>((resolve) => child.stdout.once('data', (line: Buffer) => resolve(Number(String(line).trim()))))
+  child.kill('SIGSTOP')
+  // Fill the accept queue (backlog + 1 on Linux); further handshakes are dropped.
+  const fillers: net.Socket[] = []
+  let connected = 0
+  for (let i = 0; i < 4; i++) {
+    const socket = net.connect(port, '127.0.0.1', () => { connected++ })
+    socket.on('error', () => {})
+    fillers.push(socket)
+  }
+  const deadline = Date.now() + 2000
+  while (connected < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    hits: 0,
+    close: async () => {
+      for (const socket of fillers) socket.destroy()
+      child.kill('SIGKILL')
+      child.kill('SIGCONT')
+      if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve))
+    }
+  }
+}

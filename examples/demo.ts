@@ -1,0 +1,102 @@
+// `npm run demo`: a gateway in front of three local upstream services, one of them faulty,
+// to show how fastify-upstream explains a failure: to the client (problem+json or text, and
+// the Proxy-Status header), and to the operator (one log line per failed request).
+//
+//   users   two healthy instances (round-robin); each answer says which instance answered
+//   orders  one instance, faulty on purpose on a few paths (see `faultyOrders`)
+//   billing a pool whose only target is a port where nothing listens
+//
+// Logs are Fastify's plain JSON lines (pipe through `pino-pretty` if you have it); the
+// upstreams print one `[upstream …]` line each on stderr, with the request id the gateway
+// sent them, so a gateway log line and an upstream log line can be matched.
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import Fastify from 'fastify'
+import upstream from 'fastify-upstream'
+import { startUpstream, freePort, sendJson } from './lib/upstream.js'
+import { serve } from './lib/gateway.js'
+
+/** The orders route's `timeouts.headers`: /orders/slow answers well after it. */
+const ORDERS_HEADERS_TIMEOUT = 1000
+const SLOW_ANSWER_MS = 5000
+
+/**
+ * The orders service, which sees the whole path (its route keeps the prefix):
+ * - /orders/slow     answers after 5 s, past the route's 1 s `timeouts.headers`
+ * - /orders/crash    closes the connection without answering (a crash mid-request)
+ * - /orders/garbage  answers with bytes that are not HTTP (a port that is not a web server)
+ * - /orders/partial  promises 1000 bytes, sends a few, then dies
+ * - /orders/oops     its own 500, which the gateway passes through as it is
+ * - anything else    a normal JSON answer
+ */
+function faultyOrders (req: IncomingMessage, res: ServerResponse, name: string): boolean {
+  const path = (req.url ?? '/').split('?')[0]
+  switch (path) {
+    case '/orders/slow': {
+      const timer = setTimeout(() => { sendJson(res, 200, { instance: name, slow: true, ms: SLOW_ANSWER_MS }) }, SLOW_ANSWER_MS)
+      // The gateway gives up first and drops the connection: stop waiting with it.
+      res.once('close', () => { clearTimeout(timer) })
+      return true
+    }
+    case '/orders/crash':
+      req.socket.destroy()
+      return true
+    case '/orders/garbage':
+      req.socket.end("-ERR unknown command 'GET', with args beginning with: '/orders/garbage'\r\n")
+      return true
+    case '/orders/partial':
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 1000 })
+      res.write('{"orders":[{"id":1},')
+      setTimeout(() => { res.destroy() }, 50)
+      return true
+    case '/orders/oops':
+      sendJson(res, 500, { error: 'orders database is read-only', instance: name })
+      return true
+    default:
+      return false
+  }
+}
+
+const usersA = await startUpstream('users-a', { log: true })
+const usersB = await startUpstream('users-b', { log: true })
+const orders = await startUpstream('orders-1', { log: true, handler: faultyOrders })
+const billingUrl = `http://127.0.0.1:${await freePort()}`
+
+// `requestIdHeader` lets a caller pass its own id (curl -H 'x-request-id: …'), as the README
+// recommends; without it Fastify numbers requests itself (req-1, req-2, …).
+const app = Fastify({ logger: true, requestIdHeader: 'x-request-id' })
+await app.register(upstream, {
+  pools: {
+    users: { targets: [usersA.url, usersB.url] },
+    orders: { targets: [orders.url] },
+    billing: { targets: [billingUrl] }
+  },
+  routes: [
+    { prefix: '/users', pool: 'users' },
+    { prefix: '/orders', pool: 'orders', rewritePrefix: '/orders', timeouts: { headers: ORDERS_HEADERS_TIMEOUT } },
+    { prefix: '/billing', pool: 'billing' }
+  ]
+})
+
+await serve(app, {
+  upstreams: [usersA, usersB, orders],
+  banner: [
+    'fastify-upstream demo: a gateway at $GW in front of',
+    `  users    ${usersA.url} (${usersA.name}), ${usersB.url} (${usersB.name}): round-robin, healthy`,
+    `  orders   ${orders.url} (${orders.name}): faulty on purpose; its route has timeouts.headers = ${ORDERS_HEADERS_TIMEOUT} ms`,
+    `  billing  ${billingUrl}: nothing listens there`,
+    '',
+    'Each failed request writes one log line (level 50): error, blame, phase, pool, target, cause, attempts, ms.',
+    'Coming soon: a dashboard at $GW/_upstream (pools, targets, health, recent errors); not built yet.'
+  ],
+  tries: [
+    ['curl -s $GW/users/42', 'run it twice: users-a, then users-b'],
+    ['curl -s $GW/orders/7', 'orders works... on most paths'],
+    ['curl -i $GW/orders/slow', '504 http_response_timeout: no headers in time; see Proxy-Status'],
+    ["curl -s -H 'accept: application/json' $GW/orders/crash", '502 connection_terminated, as problem+json'],
+    ['curl -s $GW/orders/garbage', '502 http_protocol_error: the answer is not HTTP at all'],
+    ['curl -s $GW/orders/partial', 'the answer had started: the client connection is cut, the log says why'],
+    ['curl -i $GW/orders/oops', "the service's own 500 passes through; Proxy-Status says received-status=500"],
+    ["curl -i -H 'accept: application/json' $GW/billing/invoices", '502 connection_refused'],
+    ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"]
+  ]
+})

@@ -1,0 +1,81 @@
+import t from 'tap'
+import { startGateway, waitFor } from './helpers/gateway.js'
+import { startUpstream, startTcp, startBlackhole } from './helpers/servers.js'
+
+interface Problem { status: number, error: string, phase: string, cause: string | null, hint: string }
+
+t.test('connect: a target that never completes the handshake is cut at timeouts.connect', async (t) => {
+  const hole = await startBlackhole()
+  t.teardown(hole.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [hole.url], timeouts: { connect: 200 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const started = Date.now()
+  const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  const problem = await res.body.json() as Problem
+  t.equal(res.statusCode, 504)
+  t.equal(problem.error, 'connection_timeout')
+  t.equal(problem.phase, 'connect')
+  t.equal(problem.cause, 'UND_ERR_CONNECT_TIMEOUT')
+  t.match(problem.hint, /within 200 ms \(timeouts\.connect\)/)
+  t.ok(took >= 150 && took < 3000, `answered after ${took} ms (connect timeout 200 ms)`)
+})
+
+t.test('headers: a target that accepts but never answers is cut at timeouts.headers', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [silent.url], timeouts: { headers: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const started = Date.now()
+  const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  const problem = await res.body.json() as Problem
+  t.equal(res.statusCode, 504)
+  t.equal(problem.error, 'http_response_timeout')
+  t.equal(problem.phase, 'headers')
+  t.equal(problem.cause, 'UND_ERR_HEADERS_TIMEOUT')
+  t.match(problem.hint, /no response headers within 300 ms \(timeouts\.headers\)/)
+  t.ok(took >= 250 && took < 3000, `answered after ${took} ms (headers timeout 300 ms)`)
+})
+
+t.test('a route overrides the pool timeout for its own requests', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [silent.url], timeouts: { headers: 20000 } } },
+    routes: [{ prefix: '/fast', pool: 'p', timeouts: { headers: 200 } }]
+  })
+  const res = await gw.request('/fast/x', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 504)
+  t.match((await res.body.json() as Problem).hint, /within 200 ms/)
+})
+
+t.test('body: a body that stalls past timeouts.body cuts the client connection and is logged', async (t) => {
+  const u = await startUpstream('stall', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100' })
+    res.write('the first half of the answer')
+  })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url], timeouts: { body: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const res = await gw.request('/p/x')
+  t.equal(res.statusCode, 200, 'the status was already sent')
+  await t.rejects(res.body.text(), 'the client sees a cut connection, never a silently short body')
+  await waitFor(() => gw.failures().length === 1, 3000, 'the failure log record')
+  const record = gw.failures()[0]!
+  t.equal(record.error, 'connection_read_timeout')
+  t.equal(record.phase, 'body')
+  t.equal(record.cause, 'UND_ERR_BODY_TIMEOUT')
+  t.equal(record.level, 50)
+})
+
+t.test('total: timeouts.total bounds the whole exchange', async (t) => {
+  const u = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 2000).unref() })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url], timeouts: { headers: 10000, total: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const started = Date.now()
+  const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  const problem = await res.body.json() as Problem
+  t.equal(res.statusCode, 504)
+  t.equal(problem.error, 'http_response_timeout')
+  t.match(problem.hint, /longer than 300 ms \(timeouts\.total\)/)
+  t.ok(took >= 250 && took < 1900, `answered after ${took} ms, before the upstream's 2000 ms`)
+})

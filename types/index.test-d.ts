@@ -1,0 +1,46 @@
+// Type tests: compiled (not run) by `npm run test:types`. A line marked @ts-expect-error must
+// fail to compile, so a type that becomes too loose breaks the build.
+import Fastify from 'fastify'
+import upstream, {
+  fastifyUpstream, OptionsError,
+  type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure
+} from 'fastify-upstream'
+
+const app = Fastify()
+
+const options: UpstreamOptions = {
+  pools: {
+    users: {
+      targets: ['http://127.0.0.1:3001', { url: 'http://127.0.0.1:3002', weight: 2, backup: true }],
+      balancer: 'least-request',
+      timeouts: { connect: 1000, headers: 5000, body: 5000, total: 10000 },
+      connections: { perTarget: 64, keepAlive: 2000 },
+      health: { path: '/healthz', expect: { status: '2xx', body: /ok/ } },
+      tls: { rejectUnauthorized: true }
+    }
+  },
+  routes: [{ prefix: '/users', pool: 'users', methods: ['GET', 'POST'], websocket: false, timeouts: { headers: 100 } }],
+  errors: { expose: (request) => request.headers['x-debug'] === '1', proxyName: 'edge' },
+  requestIdHeader: 'x-request-id'
+}
+await app.register(upstream, options)
+await app.register(fastifyUpstream, options)
+
+// @ts-expect-error: a route needs a pool
+await app.register(upstream, { pools: {}, routes: [{ prefix: '/x' }] })
+// @ts-expect-error: balancer names are a closed set
+const badBalancer: UpstreamOptions['pools'][string]['balancer'] = 'fastest'
+// @ts-expect-error: timeouts are numbers of milliseconds
+const badTimeout: UpstreamOptions['pools'][string]['timeouts'] = { connect: '2s' }
+
+const pools: PoolSnapshot[] = app.upstream.pools()
+const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
+const inFlight: number = targets[0]!.inFlight
+const type: ProxyErrorType = 'connection_refused'
+// @ts-expect-error: error types are RFC 9209's names
+const badType: ProxyErrorType = 'refused'
+const readProblem = (problem: Problem): string => `${problem.status} ${problem.error} ${problem.requestId}`
+const readFailure = (failure: Failure): number => failure.attempts.length
+const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
+
+export { badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
