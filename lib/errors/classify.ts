@@ -30,9 +30,15 @@ const CERTIFICATE_CODES = new Set([
 
 const TERMINATED_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED', 'UND_ERR_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE'])
 
+/** undici's parser errors lose their llhttp code (it is looked up by number); the class name stays. */
+const PARSER_ERROR = 'HTTPParserError'
+
 /** Gateway-made errors carry one of these codes so the classifier can read them like any other. */
 export const GATEWAY_CODES = {
   totalTimeout: 'FST_UPSTREAM_TOTAL_TIMEOUT',
+  // The gateway enforces timeouts.headers itself (undici's timer ticks every ~0.5 s); it is the
+  // same event as undici's own, so it carries undici's code.
+  headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED'
 } as const
 
@@ -64,7 +70,7 @@ export function classify (err: unknown, progress: Progress): Classified {
   }
   if (CERTIFICATE_CODES.has(code)) return at('tls_certificate_error', 'tls')
   if (code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) return at('tls_protocol_error', 'tls')
-  if (code.startsWith('HPE_') || code.startsWith('UND_ERR_RESPONSE') || code === 'UND_ERR_INFO') {
+  if (code.startsWith('HPE_') || code === PARSER_ERROR || code.startsWith('UND_ERR_RESPONSE') || code === 'UND_ERR_INFO') {
     return progress.responseStarted ? at('http_response_incomplete', 'body') : at('http_protocol_error', 'headers')
   }
   if (TERMINATED_CODES.has(code)) {
@@ -83,7 +89,8 @@ export function findCode (err: unknown): string | null {
   let found: string | null = null
   let current: unknown = err
   for (let depth = 0; depth < 5 && current !== null && typeof current === 'object'; depth++) {
-    const code = (current as { code?: unknown }).code
+    const { code: ownCode, name } = current as { code?: unknown, name?: unknown }
+    const code = ownCode === undefined && name === PARSER_ERROR ? PARSER_ERROR : ownCode
     if (typeof code === 'string' && code !== '') {
       // Prefer a system/TLS code over undici's generic wrapper code.
       if (found === null || found === 'UND_ERR_SOCKET' || found === 'UND_ERR') found = code

@@ -56,6 +56,8 @@ export interface FailureContext {
   receivedStatus?: number | null
   /** Extra operator words: per-target reasons, what the budget did, the request's problem. */
   why?: string
+  /** The pool's active health check path, if it has one (hints differ with and without). */
+  healthPath?: string | null
   /** Overrides the public detail (e.g. Fastify's message for a client error). */
   detail?: string
 }
@@ -93,7 +95,9 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
   const hints: Record<ProxyErrorType, () => string> = {
     dns_error: () => `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`,
     dns_timeout: () => `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`,
-    connection_refused: () => `Nothing is listening on ${target}${tries}. Check that the service is running and bound to the right port; if it is restarting, health checks will take it out of rotation.`,
+    connection_refused: () => `Nothing is listening on ${target}${tries}. Check that the service is running and bound to the right port; ${ctx.healthPath !== undefined && ctx.healthPath !== null
+      ? `if it is restarting, health checks (health.path ${ctx.healthPath}) will take it out of rotation.`
+      : `set health.path on ${pool} so a target that stops listening is taken out of rotation before requests reach it.`}`,
     destination_ip_unroutable: () => `No route to ${target}${code}. Check the address, the network and any firewall between the gateway and the service.`,
     connection_timeout: () => `${target} did not accept a connection within ${t?.connect ?? '?'} ms (timeouts.connect)${tries}. The host may be down, overloaded, or dropping packets; raise timeouts.connect only if connections are known to be slow.`,
     tls_protocol_error: () => `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`,

@@ -73,7 +73,10 @@ function renderText (problem: Problem): string {
   ]
   if (problem.target !== undefined) {
     lines.push(`pool: ${problem.pool ?? '-'}  target: ${problem.target ?? '-'}  cause: ${problem.cause ?? '-'}`)
-    for (const a of problem.attempts ?? []) lines.push(`  try ${a.target}: ${a.error ?? `status ${a.status ?? '?'}`} ${a.cause ?? ''} in ${a.phase} after ${a.ms} ms`)
+    for (const a of problem.attempts ?? []) {
+      const outcome = [a.error ?? `status ${a.status ?? '?'}`, a.cause].filter((part) => part !== null).join(' ')
+      lines.push(`  try ${a.target}: ${outcome} in ${a.phase} after ${a.ms} ms`)
+    }
   }
   lines.push(`request id: ${problem.requestId}`, `time: ${problem.timestamp}`, '')
   return lines.join('\n')

@@ -7,7 +7,9 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
-import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
+import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
+
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus'>
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
@@ -104,7 +106,8 @@ export class Exchange {
         method: opts.method,
         headers,
         body: opts.body ?? null,
-        headersTimeout: this.route.timeouts.headers,
+        // Our own timer enforces timeouts.headers to the millisecond; undici's is a backstop.
+        headersTimeout: this.route.timeouts.headers + 1000,
         bodyTimeout: this.route.timeouts.body
       }, attempt)
     } catch (err) {
@@ -120,7 +123,8 @@ export class Exchange {
   }
 
   onAttemptResponse (attempt: Attempt, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
-    this.attempts.push(attempt.record(null, null, 'headers', statusCode))
+    attempt.status = statusCode
+    this.attempts.push(attempt.record(null, null, 'headers'))
     attempt.target.recordSuccess(attempt.ms)
     this.responseStarted = true
     this.#downstream!.onResponseStart?.(this.#controllerFacade, statusCode, headers, statusMessage)
@@ -144,11 +148,16 @@ export class Exchange {
       this.events.aborted(this, verdict.phase)
       return
     }
-    this.attempts.push(attempt.record(verdict.error, verdict.cause, verdict.phase))
+    const record = attempt.record(verdict.error, verdict.cause, verdict.phase)
+    // A try whose body broke was recorded when its headers came: that record now tells the end.
+    if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
+    else this.attempts.push(record)
     attempt.target.recordFailure({ error: verdict.error, cause: verdict.cause, at: Date.now() })
     const context = { phase: verdict.phase, cause: verdict.cause }
     if (attempt.responseStarted) {
-      const failure = this.#failure(verdict.error, context)
+      // The client already has the upstream's status; the record says so rather than the 502
+      // or 504 it would have got had the failure come before the headers.
+      const failure = this.#failure(verdict.error, { ...context, status: attempt.status!, receivedStatus: attempt.status! })
       this.#settle()
       this.events.broken(this, failure)
       return
@@ -156,7 +165,7 @@ export class Exchange {
     this.#fail(verdict.error, context)
   }
 
-  #fail (error: ProxyErrorType, context: { phase: AttemptRecord['phase'], cause?: string | null, why?: string }): void {
+  #fail (error: ProxyErrorType, context: FailureDetails): void {
     const failure = this.#failure(error, context)
     this.#settle()
     // reply-from's handler is left without an answer on purpose: it would log the error a
@@ -164,14 +173,15 @@ export class Exchange {
     this.events.failed(this, failure)
   }
 
-  #failure (error: ProxyErrorType, context: { phase: AttemptRecord['phase'], cause?: string | null, why?: string }): Failure {
+  #failure (error: ProxyErrorType, context: FailureDetails): Failure {
     return makeFailure(error, {
       ...context,
       pool: this.pool.name,
       target: this.target?.hostPort ?? null,
       attempts: this.attempts,
       ms: this.ms,
-      timeouts: this.route.timeouts
+      timeouts: this.route.timeouts,
+      healthPath: this.pool.config.health?.path ?? null
     })
   }
 
@@ -203,8 +213,10 @@ class Attempt implements Dispatcher.DispatchHandler {
   controller: Dispatcher.DispatchController | null = null
   connected = false
   responseStarted = false
+  status: number | null = null
   #abandoned = false
   #ended = false
+  #headersTimer: NodeJS.Timeout | null = null
 
   constructor (private readonly exchange: Exchange, readonly target: Target) {
     target.inFlight++
@@ -215,9 +227,9 @@ class Attempt implements Dispatcher.DispatchHandler {
     return performance.now() - this.startedAt
   }
 
-  record (error: ProxyErrorType | null, cause: string | null, phase: AttemptRecord['phase'], status?: number): AttemptRecord {
+  record (error: ProxyErrorType | null, cause: string | null, phase: AttemptRecord['phase']): AttemptRecord {
     const record: AttemptRecord = { target: this.target.hostPort, error, cause, phase, ms: Math.round(this.ms) }
-    if (status !== undefined) record.status = status
+    if (this.status !== null) record.status = this.status
     return record
   }
 
@@ -233,12 +245,34 @@ class Attempt implements Dispatcher.DispatchHandler {
       return
     }
     this.connected = true
+    this.#startHeadersTimer(controller)
     this.exchange.onAttemptStart(context)
+  }
+
+  // timeouts.headers counts from the request sent: at once for a request without a body (or
+  // one already read), otherwise from the end of the client's body.
+  #startHeadersTimer (controller: Dispatcher.DispatchController): void {
+    const start = (): void => {
+      if (this.#ended || this.responseStarted) return
+      const ms = this.exchange.route.timeouts.headers
+      this.#headersTimer = setTimeout(() => {
+        controller.abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
+      }, ms)
+    }
+    const raw = this.exchange.request.raw
+    if (raw.complete) start()
+    else raw.once('end', start)
+  }
+
+  #clearHeadersTimer (): void {
+    if (this.#headersTimer !== null) clearTimeout(this.#headersTimer)
+    this.#headersTimer = null
   }
 
   onResponseStart (_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
     if (this.#abandoned) return
     this.responseStarted = true
+    this.#clearHeadersTimer()
     this.exchange.onAttemptResponse(this, statusCode, headers, statusMessage)
   }
 
@@ -259,6 +293,7 @@ class Attempt implements Dispatcher.DispatchHandler {
   #end (): void {
     if (this.#ended) return
     this.#ended = true
+    this.#clearHeadersTimer()
     this.target.inFlight--
   }
 }
