@@ -5,6 +5,8 @@ import { validateOptions } from './options/validate.js'
 import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
+import { createErrorHandlers } from './errors/handlers.js'
+import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 
 export type * from './options/types.js'
@@ -42,9 +44,21 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
-  for (const route of config.routes) {
-    await registerRoute(app, config, route, pools.get(route.pool)!)
-  }
+  // Unknown paths get the gateway's error format too. Fastify allows one not-found handler per
+  // prefix: an app that wants its own registers it in a child context with a prefix.
+  app.setNotFoundHandler(createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null).notFoundHandler)
+
+  // The proxied routes share one scope, so a global rate limit applies to them and not to the
+  // app's own routes.
+  await app.register(async (gateway) => {
+    const limited = config.routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)
+    if (config.rateLimit !== null || limited) {
+      await gateway.register(rateLimit, config.rateLimit ?? { global: false })
+    }
+    for (const route of config.routes) {
+      await registerRoute(gateway, config, route, pools.get(route.pool)!)
+    }
+  })
 }
 
 const plugin = fp(fastifyUpstream, { fastify: '5.x', name: 'fastify-upstream' })

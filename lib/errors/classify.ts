@@ -100,3 +100,14 @@ export function findCode (err: unknown): string | null {
   }
   return found
 }
+
+/**
+ * Fastify's own errors (and plugins' on the request path, such as @fastify/rate-limit) carry
+ * an HTTP status: a 4xx is the client's doing, anything else the gateway's.
+ */
+export function classifyRequestError (statusCode: unknown): { error: ProxyErrorType, status: number } {
+  const status = typeof statusCode === 'number' ? statusCode : 500
+  if (status === 429) return { error: 'http_request_denied', status }
+  if (status >= 400 && status < 500) return { error: 'http_request_error', status }
+  return { error: 'proxy_internal_error', status: 500 }
+}

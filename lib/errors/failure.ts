@@ -116,7 +116,8 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
     destination_not_found: () => `No route or target matches this request.${extra}`,
     proxy_internal_error: () => `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`,
     http_request_error: () => `The client's request was rejected before it was proxied.${extra}`,
-    http_request_denied: () => `The client exceeded the rate limit (rateLimit option).${extra}`
+    http_request_denied: () => `The client exceeded the rate limit (rateLimit option).${extra}`,
+    upstream_error_status: () => `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
   }
   return hints[error]()
 }

@@ -65,8 +65,9 @@ function publicHint (failure: Failure, errors: ErrorsConfig): string {
 /** Our Proxy-Status member (RFC 9209 §2), appended after any the upstream sent. */
 export function proxyStatusMember (failure: Failure | null, proxyName: string, full: boolean, receivedStatus: number | null): string {
   let member = proxyName
-  if (failure !== null && failure.receivedStatus === null) {
-    member += `; error=${failure.error}`
+  if (failure !== null) {
+    // An intercepted upstream status is not a failure of ours: no `error` parameter.
+    if (failure.error !== 'upstream_error_status') member += `; error=${failure.error}`
     const details = full ? `${failure.phase} ${failure.cause ?? failure.error}` : failure.title
     member += `; details=${sfString(details)}`
     if (full && failure.target !== null) member += `; next-hop=${sfString(failure.target)}`

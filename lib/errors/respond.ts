@@ -5,6 +5,7 @@ import type { ErrorsConfig } from '../options/config.js'
 import type { Failure } from './failure.js'
 import { buildProblem, isFullExposure, proxyStatusMember, type Problem } from './problem.js'
 import { appendList } from '../proxy/forwarding.js'
+import { renderHtml } from './html.js'
 
 export interface ResponderSettings {
   errors: ErrorsConfig
@@ -22,14 +23,14 @@ export function sendFailure (request: FastifyRequest, reply: FastifyReply, failu
   reply.header('cache-control', 'no-store')
   reply.header(settings.requestIdHeader, String(request.id))
   if (failure.retryAfter !== null) reply.header('retry-after', String(Math.ceil(failure.retryAfter)))
-  const { type, body } = render(problem, request, settings)
+  const { type, body } = render(problem, request, settings, full)
   reply.header('content-type', type)
   reply.send(request.method === 'HEAD' ? undefined : body)
 }
 
 type Format = 'problem' | 'html' | 'text'
 
-function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings): { type: string, body: string } {
+function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings, full: boolean): { type: string, body: string } {
   const format = negotiate(request.headers.accept)
   if (settings.errors.render !== null) {
     const custom = settings.errors.render(problem as unknown as Record<string, unknown>, request)
@@ -38,6 +39,10 @@ function render (problem: Problem, request: FastifyRequest, settings: ResponderS
     return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(custom) }
   }
   if (format === 'problem') return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(problem) }
+  if (format === 'html') {
+    const { proxyName, contact } = settings.errors
+    return { type: 'text/html; charset=utf-8', body: renderHtml(problem, { proxyName, full, contact }) }
+  }
   return { type: 'text/plain; charset=utf-8', body: renderText(problem) }
 }
 

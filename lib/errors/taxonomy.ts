@@ -23,6 +23,9 @@ export type ProxyErrorType =
   | 'proxy_internal_error'
   | 'http_request_error'
   | 'http_request_denied'
+  // Not an RFC 9209 type: an upstream answered with a status listed in errors.intercept, and
+  // the gateway replaced its body. It never appears as Proxy-Status `error` (we did not fail).
+  | 'upstream_error_status'
 
 export type Blame = 'client' | 'gateway' | 'network' | 'upstream'
 export type Phase = 'route' | 'queue' | 'dns' | 'connect' | 'tls' | 'send' | 'headers' | 'body'
@@ -139,5 +142,10 @@ export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
     status: 429, blame: 'client', temporary: true, sent: 'no',
     title: 'Too many requests',
     detail: 'Too many requests were sent; wait and try again.'
+  },
+  upstream_error_status: {
+    status: 502, blame: 'upstream', temporary: true, sent: 'yes',
+    title: 'Service reported an error',
+    detail: 'The service behind this gateway could not complete this request.'
   }
 }

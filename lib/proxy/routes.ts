@@ -8,9 +8,9 @@ import type { UpstreamPool } from '../pool/pool.js'
 import { createDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
-import { sendFailure } from '../errors/respond.js'
 import { logFailure, logClientAborted } from '../errors/log.js'
-import { makeFailure, type Failure } from '../errors/failure.js'
+import { createErrorHandlers } from '../errors/handlers.js'
+import { makeFailure } from '../errors/failure.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
@@ -18,13 +18,8 @@ const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
-  const responder = { errors: config.errors, requestIdHeader: config.requestIdHeader }
+  const { answer, errorHandler, notFoundHandler } = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, pool.name)
   const exchanges = new WeakMap<FastifyRequest, Exchange>()
-
-  function answer (request: FastifyRequest, reply: FastifyReply, failure: Failure): void {
-    logFailure(request, failure)
-    sendFailure(request, reply, failure, responder)
-  }
 
   const events: ExchangeEvents = {
     failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
@@ -58,7 +53,23 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return headers
   }
 
-  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream }): void {
+  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void } }): void {
+    if (config.errors.intercept.has(res.statusCode)) {
+      // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
+      res.stream.destroy()
+      const exchange = exchanges.get(request)!
+      answer(request, reply, makeFailure('upstream_error_status', {
+        phase: 'headers',
+        pool: pool.name,
+        target: exchange.target?.hostPort ?? null,
+        attempts: exchange.attempts,
+        ms: exchange.ms,
+        status: res.statusCode,
+        receivedStatus: res.statusCode,
+        retryAfter: retryAfterSeconds(reply.getHeader('retry-after'))
+      }))
+      return
+    }
     const full = isFullExposure(config.errors, request)
     reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(null, settings.proxyName, full, res.statusCode)))
     reply.send(res.stream)
@@ -72,15 +83,14 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return PLACEHOLDER_ORIGIN
   }
 
-  await app.register(httpProxy, {
-    prefix: route.prefix,
+  const proxyOptions = {
     upstream: '',
     rewritePrefix: route.rewritePrefix,
     httpMethods: route.methods,
     websocket: route.websocket,
     undici: createDispatcher() as unknown as { request: never },
     disableRequestLogging: true,
-    config: { upstream: { pool: route.pool, prefix: route.prefix } },
+    config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
     replyOptions: {
       getUpstream,
@@ -97,5 +107,18 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
         return forwarded
       }
     }
-  } as never)
+  }
+
+  // Each route lives in a scope of its own, so Fastify's errors on it (and a method it does
+  // not serve) are answered in the gateway's format without touching the rest of the app.
+  await app.register(async (scope) => {
+    scope.setErrorHandler(errorHandler)
+    scope.setNotFoundHandler(notFoundHandler)
+    await scope.register(httpProxy, proxyOptions as never)
+  }, { prefix: route.prefix })
+}
+
+function retryAfterSeconds (value: unknown): number | null {
+  const seconds = Number(value)
+  return Number.isFinite(seconds) && seconds > 0 ? seconds : null
 }
