@@ -1,7 +1,9 @@
 // The one log record of a failed request, and the one line for a client that went away.
 import type { FastifyRequest } from 'fastify'
 import type { Failure } from './failure.js'
-import { TAXONOMY } from './taxonomy.js'
+import type { ProxyErrorType } from './taxonomy.js'
+
+const CUT = new Set<ProxyErrorType>(['http_response_incomplete', 'connection_read_timeout'])
 
 export function logFailure (request: FastifyRequest, failure: Failure, note?: string): void {
   const record = {
@@ -20,8 +22,9 @@ export function logFailure (request: FastifyRequest, failure: Failure, note?: st
   const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
   const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
   const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${note !== undefined ? `; ${note}` : ''}`
-  // By the kind of failure, not the status sent: a body cut after a 200 is still an upstream error.
-  if (TAXONOMY[failure.error].status >= 500) request.log.error(record, msg)
+  // The status the client got decides, except for a response cut after its headers: that
+  // status was the upstream's (often a 200), and the failure is still an upstream error.
+  if (failure.status >= 500 || CUT.has(failure.error)) request.log.error(record, msg)
   else request.log.warn(record, msg)
 }
 

@@ -185,6 +185,11 @@ export class Exchange {
     })
   }
 
+  /** The gateway has taken over the answer (an intercepted status): ignore what follows. */
+  end (): void {
+    this.#settle()
+  }
+
   #settle (): void {
     this.settled = true
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)

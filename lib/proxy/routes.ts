@@ -53,11 +53,14 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return headers
   }
 
-  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void } }): void {
+  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void, on: (event: 'error', listener: () => void) => unknown } }): void {
     if (config.errors.intercept.has(res.statusCode)) {
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
-      res.stream.destroy()
+      // The exchange ends here, so dropping the upstream body is not taken for a client abort.
       const exchange = exchanges.get(request)!
+      exchange.end()
+      res.stream.on('error', () => {})
+      res.stream.destroy()
       answer(request, reply, makeFailure('upstream_error_status', {
         phase: 'headers',
         pool: pool.name,

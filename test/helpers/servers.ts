@@ -120,3 +120,38 @@ export async function startBlackhole (): Promise<Running> {
     }
   }
 }
+
+/**
+ * A self-signed certificate for 127.0.0.1, made with the openssl CLI; null (the caller skips,
+ * saying why) where openssl is not installed.
+ */
+export async function selfSignedCert (): Promise<{ key: string, cert: string } | null> {
+  const { execFileSync } = await import('node:child_process')
+  const { mkdtempSync, readFileSync, rmSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const dir = mkdtempSync(join(tmpdir(), 'fastify-upstream-cert-'))
+  try {
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' })
+    return { key: readFileSync(join(dir, 'key.pem'), 'utf8'), cert: readFileSync(join(dir, 'cert.pem'), 'utf8') }
+  } catch {
+    return null
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** An HTTPS upstream with the given certificate. */
+export async function startHttpsUpstream (tls: { key: string, cert: string }, handler: Handler): Promise<Running> {
+  const https = await import('node:https')
+  let running: Running | undefined
+  const server = https.createServer(tls, (req, res) => {
+    running!.hits++
+    handler(req, res)
+  })
+  server.on('tlsClientError', () => {})
+  running = await listen(server)
+  running.url = running.url.replace('http:', 'https:')
+  return running
+}
