@@ -34,7 +34,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   function handler (request: FastifyRequest, reply: FastifyReply, dest: string, options: object): FastifyReply {
     if (viaContains(request.headers.via, settings.proxyName)) {
-      const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: 0 })
+      const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
       return reply
     }
