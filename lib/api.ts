@@ -13,6 +13,10 @@ export interface UpstreamApi {
   pools: () => PoolSnapshot[]
   /** One pool; throws for a name that is not configured. */
   pool: (name: string) => UpstreamPoolApi
+  /** Stops new requests to a target; those in flight finish. Throws for an unknown pool or target. */
+  drain: (pool: string, url: string) => void
+  /** Puts a drained (or ejected) target back into rotation. */
+  enable: (pool: string, url: string) => void
 }
 
 export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamApi {
@@ -26,6 +30,8 @@ export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamAp
     pool: (name) => {
       const pool = find(name)
       return { name, targets: () => pool.snapshot().targets }
-    }
+    },
+    drain: (name, url) => { find(name).drain(url) },
+    enable: (name, url) => { find(name).enable(url) }
   }
 }

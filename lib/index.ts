@@ -27,7 +27,7 @@ declare module 'fastify' {
 async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions): Promise<void> {
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
   const config = validateOptions(options)
-  const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig)]))
+  const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
 
   app.decorate('upstream', createApi(pools))
   app.addHook('onRequest', async (request, reply) => {
@@ -39,6 +39,9 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   app.addHook('preClose', async () => { closing = true })
   app.addHook('onSend', async (_request, reply) => {
     if (closing) reply.header('connection', 'close')
+  })
+  app.addHook('onReady', async () => {
+    for (const pool of pools.values()) pool.start()
   })
   app.addHook('onClose', async () => {
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))

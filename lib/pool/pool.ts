@@ -1,34 +1,162 @@
-// A pool: its targets, the balancer that orders them, and what may take traffic right now.
-import type { FastifyRequest } from 'fastify'
-import type { PoolConfig } from '../options/config.js'
-import { Target, type TargetSnapshot } from './target.js'
+// A pool: its targets, the balancer that orders them, and what may take traffic right now —
+// which active checks, passive ejection, drains and backups decide. Every change of a
+// target's state is logged once, with the reason.
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { HealthConfig, PoolConfig } from '../options/config.js'
+import { Target, type CheckResult, type TargetSnapshot, type TargetState } from './target.js'
 import { createBalancer, type Balancer } from './balancer/index.js'
+import { HealthChecker } from './health.js'
+import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.js'
 
 export interface PoolSnapshot {
   name: string
   balancer: string
+  /** Every target is out and `panic` sends traffic to all of them anyway. */
+  panic: boolean
   targets: TargetSnapshot[]
 }
+
+/** Why a pool has no target for a request, for the failure record. */
+export interface Outage {
+  /** Per target, why it is out. */
+  why: string
+  /** Seconds until a target may be back, when known. */
+  retryAfter: number | null
+}
+
+const OUT_STATES = new Set<TargetState>(['unhealthy', 'ejected', 'draining'])
 
 export class UpstreamPool {
   readonly name: string
   readonly config: PoolConfig
   readonly targets: Target[]
   readonly #balancer: Balancer
+  readonly #log: FastifyBaseLogger
+  readonly #checker: HealthChecker | null
+  readonly #timers = new Set<NodeJS.Timeout>()
+  #inPanic = false
 
-  constructor (config: PoolConfig) {
+  constructor (config: PoolConfig, log: FastifyBaseLogger) {
     this.name = config.name
     this.config = config
     this.targets = config.targets.map((t) => new Target(t, config))
     this.#balancer = createBalancer(config.balancer)
+    this.#log = log
+    this.#checker = config.health === null
+      ? null
+      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
   }
 
-  /** Targets for this request, best first. Backups only when no primary can take traffic. */
+  /** Starts active health checks (once the app is ready). */
+  start (): void {
+    this.#checker?.start()
+  }
+
+  /**
+   * Targets for this request, best first. Primaries that may take traffic; known-healthy ones
+   * before those no check has judged yet; backups only when no primary can; in panic, every
+   * target but drained ones; else none (the request gets 503 at once).
+   */
   candidates (request: FastifyRequest): Target[] {
-    const primaries = this.targets.filter((t) => !t.backup)
-    if (primaries.length > 0) return this.#balancer.order(primaries, request)
-    const backups = this.targets.filter((t) => t.backup)
-    return backups.length > 0 ? this.#balancer.order(backups, request) : []
+    const now = Date.now()
+    const primaries: Target[] = []
+    const backups: Target[] = []
+    for (const target of this.targets) {
+      if (target.isAvailable(now)) (target.backup ? backups : primaries).push(target)
+    }
+    const usable = primaries.length > 0 ? primaries : backups
+    if (usable.length > 0) {
+      this.#setPanic(false)
+      const judged = usable.filter((t) => t.health === 'healthy')
+      return this.#balancer.order(judged.length > 0 ? judged : usable, request)
+    }
+    if (this.config.panic) {
+      this.#setPanic(true)
+      const all = this.targets.filter((t) => !t.draining)
+      return all.length > 0 ? this.#balancer.order(all, request) : []
+    }
+    return []
+  }
+
+  /** Why nothing can take traffic: one line per target, and when one may be back. */
+  outage (): Outage {
+    const now = Date.now()
+    const lines = this.targets.map((t) => `${t.hostPort}${t.backup ? ' (backup)' : ''}: ${t.why(t.state(now)) ?? 'available'}`)
+    const waits = this.targets.flatMap((t) => {
+      if (t.isEjected(now)) return [(t.ejectedUntil! - now) / 1000]
+      if (t.health === 'unhealthy' && this.config.health !== null) return [(this.config.health.interval * this.config.health.healthyAfter) / 1000]
+      return []
+    })
+    return {
+      why: lines.map((line) => `- ${line}`).join('\n'),
+      retryAfter: waits.length > 0 ? Math.max(1, Math.ceil(Math.min(...waits))) : null
+    }
+  }
+
+  /** A try got response headers. Upstream 502/503/504 count as failures for ejection. */
+  recordResponse (target: Target, status: number, ms: number): void {
+    target.recordLatency(ms)
+    if (isFailureStatus(status)) {
+      this.recordFailure(target, 'upstream_error_status', null, `${target.hostPort} answered ${status}`)
+      return
+    }
+    target.consecutiveFailures = 0
+    target.probation = false
+  }
+
+  /** A try failed in the gateway's view (connect, timeout, reset, protocol). */
+  recordFailure (target: Target, error: string, cause: string | null, words?: string): void {
+    const now = Date.now()
+    target.failures++
+    target.consecutiveFailures++
+    target.lastError = { error, cause, at: now }
+    const outlier = this.config.outlier
+    if (outlier === null || target.isEjected(now) || target.draining) return
+    if (!shouldEject(outlier, target.consecutiveFailures, target.probation)) return
+    const ejectedNow = this.targets.filter((t) => t.isEjected(now)).length
+    if (!mayEject(outlier, ejectedNow, this.targets.length)) return
+    // A target that stayed in for maxEjectFor since its last return starts afresh.
+    if (target.ejections > 0 && now - target.since > outlier.maxEjectFor) target.ejections = 0
+    const ejection = target.ejections + 1
+    const ms = ejectionTime(outlier, ejection)
+    const streak = target.probation
+      ? 'failed again on its first request back'
+      : `${target.consecutiveFailures} failures in a row (outlier.consecutiveFailures = ${outlier.consecutiveFailures})`
+    const last = words ?? `${error}${cause !== null ? ` (${cause})` : ''}`
+    this.#change(target, `ejected for ${ms} ms after ${streak}, the last: ${last}${ejection > 1 ? `; ejection ${ejection}, time doubled` : ''}`, () => {
+      target.ejections = ejection
+      target.ejectedUntil = now + ms
+      target.ejectedReason = `ejected after ${streak}, the last: ${last}`
+    })
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer)
+      this.#change(target, `ejection of ${ms} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, ejection + 1)} ms`, () => {
+        target.ejectedUntil = null
+        target.ejectedReason = null
+        target.consecutiveFailures = 0
+        target.probation = true
+        target.warmingSince = Date.now()
+      })
+    }, ms)
+    timer.unref()
+    this.#timers.add(timer)
+  }
+
+  drain (url: string): void {
+    const target = this.#find(url)
+    if (target.draining) return
+    this.#change(target, 'drained by an operator: no new requests, those in flight finish', () => { target.draining = true })
+  }
+
+  enable (url: string): void {
+    const target = this.#find(url)
+    this.#change(target, 'enabled by an operator', () => {
+      target.draining = false
+      target.ejectedUntil = null
+      target.ejectedReason = null
+      target.consecutiveFailures = 0
+      target.warmingSince = Date.now()
+    })
   }
 
   target (url: string): Target | undefined {
@@ -37,14 +165,87 @@ export class UpstreamPool {
 
   snapshot (): PoolSnapshot {
     const balancer = this.config.balancer
+    const now = Date.now()
     return {
       name: this.name,
       balancer: balancer.kind === 'hash' ? `hash(${balancer.key})` : balancer.kind,
-      targets: this.targets.map((t) => t.snapshot())
+      panic: this.#inPanic,
+      targets: this.targets.map((t) => t.snapshot(now))
     }
   }
 
   async close (): Promise<void> {
+    this.#checker?.stop()
+    for (const timer of this.#timers) clearTimeout(timer)
+    this.#timers.clear()
     await Promise.all(this.targets.map(async (t) => await t.close()))
+  }
+
+  #onCheck (target: Target, result: CheckResult): void {
+    const health = this.config.health!
+    target.lastCheck = result
+    if (result.ok) {
+      target.checksPassed++
+      target.checksFailed = 0
+      if (target.health !== 'healthy' && (target.health === 'unknown' || target.checksPassed >= health.healthyAfter)) {
+        const recovered = target.health === 'unhealthy'
+        this.#change(target, recovered
+          ? `passed ${target.checksPassed} health checks in a row (health.healthyAfter = ${health.healthyAfter}): ${result.reason}`
+          : `passed its first health check: ${result.reason}`, () => {
+          target.health = 'healthy'
+          target.healthReason = null
+          if (recovered) target.warmingSince = Date.now()
+        })
+      }
+      return
+    }
+    target.checksFailed++
+    target.checksPassed = 0
+    target.healthReason = result.reason
+    if (target.health !== 'unhealthy' && (target.health === 'unknown' || target.checksFailed >= health.unhealthyAfter)) {
+      const first = target.health === 'unknown'
+      this.#change(target, first
+        ? `failed its first health check: ${result.reason}`
+        : `failed ${target.checksFailed} health checks in a row (health.unhealthyAfter = ${health.unhealthyAfter}): ${result.reason}`, () => {
+        target.health = 'unhealthy'
+      })
+    }
+  }
+
+  /** Applies a change to a target and logs the transition, if its state changed. */
+  #change (target: Target, reason: string, apply: () => void): void {
+    const from = target.state()
+    apply()
+    const to = target.state()
+    if (from === to) return
+    target.since = Date.now()
+    const record = { pool: this.name, target: target.hostPort, from, to, reason }
+    const msg = `${this.name} target ${target.hostPort}: ${from} → ${to}: ${reason}`
+    if (OUT_STATES.has(to)) this.#log.warn(record, msg)
+    else this.#log.info(record, msg)
+  }
+
+  #setPanic (panic: boolean): void {
+    if (panic === this.#inPanic) return
+    this.#inPanic = panic
+    if (panic) {
+      this.#log.warn({ pool: this.name, panic: true }, `${this.name}: every target is out of rotation; panic is on, so traffic goes to all of them`)
+    } else {
+      this.#log.info({ pool: this.name, panic: false }, `${this.name}: targets are available again; panic mode is over`)
+    }
+  }
+
+  #find (url: string): Target {
+    const target = this.targets.find((t) => t.url === url || t.url === safeOrigin(url))
+    if (target === undefined) throw new Error(`fastify-upstream: pool "${this.name}" has no target "${url}" (targets: ${this.targets.map((t) => t.url).join(', ')})`)
+    return target
+  }
+}
+
+function safeOrigin (url: string): string | null {
+  try {
+    return new URL(url).origin
+  } catch {
+    return null
   }
 }

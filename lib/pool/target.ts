@@ -1,6 +1,11 @@
-// One upstream target: its address, weight, live counters and its own keep-alive pool.
+// One upstream target: its address, weight, live counters, what health checks and passive
+// observation say of it, and its own keep-alive pool.
 import { Pool as UndiciPool } from 'undici'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
+
+/** How a target stands, most decisive first (see `state()`). */
+export type TargetState = 'healthy' | 'unhealthy' | 'unknown' | 'ejected' | 'draining' | 'backup'
+export type Health = 'unknown' | 'healthy' | 'unhealthy'
 
 export interface TargetError {
   /** RFC 9209 error type of the last failure, e.g. `connection_refused`. */
@@ -9,19 +14,47 @@ export interface TargetError {
   at: number
 }
 
+/** The outcome of one active health check. */
+export interface CheckResult {
+  ok: boolean
+  /** The status the target answered, if it answered. */
+  status: number | null
+  /** The error type when the check failed before an answer (as for a request). */
+  error: string | null
+  cause: string | null
+  /** In words: "status 503, expected 2xx", "body did not match /ok/", the failure's title. */
+  reason: string
+  ms: number
+  at: number
+}
+
 export interface TargetSnapshot {
   url: string
   weight: number
   backup: boolean
+  state: TargetState
+  /** ISO time the state began. */
+  since: string
+  /** Why the target is in this state, in words (null for a healthy target). */
+  why: string | null
+  health: Health
+  lastCheck: (Omit<CheckResult, 'at'> & { at: string }) | null
+  ejectedUntil: string | null
+  ejections: number
+  /** Share of its weight in use while slow start ramps it up (1 = full). */
+  weightShare: number
   inFlight: number
   requests: number
   failures: number
+  consecutiveFailures: number
   lastError: { error: string, cause: string | null, at: string } | null
   latencyMs: { ewma: number | null }
 }
 
 /** Latency average that forgets: each new sample weighs EWMA_ALPHA. */
 const EWMA_ALPHA = 0.2
+/** A target warming up under slow start never gets less than this share of its weight. */
+const MIN_WARM_SHARE = 0.1
 
 export class Target {
   readonly url: string
@@ -37,6 +70,27 @@ export class Target {
   lastError: TargetError | null = null
   latencyEwma: number | null = null
 
+  // Active health: what the checks say.
+  health: Health
+  healthReason: string | null = null
+  lastCheck: CheckResult | null = null
+  checksPassed = 0
+  checksFailed = 0
+
+  // Passive health: what requests say.
+  consecutiveFailures = 0
+  ejectedUntil: number | null = null
+  ejections = 0
+  ejectedReason: string | null = null
+  /** Back from ejection and not yet proven: one failure ejects again. */
+  probation = false
+
+  draining = false
+  /** When the current state began (for "since when" and slow start). */
+  since = Date.now()
+  /** Slow start ramps the share of weight from here. */
+  warmingSince: number | null = null
+
   // One undici pool per connect timeout: a route may override `timeouts.connect`, and undici
   // sets the connect timeout per pool, not per request. Almost always there is exactly one.
   readonly #clients = new Map<number, UndiciPool>()
@@ -50,6 +104,41 @@ export class Target {
     this.hostHeader = url.host
     this.hostPort = `${url.hostname}:${url.port !== '' ? url.port : (url.protocol === 'https:' ? '443' : '80')}`
     this.#pool = pool
+    // Without active checks nothing will ever pass a verdict: a target is presumed healthy.
+    this.health = pool.health === null ? 'healthy' : 'unknown'
+  }
+
+  state (now = Date.now()): TargetState {
+    if (this.draining) return 'draining'
+    if (this.isEjected(now)) return 'ejected'
+    if (this.health === 'unhealthy') return 'unhealthy'
+    if (this.health === 'unknown') return 'unknown'
+    return this.backup ? 'backup' : 'healthy'
+  }
+
+  isEjected (now = Date.now()): boolean {
+    return this.ejectedUntil !== null && now < this.ejectedUntil
+  }
+
+  /** May take traffic in normal operation (panic mode aside). */
+  isAvailable (now = Date.now()): boolean {
+    return !this.draining && !this.isEjected(now) && this.health !== 'unhealthy'
+  }
+
+  /** The weight balancers use: ramps from 10% to 100% over `slowStart` after a recovery. */
+  effectiveWeight (now = Date.now()): number {
+    return this.weight * this.weightShare(now)
+  }
+
+  weightShare (now = Date.now()): number {
+    const slowStart = this.#pool.slowStart
+    if (slowStart === 0 || this.warmingSince === null) return 1
+    const share = (now - this.warmingSince) / slowStart
+    if (share >= 1) {
+      this.warmingSince = null
+      return 1
+    }
+    return Math.max(MIN_WARM_SHARE, share)
   }
 
   client (connectTimeout: number): UndiciPool {
@@ -75,27 +164,43 @@ export class Target {
     return client
   }
 
-  recordSuccess (ms: number): void {
+  recordLatency (ms: number): void {
     this.latencyEwma = this.latencyEwma === null ? ms : this.latencyEwma + EWMA_ALPHA * (ms - this.latencyEwma)
   }
 
-  recordFailure (error: TargetError): void {
-    this.failures++
-    this.lastError = error
-  }
-
-  snapshot (): TargetSnapshot {
+  snapshot (now = Date.now()): TargetSnapshot {
+    const iso = (ms: number): string => new Date(ms).toISOString()
+    const state = this.state(now)
     return {
       url: this.url,
       weight: this.weight,
       backup: this.backup,
+      state,
+      since: iso(this.since),
+      why: this.why(state),
+      health: this.health,
+      lastCheck: this.lastCheck === null ? null : { ...this.lastCheck, at: iso(this.lastCheck.at) },
+      ejectedUntil: this.isEjected(now) ? iso(this.ejectedUntil!) : null,
+      ejections: this.ejections,
+      weightShare: Math.round(this.weightShare(now) * 100) / 100,
       inFlight: this.inFlight,
       requests: this.requests,
       failures: this.failures,
-      lastError: this.lastError === null
-        ? null
-        : { error: this.lastError.error, cause: this.lastError.cause, at: new Date(this.lastError.at).toISOString() },
+      consecutiveFailures: this.consecutiveFailures,
+      lastError: this.lastError === null ? null : { error: this.lastError.error, cause: this.lastError.cause, at: iso(this.lastError.at) },
       latencyMs: { ewma: this.latencyEwma === null ? null : Math.round(this.latencyEwma * 10) / 10 }
+    }
+  }
+
+  /** Why this target is out of rotation (or waiting), in words an operator can act on. */
+  why (state = this.state()): string | null {
+    const since = new Date(this.since).toISOString()
+    switch (state) {
+      case 'draining': return `drained by an operator since ${since}`
+      case 'ejected': return `${this.ejectedReason ?? 'ejected'}; back at ${new Date(this.ejectedUntil!).toISOString()}`
+      case 'unhealthy': return `failing health checks since ${since}: ${this.healthReason ?? 'no detail'}`
+      case 'unknown': return 'no health check has passed a verdict yet'
+      default: return null
     }
   }
 

@@ -9,7 +9,7 @@ import type { Target } from '../pool/target.js'
 import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus'>
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter'>
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
@@ -70,6 +70,11 @@ export class Exchange {
     this.#opts = opts
     this.#downstream = downstream
     this.#candidates = this.pool.candidates(this.request)
+    if (this.#candidates.length === 0) {
+      const outage = this.pool.outage()
+      this.#fail('destination_unavailable', { phase: 'route', why: `\n${outage.why}`, retryAfter: outage.retryAfter })
+      return
+    }
     this.#tryNext()
   }
 
@@ -89,11 +94,7 @@ export class Exchange {
   }
 
   #tryNext (): void {
-    const target = this.#candidates![this.#next++]
-    if (target === undefined) {
-      this.#fail('destination_unavailable', { phase: 'route', why: 'No target of this pool can take traffic.' })
-      return
-    }
+    const target = this.#candidates![this.#next++]!
     this.target = target
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
@@ -125,7 +126,7 @@ export class Exchange {
   onAttemptResponse (attempt: Attempt, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
     attempt.status = statusCode
     this.attempts.push(attempt.record(null, null, 'headers'))
-    attempt.target.recordSuccess(attempt.ms)
+    this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.responseStarted = true
     this.#downstream!.onResponseStart?.(this.#controllerFacade, statusCode, headers, statusMessage)
   }
@@ -152,7 +153,7 @@ export class Exchange {
     // A try whose body broke was recorded when its headers came: that record now tells the end.
     if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
     else this.attempts.push(record)
-    attempt.target.recordFailure({ error: verdict.error, cause: verdict.cause, at: Date.now() })
+    this.pool.recordFailure(attempt.target, verdict.error, verdict.cause)
     const context = { phase: verdict.phase, cause: verdict.cause }
     if (attempt.responseStarted) {
       // The client already has the upstream's status; the record says so rather than the 502

@@ -78,12 +78,22 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     reply.send(res.stream)
   }
 
-  function getUpstream (request: FastifyRequest): string {
-    // WebSocket upgrades are handed to `ws` by http-proxy, not to the dispatcher: choose here.
-    if (route.websocket && request.headers.upgrade?.toLowerCase() === 'websocket') {
-      return pool.candidates(request)[0]?.url ?? PLACEHOLDER_ORIGIN
+  // WebSocket upgrades are handed to `ws` by http-proxy, not to the dispatcher: the target is
+  // chosen before the upgrade, so a pool with none answers 503 instead of accepting the socket.
+  const websocketTargets = new WeakMap<FastifyRequest, string>()
+  function preHandler (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
+    if (!route.websocket || request.headers.upgrade?.toLowerCase() !== 'websocket') return done()
+    const target = pool.candidates(request)[0]
+    if (target !== undefined) {
+      websocketTargets.set(request, target.url)
+      return done()
     }
-    return PLACEHOLDER_ORIGIN
+    const outage = pool.outage()
+    answer(request, reply, makeFailure('destination_unavailable', { phase: 'route', pool: pool.name, ms: reply.elapsedTime, why: `\n${outage.why}`, retryAfter: outage.retryAfter }))
+  }
+
+  function getUpstream (request: FastifyRequest): string {
+    return websocketTargets.get(request) ?? PLACEHOLDER_ORIGIN
   }
 
   const proxyOptions = {
@@ -95,6 +105,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     disableRequestLogging: true,
     config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
+    preHandler,
     replyOptions: {
       getUpstream,
       rewriteRequestHeaders,

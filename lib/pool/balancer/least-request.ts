@@ -10,6 +10,8 @@ export class LeastRequest implements Balancer {
     const start = this.#turn++ % targets.length
     const rotated = [...targets.slice(start), ...targets.slice(0, start)]
     // Array.prototype.sort is stable: equal loads keep the rotated order.
-    return rotated.sort((a, b) => a.inFlight / a.weight - b.inFlight / b.weight)
+    const now = Date.now()
+    const load = new Map(rotated.map((t) => [t, t.inFlight / t.effectiveWeight(now)]))
+    return rotated.sort((a, b) => load.get(a)! - load.get(b)!)
   }
 }

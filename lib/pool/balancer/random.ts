@@ -7,7 +7,8 @@ export class WeightedRandom implements Balancer {
   constructor (private readonly random: () => number = Math.random) {}
 
   order (targets: readonly Target[]): Target[] {
-    const keyed = targets.map((target) => ({ target, key: Math.pow(this.random(), 1 / target.weight) }))
+    const now = Date.now()
+    const keyed = targets.map((target) => ({ target, key: Math.pow(this.random(), 1 / target.effectiveWeight(now)) }))
     keyed.sort((a, b) => b.key - a.key)
     return keyed.map((k) => k.target)
   }

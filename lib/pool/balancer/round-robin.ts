@@ -8,13 +8,15 @@ export class RoundRobin implements Balancer {
   readonly #score = new WeakMap<Target, number>()
 
   order (targets: readonly Target[]): Target[] {
+    const now = Date.now()
     let total = 0
     let best: Target | undefined
     let bestScore = -Infinity
     for (const target of targets) {
-      const score = (this.#score.get(target) ?? 0) + target.weight
+      const weight = target.effectiveWeight(now)
+      const score = (this.#score.get(target) ?? 0) + weight
       this.#score.set(target, score)
-      total += target.weight
+      total += weight
       if (score > bestScore) {
         best = target
         bestScore = score

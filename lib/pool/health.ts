@@ -1,0 +1,110 @@
+// Active health checks (as HAProxy's `check` and Envoy's health checking): every interval, with
+// jitter so many gateways do not probe in lock-step, one request per target. Failures go
+// through the request classifier, so a failed check reads like a failed request.
+import { performance } from 'node:perf_hooks'
+import type { HealthConfig, PoolConfig } from '../options/config.js'
+import type { CheckResult, Target } from './target.js'
+import { classify, GATEWAY_CODES } from '../errors/classify.js'
+import { makeFailure } from '../errors/failure.js'
+
+/** How much of a body `expect.body` looks at. */
+const BODY_LIMIT = 64 * 1024
+/** Intervals vary by ±10%. */
+const JITTER = 0.1
+
+export class HealthChecker {
+  readonly #timers = new Map<Target, NodeJS.Timeout>()
+  readonly #inFlight = new Set<AbortController>()
+  #stopped = false
+
+  constructor (
+    private readonly pool: PoolConfig & { health: HealthConfig },
+    private readonly targets: readonly Target[],
+    private readonly onResult: (target: Target, result: CheckResult) => void,
+    private readonly random: () => number = Math.random
+  ) {}
+
+  start (): void {
+    // The first round goes out at once (spread over a tenth of the interval), so targets
+    // leave the `unknown` state quickly.
+    for (const target of this.targets) this.#schedule(target, this.random() * this.pool.health.interval * JITTER)
+  }
+
+  stop (): void {
+    this.#stopped = true
+    for (const timer of this.#timers.values()) clearTimeout(timer)
+    this.#timers.clear()
+    for (const controller of this.#inFlight) controller.abort()
+  }
+
+  #schedule (target: Target, delay: number): void {
+    if (this.#stopped) return
+    const timer = setTimeout(() => {
+      this.check(target).then((result) => {
+        if (this.#stopped) return
+        this.onResult(target, result)
+        const { interval } = this.pool.health
+        this.#schedule(target, interval * (1 - JITTER + 2 * JITTER * this.random()))
+      }, () => {})
+    }, delay)
+    timer.unref()
+    this.#timers.set(target, timer)
+  }
+
+  /** One check: GET health.path, then status and body against `expect`. */
+  async check (target: Target): Promise<CheckResult> {
+    const { health, timeouts } = this.pool
+    const started = performance.now()
+    const controller = new AbortController()
+    this.#inFlight.add(controller)
+    const timer = setTimeout(() => {
+      controller.abort(Object.assign(new Error(`no answer within health.timeout (${health.timeout} ms)`), { code: GATEWAY_CODES.totalTimeout }))
+    }, health.timeout)
+    const done = (result: Omit<CheckResult, 'ms' | 'at'>): CheckResult => ({ ...result, ms: Math.round(performance.now() - started), at: Date.now() })
+    let answered = false
+    try {
+      const res = await target.client(Math.min(timeouts.connect, health.timeout)).request({
+        origin: target.url,
+        path: health.path,
+        method: 'GET',
+        headers: { host: target.hostHeader, 'user-agent': 'fastify-upstream health check' },
+        signal: controller.signal,
+        headersTimeout: health.timeout,
+        bodyTimeout: health.timeout
+      })
+      answered = true
+      const body = health.expect.body === null ? (await res.body.dump(), '') : await readLimited(res.body)
+      if (!health.expect.status(res.statusCode)) {
+        return done({ ok: false, status: res.statusCode, error: null, cause: null, reason: `status ${res.statusCode}, expected ${health.expect.statusText}` })
+      }
+      const expected = health.expect.body
+      if (expected !== null && !(typeof expected === 'string' ? body.includes(expected) : expected.test(body))) {
+        return done({ ok: false, status: res.statusCode, error: null, cause: null, reason: `body did not match ${typeof expected === 'string' ? JSON.stringify(expected) : String(expected)}` })
+      }
+      return done({ ok: true, status: res.statusCode, error: null, cause: null, reason: `status ${res.statusCode}` })
+    } catch (err) {
+      const reason = controller.signal.aborted ? controller.signal.reason as unknown : err
+      const verdict = classify(reason, { connected: answered, requestSent: answered, responseStarted: answered })
+      const error = verdict.error === 'client_aborted' ? 'proxy_internal_error' : verdict.error
+      const words = verdict.cause === GATEWAY_CODES.totalTimeout || (reason as { code?: string }).code === GATEWAY_CODES.totalTimeout
+        ? `no answer within health.timeout (${health.timeout} ms)`
+        : `${makeFailure(error, { phase: verdict.phase, ms: 0 }).title.toLowerCase()}${verdict.cause !== null ? ` (${verdict.cause})` : ''}`
+      return done({ ok: false, status: null, error, cause: verdict.cause, reason: words })
+    } finally {
+      clearTimeout(timer)
+      this.#inFlight.delete(controller)
+    }
+  }
+}
+
+async function readLimited (body: AsyncIterable<Buffer> & { destroy: () => void }): Promise<string> {
+  let text = ''
+  for await (const chunk of body) {
+    text += chunk.toString()
+    if (text.length >= BODY_LIMIT) {
+      body.destroy()
+      break
+    }
+  }
+  return text.slice(0, BODY_LIMIT)
+}
