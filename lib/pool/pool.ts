@@ -136,7 +136,7 @@ export class UpstreamPool {
         target.consecutiveFailures = 0
         target.probation = true
         target.warmingSince = Date.now()
-      })
+      }, 'ejected')
     }, ms)
     timer.unref()
     this.#timers.add(timer)
@@ -212,9 +212,11 @@ export class UpstreamPool {
     }
   }
 
-  /** Applies a change to a target and logs the transition, if its state changed. */
-  #change (target: Target, reason: string, apply: () => void): void {
-    const from = target.state()
+  /**
+   * Applies a change to a target and logs the transition, if its state changed. `from` is for
+   * changes the clock already made (an ejection is over the moment its time passes).
+   */
+  #change (target: Target, reason: string, apply: () => void, from = target.state()): void {
     apply()
     const to = target.state()
     if (from === to) return

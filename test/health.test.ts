@@ -1,0 +1,250 @@
+import t from 'tap'
+import { startGateway, waitFor, type Gateway, type LogRecord } from './helpers/gateway.js'
+import { startUpstream, freePort, type Running } from './helpers/servers.js'
+import type { Problem } from '../lib/errors/problem.js'
+
+type Mode = 'ok' | 'fail' | 'degraded' | 'hang'
+
+/** An upstream whose /healthz answers as `mode` says; every other path answers its name. */
+async function service (t: { teardown: (fn: () => unknown) => void }, name: string): Promise<Running & { mode: Mode, checks: number, served: number }> {
+  const s = Object.assign(await startUpstream(name, (req, res) => {
+    if (req.url === '/healthz') {
+      s.checks++
+      if (s.mode === 'hang') return
+      res.writeHead(s.mode === 'fail' ? 503 : 200, { 'content-type': 'text/plain' })
+      res.end(s.mode === 'degraded' ? 'degraded' : 'ok')
+      return
+    }
+    s.served++
+    res.end(name)
+  }), { mode: 'ok' as Mode, checks: 0, served: 0 })
+  t.teardown(s.close)
+  return s
+}
+
+const transitions = (gw: Gateway, target?: string): LogRecord[] =>
+  gw.logs.filter((r) => r.from !== undefined && (target === undefined || r.target === target))
+const hostPort = (s: Running): string => s.url.slice('http://'.length)
+const stateOf = (gw: Gateway, pool: string, s: Running): string => gw.app.upstream.pool(pool).targets().find((x) => x.url === s.url)!.state
+
+async function send (gw: Gateway, n: number, path = '/p/x'): Promise<string[]> {
+  const bodies: string[] = []
+  for (let i = 0; i < n; i++) {
+    const res = await gw.request(path)
+    bodies.push(res.statusCode === 200 ? await res.body.text() : `${res.statusCode}`)
+    if (res.statusCode !== 200) await res.body.dump()
+  }
+  return bodies
+}
+
+t.test('a target failing its health endpoint leaves rotation after unhealthyAfter checks and returns after healthyAfter', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], health: { path: '/healthz', interval: 40, timeout: 200, unhealthyAfter: 3, healthyAfter: 2 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await waitFor(() => stateOf(gw, 'p', a) === 'healthy' && stateOf(gw, 'p', b) === 'healthy', 3000, 'first verdicts')
+  t.same(transitions(gw, hostPort(a)).map((r) => [r.from, r.to]), [['unknown', 'healthy']])
+
+  a.mode = 'fail'
+  await waitFor(() => stateOf(gw, 'p', a) === 'unhealthy', 3000, 'a to go unhealthy')
+  const out = transitions(gw, hostPort(a))[1]!
+  t.match(out, { level: 40, pool: 'p', from: 'healthy', to: 'unhealthy', reason: /^failed 3 health checks in a row \(health\.unhealthyAfter = 3\): status 503, expected 2xx$/ })
+  t.same(new Set(await send(gw, 10)), new Set(['b']), 'no request reaches the unhealthy target')
+  t.match(gw.app.upstream.pool('p').targets()[0], { state: 'unhealthy', health: 'unhealthy', why: /^failing health checks since .*: status 503, expected 2xx$/, lastCheck: { ok: false, status: 503 } })
+
+  a.mode = 'ok'
+  await waitFor(() => stateOf(gw, 'p', a) === 'healthy', 3000, 'a to come back')
+  t.match(transitions(gw, hostPort(a))[2], { level: 30, from: 'unhealthy', to: 'healthy', reason: /^passed 2 health checks in a row \(health\.healthyAfter = 2\)/ })
+  t.same(new Set(await send(gw, 10)), new Set(['a', 'b']))
+  t.equal(transitions(gw, hostPort(a)).length, 3, 'one record per transition, none per successful check')
+})
+
+t.test('expect.body: a 200 whose body does not match is a failed check', async (t) => {
+  const a = await service(t, 'a')
+  a.mode = 'degraded'
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url], health: { path: '/healthz', interval: 40, expect: { status: 200, body: /^ok$/ } } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await waitFor(() => stateOf(gw, 'p', a) === 'unhealthy', 3000, 'a to go unhealthy')
+  t.match(gw.app.upstream.pool('p').targets()[0]!.lastCheck, { ok: false, status: 200, reason: 'body did not match /^ok$/' })
+})
+
+t.test('a check that hangs is cut at health.timeout and reads like a timed-out request', async (t) => {
+  const a = await service(t, 'a')
+  a.mode = 'hang'
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url], health: { path: '/healthz', interval: 40, timeout: 150 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await waitFor(() => stateOf(gw, 'p', a) === 'unhealthy', 3000, 'a to go unhealthy')
+  const check = gw.app.upstream.pool('p').targets()[0]!.lastCheck!
+  t.match(check, { ok: false, status: null, error: 'http_response_timeout', reason: 'no answer within health.timeout (150 ms)' })
+  t.ok(check.ms >= 140 && check.ms < 1500, `cut after ${check.ms} ms`)
+})
+
+t.test('a check of a port where nothing listens is classified like a request', async (t) => {
+  const port = await freePort()
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [`http://127.0.0.1:${port}`], health: { path: '/healthz', interval: 40 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await waitFor(() => gw.app.upstream.pool('p').targets()[0]!.state === 'unhealthy', 3000, 'unhealthy')
+  t.match(gw.app.upstream.pool('p').targets()[0]!.lastCheck, { error: 'connection_refused', cause: 'ECONNREFUSED', reason: 'service refused the connection (ECONNREFUSED)' })
+})
+
+t.test('passive: a target killed under a stream of requests is ejected after consecutiveFailures', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], outlier: { consecutiveFailures: 3, ejectFor: 60000 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  t.same(await send(gw, 4), ['a', 'b', 'a', 'b'])
+  await a.close()
+  const bodies = await send(gw, 12)
+  t.same(bodies.filter((b) => b === '502').length, 3, 'exactly consecutiveFailures requests failed, then the target was out')
+  t.same(bodies.slice(6), ['b', 'b', 'b', 'b', 'b', 'b'])
+  t.match(transitions(gw, hostPort(a)), [{ level: 40, from: 'healthy', to: 'ejected', reason: /^ejected for 60000 ms after 3 failures in a row \(outlier\.consecutiveFailures = 3\), the last: connection_refused \(ECONNREFUSED\)$/ }])
+  t.match(gw.app.upstream.pool('p').targets()[0], { state: 'ejected', ejections: 1, why: /ejected after 3 failures in a row.*; back at / })
+})
+
+t.test('ejection time doubles when a target back on probation fails again', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], outlier: { consecutiveFailures: 2, ejectFor: 150, maxEjectFor: 10000 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await a.close()
+  await send(gw, 4)
+  t.equal(stateOf(gw, 'p', a), 'ejected')
+  await waitFor(() => stateOf(gw, 'p', a) === 'healthy', 3000, 'the ejection to end')
+  t.match(transitions(gw, hostPort(a))[1], { from: 'ejected', to: 'healthy', reason: /on probation: one more failure ejects it for 300 ms/ })
+  // The first request back to it fails, and that alone ejects it again, for twice as long.
+  await send(gw, 2)
+  t.equal(stateOf(gw, 'p', a), 'ejected')
+  const snapshot = gw.app.upstream.pool('p').targets()[0]!
+  t.equal(snapshot.ejections, 2)
+  t.match(transitions(gw, hostPort(a))[2]!.reason, /^ejected for 300 ms after failed again on its first request back.*; ejection 2, time doubled$/)
+})
+
+t.test('maxEjectedPercent caps ejections, but one target may always be ejected', async (t) => {
+  const ports = await Promise.all([1, 2, 3, 4].map(async () => await freePort()))
+  const gw = await startGateway(t, {
+    pools: {
+      four: { targets: ports.map((p) => `http://127.0.0.1:${p}`), outlier: { consecutiveFailures: 1, maxEjectedPercent: 50, ejectFor: 60000 } },
+      two: { targets: ports.slice(0, 2).map((p) => `http://127.0.0.1:${p}`), outlier: { consecutiveFailures: 1, maxEjectedPercent: 10, ejectFor: 60000 } }
+    },
+    routes: [{ prefix: '/four', pool: 'four' }, { prefix: '/two', pool: 'two' }]
+  })
+  await send(gw, 12, '/four/x')
+  t.equal(gw.app.upstream.pool('four').targets().filter((x) => x.state === 'ejected').length, 2, '50% of 4')
+  await send(gw, 6, '/two/x')
+  t.equal(gw.app.upstream.pool('two').targets().filter((x) => x.state === 'ejected').length, 1, '10% of 2 rounds to none, but one is always allowed')
+})
+
+t.test('slow start: a target enabled again ramps its share up over slowStart', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], slowStart: 1500 } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  gw.app.upstream.drain('p', a.url)
+  gw.app.upstream.enable('p', a.url)
+  const early = (await send(gw, 40)).filter((x) => x === 'a').length
+  const share = gw.app.upstream.pool('p').targets()[0]!.weightShare
+  t.ok(share < 0.6, `share right after enable: ${share}`)
+  await waitFor(() => gw.app.upstream.pool('p').targets()[0]!.weightShare === 1, 4000, 'the ramp to finish')
+  const late = (await send(gw, 40)).filter((x) => x === 'a').length
+  t.ok(early < late, `a took ${early}/40 while warming, ${late}/40 after`)
+  t.equal(late, 20, 'at full weight, an even split')
+})
+
+t.test('backup targets serve only while no primary can', async (t) => {
+  const primary = await service(t, 'primary')
+  const backup = await service(t, 'backup')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [primary.url, { url: backup.url, backup: true }] } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  t.same(new Set(await send(gw, 6)), new Set(['primary']))
+  gw.app.upstream.drain('p', primary.url)
+  t.same(new Set(await send(gw, 6)), new Set(['backup']))
+  gw.app.upstream.enable('p', primary.url)
+  t.same(new Set(await send(gw, 6)), new Set(['primary']))
+  t.equal(gw.app.upstream.pool('p').targets()[1]!.state, 'backup')
+})
+
+t.test('all down: 503 destination_unavailable at once, with why each target is out (full) and nothing internal (public)', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  b.mode = 'fail'
+  const options = {
+    pools: { p: { targets: [a.url, b.url], health: { path: '/healthz', interval: 40 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  }
+  const full = await startGateway(t, { ...options, errors: { expose: 'full' } })
+  const pub = await startGateway(t, { ...options, errors: { expose: 'public' } })
+  for (const gw of [full, pub]) {
+    await waitFor(() => stateOf(gw, 'p', b) === 'unhealthy', 3000, 'b unhealthy')
+    gw.app.upstream.drain('p', a.url)
+  }
+  const started = Date.now()
+  const res = await full.request('/p/x', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  t.equal(res.statusCode, 503)
+  t.ok(took < 1000, `answered in ${took} ms, without waiting for a timeout`)
+  t.match(res.headers['retry-after'], /^\d+$/)
+  const problem = await res.body.json() as Problem
+  t.match(problem, { error: 'destination_unavailable', blame: 'upstream', phase: 'route', temporary: true })
+  t.match(problem.hint, new RegExp(`${hostPort(a)}: drained by an operator since `))
+  t.match(problem.hint, new RegExp(`${hostPort(b)}: failing health checks since .*: status 503, expected 2xx`))
+  t.equal(a.served + b.served, 0)
+
+  const publicRes = await pub.request('/p/x', { headers: { accept: 'application/json' } })
+  t.equal(publicRes.statusCode, 503)
+  const text = await publicRes.body.text()
+  t.notOk(text.includes('127.0.0.1') || text.includes('drained'), 'no target or reason under public exposure')
+})
+
+t.test('panic: with every target out, traffic goes to all of them and the log says so', async (t) => {
+  const a = await service(t, 'a')
+  a.mode = 'fail'
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url], panic: true, health: { path: '/healthz', interval: 40 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  await waitFor(() => stateOf(gw, 'p', a) === 'unhealthy', 3000, 'unhealthy')
+  t.same(await send(gw, 3), ['a', 'a', 'a'])
+  t.equal(gw.app.upstream.pools()[0]!.panic, true)
+  t.equal(gw.logs.filter((r) => r.panic === true).length, 1, 'one record when panic starts')
+  a.mode = 'ok'
+  await waitFor(() => stateOf(gw, 'p', a) === 'healthy', 3000, 'healthy')
+  await send(gw, 1)
+  t.equal(gw.logs.filter((r) => r.panic === false).length, 1, 'one record when it ends')
+})
+
+t.test('drain: requests in flight finish, new ones go elsewhere; enable restores', async (t) => {
+  let release: (() => void) | undefined
+  const slow = await startUpstream('slow', (req, res) => {
+    if (req.url === '/hold') release = () => res.end('slow done')
+    else res.end('slow')
+  })
+  t.teardown(slow.close)
+  const other = await service(t, 'other')
+  const gw = await startGateway(t, { pools: { p: { targets: [slow.url, other.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const held = gw.request('/p/hold').then(async (res) => await res.body.text())
+  await waitFor(() => release !== undefined, 2000, 'the held request to arrive')
+  gw.app.upstream.drain('p', slow.url)
+  t.same(new Set(await send(gw, 6)), new Set(['other']))
+  release!()
+  t.equal(await held, 'slow done', 'the request in flight finished')
+  t.match(transitions(gw, hostPort(slow))[0], { from: 'healthy', to: 'draining', reason: /drained by an operator/ })
+  gw.app.upstream.enable('p', slow.url)
+  t.same(new Set(await send(gw, 6)), new Set(['slow', 'other']))
+  t.throws(() => gw.app.upstream.drain('p', 'http://127.0.0.1:9'), { message: /pool "p" has no target "http:\/\/127\.0\.0\.1:9"/ })
+})
