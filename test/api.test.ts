@@ -8,7 +8,7 @@ t.test('app.upstream lists pools and their targets with live counters', async (t
   const gw = await startGateway(t, {
     pools: {
       users: { targets: [a.url, { url: 'http://127.0.0.1:1', weight: 2, backup: true }], balancer: 'least-request' },
-      orders: { targets: ['http://127.0.0.1:1'] }
+      orders: { targets: ['http://127.0.0.1:1'], retry: { retries: 0 } }
     },
     routes: [{ prefix: '/users', pool: 'users' }, { prefix: '/orders', pool: 'orders' }]
   })

@@ -99,7 +99,8 @@ t.test('passive: a target killed under a stream of requests is ejected after con
   const a = await service(t, 'a')
   const b = await service(t, 'b')
   const gw = await startGateway(t, {
-    pools: { p: { targets: [a.url, b.url], outlier: { consecutiveFailures: 3, ejectFor: 60000 } } },
+    // Retries off: this shows what clients see before retries hide it (retry tests cover that).
+    pools: { p: { targets: [a.url, b.url], outlier: { consecutiveFailures: 3, ejectFor: 60000 }, retry: { retries: 0 } } },
     routes: [{ prefix: '/p', pool: 'p' }]
   })
   t.same(await send(gw, 4), ['a', 'b', 'a', 'b'])
@@ -115,7 +116,7 @@ t.test('ejection time doubles when a target back on probation fails again', asyn
   const a = await service(t, 'a')
   const b = await service(t, 'b')
   const gw = await startGateway(t, {
-    pools: { p: { targets: [a.url, b.url], outlier: { consecutiveFailures: 2, ejectFor: 150, maxEjectFor: 10000 } } },
+    pools: { p: { targets: [a.url, b.url], retry: { retries: 0 }, outlier: { consecutiveFailures: 2, ejectFor: 150, maxEjectFor: 10000 } } },
     routes: [{ prefix: '/p', pool: 'p' }]
   })
   await a.close()
@@ -135,8 +136,8 @@ t.test('maxEjectedPercent caps ejections, but one target may always be ejected',
   const ports = await Promise.all([1, 2, 3, 4].map(async () => await freePort()))
   const gw = await startGateway(t, {
     pools: {
-      four: { targets: ports.map((p) => `http://127.0.0.1:${p}`), outlier: { consecutiveFailures: 1, maxEjectedPercent: 50, ejectFor: 60000 } },
-      two: { targets: ports.slice(0, 2).map((p) => `http://127.0.0.1:${p}`), outlier: { consecutiveFailures: 1, maxEjectedPercent: 10, ejectFor: 60000 } }
+      four: { targets: ports.map((p) => `http://127.0.0.1:${p}`), retry: { retries: 0 }, outlier: { consecutiveFailures: 1, maxEjectedPercent: 50, ejectFor: 60000 } },
+      two: { targets: ports.slice(0, 2).map((p) => `http://127.0.0.1:${p}`), retry: { retries: 0 }, outlier: { consecutiveFailures: 1, maxEjectedPercent: 10, ejectFor: 60000 } }
     },
     routes: [{ prefix: '/four', pool: 'four' }, { prefix: '/two', pool: 'two' }]
   })

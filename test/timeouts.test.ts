@@ -7,7 +7,7 @@ interface Problem { status: number, error: string, phase: string, cause: string 
 t.test('connect: a target that never completes the handshake is cut at timeouts.connect', async (t) => {
   const hole = await startBlackhole()
   t.teardown(hole.close)
-  const gw = await startGateway(t, { pools: { p: { targets: [hole.url], timeouts: { connect: 200 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const gw = await startGateway(t, { pools: { p: { targets: [hole.url], timeouts: { connect: 200 }, retry: { retries: 0 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
   const started = Date.now()
   const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
   const took = Date.now() - started
@@ -23,7 +23,7 @@ t.test('connect: a target that never completes the handshake is cut at timeouts.
 t.test('headers: a target that accepts but never answers is cut at timeouts.headers', async (t) => {
   const silent = await startTcp(() => {})
   t.teardown(silent.close)
-  const gw = await startGateway(t, { pools: { p: { targets: [silent.url], timeouts: { headers: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const gw = await startGateway(t, { pools: { p: { targets: [silent.url], timeouts: { headers: 300 }, retry: { retries: 0 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
   const started = Date.now()
   const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
   const took = Date.now() - started
@@ -40,7 +40,7 @@ t.test('a route overrides the pool timeout for its own requests', async (t) => {
   const silent = await startTcp(() => {})
   t.teardown(silent.close)
   const gw = await startGateway(t, {
-    pools: { p: { targets: [silent.url], timeouts: { headers: 20000 } } },
+    pools: { p: { targets: [silent.url], timeouts: { headers: 20000 }, retry: { retries: 0 } } },
     routes: [{ prefix: '/fast', pool: 'p', timeouts: { headers: 200 } }]
   })
   const res = await gw.request('/fast/x', { headers: { accept: 'application/json' } })

@@ -39,6 +39,10 @@ export interface Failure {
   readonly retryAfter: number | null
   /** The upstream's status, when the gateway replaces an upstream answer. */
   readonly receivedStatus: number | null
+  /** Why no (further) retry was made, when that matters: "not retried: the retry budget is spent …". */
+  readonly note: string | null
+  /** Milliseconds spent waiting for room (limits.maxConcurrent). */
+  readonly queueMs: number
 }
 
 export interface FailureContext {
@@ -58,6 +62,8 @@ export interface FailureContext {
   why?: string
   /** The pool's active health check path, if it has one (hints differ with and without). */
   healthPath?: string | null
+  note?: string | undefined
+  queueMs?: number
   /** Overrides the public detail (e.g. Fastify's message for a client error). */
   detail?: string
 }
@@ -81,7 +87,9 @@ export function makeFailure (error: ProxyErrorType, ctx: FailureContext): Failur
     attempts: Object.freeze([...(ctx.attempts ?? [])]),
     ms: Math.round(ctx.ms),
     retryAfter: ctx.retryAfter ?? null,
-    receivedStatus: ctx.receivedStatus ?? null
+    receivedStatus: ctx.receivedStatus ?? null,
+    note: ctx.note ?? null,
+    queueMs: Math.round(ctx.queueMs ?? 0)
   })
 }
 
@@ -119,7 +127,12 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
     http_request_denied: () => `The client exceeded the rate limit (rateLimit option).${extra}`,
     upstream_error_status: () => `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
   }
-  return hints[error]()
+  const hint = hints[error]()
+  return ctx.note !== undefined ? `${hint} (${capitalize(ctx.note)}.)` : hint
+}
+
+function capitalize (text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1)
 }
 
 function hostOf (target: string): string {

@@ -17,11 +17,14 @@ export function logFailure (request: FastifyRequest, failure: Failure, note?: st
     target: failure.target,
     cause: failure.cause,
     attempts: failure.attempts,
-    ms: failure.ms
+    ms: failure.ms,
+    ...(failure.queueMs > 0 ? { queueMs: failure.queueMs } : {}),
+    ...(failure.note !== null ? { note: failure.note } : {})
   }
   const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
   const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
-  const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${note !== undefined ? `; ${note}` : ''}`
+  const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
+  const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
   // The status the client got decides, except for a response cut after its headers: that
   // status was the upstream's (often a 200), and the failure is still an upstream error.
   if (failure.status >= 500 || CUT.has(failure.error)) request.log.error(record, msg)

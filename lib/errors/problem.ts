@@ -68,7 +68,7 @@ export function proxyStatusMember (failure: Failure | null, proxyName: string, f
   if (failure !== null) {
     // An intercepted upstream status is not a failure of ours: no `error` parameter.
     if (failure.error !== 'upstream_error_status') member += `; error=${failure.error}`
-    const details = full ? `${failure.phase} ${failure.cause ?? failure.error}` : failure.title
+    const details = full ? `${failure.phase} ${failure.cause ?? failure.error}${failure.note !== null ? `; ${failure.note}` : ''}` : failure.title
     member += `; details=${sfString(details)}`
     if (full && failure.target !== null) member += `; next-hop=${sfString(failure.target)}`
   }

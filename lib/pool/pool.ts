@@ -7,6 +7,12 @@ import { Target, type CheckResult, type TargetSnapshot, type TargetState } from 
 import { createBalancer, type Balancer } from './balancer/index.js'
 import { HealthChecker } from './health.js'
 import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.js'
+import { RetryBudget } from './budget.js'
+
+interface Waiter {
+  ready: () => void
+  timer: NodeJS.Timeout
+}
 
 export interface PoolSnapshot {
   name: string
@@ -34,6 +40,9 @@ export class UpstreamPool {
   readonly #log: FastifyBaseLogger
   readonly #checker: HealthChecker | null
   readonly #timers = new Set<NodeJS.Timeout>()
+  /** Requests waiting for a target with room (limits), oldest first. */
+  readonly #waiters: Waiter[] = []
+  readonly budget: RetryBudget
   #inPanic = false
 
   constructor (config: PoolConfig, log: FastifyBaseLogger) {
@@ -42,6 +51,7 @@ export class UpstreamPool {
     this.targets = config.targets.map((t) => new Target(t, config))
     this.#balancer = createBalancer(config.balancer)
     this.#log = log
+    this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
     this.#checker = config.health === null
       ? null
       : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
@@ -76,6 +86,47 @@ export class UpstreamPool {
       return all.length > 0 ? this.#balancer.order(all, request) : []
     }
     return []
+  }
+
+  get inPanic (): boolean {
+    return this.#inPanic
+  }
+
+  /** Whether a target has room for one more request (limits.maxConcurrent). */
+  hasRoom (target: Target): boolean {
+    return target.inFlight < this.config.limits.maxConcurrent
+  }
+
+  /**
+   * Waits in line for room: `ready` when a request somewhere in the pool ends, `timedOut` after
+   * limits.queueTimeout. Null when limits.maxPending requests already wait.
+   */
+  enqueue (ready: () => void, timedOut: () => void): { cancel: () => void } | null {
+    const { maxPending, queueTimeout } = this.config.limits
+    if (this.#waiters.length >= maxPending) return null
+    const waiter: Waiter = {
+      ready,
+      timer: setTimeout(() => {
+        this.#remove(waiter)
+        timedOut()
+      }, queueTimeout)
+    }
+    this.#waiters.push(waiter)
+    return { cancel: () => { this.#remove(waiter) } }
+  }
+
+  /** A request to one of this pool's targets ended: the oldest waiter may go. */
+  released (): void {
+    const waiter = this.#waiters.shift()
+    if (waiter === undefined) return
+    clearTimeout(waiter.timer)
+    waiter.ready()
+  }
+
+  #remove (waiter: Waiter): void {
+    clearTimeout(waiter.timer)
+    const i = this.#waiters.indexOf(waiter)
+    if (i >= 0) this.#waiters.splice(i, 1)
   }
 
   /** Why nothing can take traffic: one line per target, and when one may be back. */
@@ -176,6 +227,8 @@ export class UpstreamPool {
 
   async close (): Promise<void> {
     this.#checker?.stop()
+    for (const waiter of this.#waiters) clearTimeout(waiter.timer)
+    this.#waiters.length = 0
     for (const timer of this.#timers) clearTimeout(timer)
     this.#timers.clear()
     await Promise.all(this.targets.map(async (t) => await t.close()))

@@ -1,5 +1,6 @@
 // The life of one proxied request: which targets it tries, each try's progress and outcome,
-// the total timeout across tries, and how it ends (a streamed response, or one failure record).
+// waiting for a target with room, retries under the policy and the pool's budget, the total
+// timeout across tries, and how it ends (a streamed response, or one failure record).
 import { performance } from 'node:perf_hooks'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
@@ -8,11 +9,13 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
-
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter'>
 import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { prepareBody, type PreparedBody } from './body.js'
+import { backoff, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
+
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note'>
 
 /** How an exchange reports its end; `routes.ts` wires these to the error responder and log. */
 export interface ExchangeEvents {
@@ -33,16 +36,21 @@ export class Exchange {
   readonly attempts: AttemptRecord[] = []
   /** Set once: the exchange has ended one way or another; late events are ignored. */
   settled = false
-  responseStarted = false
   target: Target | null = null
+  /** Milliseconds spent waiting for a target with room (limits.maxConcurrent). */
+  queueMs = 0
 
-  #candidates: Target[] | null = null
+  #candidates: Target[] = []
   #next = 0
+  #retries = 0
   #attempt: Attempt | null = null
   #opts: Dispatcher.DispatchOptions | null = null
+  #body: PreparedBody | null = null
   #downstream: Dispatcher.DispatchHandler | null = null
   #downstreamStarted = false
   #totalTimer: NodeJS.Timeout | null = null
+  /** A pending wait: for room in the queue, or the backoff before a retry. */
+  #waiting: { cancel: () => void } | null = null
 
   constructor (
     readonly request: FastifyRequest,
@@ -69,21 +77,34 @@ export class Exchange {
   start (opts: Dispatcher.DispatchOptions, downstream: Dispatcher.DispatchHandler): void {
     this.#opts = opts
     this.#downstream = downstream
+    this.pool.budget.request()
     this.#candidates = this.pool.candidates(this.request)
     if (this.#candidates.length === 0) {
       const outage = this.pool.outage()
       this.#fail('destination_unavailable', { phase: 'route', why: `\n${outage.why}`, retryAfter: outage.retryAfter })
       return
     }
-    this.#tryNext()
+    const headers = opts.headers as Record<string, string | undefined>
+    prepareBody(opts.body, headers['content-length']).then((body) => {
+      this.#body = body
+      if (!this.settled) this.#tryNext()
+    }, () => {
+      // Reading the client's body failed: the client went away while sending it.
+      if (this.settled) return
+      this.#settle()
+      this.events.aborted(this, 'send')
+    })
   }
 
   /** Ends the exchange early (total timeout, client gone). */
   abort (reason: GatewayError): void {
     if (this.settled) return
     const attempt = this.#attempt
-    if (attempt === null) {
-      this.#fail('proxy_internal_error', { phase: 'route', cause: reason.code })
+    if (this.#waiting !== null || attempt === null) {
+      // Between tries (queued, backing off, reading the body): nothing is in flight to cut.
+      this.#waiting?.cancel()
+      this.#waiting = null
+      this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.#waitingPhase)
     } else if (attempt.controller !== null) {
       attempt.controller.abort(reason)
     } else {
@@ -93,8 +114,20 @@ export class Exchange {
     }
   }
 
+  #waitingPhase: AttemptRecord['phase'] = 'route'
+
+  /** The next try: the next candidate that may take traffic and has room, else wait in line. */
   #tryNext (): void {
-    const target = this.#candidates![this.#next++]!
+    this.#attempt = null
+    const target = this.#pickTarget()
+    if (target === 'none') {
+      this.#giveUp('no other target can take traffic')
+      return
+    }
+    if (target === 'full') {
+      this.#queue()
+      return
+    }
     this.target = target
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
@@ -106,14 +139,55 @@ export class Exchange {
         path: opts.path,
         method: opts.method,
         headers,
-        body: opts.body ?? null,
+        body: this.#body!.body,
         // Our own timer enforces timeouts.headers to the millisecond; undici's is a backstop.
         headersTimeout: this.route.timeouts.headers + 1000,
         bodyTimeout: this.route.timeouts.body
       }, attempt)
     } catch (err) {
+      attempt.abandon()
       this.onAttemptError(attempt, err)
     }
+  }
+
+  /**
+   * Candidates in the balancer's order, starting after the last one tried, so a retry goes to
+   * a different target whenever there is one. A target that went out meanwhile is skipped.
+   */
+  #pickTarget (): Target | 'none' | 'full' {
+    let sawAvailable = false
+    const count = this.#candidates.length
+    for (let i = 0; i < count; i++) {
+      const target = this.#candidates[(this.#next + i) % count]!
+      if (!target.isAvailable() && !this.pool.inPanic) continue
+      sawAvailable = true
+      if (this.pool.hasRoom(target)) {
+        this.#next = (this.#next + i + 1) % count
+        return target
+      }
+    }
+    return sawAvailable ? 'full' : 'none'
+  }
+
+  #queue (): void {
+    const { limits } = this.pool.config
+    const queuedAt = performance.now()
+    this.#waitingPhase = 'queue'
+    const why = `Every target that may take this request has limits.maxConcurrent (${limits.maxConcurrent}) requests in flight`
+    const waiter = this.pool.enqueue(() => {
+      this.queueMs += performance.now() - queuedAt
+      this.#waiting = null
+      if (!this.settled) this.#tryNext()
+    }, () => {
+      this.queueMs += performance.now() - queuedAt
+      this.#waiting = null
+      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and this request waited limits.queueTimeout (${limits.queueTimeout} ms) for room.`, retryAfter: 1 })
+    })
+    if (waiter === null) {
+      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and limits.maxPending (${limits.maxPending}) requests already wait.`, retryAfter: 1 })
+      return
+    }
+    this.#waiting = waiter
   }
 
   onAttemptStart (context: unknown): void {
@@ -125,9 +199,16 @@ export class Exchange {
 
   onAttemptResponse (attempt: Attempt, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
     attempt.status = statusCode
-    this.attempts.push(attempt.record(null, null, 'headers'))
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
-    this.responseStarted = true
+    this.attempts.push(attempt.record(null, null, 'headers'))
+    const policy = this.route.retry
+    if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
+      // This answer is dropped for another try: the client never sees it.
+      attempt.abandon()
+      attempt.controller?.abort(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
+      this.#retryLater()
+      return
+    }
     this.#downstream!.onResponseStart?.(this.#controllerFacade, statusCode, headers, statusMessage)
   }
 
@@ -142,7 +223,7 @@ export class Exchange {
 
   onAttemptError (attempt: Attempt, err: unknown): void {
     if (this.settled) return
-    const progress: Progress = { connected: attempt.connected, requestSent: attempt.connected && this.#requestSent(), responseStarted: attempt.responseStarted }
+    const progress: Progress = { connected: attempt.connected, requestSent: attempt.connected && this.request.raw.complete, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
     if (verdict.error === 'client_aborted') {
       this.#settle()
@@ -163,7 +244,69 @@ export class Exchange {
       this.events.broken(this, failure)
       return
     }
-    this.#fail(verdict.error, context)
+    if ((err as { code?: unknown }).code === GATEWAY_CODES.totalTimeout) {
+      this.#fail(verdict.error, context)
+      return
+    }
+    const verdictOnRetry = shouldRetryFailure({
+      error: verdict.error,
+      phase: verdict.phase,
+      method: this.request.method,
+      policy: this.route.retry,
+      retries: this.#retries,
+      replayable: this.#body?.replayable ?? false,
+      unreplayableWhy: this.#body?.why ?? ''
+    })
+    if (!verdictOnRetry.retry) {
+      this.#fail(verdict.error, { ...context, note: this.#retries > 0 || this.route.retry.retries > 0 ? `not retried: ${verdictOnRetry.why}` : undefined })
+      return
+    }
+    if (!this.#hasAnotherTry()) {
+      this.#fail(verdict.error, { ...context, note: 'not retried: no target can take traffic' })
+      return
+    }
+    if (!this.pool.budget.tryRetry()) {
+      const { ratio, minPerSecond } = this.route.retry.budget
+      this.#fail(verdict.error, { ...context, note: `not retried: the retry budget is spent (retry.budget: ${ratio} of requests, at least ${minPerSecond}/s)` })
+      return
+    }
+    this.#retryLater()
+  }
+
+  #hasAnotherTry (): boolean {
+    return this.#candidates.some((t) => t.isAvailable() || this.pool.inPanic)
+  }
+
+  #retryLater (): void {
+    this.#retries++
+    this.#attempt = null
+    this.#waitingPhase = 'connect'
+    const timer = setTimeout(() => {
+      this.#waiting = null
+      if (!this.settled) this.#tryNext()
+    }, backoff(this.#retries))
+    this.#waiting = { cancel: () => clearTimeout(timer) }
+  }
+
+  /** Out of targets for a retry: the last try's failure stands. */
+  #giveUp (why: string): void {
+    const last = [...this.attempts].reverse().find((a) => a.error !== null)
+    if (last === undefined) {
+      const outage = this.pool.outage()
+      this.#fail('destination_unavailable', { phase: 'route', why: `\n${outage.why}`, retryAfter: outage.retryAfter })
+      return
+    }
+    this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })
+  }
+
+  #failWith (err: unknown, progress: Progress, phase?: AttemptRecord['phase']): void {
+    const verdict = classify(err, progress)
+    if (verdict.error === 'client_aborted') {
+      this.#settle()
+      this.events.aborted(this, phase ?? verdict.phase)
+      return
+    }
+    this.#fail(verdict.error, { phase: phase ?? verdict.phase, cause: verdict.cause })
   }
 
   #fail (error: ProxyErrorType, context: FailureDetails): void {
@@ -181,6 +324,7 @@ export class Exchange {
       target: this.target?.hostPort ?? null,
       attempts: this.attempts,
       ms: this.ms,
+      queueMs: this.queueMs,
       timeouts: this.route.timeouts,
       healthPath: this.pool.config.health?.path ?? null
     })
@@ -195,11 +339,8 @@ export class Exchange {
     this.settled = true
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
-  }
-
-  /** Whether the client's request body (if any) has been read in full, hence passed on. */
-  #requestSent (): boolean {
-    return this.request.raw.complete
+    this.#waiting?.cancel()
+    this.#waiting = null
   }
 
   // The one controller reply-from's handler sees, whichever try is active underneath.
@@ -239,6 +380,7 @@ class Attempt implements Dispatcher.DispatchHandler {
     return record
   }
 
+  /** The exchange has left this try behind: what undici says of it from now on is ignored. */
   abandon (): void {
     this.#abandoned = true
     this.#end()
@@ -301,5 +443,6 @@ class Attempt implements Dispatcher.DispatchHandler {
     this.#ended = true
     this.#clearHeadersTimer()
     this.target.inFlight--
+    this.exchange.pool.released()
   }
 }

@@ -1,0 +1,45 @@
+// A request body that a retry can send again. Small bodies are read into memory before the
+// first try (as nginx buffers request bodies); larger ones stream through untouched and are
+// then not retried.
+import { Readable } from 'node:stream'
+
+/** Bodies up to this size are kept for replay. */
+export const REPLAY_LIMIT = 64 * 1024
+
+export type Body = string | Buffer | Readable | null
+
+export interface PreparedBody {
+  body: Body
+  replayable: boolean
+  /** Why it is not replayable, in words for the log. */
+  why: string
+}
+
+export async function prepareBody (body: unknown, contentLength: string | undefined): Promise<PreparedBody> {
+  if (body === undefined || body === null || body === '') return { body: null, replayable: true, why: '' }
+  if (typeof body === 'string' || Buffer.isBuffer(body)) return { body, replayable: true, why: '' }
+  if (!(body instanceof Readable)) return { body: body as Body, replayable: false, why: 'an unknown kind of body' }
+  const declared = contentLength === undefined ? null : Number(contentLength)
+  if (declared !== null && declared > REPLAY_LIMIT) {
+    return { body, replayable: false, why: `a streamed body of ${declared} bytes, over the ${REPLAY_LIMIT}-byte replay limit` }
+  }
+  // Read up to the limit; a body that turns out larger streams on with what was read in front.
+  const chunks: Buffer[] = []
+  let size = 0
+  const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>
+  while (size <= REPLAY_LIMIT) {
+    const next = await iterator.next()
+    if (next.done === true) return { body: Buffer.concat(chunks, size), replayable: true, why: '' }
+    chunks.push(next.value)
+    size += next.value.length
+  }
+  const rest = Readable.from((async function * () {
+    yield * chunks
+    while (true) {
+      const next = await iterator.next()
+      if (next.done === true) return
+      yield next.value
+    }
+  })(), { objectMode: false })
+  return { body: rest, replayable: false, why: `a streamed body of more than ${REPLAY_LIMIT} bytes, the replay limit` }
+}
