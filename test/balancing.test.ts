@@ -4,6 +4,7 @@ import { startUpstream, type Running } from './helpers/servers.js'
 import { RoundRobin } from '../lib/pool/balancer/round-robin.js'
 import { WeightedRandom } from '../lib/pool/balancer/random.js'
 import { LeastRequest } from '../lib/pool/balancer/least-request.js'
+import { ConsistentHash, LOAD_FACTOR } from '../lib/pool/balancer/hash.js'
 import { Target } from '../lib/pool/target.js'
 import { validateOptions } from '../lib/options/validate.js'
 
@@ -87,4 +88,61 @@ t.test('least-request sends traffic away from a slow target', async (t) => {
   }))
   t.equal(slow.hits + fast.hits, 40)
   t.ok(fast.hits >= 32, `the fast target took ${fast.hits} of 40`)
+})
+
+t.test('p2c-ewma sends most traffic away from a target made 200 ms slower', async (t) => {
+  const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('slow'), 200) })
+  const fast = await upstreams(t, 2)
+  t.teardown(slow.close)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [slow.url, fast[0]!.url, fast[1]!.url], balancer: 'p2c-ewma' } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const lanes = async (n: number): Promise<void> => {
+    await Promise.all(Array.from({ length: 3 }, async () => {
+      for (let i = 0; i < n; i++) await (await gw.request('/p/x')).body.dump()
+    }))
+  }
+  await lanes(10)
+  const before = slow.hits
+  await lanes(40)
+  const share = (slow.hits - before) / 120
+  t.ok(share < 0.15, `after warm-up the slow target took ${(share * 100).toFixed(1)}% of requests`)
+})
+
+t.test('hash: the same key keeps its target; requests without a key are spread round-robin', async (t) => {
+  const list = await upstreams(t, 3)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: list.map((u) => u.url), balancer: { hash: 'header:x-user' } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const targetOf = async (user?: string): Promise<string> => {
+    const res = await gw.request('/p/x', user === undefined ? {} : { headers: { 'x-user': user } })
+    return ((await res.body.json()) as { name: string }).name
+  }
+  for (const user of ['ada', 'grace', 'linus']) {
+    const first = await targetOf(user)
+    for (let i = 0; i < 5; i++) t.equal(await targetOf(user), first, `${user} stays on ${first}`)
+  }
+  const keyless = new Set([await targetOf(), await targetOf(), await targetOf()])
+  t.equal(keyless.size, 3)
+})
+
+t.test('hash: removing one of 5 targets moves few keys, and no target exceeds the load bound', async (t) => {
+  const five = targets(1, 1, 1, 1, 1)
+  const hash = new ConsistentHash('header:x-user')
+  const keys = Array.from({ length: 1000 }, (_, i) => `user-${i}`)
+  const before = new Map(keys.map((k) => [k, hash.orderFor(k, five)[0]]))
+  const four = five.slice(1)
+  const moved = keys.filter((k) => before.get(k) !== five[0] && hash.orderFor(k, four)[0] !== before.get(k)).length
+  const wereOnRemoved = keys.filter((k) => before.get(k) === five[0]).length
+  t.ok(wereOnRemoved > 100 && wereOnRemoved < 320, `${wereOnRemoved} keys were on the removed target (about 1/5)`)
+  t.equal(moved, 0, 'keys on the remaining targets stay where they were')
+  t.ok(wereOnRemoved / 1000 <= 0.3, `${((wereOnRemoved / 1000) * 100).toFixed(1)}% of keys moved in all`)
+
+  // Requests that never finish pile up: the bound keeps every target near the mean.
+  for (let i = 0; i < 200; i++) hash.orderFor(`hot-${i % 3}`, five)[0]!.inFlight++
+  const total = five.reduce((sum, x) => sum + x.inFlight, 0)
+  const bound = Math.ceil((LOAD_FACTOR * total) / five.length)
+  for (const x of five) t.ok(x.inFlight <= bound, `${x.url} has ${x.inFlight} in flight (bound ${bound})`)
 })

@@ -42,7 +42,7 @@ const cases: Array<[string, unknown, string]> = [
   ['errors.proxyName not a token', { ...ok, errors: { proxyName: 'my gateway' } }, 'errors.proxyName: expected a structured-field token (letters, digits, "-", ".", ...), got "my gateway"'],
   ['errors.intercept status', { ...ok, errors: { intercept: [502, 999] } }, 'errors.intercept[1]: expected an integer from 100 to 599, got 999'],
   ['requestIdHeader not a header name', { ...ok, requestIdHeader: 'x request id' }, 'requestIdHeader: expected an HTTP header name, got "x request id"'],
-  ['balancer not yet available', { ...ok, pools: { users: { targets: ['http://a:1'], balancer: 'p2c-ewma' } } }, 'pools.users.balancer: "p2c-ewma" is not available in this version (use "round-robin", "least-request" or "random")']
+  ['hash balancer key', { ...ok, pools: { users: { targets: ['http://a:1'], balancer: { hash: 'query:id' } } } }, 'pools.users.balancer.hash: expected "ip", "header:NAME" or "cookie:NAME", got "query:id"']
 ]
 
 for (const [name, options, message] of cases) {

@@ -39,6 +39,7 @@ export const GATEWAY_CODES = {
   // The gateway enforces timeouts.headers itself (undici's timer ticks every ~0.5 s); it is the
   // same event as undici's own, so it carries undici's code.
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
+  connectTimeout: 'UND_ERR_CONNECT_TIMEOUT',
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED'
 } as const
 

@@ -34,6 +34,7 @@ export function renderHtml (problem: Problem, options: HtmlOptions): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
+<link rel="icon" href="data:,">
 <meta name="color-scheme" content="light dark">
 <title>${escapeHtml(`${problem.status} ${problem.title}`)}</title>
 <style>${STYLE}</style>
@@ -128,7 +129,9 @@ function renderHop (hop: HopId, state: HopState, phase: Phase, pool: string | nu
   const label = `${name}: ${state === 'failed' ? `failed here (${PHASE_LABELS[phase]})` : STATE_WORDS[state]}`
   const open = `<li class="hop ${isLink(hop) ? 'link' : 'node'} is-${state}" data-hop="${hop}" data-state="${state}" aria-label="${escapeHtml(label)}">`
   if (isLink(hop)) {
-    return `${open}<span class="wire" aria-hidden="true"></span><span class="hop-state">${escapeHtml(state === 'failed' ? stateText : '')}</span></li>`
+    // "Failed here · connect" on one line when stacked; across, "Failed here" over the phase.
+    const linkText = state === 'failed' ? `Failed here<span class="sep"> · </span><span class="phase">${escapeHtml(PHASE_LABELS[phase])}</span>` : ''
+    return `${open}<span class="wire" aria-hidden="true"></span><span class="hop-state">${linkText}</span></li>`
   }
   const poolLine = hop === 'service' && pool !== null ? `<code class="pool">${escapeHtml(pool)}</code>` : ''
   return `${open}<span class="mark" aria-hidden="true"></span><span class="hop-text"><span class="hop-name">${escapeHtml(name)}</span>${poolLine}<span class="hop-state">${escapeHtml(stateText)}</span></span></li>`
@@ -334,6 +337,13 @@ h2{margin:0 0 .6rem;font-size:1.05rem;font-weight:650}
 .attempts th{font-size:.75rem;letter-spacing:.05em;text-transform:uppercase;color:var(--muted);font-weight:600}
 .attempts .num{text-align:right;font-variant-numeric:tabular-nums}
 .note{font-size:.85rem;color:var(--muted)}
+/* Wide screens: a failed link's label is "Failed here" over the phase (no dangling "·"), and the
+   short columns of the attempts table keep their words whole (only Target and Cause may break). */
+@media (min-width:601px){
+.hop.link .sep{display:none}
+.hop.link .phase{display:block}
+.attempts th,.attempts td:not([data-label=Target]):not([data-label=Cause]){white-space:nowrap}
+}
 .page>.footer{background:none;border:none;padding:.25rem 0;text-align:center;color:var(--muted);font-size:.85rem;overflow-wrap:anywhere}
 @media (max-width:600px){
 .page{padding:1rem .75rem}

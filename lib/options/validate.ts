@@ -9,7 +9,7 @@ import type {
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, ratio, boolean, string, oneOf,
-  array, httpStatus, fail, isPlainObject, describe
+  array, httpStatus, fail, isPlainObject
 } from './check.js'
 
 export const DEFAULT_TIMEOUTS: Timeouts = { connect: 2000, headers: 30000, body: 30000, total: 60000 }
@@ -132,13 +132,8 @@ function targetUrl (path: string, value: unknown): string {
   return url.origin
 }
 
-// p2c-ewma and hash are part of the contract but arrive with the balancing issue; until then
-// they are refused here, loudly, rather than quietly replaced by another balancer.
-const NOT_YET = 'not available in this version (use "round-robin", "least-request" or "random")'
-
 function validateBalancer (path: string, input: unknown): BalancerConfig {
   if (input === undefined) return { kind: 'round-robin' }
-  if (input === 'p2c-ewma' || isPlainObject(input)) throw new OptionsError(path, `${describe(input)} is ${NOT_YET}`)
   if (isPlainObject(input)) {
     const hash = object(path, input, ['hash']).hash
     if (typeof hash === 'string' && (hash === 'ip' || /^(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(hash))) {

@@ -30,6 +30,9 @@ export interface Outage {
   retryAfter: number | null
 }
 
+/** The latency sample a failed try counts as (see recordFailure). */
+const FAILURE_LATENCY_MS = 1000
+
 const OUT_STATES = new Set<TargetState>(['unhealthy', 'ejected', 'draining'])
 
 export class UpstreamPool {
@@ -160,6 +163,8 @@ export class UpstreamPool {
     const now = Date.now()
     target.failures++
     target.consecutiveFailures++
+    // A failure counts as slow for latency-aware balancing, however fast it came.
+    target.recordLatency(Math.max(FAILURE_LATENCY_MS, 2 * (target.latencyEwma ?? 0)))
     target.lastError = { error, cause, at: now }
     const outlier = this.config.outlier
     if (outlier === null || target.isEjected(now) || target.draining) return

@@ -53,6 +53,8 @@ export interface TargetSnapshot {
 
 /** Latency average that forgets: each new sample weighs EWMA_ALPHA. */
 const EWMA_ALPHA = 0.2
+/** How fast a latency average fades without new samples (e-folding time). */
+const LATENCY_DECAY_MS = 10_000
 /** A target warming up under slow start never gets less than this share of its weight. */
 const MIN_WARM_SHARE = 0.1
 
@@ -69,6 +71,7 @@ export class Target {
   failures = 0
   lastError: TargetError | null = null
   latencyEwma: number | null = null
+  latencySampledAt = 0
 
   // Active health: what the checks say.
   health: Health
@@ -166,6 +169,16 @@ export class Target {
 
   recordLatency (ms: number): void {
     this.latencyEwma = this.latencyEwma === null ? ms : this.latencyEwma + EWMA_ALPHA * (ms - this.latencyEwma)
+    this.latencySampledAt = Date.now()
+  }
+
+  /**
+   * The latency average as a balancer should see it now: it fades while no sample comes (as
+   * Linkerd's peak EWMA), so a target once slow is tried again after a while instead of never.
+   */
+  decayedLatency (now = Date.now()): number | null {
+    if (this.latencyEwma === null) return null
+    return this.latencyEwma * Math.exp(-(now - this.latencySampledAt) / LATENCY_DECAY_MS)
   }
 
   snapshot (now = Date.now()): TargetSnapshot {

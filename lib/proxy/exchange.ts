@@ -133,8 +133,12 @@ export class Exchange {
     this.#attempt = attempt
     const opts = this.#opts!
     const headers = { ...(opts.headers as Record<string, string>), host: target.hostHeader }
+    attempt.startConnectTimer(this.route.timeouts.connect, () => {
+      attempt.abandon()
+      this.onAttemptError(attempt, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${this.route.timeouts.connect} ms`))
+    })
     try {
-      target.client(this.route.timeouts.connect).dispatch({
+      target.client(this.route.timeouts.connect + 1000).dispatch({
         origin: target.url,
         path: opts.path,
         method: opts.method,
@@ -258,7 +262,9 @@ export class Exchange {
       unreplayableWhy: this.#body?.why ?? ''
     })
     if (!verdictOnRetry.retry) {
-      this.#fail(verdict.error, { ...context, note: this.#retries > 0 || this.route.retry.retries > 0 ? `not retried: ${verdictOnRetry.why}` : undefined })
+      // Say why only when something other than the policy's own count stopped the retries.
+      const spent = this.#retries >= this.route.retry.retries
+      this.#fail(verdict.error, { ...context, note: spent ? undefined : `not retried: ${verdictOnRetry.why}` })
       return
     }
     if (!this.#hasAnotherTry()) {
@@ -364,6 +370,7 @@ class Attempt implements Dispatcher.DispatchHandler {
   #abandoned = false
   #ended = false
   #headersTimer: NodeJS.Timeout | null = null
+  #connectTimer: NodeJS.Timeout | null = null
 
   constructor (private readonly exchange: Exchange, readonly target: Target) {
     target.inFlight++
@@ -386,8 +393,16 @@ class Attempt implements Dispatcher.DispatchHandler {
     this.#end()
   }
 
+  // timeouts.connect, to the millisecond (undici's own timer ticks about once a second and
+  // stays as a backstop). A try still unconnected when it fires is left behind.
+  startConnectTimer (ms: number, onTimeout: () => void): void {
+    this.#connectTimer = setTimeout(onTimeout, ms)
+  }
+
   onRequestStart (controller: Dispatcher.DispatchController, context: unknown): void {
     this.controller = controller
+    if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
+    this.#connectTimer = null
     if (this.#abandoned) {
       controller.abort(new Error('abandoned by the gateway'))
       return
@@ -442,6 +457,8 @@ class Attempt implements Dispatcher.DispatchHandler {
     if (this.#ended) return
     this.#ended = true
     this.#clearHeadersTimer()
+    if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
+    this.#connectTimer = null
     this.target.inFlight--
     this.exchange.pool.released()
   }

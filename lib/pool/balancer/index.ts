@@ -3,6 +3,8 @@ import type { Balancer } from './balancer.js'
 import { RoundRobin } from './round-robin.js'
 import { LeastRequest } from './least-request.js'
 import { WeightedRandom } from './random.js'
+import { P2cEwma } from './p2c-ewma.js'
+import { ConsistentHash } from './hash.js'
 
 export type { Balancer } from './balancer.js'
 
@@ -11,8 +13,7 @@ export function createBalancer (config: BalancerConfig): Balancer {
     case 'round-robin': return new RoundRobin()
     case 'least-request': return new LeastRequest()
     case 'random': return new WeightedRandom()
-    // p2c-ewma and hash arrive with the retries/balancing issue; until then they are refused
-    // at registration (see validate.ts) rather than silently replaced.
-    default: throw new Error(`balancer "${config.kind}" is not available yet`)
+    case 'p2c-ewma': return new P2cEwma()
+    case 'hash': return new ConsistentHash(config.key)
   }
 }

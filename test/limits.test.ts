@@ -1,0 +1,63 @@
+import t from 'tap'
+import { startGateway } from './helpers/gateway.js'
+import { startUpstream } from './helpers/servers.js'
+import type { Problem } from '../lib/errors/problem.js'
+
+t.test('maxConcurrent 1 with a slow target: the queue holds maxPending, the rest get 503 with Retry-After', async (t) => {
+  let inFlight = 0
+  let peak = 0
+  const slow = await startUpstream('slow', (_req, res) => {
+    peak = Math.max(peak, ++inFlight)
+    setTimeout(() => { inFlight--; res.end('done') }, 150)
+  })
+  t.teardown(slow.close)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [slow.url], limits: { maxConcurrent: 1, maxPending: 2, queueTimeout: 5000 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const results = await Promise.all(Array.from({ length: 5 }, async () => {
+    const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+    return { status: res.statusCode, retryAfter: res.headers['retry-after'], body: await res.body.text() }
+  }))
+  t.same(results.map((r) => r.status).sort(), [200, 200, 200, 503, 503], 'one in flight, two queued, two turned away')
+  t.equal(peak, 1, 'the target never had more than one request')
+  for (const rejected of results.filter((r) => r.status === 503)) {
+    t.equal(rejected.retryAfter, '1')
+    t.match(JSON.parse(rejected.body) as Problem, { error: 'connection_limit_reached', blame: 'gateway', phase: 'queue' })
+    t.match((JSON.parse(rejected.body) as Problem).hint, /limits\.maxPending \(2\) requests already wait/)
+  }
+})
+
+t.test('queueTimeout: a request that waits too long for room gets 503, and the log has the wait', async (t) => {
+  const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('done'), 600) })
+  t.teardown(slow.close)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [slow.url], limits: { maxConcurrent: 1, queueTimeout: 100 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const first = gw.request('/p/x')
+  while (slow.hits === 0) await new Promise((resolve) => setTimeout(resolve, 5))
+  const started = Date.now()
+  const second = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  t.equal(second.statusCode, 503)
+  t.match(await second.body.json(), { error: 'connection_limit_reached', phase: 'queue' })
+  t.ok(took >= 90 && took < 500, `turned away after ${took} ms (queueTimeout 100 ms)`)
+  const record = gw.failures()[0]!
+  t.match(record, { error: 'connection_limit_reached', status: 503 })
+  t.ok((record.queueMs as number) >= 90, `queueMs ${String(record.queueMs)} in the log record`)
+  t.equal((await first).statusCode, 200)
+})
+
+t.test('a queued request takes the first target that frees up', async (t) => {
+  const a = await startUpstream('a', (_req, res) => { setTimeout(() => res.end('a'), 100) })
+  const b = await startUpstream('b', (_req, res) => { setTimeout(() => res.end('b'), 100) })
+  t.teardown(async () => { await a.close(); await b.close() })
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], limits: { maxConcurrent: 1, maxPending: 10 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const statuses = await Promise.all(Array.from({ length: 6 }, async () => (await gw.request('/p/x')).statusCode))
+  t.same(statuses, [200, 200, 200, 200, 200, 200])
+  t.equal(a.hits + b.hits, 6)
+})
