@@ -14,49 +14,23 @@
 // measure mostly autocannon. On this 2-core machine, separate processes let the OS spread the
 // work. Both upstreams share one child so that the upstream side has the same CPU budget in
 // every variant (fastify-upstream spreads over A and B; with one process per upstream it would
-// get more upstream CPU than the single-upstream variants, which flatters it).
-import { fork, type ChildProcess } from 'node:child_process'
-import { createServer, get, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import { mkdir, writeFile } from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
+// get more upstream CPU than the single-upstream variants, which flatters it). The children,
+// the upstreams and the parent's plumbing are in harness.ts, shared with failure-storm.ts.
 import os from 'node:os'
 import autocannon from 'autocannon'
+import {
+  HOST, WARMUP_SECONDS, formatTable, getBody, median, portOf, positiveInteger, closeServers,
+  runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
+} from './harness.js'
 
-const HOST = '127.0.0.1'
 const PREFIX = '/svc'
-/** How long a child may take to start listening, or to stop, before we give up on it. */
-const CHILD_START_MS = 15_000
-const CHILD_STOP_MS = 3_000
-const WARMUP_SECONDS = 1
 
 type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream'
 type Variant = 'direct' | 'http-proxy' | 'fastify-upstream'
 const VARIANTS: Variant[] = ['direct', 'http-proxy', 'fastify-upstream']
 
-/** What a child tells the parent once it listens. */
-interface Ready { ports: number[] }
-
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
-
-/** Two plain node:http upstreams in one process; each names itself so round-robin can be seen. */
-async function runUpstreams (): Promise<Server[]> {
-  const servers = ['a', 'b'].map((name) => {
-    const body = JSON.stringify({ ok: true, upstream: name })
-    const server = createServer((_request, response) => {
-      // Content-Length, not chunked: keeps the upstream's share of the work small and fixed.
-      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
-      response.end(body)
-    })
-    // Longer than the proxies' idle keep-alive (undici's 4 s) so the proxy, not the upstream,
-    // closes idle sockets: no request ever races a socket the upstream is closing.
-    server.keepAliveTimeout = 10_000
-    return server
-  })
-  await Promise.all(servers.map(async (server) => await new Promise<void>((resolve) => server.listen(0, HOST, resolve))))
-  return servers
-}
 
 /** The front doors import fastify lazily: the upstream child never needs it. */
 async function runFrontDoor (role: 'http-proxy' | 'fastify-upstream', upstreamPorts: number[]): Promise<{ port: number, close: () => Promise<void> }> {
@@ -73,92 +47,32 @@ async function runFrontDoor (role: 'http-proxy' | 'fastify-upstream', upstreamPo
     })
   }
   await app.listen({ port: 0, host: HOST })
-  return { port: (app.server.address() as AddressInfo).port, close: async () => { await app.close() } }
+  return { port: portOf(app.server), close: async () => { await app.close() } }
 }
 
 async function runChild (role: Role): Promise<void> {
   let close: () => Promise<void>
   let ports: number[]
   if (role === 'upstreams') {
-    const servers = await runUpstreams()
-    ports = servers.map((server) => (server.address() as AddressInfo).port)
-    close = async () => {
-      await Promise.all(servers.map(async (server) => await new Promise<void>((resolve) => {
-        server.close(() => { resolve() })
-        server.closeAllConnections()
-      })))
-    }
+    // Two plain node:http upstreams in one process; each names itself so round-robin can be seen.
+    const servers = await runUpstreams(['a', 'b'])
+    ports = servers.map(portOf)
+    close = async () => { await closeServers(servers) }
   } else {
     const upstreamPorts = (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number)
     const door = await runFrontDoor(role, upstreamPorts)
     ports = [door.port]
     close = door.close
   }
-
-  let stopping = false
-  const stop = (): void => {
-    if (stopping) return
-    stopping = true
-    // A graceful close, but bounded: a stuck socket must not keep the child (or the parent) alive.
-    setTimeout(() => process.exit(0), CHILD_STOP_MS).unref()
-    close().then(() => process.exit(0), () => process.exit(1))
-  }
-  process.on('SIGTERM', stop)
-  // The IPC channel closes when the parent dies (even by SIGKILL): never outlive it.
-  process.on('disconnect', stop)
-  process.send?.({ ports } satisfies Ready)
+  serveAsChild(ports, close)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Parent: start the children, drive the load, report.
 
-function positiveInteger (name: string, fallback: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw === '') return fallback
-  const value = Number(raw)
-  if (!Number.isInteger(value) || value < 1) throw new Error(`${name}: expected a positive integer, got "${raw}"`)
-  return value
-}
-
-const children: ChildProcess[] = []
-
 /** Starts this file again in a child process as `role` and waits for the ports it listens on. */
-async function startChild (role: Role, env: Record<string, string> = {}): Promise<number[]> {
-  // fork() reuses process.execArgv (`--import tsx`), so the child runs this TypeScript file too.
-  const child = fork(fileURLToPath(import.meta.url), [role], { env: { ...process.env, ...env }, stdio: 'inherit' })
-  children.push(child)
-  return await new Promise<number[]>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`${role}: not listening after ${CHILD_START_MS} ms`)) }, CHILD_START_MS)
-    child.once('message', (message: Ready) => { clearTimeout(timer); resolve(message.ports) })
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${role}: exited early with code ${code}`)) })
-  })
-}
-
-async function stopChildren (): Promise<void> {
-  await Promise.all(children.map(async (child) => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise<void>((resolve) => child.once('exit', () => { resolve() }))
-    child.kill('SIGTERM')
-    // The child bounds its own close; SIGKILL is the backstop if it hangs anyway.
-    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_STOP_MS * 2)
-    await exited
-    clearTimeout(timer)
-  }))
-}
-
-/** One GET on a fresh connection (agent: false), for the sanity check before the load. */
-async function getBody (url: string): Promise<{ status: number, body: string }> {
-  return await new Promise((resolve, reject) => {
-    const request = get(url, { agent: false, timeout: 5_000 }, (response) => {
-      let body = ''
-      response.setEncoding('utf8')
-      response.on('data', (chunk: string) => { body += chunk })
-      response.on('end', () => { resolve({ status: response.statusCode ?? 0, body }) })
-      response.on('error', reject)
-    })
-    request.on('timeout', () => { request.destroy(new Error(`GET ${url}: timed out`)) })
-    request.on('error', reject)
-  })
+async function startRole (role: Role, env: Record<string, string> = {}): Promise<number[]> {
+  return (await startChild(import.meta.url, role, env)).ports
 }
 
 interface Sample {
@@ -185,36 +99,16 @@ async function measure (variant: Variant, url: string, seconds: number, connecti
   return result
 }
 
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
-
-function formatTable (rows: string[][]): string {
-  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
-  // First column left-aligned (names), the numbers right-aligned.
-  const line = (row: string[]): string => row.map((cell, column) => column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)).join('  ')
-  return [line(rows[0]!), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.slice(1).map(line)].join('\n')
-}
-
 async function main (): Promise<void> {
   const duration = positiveInteger('BENCH_DURATION', 5)
   const connections = positiveInteger('BENCH_CONNECTIONS', 50)
   const rounds = positiveInteger('BENCH_ROUNDS', 2)
 
-  // Everything below is bounded by autocannon's durations; this watchdog catches the rest
-  // (a child that never answers, a hung close) so the run always ends.
-  const budgetMs = rounds * VARIANTS.length * (duration + WARMUP_SECONDS + 5) * 1000 + 60_000
-  setTimeout(() => {
-    console.error(`bench: still running after ${Math.round(budgetMs / 1000)} s, giving up`)
-    for (const child of children) child.kill('SIGKILL')
-    process.exit(1)
-  }, budgetMs).unref()
+  startWatchdog(rounds * VARIANTS.length * (duration + WARMUP_SECONDS + 5) * 1000 + 60_000)
 
-  const upstreamPorts = await startChild('upstreams')
+  const upstreamPorts = await startRole('upstreams')
   const env = { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }
-  const [[proxyPort], [upstreamPort]] = await Promise.all([startChild('http-proxy', env), startChild('fastify-upstream', env)])
+  const [[proxyPort], [upstreamPort]] = await Promise.all([startRole('http-proxy', env), startRole('fastify-upstream', env)])
   const urls: Record<Variant, string> = {
     direct: `http://${HOST}:${upstreamPorts[0]}/hello`,
     'http-proxy': `http://${HOST}:${proxyPort}${PREFIX}/hello`,
@@ -284,8 +178,6 @@ async function main (): Promise<void> {
   console.log('\nThroughput ratios (req/s):')
   for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(28)} ${value.toFixed(2)}`)
 
-  const resultsDir = fileURLToPath(new URL('./results/', import.meta.url))
-  await mkdir(resultsDir, { recursive: true })
   const report = {
     date: new Date().toISOString(),
     node: process.version,
@@ -296,22 +188,12 @@ async function main (): Promise<void> {
     ratios,
     rounds: samples
   }
-  await writeFile(`${resultsDir}throughput-latest.json`, JSON.stringify(report, null, 2) + '\n')
-  console.log(`\nwrote ${resultsDir}throughput-latest.json`)
+  console.log(`\nwrote ${await writeResults('throughput-latest.json', report)}`)
 }
 
 const role = process.argv[2] as Role | undefined
 if (role !== undefined) {
   await runChild(role)
 } else {
-  let failed = false
-  try {
-    await main()
-  } catch (error) {
-    failed = true
-    console.error('bench failed:', error instanceof Error ? error.message : error)
-  } finally {
-    await stopChildren()
-  }
-  process.exitCode = failed ? 1 : 0
+  await runMain(main)
 }

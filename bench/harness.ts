@@ -1,0 +1,193 @@
+// What the benchmarks share: plain node:http upstreams, servers in child processes (started
+// from the bench file itself, told apart by a role argument), the load generator's checks,
+// medians, the table, the watchdog and the results file. Each bench file keeps only what it
+// measures.
+//
+// Process layout, and why: autocannon runs in the parent; each server runs in a child process.
+// In one process the load generator and the server under test would share one event loop and
+// one core, so every variant would measure mostly autocannon.
+import { fork, type ChildProcess } from 'node:child_process'
+import { createServer, get, type IncomingHttpHeaders, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
+
+export const HOST = '127.0.0.1'
+/** How long a child may take to start listening, or to stop, before we give up on it. */
+export const CHILD_START_MS = 15_000
+export const CHILD_STOP_MS = 3_000
+export const WARMUP_SECONDS = 1
+
+/** What a child tells the parent once it listens. */
+export interface Ready { ports: number[] }
+
+// ---------------------------------------------------------------------------------------------
+// Children: the servers.
+
+/** Plain node:http upstreams in one process; each names itself so balancing can be seen. */
+export async function runUpstreams (names: string[]): Promise<Server[]> {
+  const servers = names.map((name) => {
+    const body = JSON.stringify({ ok: true, upstream: name })
+    const server = createServer((_request, response) => {
+      // Content-Length, not chunked: keeps the upstream's share of the work small and fixed.
+      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+      response.end(body)
+    })
+    // Longer than the proxies' idle keep-alive (undici's 4 s) so the proxy, not the upstream,
+    // closes idle sockets: no request ever races a socket the upstream is closing.
+    server.keepAliveTimeout = 10_000
+    return server
+  })
+  await Promise.all(servers.map(async (server) => await new Promise<void>((resolve) => server.listen(0, HOST, resolve))))
+  return servers
+}
+
+export function portOf (server: Server): number {
+  return (server.address() as AddressInfo).port
+}
+
+export async function closeServers (servers: Server[]): Promise<void> {
+  await Promise.all(servers.map(async (server) => await new Promise<void>((resolve) => {
+    server.close(() => { resolve() })
+    server.closeAllConnections()
+  })))
+}
+
+/**
+ * `count` distinct ports on HOST where nothing listens: listen on port 0, note the ports, close.
+ * Another program could take one in between; a bench that relies on them checks what they answer.
+ */
+export async function closedPorts (count: number): Promise<number[]> {
+  // All open at once, so the kernel cannot hand the same port out twice.
+  const servers = Array.from({ length: count }, () => createServer())
+  await Promise.all(servers.map(async (server) => await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, HOST, () => { resolve() })
+  })))
+  const ports = servers.map(portOf)
+  await closeServers(servers)
+  return ports
+}
+
+/**
+ * The end of a child's start-up: stop on SIGTERM or when the parent goes away, then tell the
+ * parent the ports it listens on.
+ */
+export function serveAsChild (ports: number[], close: () => Promise<void>): void {
+  let stopping = false
+  const stop = (): void => {
+    if (stopping) return
+    stopping = true
+    // A graceful close, but bounded: a stuck socket must not keep the child (or the parent) alive.
+    setTimeout(() => process.exit(0), CHILD_STOP_MS).unref()
+    close().then(() => process.exit(0), () => process.exit(1))
+  }
+  process.on('SIGTERM', stop)
+  // The IPC channel closes when the parent dies (even by SIGKILL): never outlive it.
+  process.on('disconnect', stop)
+  process.send?.({ ports } satisfies Ready)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: start the children, drive the load, report.
+
+export function positiveInteger (name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  const value = Number(raw)
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name}: expected a positive integer, got "${raw}"`)
+  return value
+}
+
+const children: ChildProcess[] = []
+
+/**
+ * Starts `script` (a bench file's `import.meta.url`) again in a child process as `role` and
+ * waits for the ports it listens on.
+ */
+export async function startChild (script: string, role: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess, ports: number[] }> {
+  // fork() reuses process.execArgv (`--import tsx`), so the child runs the TypeScript file too.
+  const child = fork(fileURLToPath(script), [role], { env: { ...process.env, ...env }, stdio: 'inherit' })
+  children.push(child)
+  const ports = await new Promise<number[]>((resolve, reject) => {
+    const timer = setTimeout(() => { reject(new Error(`${role}: not listening after ${CHILD_START_MS} ms`)) }, CHILD_START_MS)
+    child.once('message', (message: Ready) => { clearTimeout(timer); resolve(message.ports) })
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${role}: exited early with code ${code}`)) })
+  })
+  return { child, ports }
+}
+
+export async function stopChildren (): Promise<void> {
+  await Promise.all(children.map(async (child) => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = new Promise<void>((resolve) => child.once('exit', () => { resolve() }))
+    child.kill('SIGTERM')
+    // The child bounds its own close; SIGKILL is the backstop if it hangs anyway.
+    const timer = setTimeout(() => child.kill('SIGKILL'), CHILD_STOP_MS * 2)
+    await exited
+    clearTimeout(timer)
+  }))
+}
+
+/**
+ * Everything in a bench is bounded by autocannon's durations; this watchdog catches the rest
+ * (a child that never answers, a hung close) so the run always ends.
+ */
+export function startWatchdog (budgetMs: number): void {
+  setTimeout(() => {
+    console.error(`bench: still running after ${Math.round(budgetMs / 1000)} s, giving up`)
+    for (const child of children) child.kill('SIGKILL')
+    process.exit(1)
+  }, budgetMs).unref()
+}
+
+/** Runs a bench's main, reports a failure in one line, stops every child, sets the exit code. */
+export async function runMain (main: () => Promise<void>): Promise<void> {
+  let failed = false
+  try {
+    await main()
+  } catch (error) {
+    failed = true
+    console.error('bench failed:', error instanceof Error ? error.message : error)
+  } finally {
+    await stopChildren()
+  }
+  process.exitCode = failed ? 1 : 0
+}
+
+/** One GET on a fresh connection (agent: false), for the sanity check before the load. */
+export async function getBody (url: string, headers: Record<string, string> = {}): Promise<{ status: number, headers: IncomingHttpHeaders, body: string }> {
+  return await new Promise((resolve, reject) => {
+    const request = get(url, { agent: false, timeout: 5_000, headers }, (response) => {
+      let body = ''
+      response.setEncoding('utf8')
+      response.on('data', (chunk: string) => { body += chunk })
+      response.on('end', () => { resolve({ status: response.statusCode ?? 0, headers: response.headers, body }) })
+      response.on('error', reject)
+    })
+    request.on('timeout', () => { request.destroy(new Error(`GET ${url}: timed out`)) })
+    request.on('error', reject)
+  })
+}
+
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+
+export function formatTable (rows: string[][]): string {
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
+  // First column left-aligned (names), the numbers right-aligned.
+  const line = (row: string[]): string => row.map((cell, column) => column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!)).join('  ')
+  return [line(rows[0]!), widths.map((width) => '-'.repeat(width)).join('  '), ...rows.slice(1).map(line)].join('\n')
+}
+
+/** Writes `report` to bench/results/<name> and returns the path. */
+export async function writeResults (name: string, report: unknown): Promise<string> {
+  const resultsDir = fileURLToPath(new URL('./results/', import.meta.url))
+  await mkdir(resultsDir, { recursive: true })
+  const path = `${resultsDir}${name}`
+  await writeFile(path, JSON.stringify(report, null, 2) + '\n')
+  return path
+}
