@@ -1,0 +1,344 @@
+// Throughput of a failure storm against the success path, in the same run, on one machine, over
+// loopback, and the gateway's event-loop delay during each:
+//
+//   success        autocannon → fastify-upstream /ok   → pool of two healthy node:http upstreams
+//   failure storm  autocannon → fastify-upstream /dead → pool of two ports where nothing listens
+//
+// Every storm request is refused by the kernel, classified, answered with problem+json (full
+// exposure) and logged once: that whole path is what is measured. The goal is a storm at no less
+// than 0.8× the success path's req/s, so a dead service does not take the gateway down with it.
+//
+// Run with `npm run bench:failures`. Knobs (environment): BENCH_DURATION seconds per
+// measurement [5], BENCH_CONNECTIONS concurrent connections [50], BENCH_ROUNDS repeats of the
+// pair [2], BENCH_LOG_FILE where the gateway's log goes [/dev/null]. Prints a table of medians
+// across rounds and writes bench/results/failure-storm-latest.json.
+//
+// Process layout: autocannon in the parent; the upstreams in one child; the gateway in another,
+// with Fastify's logger on at `info` (the failure record and Fastify's request lines are part
+// of the cost; one configuration for both variants). The gateway child measures its own event
+// loop and answers the parent over IPC: 'reset' before each timed run, 'report' after it. It
+// also counts each response's status and Proxy-Status error type, so a run proves the storm was
+// all `connection_refused` rather than trusting the status code alone. Both pools keep the
+// plugin's defaults (ejection, retries, budgets): the storm is what a default gateway does when
+// every target refuses. During the storm the upstream child has nothing to do, so the gateway
+// gets more of the machine than during the success run; the CPU time per response (measured in
+// the gateway) is the figure that does not depend on that.
+import os from 'node:os'
+import type { ChildProcess } from 'node:child_process'
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
+import autocannon from 'autocannon'
+import {
+  HOST, WARMUP_SECONDS, closeServers, closedPorts, formatTable, getBody, median, portOf,
+  positiveInteger, runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
+} from './harness.js'
+
+type Role = 'upstreams' | 'gateway'
+type Variant = 'success' | 'failure storm'
+const VARIANTS: Variant[] = ['success', 'failure storm']
+const PATHS: Record<Variant, string> = { success: '/ok/hello', 'failure storm': '/dead/hello' }
+/** The one status each variant may answer with; anything else fails the run. */
+const EXPECTED_STATUS: Record<Variant, number> = { success: 200, 'failure storm': 502 }
+/** What the gateway's own count must show: the status and, for failures, the Proxy-Status error. */
+const EXPECTED_OUTCOME: Record<Variant, string> = { success: '200', 'failure storm': '502 connection_refused' }
+/** Clients go away at the end of a timed run; their requests in flight end as this outcome. */
+const ABORTED = 'client gone'
+/** Sent on every request: the failure answers are problem+json, as an API client gets them. */
+const HEADERS = { accept: 'application/json' }
+const GOAL = 0.8
+/**
+ * Before round 1, each variant runs this long unmeasured. The gateway starts cold: without it,
+ * round 1's success run (the first load it ever sees) measured about 30% below later rounds
+ * while its code was still being optimized, and the storm after it did not, which flattered
+ * the ratio.
+ */
+const FIRST_WARMUP_SECONDS = 3
+const LOOP_RESOLUTION_MS = 10
+
+// ---------------------------------------------------------------------------------------------
+// IPC between the parent and the gateway child.
+
+type Command = { cmd: 'reset' } | { cmd: 'report' }
+
+/** Event-loop delay in ms beyond the monitor's timer interval (an idle loop reads about 0). */
+interface LoopDelay { p50: number, p99: number, max: number, mean: number }
+
+interface GatewayReport {
+  cmd: 'report'
+  loop: LoopDelay
+  /** The same percentiles as the histogram holds them: the timer interval included. */
+  loopRaw: LoopDelay
+  /** Share of the time the gateway's event loop was busy (performance.eventLoopUtilization). */
+  utilization: number
+  /** The gateway process's CPU time (user + system, all threads) per response it finished, in µs. */
+  cpuPerResponse: number
+  /** Responses the gateway finished, by `status [error type]`. */
+  outcomes: Record<string, number>
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children: the servers.
+
+async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile: string): Promise<{ port: number, close: () => Promise<void> }> {
+  const { default: Fastify } = await import('fastify')
+  const { default: upstream } = await import('fastify-upstream')
+  // Fastify's `file` is pino.destination(file): the log path a production gateway has, minus the disk.
+  const app = Fastify({ logger: { level: 'info', file: logFile } })
+
+  const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS })
+  loop.enable()
+  let utilizationFrom = performance.eventLoopUtilization()
+  let cpuFrom = process.cpuUsage()
+  const outcomes = new Map<string, number>()
+  // Added before the plugin so its routes inherit it. The same few operations on every response
+  // of both variants: a lookup of a header the gateway already set, and a counter.
+  app.addHook('onResponse', (_request, reply, done) => {
+    let outcome: string
+    if (!reply.raw.writableFinished) {
+      outcome = ABORTED
+    } else if (reply.statusCode < 400) {
+      outcome = String(reply.statusCode)
+    } else {
+      const error = /error=([a-z_]+)/.exec(String(reply.getHeader('proxy-status') ?? ''))?.[1] ?? 'no-proxy-status'
+      outcome = `${reply.statusCode} ${error}`
+    }
+    outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
+    done()
+  })
+
+  const origins = (ports: number[]): string[] => ports.map((port) => `http://${HOST}:${port}`)
+  await app.register(upstream, {
+    pools: {
+      ok: { targets: origins(upstreamPorts), balancer: 'round-robin' },
+      dead: { targets: origins(deadPorts), balancer: 'round-robin' }
+    },
+    routes: [{ prefix: '/ok', pool: 'ok' }, { prefix: '/dead', pool: 'dead' }],
+    errors: { expose: 'full' }
+  })
+  await app.listen({ port: 0, host: HOST })
+
+  const ms = (ns: number): number => ns / 1e6
+  const beyondTimer = (ns: number): number => Math.max(0, ms(ns) - LOOP_RESOLUTION_MS)
+  process.on('message', (message: Command) => {
+    if (message.cmd === 'reset') {
+      loop.reset()
+      utilizationFrom = performance.eventLoopUtilization()
+      cpuFrom = process.cpuUsage()
+      outcomes.clear()
+      process.send?.({ cmd: 'reset' })
+    } else if (message.cmd === 'report') {
+      const cpu = process.cpuUsage(cpuFrom)
+      const responses = [...outcomes.values()].reduce((sum, count) => sum + count, 0)
+      const report: GatewayReport = {
+        cmd: 'report',
+        loop: { p50: beyondTimer(loop.percentile(50)), p99: beyondTimer(loop.percentile(99)), max: beyondTimer(loop.max), mean: beyondTimer(loop.mean) },
+        loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
+        utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
+        cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses),
+        outcomes: Object.fromEntries(outcomes)
+      }
+      process.send?.(report)
+    }
+  })
+  return { port: portOf(app.server), close: async () => { loop.disable(); await app.close() } }
+}
+
+async function runChild (role: Role): Promise<void> {
+  if (role === 'upstreams') {
+    const servers = await runUpstreams(['a', 'b'])
+    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
+  } else {
+    const ports = (name: string): number[] => (process.env[name] ?? '').split(',').map(Number)
+    const gateway = await runGateway(ports('BENCH_UPSTREAM_PORTS'), ports('BENCH_DEAD_PORTS'), process.env.BENCH_LOG_FILE ?? '/dev/null')
+    serveAsChild([gateway.port], gateway.close)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: start the children, drive the load, report.
+
+/** Sends a command to the gateway child and waits for its answer to it. */
+async function ask<T extends { cmd: string }> (child: ChildProcess, command: Command): Promise<T> {
+  return await new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => { done(); reject(new Error(`gateway: no answer to "${command.cmd}" within 5 s`)) }, 5_000)
+    const onMessage = (message: T): void => {
+      if (message.cmd !== command.cmd) return
+      done()
+      resolve(message)
+    }
+    const onExit = (code: number | null): void => { done(); reject(new Error(`gateway: exited with code ${code}`)) }
+    const done = (): void => {
+      clearTimeout(timer)
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+    }
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+    child.send(command)
+  })
+}
+
+interface Sample {
+  requestsPerSecond: number
+  p50: number
+  p99: number
+  total: number
+  statusCodes: Record<string, number>
+  loop: LoopDelay
+  loopRaw: LoopDelay
+  utilization: number
+  cpuPerResponse: number
+  outcomes: Record<string, number>
+}
+
+function statusCounts (result: autocannon.Result): Record<string, number> {
+  return Object.fromEntries(Object.entries(result.statusCodeStats ?? {}).map(([status, stats]) => [status, stats.count ?? 0]))
+}
+
+/** A run counts only if every response had the variant's status and nothing else went wrong. */
+async function measure (variant: Variant, url: string, seconds: number, connections: number): Promise<autocannon.Result> {
+  const result = await autocannon({ url, connections, duration: seconds, title: variant, headers: HEADERS })
+  const statuses = statusCounts(result)
+  const expected = statuses[EXPECTED_STATUS[variant]] ?? 0
+  const unexpected = Object.values(statuses).reduce((sum, count) => sum + count, 0) - expected
+  if (expected === 0 || unexpected > 0 || result.errors + result.timeouts + result.mismatches + result.resets > 0) {
+    const seen = Object.entries(statuses).map(([status, count]) => `${count} × ${status}`).join(', ') || 'no responses'
+    throw new Error(`${variant}: expected only ${EXPECTED_STATUS[variant]}, got ${seen}; ${result.errors} errors ` +
+      `(${result.timeouts} timeouts), ${result.mismatches} mismatches, ${result.resets} resets in ${seconds} s on ${url}`)
+  }
+  return result
+}
+
+/** The gateway's own count must agree: the storm was refused connections, nothing else. */
+function checkOutcomes (variant: Variant, outcomes: Record<string, number>): void {
+  const wrong = Object.entries(outcomes).filter(([outcome]) => outcome !== EXPECTED_OUTCOME[variant] && outcome !== ABORTED)
+  if (wrong.length > 0 || (outcomes[EXPECTED_OUTCOME[variant]] ?? 0) === 0) {
+    throw new Error(`${variant}: the gateway answered ${JSON.stringify(outcomes)}, expected only "${EXPECTED_OUTCOME[variant]}"`)
+  }
+}
+
+/** Before any load: each route answers as the variant assumes, on both targets of its pool. */
+async function sanityCheck (port: number, deadPorts: number[]): Promise<void> {
+  const upstreams = new Set<string>()
+  const deadTargets = new Set<string>()
+  for (let i = 0; i < 2; i++) {
+    const ok = await getBody(`http://${HOST}:${port}${PATHS.success}`, HEADERS)
+    if (ok.status !== 200) throw new Error(`success: GET ${PATHS.success} answered ${ok.status}: ${ok.body}`)
+    upstreams.add((JSON.parse(ok.body) as { upstream: string }).upstream)
+
+    const dead = await getBody(`http://${HOST}:${port}${PATHS['failure storm']}`, HEADERS)
+    const problem = (dead.headers['content-type'] ?? '').startsWith('application/problem+json')
+      ? JSON.parse(dead.body) as { error?: string, target?: string }
+      : {}
+    if (dead.status !== 502 || problem.error !== 'connection_refused' || !String(dead.headers['proxy-status']).includes('error=connection_refused')) {
+      throw new Error(`failure storm: GET ${PATHS['failure storm']} answered ${dead.status} ${dead.headers['content-type']}, ` +
+        `proxy-status ${dead.headers['proxy-status']}: ${dead.body} (expected 502 problem+json connection_refused; ` +
+        `did something start listening on ${deadPorts.join(' or ')}?)`)
+    }
+    deadTargets.add(problem.target ?? '?')
+  }
+  if (upstreams.size !== 2) throw new Error(`success: two requests reached ${[...upstreams].join(', ')}, expected upstreams a and b`)
+  if (deadTargets.size !== 2) throw new Error(`failure storm: two requests failed on ${[...deadTargets].join(', ')}, expected both dead targets`)
+}
+
+const fixed = (value: number, digits = 1): string => value.toFixed(digits)
+
+async function main (): Promise<void> {
+  const duration = positiveInteger('BENCH_DURATION', 5)
+  const connections = positiveInteger('BENCH_CONNECTIONS', 50)
+  const rounds = positiveInteger('BENCH_ROUNDS', 2)
+  const logFile = process.env.BENCH_LOG_FILE ?? '/dev/null'
+
+  startWatchdog((VARIANTS.length * FIRST_WARMUP_SECONDS + rounds * VARIANTS.length * (duration + WARMUP_SECONDS + 5)) * 1000 + 60_000)
+
+  const { ports: upstreamPorts } = await startChild(import.meta.url, 'upstreams')
+  const deadPorts = await closedPorts(2)
+  const { child: gateway, ports: [gatewayPort] } = await startChild(import.meta.url, 'gateway', {
+    BENCH_UPSTREAM_PORTS: upstreamPorts.join(','),
+    BENCH_DEAD_PORTS: deadPorts.join(','),
+    BENCH_LOG_FILE: logFile
+  })
+  await sanityCheck(gatewayPort!, deadPorts)
+  const urls = Object.fromEntries(VARIANTS.map((variant) => [variant, `http://${HOST}:${gatewayPort}${PATHS[variant]}`])) as Record<Variant, string>
+
+  console.log(`bench: ${rounds} round(s) of ${VARIANTS.join(' → ')}, ${duration} s each after ${WARMUP_SECONDS} s warm-up ` +
+    `(${FIRST_WARMUP_SECONDS} s before round 1), ${connections} connections, node ${process.version}, ${os.cpus().length} CPU(s); ` +
+    `gateway logs at info to ${logFile}`)
+  for (const variant of VARIANTS) await measure(variant, urls[variant], FIRST_WARMUP_SECONDS, connections)
+  const samples: Record<Variant, Sample[]> = { success: [], 'failure storm': [] }
+  for (let round = 1; round <= rounds; round++) {
+    for (const variant of VARIANTS) {
+      // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
+      await measure(variant, urls[variant], WARMUP_SECONDS, connections)
+      await ask(gateway, { cmd: 'reset' })
+      const result = await measure(variant, urls[variant], duration, connections)
+      const report = await ask<GatewayReport>(gateway, { cmd: 'report' })
+      checkOutcomes(variant, report.outcomes)
+      const sample: Sample = {
+        requestsPerSecond: result.requests.average,
+        p50: result.latency.p50,
+        p99: result.latency.p99,
+        total: result.requests.total,
+        statusCodes: statusCounts(result),
+        loop: report.loop,
+        loopRaw: report.loopRaw,
+        utilization: report.utilization,
+        cpuPerResponse: report.cpuPerResponse,
+        outcomes: report.outcomes
+      }
+      samples[variant].push(sample)
+      console.log(`  round ${round}/${rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +
+        `p99 ${sample.p99} ms, event-loop delay p99 ${fixed(sample.loop.p99)} ms, loop busy ${Math.round(sample.utilization * 100)}%`)
+    }
+  }
+
+  // Medians per variant, each figure on its own: the shared machine makes single runs noisy.
+  const medians = Object.fromEntries(VARIANTS.map((variant) => {
+    const list = samples[variant]
+    const of = (pick: (s: Sample) => number): number => median(list.map(pick))
+    return [variant, {
+      requestsPerSecond: of((s) => s.requestsPerSecond),
+      p50: of((s) => s.p50),
+      p99: of((s) => s.p99),
+      loop: { p50: of((s) => s.loop.p50), p99: of((s) => s.loop.p99), max: of((s) => s.loop.max), mean: of((s) => s.loop.mean) },
+      utilization: of((s) => s.utilization),
+      cpuPerResponse: of((s) => s.cpuPerResponse),
+      responses: list.reduce((sum, s) => sum + s.total, 0)
+    }]
+  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, loop: LoopDelay, utilization: number, cpuPerResponse: number, responses: number }>
+  const ratio = medians['failure storm'].requestsPerSecond / medians.success.requestsPerSecond
+  const verdict = ratio >= GOAL ? 'PASS' : 'BELOW'
+  const cpuRatio = medians['failure storm'].cpuPerResponse / medians.success.cpuPerResponse
+
+  console.log(`\nMedian of ${rounds} round(s), ${duration} s each, ${connections} connections; ` +
+    `event-loop delay in the gateway (beyond its ${LOOP_RESOLUTION_MS} ms timer), its loop's busy share and its CPU time per response:\n`)
+  console.log(formatTable([
+    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'loop busy', 'CPU µs/resp', 'responses, all rounds'],
+    ...VARIANTS.map((variant) => {
+      const m = medians[variant]
+      return [variant, Math.round(m.requestsPerSecond).toString(), fixed(m.p50), fixed(m.p99),
+        fixed(m.loop.p50, 2), fixed(m.loop.p99, 2), fixed(m.loop.max, 2), `${Math.round(m.utilization * 100)}%`, Math.round(m.cpuPerResponse).toString(),
+        `${m.responses} × ${EXPECTED_STATUS[variant]}`]
+    })
+  ]))
+  console.log(`\nfailure storm / success (req/s): ${ratio.toFixed(2)}  (goal ≥ ${GOAL.toFixed(2)})  ${verdict}`)
+  console.log(`gateway CPU per response, failure storm / success: ${cpuRatio.toFixed(2)}`)
+
+  const report = {
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${os.platform()} ${os.arch()}`,
+    cpus: os.cpus().length,
+    settings: { duration, warmup: WARMUP_SECONDS, firstWarmup: FIRST_WARMUP_SECONDS, connections, rounds, logFile, loopResolutionMs: LOOP_RESOLUTION_MS },
+    medians,
+    ratio: { 'failure storm/success': ratio, goal: GOAL, verdict, 'cpu per response, failure storm/success': cpuRatio },
+    rounds: samples
+  }
+  console.log(`\nwrote ${await writeResults('failure-storm-latest.json', report)}`)
+}
+
+const role = process.argv[2] as Role | undefined
+if (role !== undefined) {
+  await runChild(role)
+} else {
+  await runMain(main)
+}
