@@ -30,15 +30,19 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
 
   app.decorate('upstream', createApi(pools))
-  app.addHook('onRequest', async (request, reply) => {
+  // Callback-style hooks on the request path: an async hook costs a promise and a tick on
+  // every request.
+  app.addHook('onRequest', (request, reply, done) => {
     reply.header(config.requestIdHeader, String(request.id))
+    done()
   })
   // On shutdown, requests still in flight are answered, then their connections closed: a
   // keep-alive connection left open would hold app.close() for the keep-alive timeout.
   let closing = false
   app.addHook('preClose', async () => { closing = true })
-  app.addHook('onSend', async (_request, reply) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) reply.header('connection', 'close')
+    done(null, payload)
   })
   app.addHook('onReady', async () => {
     for (const pool of pools.values()) pool.start()

@@ -15,9 +15,18 @@ export interface PreparedBody {
   why: string
 }
 
-export async function prepareBody (body: unknown, contentLength: string | undefined): Promise<PreparedBody> {
-  if (body === undefined || body === null || body === '') return { body: null, replayable: true, why: '' }
+/** A body that needs no reading (none, or already in memory), at once; else null. */
+export function bodyWithoutReading (body: unknown): PreparedBody | null {
+  if (body === undefined || body === null || body === '') return NO_BODY
   if (typeof body === 'string' || Buffer.isBuffer(body)) return { body, replayable: true, why: '' }
+  return null
+}
+
+const NO_BODY: PreparedBody = Object.freeze({ body: null, replayable: true, why: '' })
+
+export async function prepareBody (body: unknown, contentLength: string | undefined): Promise<PreparedBody> {
+  const ready = bodyWithoutReading(body)
+  if (ready !== null) return ready
   if (!(body instanceof Readable)) return { body: body as Body, replayable: false, why: 'an unknown kind of body' }
   const declared = contentLength === undefined ? null : Number(contentLength)
   if (declared !== null && declared > REPLAY_LIMIT) {

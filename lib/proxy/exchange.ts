@@ -10,7 +10,7 @@ import type { Target } from '../pool/target.js'
 import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
-import { prepareBody, type PreparedBody } from './body.js'
+import { bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { backoff, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
@@ -85,6 +85,12 @@ export class Exchange {
       return
     }
     const headers = opts.headers as Record<string, string | undefined>
+    const ready = bodyWithoutReading(opts.body)
+    if (ready !== null) {
+      this.#body = ready
+      this.#tryNext()
+      return
+    }
     prepareBody(opts.body, headers['content-length']).then((body) => {
       this.#body = body
       if (!this.settled) this.#tryNext()
