@@ -100,34 +100,36 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
   const t = ctx.timeouts
   const tries = (ctx.attempts?.length ?? 0) > 1 ? ` after ${ctx.attempts!.length} tries` : ''
   const extra = ctx.why !== undefined ? ` ${ctx.why}` : ''
-  const hints: Record<ProxyErrorType, () => string> = {
-    dns_error: () => `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`,
-    dns_timeout: () => `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`,
-    connection_refused: () => `Nothing is listening on ${target}${tries}. Check that the service is running and bound to the right port; ${ctx.healthPath !== undefined && ctx.healthPath !== null
-      ? `if it is restarting, health checks (health.path ${ctx.healthPath}) will take it out of rotation.`
-      : `set health.path on ${pool} so a target that stops listening is taken out of rotation before requests reach it.`}`,
-    destination_ip_unroutable: () => `No route to ${target}${code}. Check the address, the network and any firewall between the gateway and the service.`,
-    connection_timeout: () => `${target} did not accept a connection within ${t?.connect ?? '?'} ms (timeouts.connect)${tries}. The host may be down, overloaded, or dropping packets; raise timeouts.connect only if connections are known to be slow.`,
-    tls_protocol_error: () => `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`,
-    tls_certificate_error: () => `${target} presented a certificate the gateway rejects${code}. Give the issuing CA in tls.ca, fix the name with tls.servername, or renew the certificate; tls.rejectUnauthorized is true.`,
-    connection_terminated: () => `${target} closed the connection before answering${code}. The service may have crashed or restarted, or closed an idle keep-alive connection; if the latter, set connections.keepAlive below the service's own keep-alive timeout.`,
-    http_response_timeout: () => ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
-      ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
-      : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`,
-    http_protocol_error: () => `${target} answered with something that is not valid HTTP/1.1${code}. Check that the port is an HTTP server (not TLS, gRPC or another protocol) and that it writes well-formed headers.`,
-    http_response_header_section_size: () => `${target} sent response headers larger than the gateway accepts (16 KiB). Look for oversized cookies or debug headers in that service.`,
-    connection_read_timeout: () => `${target} stopped sending the response body for ${t?.body ?? '?'} ms (timeouts.body). The client's connection was cut so it sees a truncated answer. Look for stalls in that service; raise timeouts.body for streaming routes.`,
-    http_response_incomplete: () => `The connection to ${target} was lost while its body streamed${code}. The client's connection was cut so it sees a truncated answer. Look for crashes or proxies killing long responses there.`,
-    destination_unavailable: () => `Every target of ${pool} is out of rotation.${extra}`,
-    connection_limit_reached: () => `${pool} is at its limits (limits.maxConcurrent per target, limits.maxPending queued, limits.queueTimeout).${extra}`,
-    proxy_loop_detected: () => `The request already carried this gateway's name in Via: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`,
-    destination_not_found: () => `No route or target matches this request.${extra}`,
-    proxy_internal_error: () => `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`,
-    http_request_error: () => `The client's request was rejected before it was proxied.${extra}`,
-    http_request_denied: () => `The client exceeded the rate limit (rateLimit option).${extra}`,
-    upstream_error_status: () => `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
-  }
-  const hint = hints[error]()
+  // One switch, so only the words for this failure are built.
+  const hint = ((): string => {
+    switch (error) {
+      case 'dns_error': return `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`
+      case 'dns_timeout': return `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`
+      case 'connection_refused': return `Nothing is listening on ${target}${tries}. Check that the service is running and bound to the right port; ${ctx.healthPath !== undefined && ctx.healthPath !== null
+        ? `if it is restarting, health checks (health.path ${ctx.healthPath}) will take it out of rotation.`
+        : `set health.path on ${pool} so a target that stops listening is taken out of rotation before requests reach it.`}`
+      case 'destination_ip_unroutable': return `No route to ${target}${code}. Check the address, the network and any firewall between the gateway and the service.`
+      case 'connection_timeout': return `${target} did not accept a connection within ${t?.connect ?? '?'} ms (timeouts.connect)${tries}. The host may be down, overloaded, or dropping packets; raise timeouts.connect only if connections are known to be slow.`
+      case 'tls_protocol_error': return `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`
+      case 'tls_certificate_error': return `${target} presented a certificate the gateway rejects${code}. Give the issuing CA in tls.ca, fix the name with tls.servername, or renew the certificate; tls.rejectUnauthorized is true.`
+      case 'connection_terminated': return `${target} closed the connection before answering${code}. The service may have crashed or restarted, or closed an idle keep-alive connection; if the latter, set connections.keepAlive below the service's own keep-alive timeout.`
+      case 'http_response_timeout': return ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
+        ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
+        : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`
+      case 'http_protocol_error': return `${target} answered with something that is not valid HTTP/1.1${code}. Check that the port is an HTTP server (not TLS, gRPC or another protocol) and that it writes well-formed headers.`
+      case 'http_response_header_section_size': return `${target} sent response headers larger than the gateway accepts (16 KiB). Look for oversized cookies or debug headers in that service.`
+      case 'connection_read_timeout': return `${target} stopped sending the response body for ${t?.body ?? '?'} ms (timeouts.body). The client's connection was cut so it sees a truncated answer. Look for stalls in that service; raise timeouts.body for streaming routes.`
+      case 'http_response_incomplete': return `The connection to ${target} was lost while its body streamed${code}. The client's connection was cut so it sees a truncated answer. Look for crashes or proxies killing long responses there.`
+      case 'destination_unavailable': return `Every target of ${pool} is out of rotation.${extra}`
+      case 'connection_limit_reached': return `${pool} is at its limits (limits.maxConcurrent per target, limits.maxPending queued, limits.queueTimeout).${extra}`
+      case 'proxy_loop_detected': return `The request already carried this gateway's name in Via: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
+      case 'destination_not_found': return `No route or target matches this request.${extra}`
+      case 'proxy_internal_error': return `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
+      case 'http_request_error': return `The client's request was rejected before it was proxied.${extra}`
+      case 'http_request_denied': return `The client exceeded the rate limit (rateLimit option).${extra}`
+      case 'upstream_error_status': return `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
+    }
+  })()
   return ctx.note !== undefined ? `${hint} (${capitalize(ctx.note)}.)` : hint
 }
 
