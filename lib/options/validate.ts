@@ -1,6 +1,5 @@
 // The one place options are checked and defaulted (defaults are SPEC.md's). The rest of the
 // code receives a complete `Config` and never re-checks it.
-import { isIP } from 'node:net'
 import type { HTTPMethods } from 'fastify'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
@@ -310,10 +309,4 @@ function headerName (path: string, value: unknown, fallback?: string): string {
   const name = string(path, value, fallback)
   if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) fail(path, 'an HTTP header name', value)
   return name.toLowerCase()
-}
-
-/** A target host that is a name (not an IP literal) is re-resolved through DNS. */
-export function isHostName (origin: string): boolean {
-  const host = new URL(origin).hostname.replace(/^\[|\]$/g, '')
-  return isIP(host) === 0
 }

@@ -215,10 +215,6 @@ export class UpstreamPool {
     })
   }
 
-  target (url: string): Target | undefined {
-    return this.targets.find((t) => t.url === url)
-  }
-
   snapshot (): PoolSnapshot {
     const balancer = this.config.balancer
     const now = Date.now()

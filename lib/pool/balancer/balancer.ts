@@ -7,10 +7,3 @@ export interface Balancer {
   /** `targets` is non-empty and holds only targets that may take traffic now. */
   order (targets: readonly Target[], request: FastifyRequest): Target[]
 }
-
-/** Pure tie-breaker: the rest of `targets` after `first`, in their given order. */
-export function withFirst (first: Target, targets: readonly Target[]): Target[] {
-  const ordered = [first]
-  for (const target of targets) if (target !== first) ordered.push(target)
-  return ordered
-}
