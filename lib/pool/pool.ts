@@ -72,6 +72,11 @@ export class UpstreamPool {
    */
   candidates (request: FastifyRequest): Target[] {
     const now = Date.now()
+    // The common case, every target a healthy primary, needs no filtering.
+    if (this.targets.every((t) => !t.backup && t.health === 'healthy' && t.isAvailable(now))) {
+      this.#setPanic(false)
+      return this.#balancer.order(this.targets, request)
+    }
     const primaries: Target[] = []
     const backups: Target[] = []
     for (const target of this.targets) {

@@ -140,7 +140,9 @@ export class Exchange {
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
     const opts = this.#opts!
-    const headers = { ...(opts.headers as Record<string, string>), host: target.hostHeader }
+    // reply-from made this headers object for this request alone: set the try's Host in place.
+    const headers = opts.headers as Record<string, string>
+    headers.host = target.hostHeader
     attempt.startConnectTimer(this.route.timeouts.connect, () => {
       attempt.abandon()
       this.onAttemptError(attempt, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${this.route.timeouts.connect} ms`))
@@ -365,14 +367,28 @@ export class Exchange {
   }
 
   // The one controller reply-from's handler sees, whichever try is active underneath.
-  readonly #controllerFacade: Dispatcher.DispatchController = {
-    get aborted () { return false },
-    get paused () { return false },
-    get reason () { return null },
-    abort: (reason: Error) => { this.abort(new GatewayError(GATEWAY_CODES.clientAborted, reason?.message ?? 'aborted')) },
-    pause: () => { this.#attempt?.controller?.pause() },
-    resume: () => { this.#attempt?.controller?.resume() }
+  readonly #controllerFacade: Dispatcher.DispatchController = new ControllerFacade(this)
+
+  /** The active try's undici controller, for the facade. */
+  get activeController (): Dispatcher.DispatchController | null {
+    return this.#attempt?.controller ?? null
   }
+
+  /** reply-from's handler gave up on the response (its body stream was destroyed). */
+  cancel (reason: Error | undefined): void {
+    this.abort(new GatewayError(GATEWAY_CODES.clientAborted, reason?.message ?? 'aborted'))
+  }
+}
+
+/** Forwards pause/resume to whichever try is active; one object per exchange. */
+class ControllerFacade implements Dispatcher.DispatchController {
+  constructor (private readonly exchange: Exchange) {}
+  get aborted (): boolean { return false }
+  get paused (): boolean { return false }
+  get reason (): Error | null { return null }
+  abort (reason: Error): void { this.exchange.cancel(reason) }
+  pause (): void { this.exchange.activeController?.pause() }
+  resume (): void { this.exchange.activeController?.resume() }
 }
 
 /** One try on one target; undici calls it as the request progresses. */

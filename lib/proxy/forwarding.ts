@@ -19,8 +19,7 @@ export function forwardRequestHeaders (request: FastifyRequest, headers: Incomin
   // Without trustProxy, an incoming X-Forwarded-For is the client's claim, not a fact: start
   // the chain afresh. With it, Fastify's `ips` is the trusted part, nearest hop first.
   const ips = request.ips
-  const chain = ips !== undefined && ips.length > 0 ? [...ips].reverse() : [request.socket.remoteAddress ?? request.ip]
-  headers['x-forwarded-for'] = chain.join(', ')
+  headers['x-forwarded-for'] = ips !== undefined && ips.length > 0 ? [...ips].reverse().join(', ') : (request.socket.remoteAddress ?? request.ip)
   headers['x-forwarded-proto'] = request.protocol
   headers['x-forwarded-host'] = request.host
   headers.via = appendList(headers.via, `1.1 ${settings.proxyName}`)
