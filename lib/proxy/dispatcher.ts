@@ -5,13 +5,15 @@ import { Dispatcher } from 'undici'
 import { kExchange, type Exchange } from './exchange.js'
 
 export class UpstreamDispatcher extends Dispatcher {
+  // reply-from calls `request()`, which hands its callback-style handler to `dispatch`; the
+  // exchange keeps that style end to end (see LegacyHandler in exchange.ts).
   override dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     // The exchange travels inside the headers object under a symbol: reply-from copies headers
     // with Object.assign (which keeps symbol keys) and undici ignores symbol keys.
     const headers = opts.headers as Record<string | symbol, unknown> | null | undefined
     const exchange = headers?.[kExchange] as Exchange | undefined
     if (exchange === undefined) {
-      handler.onResponseError?.(noController, new Error('fastify-upstream: request reached the dispatcher without an exchange'))
+      handler.onError?.(new Error('fastify-upstream: request reached the dispatcher without an exchange'))
       return false
     }
     delete headers![kExchange]
@@ -22,18 +24,4 @@ export class UpstreamDispatcher extends Dispatcher {
   // Targets own their connection pools; the gateway closes them (see pool.ts).
   override async close (): Promise<void> {}
   override async destroy (): Promise<void> {}
-}
-
-const noController: Dispatcher.DispatchController = {
-  aborted: true,
-  paused: false,
-  reason: null,
-  abort () {},
-  pause () {},
-  resume () {}
-}
-
-/** reply-from wraps legacy handlers; undici's compose does the same for us (new-style API). */
-export function createDispatcher (): Dispatcher {
-  return new UpstreamDispatcher().compose((dispatch) => dispatch)
 }

@@ -17,6 +17,13 @@ export const kExchange = Symbol('fastify-upstream.exchange')
 
 type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note'>
 
+/**
+ * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
+ * to it end to end so response headers pass through raw: undici's newer controller-style API
+ * would parse them into an object and back into raw buffers for reply-from on every response.
+ */
+export type LegacyHandler = Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError'>
+
 /** How an exchange reports its end; `routes.ts` wires these to the error responder and log. */
 export interface ExchangeEvents {
   /** No response reached the client: answer with the failure. */
@@ -48,7 +55,7 @@ export class Exchange {
   #attempt: Attempt | null = null
   #opts: Dispatcher.DispatchOptions | null = null
   #body: PreparedBody | null = null
-  #downstream: Dispatcher.DispatchHandler | null = null
+  #downstream: LegacyHandler | null = null
   #downstreamStarted = false
   #totalTimer: NodeJS.Timeout | null = null
   /** A pending wait: for room in the queue, or the backoff before a retry. */
@@ -76,7 +83,7 @@ export class Exchange {
   }
 
   /** Called by the dispatcher with reply-from's request and its handler. */
-  start (opts: Dispatcher.DispatchOptions, downstream: Dispatcher.DispatchHandler): void {
+  start (opts: Dispatcher.DispatchOptions, downstream: LegacyHandler): void {
     this.#opts = opts
     this.#downstream = downstream
     this.pool.budget.request()
@@ -113,8 +120,8 @@ export class Exchange {
       this.#waiting?.cancel()
       this.#waiting = null
       this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.#waitingPhase)
-    } else if (attempt.controller !== null) {
-      attempt.controller.abort(reason)
+    } else if (attempt.abortTry !== null) {
+      attempt.abortTry(reason)
     } else {
       // Still connecting: undici gives no handle yet, so leave the try behind and end now.
       attempt.abandon()
@@ -207,11 +214,13 @@ export class Exchange {
   onAttemptStart (context: unknown): void {
     if (!this.#downstreamStarted) {
       this.#downstreamStarted = true
-      this.#downstream!.onRequestStart?.(this.#controllerFacade, context)
+      // undici's types omit the context argument its handlers receive; pass it on regardless.
+      const onConnect = this.#downstream!.onConnect as ((abort: (err?: Error) => void, context?: unknown) => void) | undefined
+      onConnect?.call(this.#downstream, (reason) => { this.cancel(reason) }, context)
     }
   }
 
-  onAttemptResponse (attempt: Attempt, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
+  onAttemptResponse (attempt: Attempt, statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
     attempt.status = statusCode
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.attempts.push(attempt.record(null, null, 'headers'))
@@ -219,20 +228,22 @@ export class Exchange {
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
       attempt.abandon()
-      attempt.controller?.abort(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
+      attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
       this.#retryLater()
-      return
+      return false
     }
-    this.#downstream!.onResponseStart?.(this.#controllerFacade, statusCode, headers, statusMessage)
+    // Backpressure passes straight through: reply-from's return value pauses the try, and
+    // the resume it calls later is the try's own.
+    return this.#downstream!.onHeaders?.(statusCode, rawHeaders, resume, statusMessage ?? '') !== false
   }
 
-  onAttemptData (chunk: Buffer): void {
-    this.#downstream!.onResponseData?.(this.#controllerFacade, chunk)
+  onAttemptData (chunk: Buffer): boolean {
+    return this.#downstream!.onData?.(chunk) !== false
   }
 
-  onAttemptEnd (trailers: Record<string, string | string[] | undefined>): void {
+  onAttemptEnd (trailers: string[] | null): void {
     this.#settle()
-    this.#downstream!.onResponseEnd?.(this.#controllerFacade, trailers)
+    this.#downstream!.onComplete?.(trailers)
   }
 
   onAttemptError (attempt: Attempt, err: unknown): void {
@@ -366,35 +377,17 @@ export class Exchange {
     this.#waiting = null
   }
 
-  // The one controller reply-from's handler sees, whichever try is active underneath.
-  readonly #controllerFacade: Dispatcher.DispatchController = new ControllerFacade(this)
-
-  /** The active try's undici controller, for the facade. */
-  get activeController (): Dispatcher.DispatchController | null {
-    return this.#attempt?.controller ?? null
-  }
-
   /** reply-from's handler gave up on the response (its body stream was destroyed). */
   cancel (reason: Error | undefined): void {
     this.abort(new GatewayError(GATEWAY_CODES.clientAborted, reason?.message ?? 'aborted'))
   }
 }
 
-/** Forwards pause/resume to whichever try is active; one object per exchange. */
-class ControllerFacade implements Dispatcher.DispatchController {
-  constructor (private readonly exchange: Exchange) {}
-  get aborted (): boolean { return false }
-  get paused (): boolean { return false }
-  get reason (): Error | null { return null }
-  abort (reason: Error): void { this.exchange.cancel(reason) }
-  pause (): void { this.exchange.activeController?.pause() }
-  resume (): void { this.exchange.activeController?.resume() }
-}
-
 /** One try on one target; undici calls it as the request progresses. */
-class Attempt implements Dispatcher.DispatchHandler {
+class Attempt implements LegacyHandler {
   readonly startedAt = performance.now()
-  controller: Dispatcher.DispatchController | null = null
+  /** Cuts this try; undici hands it over once the request is on a socket. */
+  abortTry: ((reason?: Error) => void) | null = null
   connected = false
   responseStarted = false
   status: number | null = null
@@ -430,27 +423,27 @@ class Attempt implements Dispatcher.DispatchHandler {
     this.#connectTimer = setTimeout(onTimeout, ms)
   }
 
-  onRequestStart (controller: Dispatcher.DispatchController, context: unknown): void {
-    this.controller = controller
+  onConnect (abort: (err?: Error) => void, context?: object): void {
+    this.abortTry = abort
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null
     if (this.#abandoned) {
-      controller.abort(new Error('abandoned by the gateway'))
+      abort(new Error('abandoned by the gateway'))
       return
     }
     this.connected = true
-    this.#startHeadersTimer(controller)
+    this.#startHeadersTimer(abort)
     this.exchange.onAttemptStart(context)
   }
 
   // timeouts.headers counts from the request sent: at once for a request without a body (or
   // one already read), otherwise from the end of the client's body.
-  #startHeadersTimer (controller: Dispatcher.DispatchController): void {
+  #startHeadersTimer (abort: (reason?: Error) => void): void {
     const start = (): void => {
       if (this.#ended || this.responseStarted) return
       const ms = this.exchange.route.timeouts.headers
       this.#headersTimer = setTimeout(() => {
-        controller.abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
+        abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
       }, ms)
     }
     const raw = this.exchange.request.raw
@@ -463,23 +456,23 @@ class Attempt implements Dispatcher.DispatchHandler {
     this.#headersTimer = null
   }
 
-  onResponseStart (_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
-    if (this.#abandoned) return
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
+    if (this.#abandoned) return false
     this.responseStarted = true
     this.#clearHeadersTimer()
-    this.exchange.onAttemptResponse(this, statusCode, headers, statusMessage)
+    return this.exchange.onAttemptResponse(this, statusCode, rawHeaders, resume, statusMessage)
   }
 
-  onResponseData (_controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.#abandoned) this.exchange.onAttemptData(chunk)
+  onData (chunk: Buffer): boolean {
+    return this.#abandoned ? false : this.exchange.onAttemptData(chunk)
   }
 
-  onResponseEnd (_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+  onComplete (trailers: string[] | null): void {
     this.#end()
     if (!this.#abandoned) this.exchange.onAttemptEnd(trailers)
   }
 
-  onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
+  onError (err: Error): void {
     this.#end()
     if (!this.#abandoned) this.exchange.onAttemptError(this, err)
   }

@@ -5,7 +5,7 @@ import httpProxy from '@fastify/http-proxy'
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { createDispatcher } from './dispatcher.js'
+import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
 import { logFailure, logClientAborted } from '../errors/log.js'
@@ -101,7 +101,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     rewritePrefix: route.rewritePrefix,
     httpMethods: route.methods,
     websocket: route.websocket,
-    undici: createDispatcher() as unknown as { request: never },
+    undici: new UpstreamDispatcher() as unknown as { request: never },
     disableRequestLogging: true,
     config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
