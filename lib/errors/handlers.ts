@@ -4,7 +4,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { classifyRequestError } from './classify.js'
 import { makeFailure, type Failure } from './failure.js'
 import { logFailure } from './log.js'
-import { sendFailure, type ResponderSettings } from './respond.js'
+import { retryAfterOf, sendFailure, type ResponderSettings } from './respond.js'
 
 export interface ErrorHandlers {
   /** Log the failure once and answer with it: the one way a failure leaves the gateway. */
@@ -23,7 +23,6 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
     errorHandler (error, request, reply) {
       const { error: type, status } = classifyRequestError(error.statusCode)
       const client = status < 500
-      const retryAfter = Number(reply.getHeader('retry-after'))
       answer(request, reply, makeFailure(type, {
         phase: 'route',
         pool,
@@ -35,7 +34,7 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
         // taxonomy's words.
         ...(client && error.message !== '' ? { detail: ensureSentence(error.message) } : {}),
         why: client ? `Fastify said: ${error.message}` : `The error was: ${error.message}`,
-        retryAfter: Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null
+        retryAfter: retryAfterOf(reply)
       }))
     },
     notFoundHandler (request, reply) {

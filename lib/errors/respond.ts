@@ -28,6 +28,12 @@ export function sendFailure (request: FastifyRequest, reply: FastifyReply, failu
   reply.send(request.method === 'HEAD' ? undefined : body)
 }
 
+/** A Retry-After (in seconds) already on the reply, set by a plugin or copied from the upstream. */
+export function retryAfterOf (reply: FastifyReply): number | null {
+  const seconds = Number(reply.getHeader('retry-after'))
+  return Number.isFinite(seconds) && seconds > 0 ? seconds : null
+}
+
 type Format = 'problem' | 'html' | 'text'
 
 function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings, full: boolean): { type: string, body: string } {

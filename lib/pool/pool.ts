@@ -22,9 +22,10 @@ export interface PoolSnapshot {
   targets: TargetSnapshot[]
 }
 
-/** Why a pool has no target for a request, for the failure record. */
+/** Why a pool has no target for a request: the details of its destination_unavailable record. */
 export interface Outage {
-  /** Per target, why it is out. */
+  phase: 'route'
+  /** Per target, why it is out, one line each. */
   why: string
   /** Seconds until a target may be back, when known. */
   retryAfter: number | null
@@ -147,7 +148,8 @@ export class UpstreamPool {
       return []
     })
     return {
-      why: lines.map((line) => `- ${line}`).join('\n'),
+      phase: 'route',
+      why: lines.map((line) => `\n- ${line}`).join(''),
       retryAfter: waits.length > 0 ? Math.max(1, Math.ceil(Math.min(...waits))) : null
     }
   }

@@ -60,6 +60,8 @@ export class Exchange {
   #totalTimer: NodeJS.Timeout | null = null
   /** A pending wait: for room in the queue, or the backoff before a retry. */
   #waiting: { cancel: () => void } | null = null
+  /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
+  #waitingPhase: AttemptRecord['phase'] = 'route'
 
   constructor (
     readonly request: FastifyRequest,
@@ -89,8 +91,7 @@ export class Exchange {
     this.pool.budget.request()
     this.#candidates = this.pool.candidates(this.request)
     if (this.#candidates.length === 0) {
-      const outage = this.pool.outage()
-      this.#fail('destination_unavailable', { phase: 'route', why: `\n${outage.why}`, retryAfter: outage.retryAfter })
+      this.#fail('destination_unavailable', this.pool.outage())
       return
     }
     const headers = opts.headers as Record<string, string | undefined>
@@ -128,8 +129,6 @@ export class Exchange {
       this.onAttemptError(attempt, reason)
     }
   }
-
-  #waitingPhase: AttemptRecord['phase'] = 'route'
 
   /** The next try: the next candidate that may take traffic and has room, else wait in line. */
   #tryNext (): void {
@@ -325,8 +324,7 @@ export class Exchange {
   #giveUp (why: string): void {
     const last = [...this.attempts].reverse().find((a) => a.error !== null)
     if (last === undefined) {
-      const outage = this.pool.outage()
-      this.#fail('destination_unavailable', { phase: 'route', why: `\n${outage.why}`, retryAfter: outage.retryAfter })
+      this.#fail('destination_unavailable', this.pool.outage())
       return
     }
     this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })

@@ -10,6 +10,7 @@ import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
 import { logFailure, logClientAborted } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
+import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 
@@ -69,7 +70,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
         ms: exchange.ms,
         status: res.statusCode,
         receivedStatus: res.statusCode,
-        retryAfter: retryAfterSeconds(reply.getHeader('retry-after'))
+        retryAfter: retryAfterOf(reply)
       }))
       return
     }
@@ -88,8 +89,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       websocketTargets.set(request, target.url)
       return done()
     }
-    const outage = pool.outage()
-    answer(request, reply, makeFailure('destination_unavailable', { phase: 'route', pool: pool.name, ms: reply.elapsedTime, why: `\n${outage.why}`, retryAfter: outage.retryAfter }))
+    answer(request, reply, makeFailure('destination_unavailable', Object.assign({ pool: pool.name, ms: reply.elapsedTime }, pool.outage())))
   }
 
   function getUpstream (request: FastifyRequest): string {
@@ -130,9 +130,4 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     scope.setNotFoundHandler(notFoundHandler)
     await scope.register(httpProxy, proxyOptions as never)
   }, { prefix: route.prefix })
-}
-
-function retryAfterSeconds (value: unknown): number | null {
-  const seconds = Number(value)
-  return Number.isFinite(seconds) && seconds > 0 ? seconds : null
 }
