@@ -4,8 +4,11 @@
 //   success        autocannon → fastify-upstream /ok   → pool of two healthy node:http upstreams
 //   failure storm  autocannon → fastify-upstream /dead → pool of two ports where nothing listens
 //
-// Every storm request is refused by the kernel, classified, answered with problem+json (full
-// exposure) and logged once: that whole path is what is measured. The goal is a storm at no less
+// Every storm request fails on a refused connection, is classified, answered with problem+json
+// (full exposure) and logged once: that whole path is what is measured. While a target refuses,
+// the gateway makes one connection attempt to it at a time and requests that arrive meanwhile
+// share its outcome (lib/pool/connector.ts), so the table also shows the TCP connects the
+// gateway opened per response: about 1 without that gate, far fewer with it. The goal is a storm at no less
 // than 0.8× the success path's req/s, so a dead service does not take the gateway down with it.
 //
 // Run with `npm run bench:failures`. Knobs (environment): BENCH_DURATION seconds per
@@ -25,6 +28,7 @@
 // the gateway) is the figure that does not depend on that.
 import os from 'node:os'
 import type { ChildProcess } from 'node:child_process'
+import { subscribe } from 'node:diagnostics_channel'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import {
@@ -71,6 +75,8 @@ interface GatewayReport {
   utilization: number
   /** The gateway process's CPU time (user + system, all threads) per response it finished, in µs. */
   cpuPerResponse: number
+  /** TCP connections the gateway opened (to upstreams: it opens no other) per response. */
+  connectsPerResponse: number
   /** Responses the gateway finished, by `status [error type]`. */
   outcomes: Record<string, number>
 }
@@ -89,6 +95,9 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
   let utilizationFrom = performance.eventLoopUtilization()
   let cpuFrom = process.cpuUsage()
   const outcomes = new Map<string, number>()
+  // Node publishes every client socket it creates here, whether the connect succeeds or not.
+  let connects = 0
+  subscribe('net.client.socket', () => { connects++ })
   // Added before the plugin so its routes inherit it. The same few operations on every response
   // of both variants: a lookup of a header the gateway already set, and a counter.
   app.addHook('onResponse', (_request, reply, done) => {
@@ -123,6 +132,7 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
       loop.reset()
       utilizationFrom = performance.eventLoopUtilization()
       cpuFrom = process.cpuUsage()
+      connects = 0
       outcomes.clear()
       process.send?.({ cmd: 'reset' })
     } else if (message.cmd === 'report') {
@@ -134,6 +144,7 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
         loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
         utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
         cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses),
+        connectsPerResponse: connects / Math.max(1, responses),
         outcomes: Object.fromEntries(outcomes)
       }
       process.send?.(report)
@@ -187,6 +198,7 @@ interface Sample {
   loopRaw: LoopDelay
   utilization: number
   cpuPerResponse: number
+  connectsPerResponse: number
   outcomes: Record<string, number>
 }
 
@@ -283,6 +295,7 @@ async function main (): Promise<void> {
         loopRaw: report.loopRaw,
         utilization: report.utilization,
         cpuPerResponse: report.cpuPerResponse,
+        connectsPerResponse: report.connectsPerResponse,
         outcomes: report.outcomes
       }
       samples[variant].push(sample)
@@ -302,21 +315,22 @@ async function main (): Promise<void> {
       loop: { p50: of((s) => s.loop.p50), p99: of((s) => s.loop.p99), max: of((s) => s.loop.max), mean: of((s) => s.loop.mean) },
       utilization: of((s) => s.utilization),
       cpuPerResponse: of((s) => s.cpuPerResponse),
+      connectsPerResponse: of((s) => s.connectsPerResponse),
       responses: list.reduce((sum, s) => sum + s.total, 0)
     }]
-  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, loop: LoopDelay, utilization: number, cpuPerResponse: number, responses: number }>
+  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, loop: LoopDelay, utilization: number, cpuPerResponse: number, connectsPerResponse: number, responses: number }>
   const ratio = medians['failure storm'].requestsPerSecond / medians.success.requestsPerSecond
   const verdict = ratio >= GOAL ? 'PASS' : 'BELOW'
   const cpuRatio = medians['failure storm'].cpuPerResponse / medians.success.cpuPerResponse
 
   console.log(`\nMedian of ${rounds} round(s), ${duration} s each, ${connections} connections; ` +
-    `event-loop delay in the gateway (beyond its ${LOOP_RESOLUTION_MS} ms timer), its loop's busy share and its CPU time per response:\n`)
+    `event-loop delay in the gateway (beyond its ${LOOP_RESOLUTION_MS} ms timer), its loop's busy share, its CPU time per response and the TCP connects it opened per response:\n`)
   console.log(formatTable([
-    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'loop busy', 'CPU µs/resp', 'responses, all rounds'],
+    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'loop busy', 'CPU µs/resp', 'connects/resp', 'responses, all rounds'],
     ...VARIANTS.map((variant) => {
       const m = medians[variant]
       return [variant, Math.round(m.requestsPerSecond).toString(), fixed(m.p50), fixed(m.p99),
-        fixed(m.loop.p50, 2), fixed(m.loop.p99, 2), fixed(m.loop.max, 2), `${Math.round(m.utilization * 100)}%`, Math.round(m.cpuPerResponse).toString(),
+        fixed(m.loop.p50, 2), fixed(m.loop.p99, 2), fixed(m.loop.max, 2), `${Math.round(m.utilization * 100)}%`, Math.round(m.cpuPerResponse).toString(), fixed(m.connectsPerResponse, 3),
         `${m.responses} × ${EXPECTED_STATUS[variant]}`]
     })
   ]))

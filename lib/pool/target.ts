@@ -1,6 +1,7 @@
 // One upstream target: its address, weight, live counters, what health checks and passive
 // observation say of it, and its own keep-alive pool.
-import { Pool as UndiciPool } from 'undici'
+import { Pool as UndiciPool, buildConnector } from 'undici'
+import { ConnectGate } from './connector.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 
 /** How a target stands, most decisive first (see `state()`). */
@@ -97,6 +98,7 @@ export class Target {
   // One undici pool per connect timeout: a route may override `timeouts.connect`, and undici
   // sets the connect timeout per pool, not per request. Almost always there is exactly one.
   readonly #clients = new Map<number, UndiciPool>()
+  readonly #connectGate = new ConnectGate()
   readonly #pool: PoolConfig
 
   constructor (config: TargetConfig, pool: PoolConfig) {
@@ -153,14 +155,14 @@ export class Target {
         keepAliveTimeout: connections.keepAlive,
         keepAliveMaxTimeout: connections.keepAlive,
         pipelining: 1,
-        connect: {
+        connect: this.#connectGate.wrap(buildConnector({
           timeout: connectTimeout,
           rejectUnauthorized: tls.rejectUnauthorized,
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
           ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
           ...(tls.key !== undefined ? { key: tls.key } : {}),
           ...(tls.servername !== undefined ? { servername: tls.servername } : {})
-        }
+        }))
       })
       this.#clients.set(connectTimeout, client)
     }
