@@ -1,5 +1,6 @@
-// Fastify's own answers (no route, bad request, rate limited) speak the gateway's format too.
+// Fastify's own answers (no route, bad request, body too large, rate limited) speak the gateway's format too.
 import t from 'tap'
+import { Readable } from 'node:stream'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
@@ -83,4 +84,93 @@ t.test('the app\'s own routes keep their own error handling', async (t) => {
   const res = await gw.request('/own')
   t.equal(res.statusCode, 409)
   t.match(await res.body.json(), { message: 'mine' }, 'Fastify\'s default handler, not ours')
+})
+
+// 413: proxied bodies stream and are never parsed, so the gateway enforces routes[].bodyLimit
+// (by default Fastify's own bodyLimit) itself: before anything is sent when the body declares
+// its length, and as it streams when it does not.
+
+/** A chunked body (no Content-Length) of `size` bytes, made in 16 KiB pieces as it is read. */
+function chunked (size: number): Readable {
+  let sent = 0
+  return new Readable({
+    read () {
+      if (sent >= size) return this.push(null)
+      const piece = Math.min(16 * 1024, size - sent)
+      sent += piece
+      this.push(Buffer.alloc(piece, 'x'))
+    }
+  })
+}
+
+t.test('413: a body whose Content-Length is over routes[].bodyLimit never reaches the upstream', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop', bodyLimit: 1000 }] })
+  const res = await gw.request('/shop/upload', { method: 'POST', body: 'x'.repeat(2000), headers: { accept: 'application/json', 'content-type': 'text/plain' } })
+  t.equal(res.statusCode, 413)
+  t.equal(res.headers.connection, 'close', 'the unread body is not drained: the connection closes')
+  t.match(res.headers['proxy-status'], /error=http_request_error/)
+  const problem = await res.body.json() as Problem
+  t.match(problem, { status: 413, title: 'Request body too large', error: 'http_request_error', blame: 'client', phase: 'send', temporary: false, detail: 'The request body is larger than this service accepts.' })
+  t.match(problem.hint, /declares 2000 bytes \(Content-Length\); the limit for routes with prefix "\/shop" is 1000 bytes \(routes\[\]\.bodyLimit/)
+  t.equal(u.hits, 0, 'nothing reached the upstream')
+  const [record, ...others] = gw.failures()
+  t.same(others, [])
+  t.match(record, { level: 40, status: 413, error: 'http_request_error', blame: 'client' })
+
+  const fits = await gw.request('/shop/upload', { method: 'POST', body: 'x'.repeat(1000), headers: { 'content-type': 'text/plain' } })
+  t.equal(fits.statusCode, 200, 'a body of exactly the limit passes')
+  t.match(await fits.body.json(), { bytes: 1000 })
+})
+
+t.test('413: the default limit is the Fastify instance\'s bodyLimit; false lifts it', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, {
+    pools: { shop: { targets: [u.url] } },
+    routes: [{ prefix: '/limited', pool: 'shop' }, { prefix: '/open', pool: 'shop', bodyLimit: false }]
+  }, { bodyLimit: 500 })
+  const over = await gw.request('/limited/x', { method: 'POST', body: 'x'.repeat(600), headers: { accept: 'text/plain' } })
+  t.equal(over.statusCode, 413)
+  t.match(await over.body.text(), /larger than this service accepts/)
+  const open = await gw.request('/open/x', { method: 'POST', body: 'x'.repeat(600) })
+  t.equal(open.statusCode, 200)
+  t.match(await open.body.json(), { bytes: 600 })
+})
+
+t.test('413: a chunked body is counted as it is read, before the first byte is sent when it is small', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop', bodyLimit: 20_000 }] })
+  const res = await gw.request('/shop/x', { method: 'POST', body: chunked(40_000), headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 413)
+  const problem = await res.body.json() as Problem
+  t.match(problem.hint, /passed 20000 bytes while it was read for replay/)
+  t.equal(u.hits, 0, 'read for replay (under 64 KiB) and refused before any try')
+
+  const fits = await gw.request('/shop/x', { method: 'POST', body: chunked(20_000) })
+  t.equal(fits.statusCode, 200)
+  t.match(await fits.body.json(), { bytes: 20_000 })
+})
+
+t.test('413: a large chunked body over the limit is cut mid-stream, and the target is not blamed', async (t) => {
+  let upstreamSaw = 0
+  const u = await startUpstream('u', (req, res) => {
+    req.on('data', (chunk: Buffer) => { upstreamSaw += chunk.length })
+    req.on('end', () => res.end('whole'))
+  })
+  t.teardown(u.close)
+  const limit = 256 * 1024
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop', bodyLimit: limit }] })
+  const res = await gw.request('/shop/x', { method: 'POST', body: chunked(1024 * 1024), headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 413)
+  const problem = await res.body.json() as Problem
+  t.match(problem, { error: 'http_request_error', status: 413, blame: 'client', phase: 'send' })
+  t.match(problem.hint, /passed 262144 bytes while it streamed to 127\.0\.0\.1:\d+, so that upstream request was cut/)
+  t.ok(upstreamSaw <= limit, `the upstream saw ${upstreamSaw} bytes, no more than the limit`)
+  const [target] = gw.app.upstream.pool('shop').targets()
+  t.match(target, { failures: 0, consecutiveFailures: 0, state: 'healthy' }, 'a client\'s oversized body is not the target\'s failure')
+  const [record] = gw.failures()
+  t.match(record, { status: 413, error: 'http_request_error', attempts: [{ error: 'http_request_error', phase: 'send' }] })
 })

@@ -38,6 +38,8 @@ const cases: Array<[string, unknown, string]> = [
   ['unknown method', { ...ok, routes: [{ prefix: '/u', pool: 'users', methods: ['GET', 'FETCH'] }] }, 'routes[0].methods[1]: expected one of "DELETE", "GET", "HEAD", "PATCH", "POST", "PUT", "OPTIONS", "TRACE", "SEARCH", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "MKCALENDAR", got "FETCH"'],
   ['route timeout override checked', { ...ok, routes: [{ prefix: '/u', pool: 'users', timeouts: { total: 0 } }] }, 'routes[0].timeouts.total: expected a duration in milliseconds >= 1, got 0'],
   ['websocket not boolean', { ...ok, routes: [{ prefix: '/u', pool: 'users', websocket: 1 }] }, 'routes[0].websocket: expected true or false, got 1'],
+  ['bodyLimit negative', { ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: -1 }] }, 'routes[0].bodyLimit: expected a number of bytes (an integer >= 0) or false for no limit, got -1'],
+  ['bodyLimit as text', { ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: '10mb' }] }, 'routes[0].bodyLimit: expected a number of bytes (an integer >= 0) or false for no limit, got "10mb"'],
   ['errors.expose', { ...ok, errors: { expose: 'everything' } }, 'errors.expose: expected one of "public", "full", "auto", got "everything"'],
   ['errors.proxyName not a token', { ...ok, errors: { proxyName: 'my gateway' } }, 'errors.proxyName: expected a structured-field token (letters, digits, "-", ".", ...), got "my gateway"'],
   ['errors.intercept status', { ...ok, errors: { intercept: [502, 999] } }, 'errors.intercept[1]: expected an integer from 100 to 599, got 999'],
@@ -73,6 +75,9 @@ t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   t.equal(config.requestIdHeader, 'x-request-id')
   t.equal(config.errors.proxyName, 'fastify-upstream')
   t.equal(config.routes[0]!.rewritePrefix, '')
+  t.equal(config.routes[0]!.bodyLimit, 1024 * 1024, 'Fastify\'s default bodyLimit')
+  t.equal(validateOptions(ok, { bodyLimit: 5000 }).routes[0]!.bodyLimit, 5000, 'or the instance\'s own')
+  t.equal(validateOptions({ ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: false }] }).routes[0]!.bodyLimit, null, 'false: no limit')
 })
 
 t.test('route timeouts override the pool one by one', async (t) => {

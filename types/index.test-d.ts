@@ -19,7 +19,11 @@ const options: UpstreamOptions = {
       tls: { rejectUnauthorized: true }
     }
   },
-  routes: [{ prefix: '/users', pool: 'users', methods: ['GET', 'POST'], websocket: false, timeouts: { headers: 100 } }],
+  routes: [
+    { prefix: '/users', pool: 'users', methods: ['GET', 'POST'], websocket: false, timeouts: { headers: 100 } },
+    { prefix: '/uploads', pool: 'users', bodyLimit: false },
+    { prefix: '/forms', pool: 'users', bodyLimit: 64 * 1024 }
+  ],
   errors: { expose: (request) => request.headers['x-debug'] === '1', proxyName: 'edge' },
   requestIdHeader: 'x-request-id'
 }

@@ -40,7 +40,9 @@ export const GATEWAY_CODES = {
   // same event as undici's own, so it carries undici's code.
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
   connectTimeout: 'UND_ERR_CONNECT_TIMEOUT',
-  clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED'
+  clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
+  // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
+  bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE'
 } as const
 
 export function classify (err: unknown, progress: Progress): Classified {
@@ -53,6 +55,7 @@ export function classify (err: unknown, progress: Progress): Classified {
   if (code === GATEWAY_CODES.totalTimeout) {
     return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
   }
+  if (code === GATEWAY_CODES.bodyTooLarge) return { error: 'http_request_error', phase: 'send', cause: null }
   if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
 
   switch (code) {

@@ -125,7 +125,7 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'proxy_loop_detected': return `The request already carried this gateway's name in Via: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
       case 'destination_not_found': return `No route or target matches this request.${extra}`
       case 'proxy_internal_error': return `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
-      case 'http_request_error': return `The client's request was rejected before it was proxied.${extra}`
+      case 'http_request_error': return `The gateway rejected the client's request.${extra}`
       case 'http_request_denied': return `The client exceeded the rate limit (rateLimit option).${extra}`
       case 'upstream_error_status': return `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
     }

@@ -73,6 +73,8 @@ export interface RouteConfig {
   /** The pool's retry policy with the route's overrides applied. */
   retry: RetryConfig
   rateLimit: Record<string, unknown> | false | null
+  /** Bytes; null: no limit. */
+  bodyLimit: number | null
 }
 
 export interface ErrorsConfig {

@@ -104,6 +104,11 @@ export interface RouteInput {
   timeouts?: TimeoutsInput
   retry?: RetryInput
   rateLimit?: Record<string, unknown> | false
+  /**
+   * The largest request body the route forwards, in bytes; larger ones get 413 before (or as
+   * soon as) they are seen. `false`: no limit. Default: the Fastify instance's `bodyLimit`.
+   */
+  bodyLimit?: number | false
 }
 
 export type ExposeInput = 'public' | 'full' | 'auto' | ((request: FastifyRequest) => boolean)

@@ -19,11 +19,20 @@ const RETRY_CONDITIONS: RetryCondition[] = ['connect-failure', 'refused-stream',
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit']
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit']
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
-export function validateOptions (input: unknown): Config {
+/** What the options inherit from the Fastify instance they are registered on. */
+export interface Inherited {
+  /** Fastify's `bodyLimit`: the default of `routes[].bodyLimit`. */
+  bodyLimit: number
+}
+
+/** Fastify's own default, for options validated without an instance (tests, tools). */
+const FASTIFY_BODY_LIMIT = 1024 * 1024
+
+export function validateOptions (input: unknown, inherited: Inherited = { bodyLimit: FASTIFY_BODY_LIMIT }): Config {
   const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])
@@ -33,7 +42,7 @@ export function validateOptions (input: unknown): Config {
 
   const routesInput = array('routes', options.routes)
   if (routesInput.length === 0) fail('routes', 'at least one route', routesInput)
-  const routes = routesInput.map((route, i) => validateRoute(join('routes', i), route, pools))
+  const routes = routesInput.map((route, i) => validateRoute(join('routes', i), route, pools, inherited))
   const seen = new Map<string, number>()
   routes.forEach((route, i) => {
     const first = seen.get(route.prefix)
@@ -241,7 +250,7 @@ function validateAuth (path: string, input: unknown): PoolConfig['auth'] {
   return a as PoolConfig['auth']
 }
 
-function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {
+function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>, inherited: Inherited): RouteConfig {
   const r = object(path, input, ROUTE_KEYS)
   const prefix = string(join(path, 'prefix'), r.prefix)
   if (!prefix.startsWith('/')) fail(join(path, 'prefix'), 'a path starting with "/"', prefix)
@@ -269,8 +278,17 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     websocket: boolean(join(path, 'websocket'), r.websocket, false),
     timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, pool.timeouts),
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
-    rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null
+    rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,
+    bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit, inherited.bodyLimit)
   }
+}
+
+function validateBodyLimit (path: string, value: unknown, fallback: number): number | null {
+  if (value === false) return null
+  if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value) || value < 0)) {
+    fail(path, 'a number of bytes (an integer >= 0) or false for no limit', value)
+  }
+  return (value as number | undefined) ?? fallback
 }
 
 function validateErrors (input: unknown): ErrorsConfig {

@@ -1,7 +1,9 @@
 // A request body that a retry can send again. Small bodies are read into memory before the
 // first try (as nginx buffers request bodies); larger ones stream through untouched and are
-// then not retried.
+// then not retried. A body without a declared length is counted against routes[].bodyLimit as
+// it streams (one with a Content-Length is checked before: HTTP framing keeps it to that).
 import { Readable } from 'node:stream'
+import { GATEWAY_CODES } from '../errors/classify.js'
 
 /** Bodies up to this size are kept for replay. */
 export const REPLAY_LIMIT = 64 * 1024
@@ -24,11 +26,26 @@ export function bodyWithoutReading (body: unknown): PreparedBody | null {
 
 const NO_BODY: PreparedBody = Object.freeze({ body: null, replayable: true, why: '' })
 
-export async function prepareBody (body: unknown, contentLength: string | undefined): Promise<PreparedBody> {
+/** The client sent more than routes[].bodyLimit allows. */
+export class BodyTooLarge extends Error {
+  readonly code = GATEWAY_CODES.bodyTooLarge
+  constructor (readonly limit: number) {
+    super(`the request body passed ${limit} bytes`)
+  }
+}
+
+/**
+ * A body ready to send (and maybe replay). `limit` (bytes, null for none) applies to a body
+ * of unknown length: past it, reading rejects, or the stream handed on errors, with BodyTooLarge.
+ */
+export async function prepareBody (body: unknown, contentLength: string | undefined, limit: number | null): Promise<PreparedBody> {
   const ready = bodyWithoutReading(body)
   if (ready !== null) return ready
   if (!(body instanceof Readable)) return { body: body as Body, replayable: false, why: 'an unknown kind of body' }
   const declared = contentLength === undefined ? null : Number(contentLength)
+  const count = (size: number): void => {
+    if (declared === null && limit !== null && size > limit) throw new BodyTooLarge(limit)
+  }
   if (declared !== null && declared > REPLAY_LIMIT) {
     return { body, replayable: false, why: `a streamed body of ${declared} bytes, over the ${REPLAY_LIMIT}-byte replay limit` }
   }
@@ -41,12 +58,15 @@ export async function prepareBody (body: unknown, contentLength: string | undefi
     if (next.done === true) return { body: Buffer.concat(chunks, size), replayable: true, why: '' }
     chunks.push(next.value)
     size += next.value.length
+    count(size)
   }
   const rest = Readable.from((async function * () {
     yield * chunks
     while (true) {
       const next = await iterator.next()
       if (next.done === true) return
+      size += next.value.length
+      count(size)
       yield next.value
     }
   })(), { objectMode: false })

@@ -10,12 +10,12 @@ import type { Target } from '../pool/target.js'
 import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
-import { bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
+import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { backoff, conditionOf, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note'>
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
 
 /**
  * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
@@ -88,25 +88,34 @@ export class Exchange {
   start (opts: Dispatcher.DispatchOptions, downstream: LegacyHandler): void {
     this.#opts = opts
     this.#downstream = downstream
+    const headers = opts.headers as Record<string, string | undefined>
+    const limit = this.route.bodyLimit
+    if (limit !== null && headers['content-length'] !== undefined && Number(headers['content-length']) > limit) {
+      this.#refuseBody(`declares ${headers['content-length']} bytes (Content-Length)`)
+      return
+    }
     this.pool.budget.request()
     this.#candidates = this.pool.candidates(this.request)
     if (this.#candidates.length === 0) {
       this.#fail('destination_unavailable', this.pool.outage())
       return
     }
-    const headers = opts.headers as Record<string, string | undefined>
     const ready = bodyWithoutReading(opts.body)
     if (ready !== null) {
       this.#body = ready
       this.#tryNext()
       return
     }
-    prepareBody(opts.body, headers['content-length']).then((body) => {
+    prepareBody(opts.body, headers['content-length'], limit).then((body) => {
       this.#body = body
       if (!this.settled) this.#tryNext()
-    }, () => {
-      // Reading the client's body failed: the client went away while sending it.
+    }, (err) => {
       if (this.settled) return
+      if (err instanceof BodyTooLarge) {
+        this.#refuseBody(`passed ${err.limit} bytes while it was read for replay`)
+        return
+      }
+      // Reading the client's body failed otherwise: the client went away while sending it.
       this.#settle()
       this.events.aborted(this, 'send')
     })
@@ -255,6 +264,12 @@ export class Exchange {
       return
     }
     const record = attempt.record(verdict.error, verdict.cause, verdict.phase)
+    if (err instanceof BodyTooLarge && !attempt.responseStarted) {
+      // The client's fault, not the target's: no failure counts against it, and no retry.
+      this.attempts.push(record)
+      this.#refuseBody(`passed ${err.limit} bytes while it streamed to ${attempt.target.hostPort}, so that upstream request was cut`)
+      return
+    }
     // A try whose body broke was recorded when its headers came: that record now tells the end.
     if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
     else this.attempts.push(record)
@@ -328,6 +343,20 @@ export class Exchange {
       return
     }
     this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })
+  }
+
+  /**
+   * 413: the body is over routes[].bodyLimit. The rest of it is not read: the connection
+   * closes after the answer (as nginx does), instead of draining a body nobody wants.
+   */
+  #refuseBody (what: string): void {
+    this.reply.header('connection', 'close')
+    this.#fail('http_request_error', {
+      phase: 'send',
+      status: 413,
+      detail: 'The request body is larger than this service accepts.',
+      why: `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit, by default Fastify's bodyLimit). Raise it for this route if such bodies are expected.`
+    })
   }
 
   #failWith (err: unknown, progress: Progress, phase?: AttemptRecord['phase']): void {
