@@ -204,6 +204,8 @@ t.test('the body breaks after the headers: the client connection is cut and one 
   t.match(record, { level: 50, status: 200, error: 'http_response_incomplete', blame: 'upstream', phase: 'body', attempts: [{ error: 'http_response_incomplete', status: 200 }] })
   t.match(record!.msg, /the client connection was cut/)
   t.same(gw.logs.filter((r) => r.level >= 40 && r.error === undefined), [], 'no duplicate warning or error from Fastify')
+  // Fastify's own lines for the request are its usual 'incoming request' and nothing about the cut.
+  t.same(gw.logs.filter((r) => r.reqId === record!.reqId && r.error === undefined).map((r) => r.msg), ['incoming request'])
 })
 
 t.test('a request that loops back to this gateway is stopped', async (t) => {

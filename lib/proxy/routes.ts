@@ -25,8 +25,12 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
   const events: ExchangeEvents = {
     failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
     broken (exchange, failure) {
-      logFailure(exchange.request, failure, 'the response had started, so the client connection was cut')
-      exchange.reply.raw.destroy()
+      const { request, reply } = exchange
+      logFailure(request, failure, 'the response had started, so the client connection was cut')
+      // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
+      // reply.log. The record above already tells it: from here on, only errors get through.
+      reply.log = reply.log.child({}, { level: 'error' })
+      reply.raw.destroy()
     },
     aborted (exchange, phase) {
       logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
