@@ -51,9 +51,14 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
-  // Unknown paths get the gateway's error format too. Fastify allows one not-found handler per
-  // prefix: an app that wants its own registers it in a child context with a prefix.
-  app.setNotFoundHandler(createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null).notFoundHandler)
+  // Unknown paths get the gateway's error format too, unless the app set its own not-found
+  // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
+  try {
+    app.setNotFoundHandler(createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null).notFoundHandler)
+  } catch (err) {
+    // Fastify gives this error no code; its message is the only way to tell it apart.
+    if (!(err instanceof Error && err.message.startsWith('Not found handler already set'))) throw err
+  }
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.

@@ -174,3 +174,18 @@ t.test('413: a large chunked body over the limit is cut mid-stream, and the targ
   const [record] = gw.failures()
   t.match(record, { status: 413, error: 'http_request_error', attempts: [{ error: 'http_request_error', phase: 'send' }] })
 })
+
+t.test('an app that set its own not-found handler first keeps it; proxied routes keep the gateway\'s', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop', methods: ['GET'] }] }, {}, (app) => {
+    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+  })
+  const unknown = await gw.request('/nowhere')
+  t.equal(unknown.statusCode, 404)
+  t.same(await unknown.body.json(), { mine: true }, 'the app\'s own handler answers unknown paths')
+  t.equal((await gw.request('/shop/x')).statusCode, 200)
+  const wrongMethod = await gw.request('/shop/x', { method: 'DELETE', headers: { accept: 'application/json' } })
+  t.equal(wrongMethod.statusCode, 404)
+  t.match(await wrongMethod.body.json(), { error: 'http_request_error', pool: 'shop' }, 'a route\'s own scope still answers in the gateway format')
+})
