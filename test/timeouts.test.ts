@@ -38,6 +38,21 @@ t.test('headers: a target that accepts but never answers is cut at timeouts.head
   t.ok(took >= 250 && took < 3000, `answered after ${took} ms (headers timeout 300 ms)`)
 })
 
+t.test('headers: the timer holds for a request that came on a reused keep-alive connection', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [silent.url], timeouts: { headers: 100 }, retry: { retries: 0 }, outlier: false } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  // The same client connection carries both: the second request arrives after the gateway
+  // answered the first one itself (a 504), which once left the request looking unfinished.
+  for (const which of ['first', 'second']) {
+    const { status, problem, took } = await timed(gw, '/p/slow')
+    t.equal(status, 504)
+    t.equal(problem.error, 'http_response_timeout')
+    // undici's own backstop would fire at 1100 ms; the gateway's timer, at 100.
+    t.ok(took < 800, `${which}: answered after ${took} ms (headers timeout 100 ms)`)
+  }
+})
+
 t.test('a route overrides the pool timeout for its own requests', async (t) => {
   const silent = await startTcp(() => {})
   t.teardown(silent.close)

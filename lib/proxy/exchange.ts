@@ -256,7 +256,7 @@ export class Exchange {
 
   onAttemptError (attempt: Attempt, err: unknown): void {
     if (this.settled) return
-    const progress: Progress = { connected: attempt.connected, requestSent: attempt.connected && this.request.raw.complete, responseStarted: attempt.responseStarted }
+    const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
     if (verdict.error === 'client_aborted') {
       this.#settle()
@@ -416,6 +416,8 @@ class Attempt implements LegacyHandler {
   /** Cuts this try; undici hands it over once the request is on a socket. */
   abortTry: ((reason?: Error) => void) | null = null
   connected = false
+  /** undici has written the whole request, body included, to the socket. */
+  requestSent = false
   responseStarted = false
   status: number | null = null
   #abandoned = false
@@ -459,23 +461,21 @@ class Attempt implements LegacyHandler {
       return
     }
     this.connected = true
-    this.#startHeadersTimer(abort)
     this.exchange.onAttemptStart(context)
   }
 
-  // timeouts.headers counts from the request sent: at once for a request without a body (or
-  // one already read), otherwise from the end of the client's body.
-  #startHeadersTimer (abort: (reason?: Error) => void): void {
-    const start = (): void => {
-      if (this.#ended || this.responseStarted) return
-      const ms = this.exchange.route.timeouts.headers
-      this.#headersTimer = setTimeout(() => {
-        abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
-      }, ms)
-    }
-    const raw = this.exchange.request.raw
-    if (raw.complete) start()
-    else raw.once('end', start)
+  // timeouts.headers counts from the request sent, as undici reports it: for a streamed body,
+  // once its last byte is written. (The client request's own state says nothing reliable here:
+  // a GET's `complete` may still be false on a reused keep-alive connection.) An upstream that
+  // answers before the body is all sent has its headers already; nothing to time then.
+  onRequestSent (): void {
+    if (this.#abandoned || this.#ended || this.responseStarted) return
+    this.requestSent = true
+    const ms = this.exchange.route.timeouts.headers
+    const abort = this.abortTry!
+    this.#headersTimer = setTimeout(() => {
+      abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
+    }, ms)
   }
 
   #clearHeadersTimer (): void {
