@@ -85,9 +85,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   // WebSocket upgrades are handed to `ws` by http-proxy, not to the dispatcher: the target is
   // chosen before the upgrade, so a pool with none answers 503 instead of accepting the socket.
+  // Only websocket routes get this hook: a hook costs every request a step.
   const websocketTargets = new WeakMap<FastifyRequest, string>()
   function preHandler (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
-    if (!route.websocket || request.headers.upgrade?.toLowerCase() !== 'websocket') return done()
+    if (request.headers.upgrade?.toLowerCase() !== 'websocket') return done()
     const target = pool.candidates(request)[0]
     if (target !== undefined) {
       websocketTargets.set(request, target.url)
@@ -109,7 +110,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     disableRequestLogging: true,
     config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
-    preHandler,
+    ...(route.websocket ? { preHandler } : {}),
     replyOptions: {
       getUpstream,
       rewriteRequestHeaders,
