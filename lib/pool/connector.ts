@@ -1,18 +1,12 @@
-// How a target's connections are opened: undici's own connector, behind a gate that stops a
-// target which refuses connections from being asked again by every request at once.
+// How a target's connections are opened: undici's connector behind a gate. While a target's
+// last connection attempt failed outright (refused, unreachable, TLS: anything but a timeout),
+// it gets one attempt at a time; requests that need a connection meanwhile share its outcome.
 //
-// Without the gate, a storm against a target that refuses costs one TCP connect per request:
-// every request finds no idle connection and opens its own, and each is refused. Those
-// connects are most of what a failure storm costs the gateway (kernel and libuv work, a socket
-// object, an error with a stack), and they hammer the failing host with SYNs. Ejection would
-// stop them, but `outlier.maxEjectedPercent` keeps some failing targets in rotation on purpose.
-//
-// So while a target's last connection attempt failed outright (refused, unreachable, a TLS
-// failure: anything but a timeout), it gets one attempt at a time. Requests that need a new
-// connection meanwhile wait for that attempt: if it fails too, they fail with its error (a
-// real refusal, made while they waited, not a remembered one); if it succeeds, each opens its
-// own connection as usual. A timeout is not shared: a request that joined late would be told
-// "timed out" before its own connect timeout had run, so after one each waiter connects itself.
+// Why: a target that ejection keeps in rotation (`outlier.maxEjectedPercent`) would otherwise
+// cost one refused TCP connect per request, most of what a failure storm costs the gateway,
+// and a burst of SYNs to the failing host. Waiters fail with a real refusal made while they
+// waited, never a remembered one. A timeout is not shared: a late joiner would be told "timed
+// out" before its own timeouts.connect had run.
 import { buildConnector } from 'undici'
 
 type Connector = buildConnector.connector
