@@ -1,5 +1,5 @@
 import t from 'tap'
-import { startGateway } from './helpers/gateway.js'
+import { startGateway, waitFor } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
 
@@ -60,4 +60,29 @@ t.test('a queued request takes the first target that frees up', async (t) => {
   const statuses = await Promise.all(Array.from({ length: 6 }, async () => (await gw.request('/p/x')).statusCode))
   t.same(statuses, [200, 200, 200, 200, 200, 200])
   t.equal(a.hits + b.hits, 6)
+})
+
+t.test('queueTimeout bounds the whole wait, even for a request woken without room it may use', async (t) => {
+  // a is busy for 1.2 s. b answers 503 after 300 ms, and that one failure ejects it. The queued
+  // request wakes when b's request ends, finds b ejected and a still full, and waits again:
+  // for what is left of its 400 ms, not a fresh 400 (which would end at 700 ms).
+  const a = await startUpstream('a', (_req, res) => { setTimeout(() => res.end('a'), 1200) })
+  const b = await startUpstream('b', (_req, res) => { setTimeout(() => { res.statusCode = 503; res.end('b') }, 300) })
+  t.teardown(async () => { await a.close(); await b.close() })
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], balancer: 'round-robin', limits: { maxConcurrent: 1, queueTimeout: 400 }, outlier: { consecutiveFailures: 1 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const first = gw.request('/p/1')
+  const second = gw.request('/p/2')
+  await waitFor(() => a.hits + b.hits === 2, 2000, 'both targets busy')
+  const started = Date.now()
+  const queued = await gw.request('/p/3', { headers: { accept: 'application/json' } })
+  const took = Date.now() - started
+  t.equal(queued.statusCode, 503)
+  t.match(await queued.body.json(), { error: 'connection_limit_reached', phase: 'queue' })
+  t.ok(took < 650, `turned away after ${took} ms: within queueTimeout (400 ms), not 300 + 400`)
+  t.match(gw.app.upstream.pool('p').targets().find((target) => target.url === b.url), { state: 'ejected' })
+  t.equal((await second).statusCode, 503, 'b\'s own answer passes through')
+  t.equal((await first).statusCode, 200)
 })

@@ -108,19 +108,21 @@ export class UpstreamPool {
 
   /**
    * Waits in line for room: `ready` when a request somewhere in the pool ends, `timedOut` after
-   * limits.queueTimeout. Null when limits.maxPending requests already wait.
+   * `timeoutMs`. Null when limits.maxPending requests already wait. A request that was woken
+   * but found no room it may use (`again`) goes back to the head of the line, not the tail, and
+   * is not turned away for a full line: it was already in it.
    */
-  enqueue (ready: () => void, timedOut: () => void): { cancel: () => void } | null {
-    const { maxPending, queueTimeout } = this.config.limits
-    if (this.#waiters.length >= maxPending) return null
+  enqueue (ready: () => void, timedOut: () => void, timeoutMs: number, again = false): { cancel: () => void } | null {
+    if (!again && this.#waiters.length >= this.config.limits.maxPending) return null
     const waiter: Waiter = {
       ready,
       timer: setTimeout(() => {
         this.#remove(waiter)
         timedOut()
-      }, queueTimeout)
+      }, timeoutMs)
     }
-    this.#waiters.push(waiter)
+    if (again) this.#waiters.unshift(waiter)
+    else this.#waiters.push(waiter)
     return { cancel: () => { this.#remove(waiter) } }
   }
 

@@ -60,6 +60,8 @@ export class Exchange {
   #totalTimer: NodeJS.Timeout | null = null
   /** A pending wait: for room in the queue, or the backoff before a retry. */
   #waiting: { cancel: () => void } | null = null
+  /** When the current wait in line for room must end (limits.queueTimeout); null when not waiting. */
+  #queueDeadline: number | null = null
   /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
   #waitingPhase: AttemptRecord['phase'] = 'route'
 
@@ -152,6 +154,7 @@ export class Exchange {
       return
     }
     this.target = target
+    this.#queueDeadline = null
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
     const opts = this.#opts!
@@ -203,15 +206,27 @@ export class Exchange {
     const queuedAt = performance.now()
     this.#waitingPhase = 'queue'
     const why = `Every target that may take this request has limits.maxConcurrent (${limits.maxConcurrent}) requests in flight`
+    const timedOut = (): void => {
+      this.#waiting = null
+      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and this request waited limits.queueTimeout (${limits.queueTimeout} ms) for room.`, retryAfter: 1 })
+    }
+    // queueTimeout bounds the whole wait: a request woken without finding room keeps what is
+    // left of it (before a retry the wait starts anew, as the try does).
+    const again = this.#queueDeadline !== null
+    if (!again) this.#queueDeadline = queuedAt + limits.queueTimeout
+    const left = this.#queueDeadline! - queuedAt
+    if (left <= 0) {
+      timedOut()
+      return
+    }
     const waiter = this.pool.enqueue(() => {
       this.queueMs += performance.now() - queuedAt
       this.#waiting = null
       if (!this.settled) this.#tryNext()
     }, () => {
       this.queueMs += performance.now() - queuedAt
-      this.#waiting = null
-      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and this request waited limits.queueTimeout (${limits.queueTimeout} ms) for room.`, retryAfter: 1 })
-    })
+      timedOut()
+    }, left, again)
     if (waiter === null) {
       this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and limits.maxPending (${limits.maxPending}) requests already wait.`, retryAfter: 1 })
       return
