@@ -72,15 +72,37 @@ t.test('body: a body that stalls past timeouts.body cuts the client connection a
   })
   t.teardown(u.close)
   const gw = await startGateway(t, { pools: { p: { targets: [u.url], timeouts: { body: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const started = Date.now()
   const res = await gw.request('/p/x')
   t.equal(res.statusCode, 200, 'the status was already sent')
   await t.rejects(res.body.text(), 'the client sees a cut connection, never a silently short body')
+  const took = Date.now() - started
+  // undici's own body timer ticks about once a second (and is a backstop at 1300 ms here).
+  t.ok(took >= 250 && took < 900, `cut after ${took} ms (body timeout 300 ms)`)
   await waitFor(() => gw.failures().length === 1, 3000, 'the failure log record')
   const record = gw.failures()[0]!
   t.equal(record.error, 'connection_read_timeout')
   t.equal(record.phase, 'body')
   t.equal(record.cause, 'UND_ERR_BODY_TIMEOUT')
   t.equal(record.level, 50)
+})
+
+t.test('body: a client that reads slowly is not taken for a stalled upstream', async (t) => {
+  const SIZE = 8 * 1024 * 1024
+  const u = await startUpstream('big', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(SIZE) })
+    res.end(Buffer.alloc(SIZE, 'x'))
+  })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url], timeouts: { body: 200 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const res = await gw.request('/p/x')
+  // The client reads nothing for more than three body timeouts: the gateway's buffers fill, it
+  // pauses the upstream, and that silence is the client's doing.
+  await new Promise((resolve) => setTimeout(resolve, 700))
+  let received = 0
+  for await (const chunk of res.body) received += (chunk as Buffer).length
+  t.equal(received, SIZE, 'every byte arrived')
+  t.same(gw.failures(), [], 'no body timeout was logged')
 })
 
 t.test('total: timeouts.total bounds the whole exchange', async (t) => {

@@ -40,6 +40,7 @@ export const GATEWAY_CODES = {
   // same event as undici's own, so it carries undici's code.
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
   connectTimeout: 'UND_ERR_CONNECT_TIMEOUT',
+  bodyTimeout: 'UND_ERR_BODY_TIMEOUT',
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
   // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
   bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE'

@@ -172,9 +172,10 @@ export class Exchange {
         method: opts.method,
         headers,
         body: this.#body!.body,
-        // Our own timer enforces timeouts.headers to the millisecond; undici's is a backstop.
+        // Our own timers enforce timeouts.headers and .body to the millisecond; undici's, which
+        // tick about once a second, are a backstop.
         headersTimeout: this.route.timeouts.headers + 1000,
-        bodyTimeout: this.route.timeouts.body
+        bodyTimeout: this.route.timeouts.body + 1000
       }, attempt)
     } catch (err) {
       attempt.abandon()
@@ -439,6 +440,9 @@ class Attempt implements LegacyHandler {
   #ended = false
   #headersTimer: NodeJS.Timeout | null = null
   #connectTimer: NodeJS.Timeout | null = null
+  #bodyTimer: NodeJS.Timeout | null = null
+  /** The client side paused the body (backpressure): silence then is not the upstream's. */
+  #paused = false
 
   constructor (private readonly exchange: Exchange, readonly target: Target) {
     target.inFlight++
@@ -502,11 +506,32 @@ class Attempt implements LegacyHandler {
     if (this.#abandoned) return false
     this.responseStarted = true
     this.#clearHeadersTimer()
-    return this.exchange.onAttemptResponse(this, statusCode, rawHeaders, resume, statusMessage)
+    this.#startBodyTimer()
+    const go = this.exchange.onAttemptResponse(this, statusCode, rawHeaders, () => {
+      this.#paused = false
+      this.#bodyTimer?.refresh()
+      resume()
+    }, statusMessage)
+    if (!go) this.#paused = true
+    return go
+  }
+
+  // timeouts.body: the longest silence while the body streams. A pause the client side asked
+  // for does not count: the timer goes quiet and starts over on resume (as undici's does).
+  #startBodyTimer (): void {
+    const ms = this.exchange.route.timeouts.body
+    const abort = this.abortTry!
+    this.#bodyTimer = setTimeout(() => {
+      if (!this.#paused) abort(new GatewayError(GATEWAY_CODES.bodyTimeout, `no body data for ${ms} ms`))
+    }, ms)
   }
 
   onData (chunk: Buffer): boolean {
-    return this.#abandoned ? false : this.exchange.onAttemptData(chunk)
+    if (this.#abandoned) return false
+    this.#bodyTimer?.refresh()
+    const go = this.exchange.onAttemptData(chunk)
+    if (!go) this.#paused = true
+    return go
   }
 
   onComplete (trailers: string[] | null): void {
@@ -525,6 +550,8 @@ class Attempt implements LegacyHandler {
     this.#clearHeadersTimer()
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null
+    if (this.#bodyTimer !== null) clearTimeout(this.#bodyTimer)
+    this.#bodyTimer = null
     this.target.inFlight--
     this.exchange.pool.released()
   }
