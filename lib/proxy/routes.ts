@@ -14,13 +14,19 @@ import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 
+/**
+ * A request's exchange rides on the request itself, not in a WeakMap: a WeakMap entry lives
+ * until a full GC once its key has been promoted, and under load that kept every finished
+ * exchange alive through many young-generation collections, each costlier than the last.
+ */
+type RequestWithExchange = FastifyRequest & { [kExchange]?: Exchange | null }
+
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, pool.name)
-  const exchanges = new WeakMap<FastifyRequest, Exchange>()
 
   const events: ExchangeEvents = {
     failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
@@ -43,13 +49,13 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       answer(request, reply, failure)
       return reply
     }
-    exchanges.set(request, new Exchange(request, reply, route, pool, events))
+    ;(request as RequestWithExchange)[kExchange] = new Exchange(request, reply, route, pool, events)
     return reply.from(dest, options)
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders): IncomingHttpHeaders {
     forwardRequestHeaders(request, headers, settings)
-    ;(headers as Record<symbol, unknown>)[kExchange] = exchanges.get(request)
+    ;(headers as Record<symbol, unknown>)[kExchange] = (request as RequestWithExchange)[kExchange]
     return headers
   }
 
@@ -62,7 +68,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     if (config.errors.intercept.has(res.statusCode)) {
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
       // The exchange ends here, so dropping the upstream body is not taken for a client abort.
-      const exchange = exchanges.get(request)!
+      const exchange = (request as RequestWithExchange)[kExchange]!
       exchange.end()
       res.stream.on('error', () => {})
       res.stream.destroy()
@@ -131,6 +137,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
   // Each route lives in a scope of its own, so Fastify's errors on it (and a method it does
   // not serve) are answered in the gateway's format without touching the rest of the app.
   await app.register(async (scope) => {
+    // Declared up front so every request object keeps one shape.
+    scope.decorateRequest(kExchange, null)
     scope.setErrorHandler(errorHandler)
     scope.setNotFoundHandler(notFoundHandler)
     await scope.register(httpProxy, proxyOptions as never)
