@@ -3,19 +3,21 @@ import type { FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
 
 /**
- * Hop-by-hop fields other than `Connection` and the names it lists, which are removed first
- * (reply-from already does that for requests; `stripHopByHop` does it for responses).
+ * Hop-by-hop fields (RFC 9110 §7.6.1), besides those the `Connection` field names. Never
+ * forwarded, in either direction.
  */
-const HOP_BY_HOP = ['proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade']
+const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade'])
 
 export interface ForwardingSettings {
   proxyName: string
   requestIdHeader: string
 }
 
+type Headers = IncomingHttpHeaders | OutgoingHttpHeaders
+
 /** Request headers as they go to a target (the target's `host` is set per try, later). */
-export function forwardRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders, settings: ForwardingSettings): IncomingHttpHeaders {
-  stripHopByHop(headers)
+export function forwardRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders, settings: ForwardingSettings): IncomingHttpHeaders {
+  const headers = endToEnd(incoming) as IncomingHttpHeaders
   // Without trustProxy, an incoming X-Forwarded-For is the client's claim, not a fact: start
   // the chain afresh. With it, Fastify's `ips` is the trusted part, nearest hop first.
   const ips = request.ips
@@ -28,21 +30,25 @@ export function forwardRequestHeaders (request: FastifyRequest, headers: Incomin
 }
 
 /** Response headers as they go to the client. */
-export function forwardResponseHeaders (headers: IncomingHttpHeaders | OutgoingHttpHeaders, settings: ForwardingSettings): void {
-  stripHopByHop(headers)
+export function forwardResponseHeaders (incoming: Headers, settings: ForwardingSettings): Headers {
+  const headers = endToEnd(incoming)
   headers.via = appendList(headers.via as string | string[] | undefined, `1.1 ${settings.proxyName}`)
+  return headers
 }
 
-export function stripHopByHop (headers: IncomingHttpHeaders | OutgoingHttpHeaders): void {
+/**
+ * A copy of `headers` without the hop-by-hop fields and those `Connection` names. A copy, not
+ * deletes: deleting keys turns a header object into a slow dictionary for everything after.
+ */
+export function endToEnd (headers: Headers): Headers {
   const connection = headers.connection
-  if (connection !== undefined) {
-    for (const name of String(connection).split(',')) {
-      const key = name.trim().toLowerCase()
-      if (key !== '') delete headers[key]
-    }
-    delete headers.connection
+  const named = connection === undefined ? null : String(connection).toLowerCase().split(',').map((name) => name.trim())
+  const kept: Headers = {}
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || (named !== null && named.includes(name))) continue
+    kept[name] = headers[name]
   }
-  for (const name of HOP_BY_HOP) delete headers[name]
+  return kept
 }
 
 /** Does an incoming `Via` show that this request already passed through this gateway? */

@@ -53,15 +53,14 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return reply.from(dest, options)
   }
 
-  function rewriteRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders): IncomingHttpHeaders {
-    forwardRequestHeaders(request, headers, settings)
+  function rewriteRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders): IncomingHttpHeaders {
+    const headers = forwardRequestHeaders(request, incoming, settings)
     ;(headers as Record<symbol, unknown>)[kExchange] = (request as RequestWithExchange)[kExchange]
     return headers
   }
 
   function rewriteHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
-    forwardResponseHeaders(headers, settings)
-    return headers
+    return forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
   }
 
   function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void, on: (event: 'error', listener: () => void) => unknown } }): void {
@@ -127,7 +126,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     },
     wsClientOptions: {
       rewriteRequestHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => {
-        const forwarded = forwardRequestHeaders(request, { ...headers }, settings)
+        const forwarded = forwardRequestHeaders(request, headers, settings)
         if (request.headers.cookie !== undefined) forwarded.cookie = request.headers.cookie
         return forwarded
       }
