@@ -41,14 +41,24 @@ export function forwardResponseHeaders (incoming: Headers, settings: ForwardingS
  * deletes: deleting keys turns a header object into a slow dictionary for everything after.
  */
 export function endToEnd (headers: Headers): Headers {
-  const connection = headers.connection
-  const named = connection === undefined ? null : String(connection).toLowerCase().split(',').map((name) => name.trim())
+  const named = connectionNames(headers.connection)
   const kept: Headers = {}
-  for (const name in headers) {
+  const names = Object.keys(headers)
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i]!
     if (HOP_BY_HOP.has(name) || (named !== null && named.includes(name))) continue
     kept[name] = headers[name]
   }
   return kept
+}
+
+/** The field names a `Connection` field lists, beyond the usual `keep-alive` or `close`. */
+function connectionNames (connection: Headers['connection']): string[] | null {
+  if (connection === undefined) return null
+  const value = String(connection).toLowerCase()
+  // The common values name nothing that is not hop-by-hop already: no list to build.
+  if (value === 'keep-alive' || value === 'close') return null
+  return value.split(',').map((name) => name.trim())
 }
 
 /** Does an incoming `Via` show that this request already passed through this gateway? */
