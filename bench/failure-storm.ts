@@ -27,12 +27,11 @@
 // gets more of the machine than during the success run; the CPU time per response (measured in
 // the gateway) is the figure that does not depend on that.
 import os from 'node:os'
-import type { ChildProcess } from 'node:child_process'
 import { subscribe } from 'node:diagnostics_channel'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, closeServers, closedPorts, formatTable, getBody, median, portOf,
+  HOST, WARMUP_SECONDS, ask, closeServers, closedPorts, formatTable, getBody, median, portOf,
   positiveInteger, runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
 } from './harness.js'
 
@@ -166,27 +165,6 @@ async function runChild (role: Role): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 // Parent: start the children, drive the load, report.
-
-/** Sends a command to the gateway child and waits for its answer to it. */
-async function ask<T extends { cmd: string }> (child: ChildProcess, command: Command): Promise<T> {
-  return await new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => { done(); reject(new Error(`gateway: no answer to "${command.cmd}" within 5 s`)) }, 5_000)
-    const onMessage = (message: T): void => {
-      if (message.cmd !== command.cmd) return
-      done()
-      resolve(message)
-    }
-    const onExit = (code: number | null): void => { done(); reject(new Error(`gateway: exited with code ${code}`)) }
-    const done = (): void => {
-      clearTimeout(timer)
-      child.off('message', onMessage)
-      child.off('exit', onExit)
-    }
-    child.on('message', onMessage)
-    child.once('exit', onExit)
-    child.send(command)
-  })
-}
 
 interface Sample {
   requestsPerSecond: number

@@ -88,8 +88,58 @@ export function serveAsChild (ports: number[], close: () => Promise<void>): void
   process.send?.({ ports } satisfies Ready)
 }
 
+/** What a metered child answers to `report`: its CPU time per response since the last `reset`. */
+export interface CpuReport {
+  cmd: 'report'
+  /** The child process's CPU time (user + system, all threads) per response it finished, in µs. */
+  cpuPerResponse: number
+  responses: number
+}
+
+/**
+ * In a child: counts the responses `server` finishes and answers the parent's `reset` and
+ * `report` commands (see `ask`). CPU time per response is the figure that does not depend on
+ * how much of the shared machine the child happened to get.
+ */
+export function meterResponses (server: Server): void {
+  let responses = 0
+  let cpuFrom = process.cpuUsage()
+  server.on('request', (_request, response) => { response.once('finish', () => { responses++ }) })
+  process.on('message', (message: { cmd: string }) => {
+    if (message.cmd === 'reset') {
+      responses = 0
+      cpuFrom = process.cpuUsage()
+      process.send?.({ cmd: 'reset' })
+    } else if (message.cmd === 'report') {
+      const cpu = process.cpuUsage(cpuFrom)
+      process.send?.({ cmd: 'report', cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses), responses } satisfies CpuReport)
+    }
+  })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parent: start the children, drive the load, report.
+
+/** Sends a command to a child and waits for its answer to that command. */
+export async function ask<T extends { cmd: string }> (child: ChildProcess, command: { cmd: string }): Promise<T> {
+  return await new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => { done(); reject(new Error(`child: no answer to "${command.cmd}" within 5 s`)) }, 5_000)
+    const onMessage = (message: T): void => {
+      if (message.cmd !== command.cmd) return
+      done()
+      resolve(message)
+    }
+    const onExit = (code: number | null): void => { done(); reject(new Error(`child: exited with code ${code}`)) }
+    const done = (): void => {
+      clearTimeout(timer)
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+    }
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+    child.send(command)
+  })
+}
 
 export function positiveInteger (name: string, fallback: number): number {
   const raw = process.env[name]

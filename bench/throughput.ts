@@ -8,6 +8,9 @@
 // BENCH_CONNECTIONS concurrent connections [50], BENCH_ROUNDS repeats of the whole round [2].
 // Prints a table of medians across rounds and writes bench/results/throughput-latest.json.
 //
+// Two figures compare the proxies: req/s, which moves with whatever else the shared machine is
+// doing, and the CPU time each proxy process spends per response, which moves much less.
+//
 // Process layout, and why: autocannon runs here, in the parent; each server runs in a child
 // process started from this same file (see `role` below). In one process the load generator
 // and the server under test would share one event loop and one core, so every variant would
@@ -18,9 +21,10 @@
 // the upstreams and the parent's plumbing are in harness.ts, shared with failure-storm.ts.
 import os from 'node:os'
 import autocannon from 'autocannon'
+import type { ChildProcess } from 'node:child_process'
 import {
-  HOST, WARMUP_SECONDS, formatTable, getBody, median, portOf, positiveInteger, closeServers,
-  runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
+  HOST, WARMUP_SECONDS, ask, formatTable, getBody, median, meterResponses, portOf, positiveInteger, closeServers,
+  runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults, type CpuReport
 } from './harness.js'
 
 const PREFIX = '/svc'
@@ -47,6 +51,7 @@ async function runFrontDoor (role: 'http-proxy' | 'fastify-upstream', upstreamPo
     })
   }
   await app.listen({ port: 0, host: HOST })
+  meterResponses(app.server)
   return { port: portOf(app.server), close: async () => { await app.close() } }
 }
 
@@ -71,8 +76,8 @@ async function runChild (role: Role): Promise<void> {
 // Parent: start the children, drive the load, report.
 
 /** Starts this file again in a child process as `role` and waits for the ports it listens on. */
-async function startRole (role: Role, env: Record<string, string> = {}): Promise<number[]> {
-  return (await startChild(import.meta.url, role, env)).ports
+async function startRole (role: Role, env: Record<string, string> = {}): Promise<{ child: ChildProcess, ports: number[] }> {
+  return await startChild(import.meta.url, role, env)
 }
 
 interface Sample {
@@ -83,6 +88,8 @@ interface Sample {
   errors: number
   timeouts: number
   non2xx: number
+  /** CPU time of the proxy process per response, in µs (null for direct: no proxy). */
+  cpuPerResponse: number | null
 }
 
 /** Any of these means the numbers describe failures, not a proxy: the run must fail. */
@@ -106,9 +113,12 @@ async function main (): Promise<void> {
 
   startWatchdog(rounds * VARIANTS.length * (duration + WARMUP_SECONDS + 5) * 1000 + 60_000)
 
-  const upstreamPorts = await startRole('upstreams')
+  const { ports: upstreamPorts } = await startRole('upstreams')
   const env = { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }
-  const [[proxyPort], [upstreamPort]] = await Promise.all([startRole('http-proxy', env), startRole('fastify-upstream', env)])
+  const [proxy, gateway] = await Promise.all([startRole('http-proxy', env), startRole('fastify-upstream', env)])
+  const proxyPort = proxy.ports[0]
+  const upstreamPort = gateway.ports[0]
+  const meters: Record<Variant, ChildProcess | null> = { direct: null, 'http-proxy': proxy.child, 'fastify-upstream': gateway.child }
   const urls: Record<Variant, string> = {
     direct: `http://${HOST}:${upstreamPorts[0]}/hello`,
     'http-proxy': `http://${HOST}:${proxyPort}${PREFIX}/hello`,
@@ -134,7 +144,10 @@ async function main (): Promise<void> {
     for (const variant of VARIANTS) {
       // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
       await measure(variant, urls[variant], WARMUP_SECONDS, connections)
+      const meter = meters[variant]
+      if (meter !== null) await ask(meter, { cmd: 'reset' })
       const result = await measure(variant, urls[variant], duration, connections)
+      const cpu = meter === null ? null : await ask<CpuReport>(meter, { cmd: 'report' })
       const sample: Sample = {
         requestsPerSecond: result.requests.average,
         p50: result.latency.p50,
@@ -142,10 +155,12 @@ async function main (): Promise<void> {
         total: result.requests.total,
         errors: result.errors,
         timeouts: result.timeouts,
-        non2xx: result.non2xx
+        non2xx: result.non2xx,
+        cpuPerResponse: cpu?.cpuPerResponse ?? null
       }
       samples[variant].push(sample)
-      console.log(`  round ${round}/${rounds} ${variant.padEnd(16)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, p99 ${sample.p99} ms`)
+      console.log(`  round ${round}/${rounds} ${variant.padEnd(16)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, p99 ${sample.p99} ms` +
+        (sample.cpuPerResponse === null ? '' : `, ${Math.round(sample.cpuPerResponse)} µs CPU/response`))
     }
   }
 
@@ -157,26 +172,31 @@ async function main (): Promise<void> {
       p50: median(list.map((s) => s.p50)),
       p99: median(list.map((s) => s.p99)),
       errors: list.reduce((sum, s) => sum + s.errors, 0),
-      non2xx: list.reduce((sum, s) => sum + s.non2xx, 0)
+      non2xx: list.reduce((sum, s) => sum + s.non2xx, 0),
+      cpuPerResponse: meters[variant] === null ? null : median(list.map((s) => s.cpuPerResponse ?? 0))
     }]
-  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, errors: number, non2xx: number }>
+  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, errors: number, non2xx: number, cpuPerResponse: number | null }>
   const rps = (variant: Variant): number => medians[variant].requestsPerSecond
   const ratios = {
     'fastify-upstream/direct': rps('fastify-upstream') / rps('direct'),
     'fastify-upstream/http-proxy': rps('fastify-upstream') / rps('http-proxy'),
     'http-proxy/direct': rps('http-proxy') / rps('direct')
   }
+  const cpu = (variant: Variant): number => medians[variant].cpuPerResponse ?? NaN
+  const cpuRatio = cpu('fastify-upstream') / cpu('http-proxy')
 
   console.log(`\nMedian of ${rounds} round(s), ${duration} s each, ${connections} connections:\n`)
   console.log(formatTable([
-    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx'],
+    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'CPU µs/resp', 'errors', 'non-2xx'],
     ...VARIANTS.map((variant) => {
       const m = medians[variant]
-      return [variant, Math.round(m.requestsPerSecond).toString(), m.p50.toFixed(1), m.p99.toFixed(1), String(m.errors), String(m.non2xx)]
+      return [variant, Math.round(m.requestsPerSecond).toString(), m.p50.toFixed(1), m.p99.toFixed(1),
+        m.cpuPerResponse === null ? '-' : Math.round(m.cpuPerResponse).toString(), String(m.errors), String(m.non2xx)]
     })
   ]))
   console.log('\nThroughput ratios (req/s):')
   for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(28)} ${value.toFixed(2)}`)
+  console.log(`CPU per response, fastify-upstream/http-proxy: ${cpuRatio.toFixed(2)} (lower is cheaper)`)
 
   const report = {
     date: new Date().toISOString(),
@@ -186,6 +206,7 @@ async function main (): Promise<void> {
     settings: { duration, warmup: WARMUP_SECONDS, connections, rounds },
     medians,
     ratios,
+    cpuPerResponseRatio: { 'fastify-upstream/http-proxy': cpuRatio },
     rounds: samples
   }
   console.log(`\nwrote ${await writeResults('throughput-latest.json', report)}`)
