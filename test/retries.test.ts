@@ -17,6 +17,49 @@ t.test('a refused connection is retried on another target: the client never sees
   t.equal(gw.app.upstream.pool('p').targets()[0]!.failures, 5, 'the dead target was tried (round-robin) and failed each time')
 })
 
+t.test('two dead targets of three, default options: every request is served by the live one', async (t) => {
+  // One dead target stays in rotation (outlier.maxEjectedPercent 50 ejects one of three), so
+  // half the first tries are refused. Those retries are free; with them charged to the retry
+  // budget, about 30% of these requests ended as 502.
+  const alive = await startUpstream('alive')
+  teardown(t, alive)
+  const gw = await startGateway(t, { pools: { p: { targets: [await dead(), await dead(), alive.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const statuses: Record<number, number> = {}
+  let sent = 0
+  await Promise.all(Array.from({ length: 20 }, async () => {
+    while (sent < 600) {
+      sent++
+      const res = await gw.request('/p/x')
+      await res.body.dump()
+      statuses[res.statusCode] = (statuses[res.statusCode] ?? 0) + 1
+    }
+  }))
+  t.same(statuses, { 200: 600 })
+  t.same(gw.failures(), [])
+})
+
+t.test('a retry after a refused connection takes no retry budget; one after a reset does', async (t) => {
+  const alive = await startUpstream('alive')
+  const resetter = await startTcp((socket) => { socket.once('data', () => socket.destroy()) })
+  teardown(t, alive, resetter)
+  const noBudget = { ratio: 0, minPerSecond: 0 }
+  const refused = await startGateway(t, {
+    pools: { p: { targets: [await dead(), alive.url], balancer: 'round-robin', retry: { budget: noBudget }, outlier: false } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  for (let i = 0; i < 6; i++) t.equal((await refused.request('/p/x')).statusCode, 200)
+  t.same(refused.failures(), [])
+
+  const reset = await startGateway(t, {
+    pools: { p: { targets: [resetter.url, alive.url], balancer: 'round-robin', retry: { on: ['reset'], budget: noBudget }, outlier: false } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const statuses = []
+  for (let i = 0; i < 6; i++) statuses.push((await reset.request('/p/x')).statusCode)
+  t.same(statuses.sort(), [200, 200, 200, 502, 502, 502])
+  t.match(reset.failures()[0]!.msg, /the retry budget is spent/)
+})
+
 t.test('a POST is retried after a refused connect (never sent) but not after a reset (maybe sent)', async (t) => {
   const alive = await startUpstream('alive', echo('alive'))
   const resetter = await startTcp((socket) => { socket.once('data', () => socket.destroy()) })

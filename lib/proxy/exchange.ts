@@ -11,7 +11,7 @@ import { classify, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
-import { backoff, conditionOf, shouldRetryFailure, shouldRetryStatus } from './retry.js'
+import { backoff, conditionOf, isFreeRetry, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -324,12 +324,13 @@ export class Exchange {
       this.#fail(verdict.error, { phase, cause, note: 'not retried: no other target can take traffic' })
       return
     }
-    if (!this.pool.budget.tryRetry()) {
+    const free = isFreeRetry(verdict.error)
+    if (!free && !this.pool.budget.tryRetry()) {
       const { ratio, minPerSecond } = this.route.retry.budget
       this.#fail(verdict.error, { phase, cause, note: `not retried: the retry budget is spent (retry.budget: ${ratio} of requests, at least ${minPerSecond}/s)` })
       return
     }
-    this.#retryLater()
+    this.#retryLater(free)
   }
 
   #hasAnotherTry (): boolean {
@@ -340,14 +341,15 @@ export class Exchange {
     return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic)
   }
 
-  #retryLater (): void {
+  /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */
+  #retryLater (immediate = false): void {
     this.#retries++
     this.#attempt = null
     this.#waitingPhase = 'connect'
     const timer = setTimeout(() => {
       this.#waiting = null
       if (!this.settled) this.#tryNext()
-    }, backoff(this.#retries))
+    }, immediate ? 0 : backoff(this.#retries))
     this.#waiting = { cancel: () => clearTimeout(timer) }
   }
 
