@@ -104,6 +104,29 @@ t.test('hop-by-hop fields are removed in both directions; X-Forwarded-* and Via 
   t.equal(res.headers.via, '1.1 backend-sidecar, 1.1 fastify-upstream')
 })
 
+t.test('Expect: 100-continue is answered by the gateway; the body goes upstream without it', async (t) => {
+  // curl sends this for bodies over 1 MB, .NET and Java clients often for any body.
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const body = 'x'.repeat(5000)
+  let continued = false
+  const answer = await new Promise<{ status: number, echo: Echo }>((resolve, reject) => {
+    const request = http.request(`${gw.url}/p/upload`, { method: 'POST', headers: { expect: '100-continue', 'content-type': 'text/plain', 'content-length': body.length } }, (res) => {
+      let text = ''
+      res.on('data', (chunk: Buffer) => { text += chunk.toString() })
+      res.on('end', () => { resolve({ status: res.statusCode!, echo: JSON.parse(text) as Echo }) })
+    })
+    // The body is sent only once the gateway says 100 Continue.
+    request.on('continue', () => { continued = true; request.end(body) })
+    request.on('error', reject)
+  })
+  t.ok(continued, 'the client got 100 Continue')
+  t.equal(answer.status, 200)
+  t.equal(answer.echo.bytes, 5000, 'the whole body arrived upstream')
+  t.equal(answer.echo.headers.expect, undefined, 'without the expectation, which this hop answered')
+})
+
 t.test('with trustProxy, the trusted X-Forwarded-For chain is kept and extended', async (t) => {
   const u = await startUpstream('u')
   t.teardown(u.close)

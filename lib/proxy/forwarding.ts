@@ -8,6 +8,14 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
  */
 const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade'])
 
+/**
+ * What never goes to a target: the hop-by-hop fields, and `Expect`. `Expect: 100-continue` is
+ * answered on this hop: Node's server sends the client its 100 Continue before the request
+ * reaches the gateway (RFC 9110 §10.1.1 lets a proxy do so). Passed on, it would make undici
+ * refuse the whole request (it does not support Expect).
+ */
+const NOT_FORWARDED_UPSTREAM = new Set([...HOP_BY_HOP, 'expect'])
+
 export interface ForwardingSettings {
   proxyName: string
   requestIdHeader: string
@@ -17,7 +25,7 @@ type Headers = IncomingHttpHeaders | OutgoingHttpHeaders
 
 /** Request headers as they go to a target (the target's `host` is set per try, later). */
 export function forwardRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders, settings: ForwardingSettings): IncomingHttpHeaders {
-  const headers = endToEnd(incoming) as IncomingHttpHeaders
+  const headers = endToEnd(incoming, NOT_FORWARDED_UPSTREAM) as IncomingHttpHeaders
   // Without trustProxy, an incoming X-Forwarded-For is the client's claim, not a fact: start
   // the chain afresh. With it, Fastify's `ips` is the trusted part, nearest hop first.
   const ips = request.ips
@@ -40,13 +48,13 @@ export function forwardResponseHeaders (incoming: Headers, settings: ForwardingS
  * A copy of `headers` without the hop-by-hop fields and those `Connection` names. A copy, not
  * deletes: deleting keys turns a header object into a slow dictionary for everything after.
  */
-export function endToEnd (headers: Headers): Headers {
+export function endToEnd (headers: Headers, dropped: ReadonlySet<string> = HOP_BY_HOP): Headers {
   const named = connectionNames(headers.connection)
   const kept: Headers = {}
   const names = Object.keys(headers)
   for (let i = 0; i < names.length; i++) {
     const name = names[i]!
-    if (HOP_BY_HOP.has(name) || (named !== null && named.includes(name))) continue
+    if (dropped.has(name) || (named !== null && named.includes(name))) continue
     kept[name] = headers[name]
   }
   return kept
