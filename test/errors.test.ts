@@ -62,6 +62,11 @@ const scenarios: Scenario[] = [
     status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^(HTTPParserError|HPE_\w+)$/, temporary: false
   },
   {
+    name: 'the status is one HTTP does not have',
+    start: answerAfterRequest('HTTP/1.1 600 Weird\r\ncontent-length: 2\r\n\r\nok'),
+    status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^HPE_INVALID_STATUS$/, temporary: false
+  },
+  {
     name: 'the response header section is too large',
     start: async () => {
       const u = await startUpstream('big', (_req, res) => { res.setHeader('x-huge', 'a'.repeat(20 * 1024)); res.end('ok') })

@@ -127,6 +127,23 @@ t.test('Expect: 100-continue is answered by the gateway; the body goes upstream 
   t.equal(answer.echo.headers.expect, undefined, 'without the expectation, which this hop answered')
 })
 
+t.test('an interim 103 Early Hints is passed over; the final answer is the response', async (t) => {
+  const u = await startUpstream('hints', (_req, res) => {
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' })
+    setTimeout(() => res.end('final'), 20)
+  })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const timers = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length
+  const before = timers()
+  const res = await gw.request('/p/x')
+  t.equal(res.statusCode, 200)
+  t.equal(await res.body.text(), 'final')
+  t.same(gw.failures(), [])
+  // The interim answer once started a second body timer that outlived the exchange.
+  t.ok(timers() <= before, `no timer left behind (${before} before, ${timers()} after)`)
+})
+
 t.test('with trustProxy, the trusted X-Forwarded-For chain is kept and extended', async (t) => {
   const u = await startUpstream('u')
   t.teardown(u.close)

@@ -41,6 +41,9 @@ export const GATEWAY_CODES = {
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
   connectTimeout: 'UND_ERR_CONNECT_TIMEOUT',
   bodyTimeout: 'UND_ERR_BODY_TIMEOUT',
+  // A status line undici parsed but HTTP has no such status (under 100, over 599): llhttp's
+  // own name for it, so it classifies as any other malformed answer.
+  invalidStatus: 'HPE_INVALID_STATUS',
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
   // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
   bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE'

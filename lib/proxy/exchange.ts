@@ -506,6 +506,13 @@ class Attempt implements LegacyHandler {
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
     if (this.#abandoned) return false
+    if (statusCode < 100 || statusCode > 599) {
+      this.abortTry!(new GatewayError(GATEWAY_CODES.invalidStatus, `the upstream answered with status ${statusCode}, which HTTP does not have`))
+      return false
+    }
+    // An interim answer (100 Continue, 103 Early Hints): undici passes it here too, and the
+    // final answer follows on the same exchange. Nothing has started yet.
+    if (statusCode < 200) return true
     this.responseStarted = true
     this.#clearHeadersTimer()
     this.#startBodyTimer()
