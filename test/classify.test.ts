@@ -23,6 +23,7 @@ const rows: Array<[string, unknown, typeof before, string, string]> = [
   ['UND_ERR_SOCKET around ECONNRESET', err('UND_ERR_SOCKET', err('ECONNRESET')), waiting, 'connection_terminated', 'headers'],
   ['ECONNRESET after headers', err('ECONNRESET'), streaming, 'http_response_incomplete', 'body'],
   ['content-length mismatch', err('UND_ERR_RES_CONTENT_LENGTH_MISMATCH'), streaming, 'http_response_incomplete', 'body'],
+  ['contradictory framing before the response', err('UND_ERR_RES_CONTENT_LENGTH_MISMATCH'), waiting, 'http_protocol_error', 'headers'],
   ['CERT_HAS_EXPIRED', err('CERT_HAS_EXPIRED'), before, 'tls_certificate_error', 'tls'],
   ['ERR_TLS_CERT_ALTNAME_INVALID', err('ERR_TLS_CERT_ALTNAME_INVALID'), before, 'tls_certificate_error', 'tls'],
   ['ERR_SSL_WRONG_VERSION_NUMBER', err('ERR_SSL_WRONG_VERSION_NUMBER'), before, 'tls_protocol_error', 'tls'],

@@ -67,6 +67,11 @@ const scenarios: Scenario[] = [
     status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^HPE_INVALID_STATUS$/, temporary: false
   },
   {
+    name: 'the response framing contradicts itself (two Content-Lengths)',
+    start: answerAfterRequest('HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok'),
+    status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^UND_ERR_RES_CONTENT_LENGTH_MISMATCH$/, temporary: false
+  },
+  {
     name: 'the response header section is too large',
     start: async () => {
       const u = await startUpstream('big', (_req, res) => { res.setHeader('x-huge', 'a'.repeat(20 * 1024)); res.end('ok') })

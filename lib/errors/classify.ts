@@ -74,7 +74,10 @@ export function classify (err: unknown, progress: Progress): Classified {
     case 'UND_ERR_HEADERS_TIMEOUT': return at('http_response_timeout', 'headers')
     case 'UND_ERR_HEADERS_OVERFLOW': return at('http_response_header_section_size', 'headers')
     case 'UND_ERR_BODY_TIMEOUT': return at('connection_read_timeout', 'body')
-    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH': return at('http_response_incomplete', 'body')
+    // Before the response started, the framing itself was contradictory (two lengths, or a
+    // length and chunking): a malformed answer, not one cut short.
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+      return progress.responseStarted ? at('http_response_incomplete', 'body') : at('http_protocol_error', 'headers')
   }
   if (CERTIFICATE_CODES.has(code)) return at('tls_certificate_error', 'tls')
   if (code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) return at('tls_protocol_error', 'tls')
