@@ -6,6 +6,7 @@ import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { createErrorHandlers } from './errors/handlers.js'
+import { setFrameworkErrorHandler } from './errors/framework.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 
@@ -17,6 +18,7 @@ export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
 export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
 export { OptionsError } from './options/check.js'
+export { frameworkErrors } from './errors/framework.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -53,8 +55,11 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   // Unknown paths get the gateway's error format too, unless the app set its own not-found
   // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
+  // Framework errors do too, when the app opted in with `Fastify({ frameworkErrors })`.
+  const appErrors = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null)
+  setFrameworkErrorHandler(app, appErrors.errorHandler)
   try {
-    app.setNotFoundHandler(createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null).notFoundHandler)
+    app.setNotFoundHandler(appErrors.notFoundHandler)
   } catch (err) {
     // Fastify gives this error no code; its message is the only way to tell it apart.
     if (!(err instanceof Error && err.message.startsWith('Not found handler already set'))) throw err

@@ -1,6 +1,8 @@
 // Fastify's own answers (no route, bad request, body too large, rate limited) speak the gateway's format too.
 import t from 'tap'
 import { Readable } from 'node:stream'
+import Fastify from 'fastify'
+import { frameworkErrors } from '../lib/index.js'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
@@ -188,4 +190,28 @@ t.test('an app that set its own not-found handler first keeps it; proxied routes
   const wrongMethod = await gw.request('/shop/x', { method: 'DELETE', headers: { accept: 'application/json' } })
   t.equal(wrongMethod.statusCode, 404)
   t.match(await wrongMethod.body.json(), { error: 'http_request_error', pool: 'shop' }, 'a route\'s own scope still answers in the gateway format')
+})
+
+t.test('a URL Fastify cannot decode answers in the gateway format when the app passes frameworkErrors', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { frameworkErrors })
+  const res = await gw.request('/shop/%zz', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 400)
+  t.match(res.headers['proxy-status'], /error=http_request_error/)
+  t.ok(res.headers['x-request-id'], 'with the request id')
+  const problem = await res.body.json() as Problem
+  t.match(problem, { status: 400, error: 'http_request_error', blame: 'client', detail: "'/shop/%zz' is not a valid url component." })
+  t.equal(u.hits, 0)
+  t.equal(gw.failures().length, 1)
+  t.match(gw.failures()[0], { level: 40, status: 400, cause: 'FST_ERR_BAD_URL' })
+})
+
+t.test('frameworkErrors without the plugin registered leaves Fastify\'s own answer', async (t) => {
+  const app = Fastify({ frameworkErrors })
+  app.get('/x/:id', async () => 'ok')
+  t.teardown(async () => { await app.close() })
+  const res = await app.inject('/x/%zz')
+  t.equal(res.statusCode, 400)
+  t.match(res.json(), { code: 'FST_ERR_BAD_URL' })
 })

@@ -2,11 +2,13 @@
 // fail to compile, so a type that becomes too loose breaks the build.
 import Fastify from 'fastify'
 import upstream, {
-  fastifyUpstream, OptionsError,
+  fastifyUpstream, OptionsError, frameworkErrors,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure
 } from 'fastify-upstream'
 
 const app = Fastify()
+// The package's frameworkErrors fits Fastify's option as it is.
+const withFrameworkErrors = Fastify({ frameworkErrors })
 
 const options: UpstreamOptions = {
   pools: {
@@ -47,4 +49,4 @@ const readProblem = (problem: Problem): string => `${problem.status} ${problem.e
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
 
-export { badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
+export { withFrameworkErrors, badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
