@@ -18,7 +18,7 @@ export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
 export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
 export { OptionsError } from './options/check.js'
-export { frameworkErrors } from './errors/framework.js'
+export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -55,9 +55,10 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   // Unknown paths get the gateway's error format too, unless the app set its own not-found
   // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
-  // Framework errors do too, when the app opted in with `Fastify({ frameworkErrors })`.
+  // Framework and client errors do too, when the app opted in (`Fastify({ frameworkErrors,
+  // clientErrorHandler })`).
   const appErrors = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null)
-  setFrameworkErrorHandler(app, appErrors.errorHandler)
+  setFrameworkErrorHandler(app, { errorHandler: appErrors.errorHandler, settings: { errors: config.errors, requestIdHeader: config.requestIdHeader } })
   try {
     app.setNotFoundHandler(appErrors.notFoundHandler)
   } catch (err) {

@@ -2,7 +2,8 @@
 import t from 'tap'
 import { Readable } from 'node:stream'
 import Fastify from 'fastify'
-import { frameworkErrors } from '../lib/index.js'
+import net from 'node:net'
+import { frameworkErrors, clientErrorHandler } from '../lib/index.js'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
@@ -214,4 +215,54 @@ t.test('frameworkErrors without the plugin registered leaves Fastify\'s own answ
   const res = await app.inject('/x/%zz')
   t.equal(res.statusCode, 400)
   t.match(res.json(), { code: 'FST_ERR_BAD_URL' })
+})
+
+/** Sends raw bytes to `url`'s port and resolves with everything the server sent back. */
+async function rawExchange (url: string, bytes: string): Promise<{ status: number, headers: Record<string, string>, body: string }> {
+  const { port } = new URL(url)
+  const text = await new Promise<string>((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => socket.write(bytes))
+    let received = ''
+    socket.on('data', (chunk: Buffer) => { received += chunk.toString('latin1') })
+    socket.on('end', () => resolve(received))
+    socket.on('error', reject)
+    socket.setTimeout(3000, () => socket.destroy(new Error('no answer within 3 s')))
+  })
+  const [head = '', body = ''] = text.split('\r\n\r\n')
+  const [statusLine = '', ...lines] = head.split('\r\n')
+  const headers = Object.fromEntries(lines.map((line) => [line.slice(0, line.indexOf(':')).toLowerCase(), line.slice(line.indexOf(':') + 1).trim()]))
+  return { status: Number(statusLine.split(' ')[1]), headers, body }
+}
+
+t.test('431: a header section over maxHeaderSize answers in the gateway format with clientErrorHandler', async (t) => {
+  const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { clientErrorHandler })
+  const res = await rawExchange(gw.url, `GET /shop/cart HTTP/1.1\r\nhost: a\r\naccept: application/json\r\ncookie: ${'a'.repeat(20_000)}\r\n\r\n`)
+  t.equal(res.status, 431)
+  t.match(res.headers['proxy-status'], /^fastify-upstream; error=http_request_error/)
+  t.equal(res.headers['cache-control'], 'no-store')
+  t.equal(res.headers.connection, 'close')
+  t.match(res.headers['content-type'], /^application\/problem\+json/)
+  const problem = JSON.parse(res.body) as Problem
+  t.match(problem, { status: 431, title: 'Request headers too large', error: 'http_request_error', blame: 'client', detail: 'The request headers are larger than this server accepts.', instance: '/shop/cart' })
+  t.match(problem.hint, /maxHeaderSize.*oversized cookies/)
+  t.equal(problem.requestId, res.headers['x-request-id'])
+  const [record, ...others] = gw.failures()
+  t.same(others, [])
+  t.match(record, { level: 40, status: 431, error: 'http_request_error', cause: 'HPE_HEADER_OVERFLOW', method: 'GET', url: '/shop/cart', reqId: problem.requestId })
+})
+
+t.test('400: a request Node cannot parse gets text in the gateway format; without the plugin, a bare 400', async (t) => {
+  const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { clientErrorHandler })
+  const res = await rawExchange(gw.url, 'GET /shop/x HTTP/1.1\r\nhost: a\r\nbad header: x\r\n\r\n')
+  t.equal(res.status, 400)
+  t.match(res.headers['content-type'], /^text\/plain/)
+  t.match(res.body, /^400 Bad request\n\nThe request is not valid HTTP\./)
+  t.equal(gw.failures().length, 1)
+
+  const bare = Fastify({ clientErrorHandler })
+  await bare.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => { await bare.close() })
+  const plain = await rawExchange(`http://127.0.0.1:${(bare.server.address() as { port: number }).port}`, 'GET / HTTP/1.1\r\nbad header: x\r\n\r\n')
+  t.equal(plain.status, 400)
+  t.equal(plain.body, '')
 })

@@ -2,13 +2,13 @@
 // fail to compile, so a type that becomes too loose breaks the build.
 import Fastify from 'fastify'
 import upstream, {
-  fastifyUpstream, OptionsError, frameworkErrors,
+  fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure
 } from 'fastify-upstream'
 
 const app = Fastify()
-// The package's frameworkErrors fits Fastify's option as it is.
-const withFrameworkErrors = Fastify({ frameworkErrors })
+// The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
+const withFrameworkErrors = Fastify({ frameworkErrors, clientErrorHandler })
 
 const options: UpstreamOptions = {
   pools: {

@@ -1,29 +1,109 @@
-// Errors Fastify raises before any route runs (a URL it cannot decode, a path parameter over
-// maxParamLength) skip every scope's error handler: Fastify answers them itself, in its own
-// JSON, unless the app passes `frameworkErrors` when it creates the server. A plugin cannot set
-// that option, so the package exports one, and the plugin leaves its handler on the instance.
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+// Errors Fastify meets before any route runs skip every scope's error handler, and Fastify
+// answers them itself in its own JSON: a URL it cannot decode (its `frameworkErrors` option),
+// and HTTP that Node's parser rejects (its `clientErrorHandler` option). A plugin cannot set
+// server options, so the package exports both, and the plugin leaves what they need on the
+// instance. Without the plugin registered, they answer as Fastify and Node would.
+import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
+import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ErrorHandlers } from './handlers.js'
+import { makeFailure } from './failure.js'
+import { logFailure } from './log.js'
+import { failureAnswer, type ResponderSettings } from './respond.js'
 
-const kGatewayErrorHandler = Symbol('fastify-upstream.errorHandler')
+const kGateway = Symbol('fastify-upstream.frameworkErrors')
 
-type WithHandler = FastifyInstance & { [kGatewayErrorHandler]?: ErrorHandlers['errorHandler'] }
+interface Gateway {
+  errorHandler: ErrorHandlers['errorHandler']
+  settings: ResponderSettings
+}
 
-/** Called by the plugin: the instance's framework errors are now answered by `handler`. */
-export function setFrameworkErrorHandler (app: FastifyInstance, handler: ErrorHandlers['errorHandler']): void {
-  app.decorate(kGatewayErrorHandler, handler)
+type WithGateway = FastifyInstance & { [kGateway]?: Gateway }
+
+/** Called by the plugin: the instance's framework and client errors answer in its format now. */
+export function setFrameworkErrorHandler (app: FastifyInstance, gateway: Gateway): void {
+  app.decorate(kGateway, gateway)
 }
 
 /**
- * Pass as Fastify's `frameworkErrors` option: `Fastify({ frameworkErrors })`. Framework errors
- * then answer in the gateway's format, with its log record. Before the plugin is registered on
- * that instance, they get Fastify's usual answer.
+ * Pass as Fastify's `frameworkErrors` option: `Fastify({ frameworkErrors })`. A URL Fastify
+ * cannot decode then answers like any other client error, with its log record.
  */
 export function frameworkErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
-  const handler = (request.server as WithHandler)[kGatewayErrorHandler]
-  if (handler !== undefined) {
-    handler(error, request, reply)
+  const gateway = (request.server as WithGateway)[kGateway]
+  if (gateway !== undefined) {
+    gateway.errorHandler(error, request, reply)
     return
   }
   reply.code(error.statusCode ?? 400).send(error)
+}
+
+/** Status, public words and operator words for what Node's parser rejected. */
+function parserRejection (code: string | undefined): { status: number, detail: string, why: string } {
+  switch (code) {
+    case 'HPE_HEADER_OVERFLOW': return {
+      status: 431,
+      detail: 'The request headers are larger than this server accepts.',
+      why: 'Its header section passed Node\'s maxHeaderSize (16 KiB unless Fastify\'s maxHeaderSize or --max-http-header-size says otherwise); oversized cookies are the usual cause.'
+    }
+    case 'ERR_HTTP_REQUEST_TIMEOUT': return {
+      status: 408,
+      detail: 'The request did not arrive in time.',
+      why: 'The client did not finish sending it within Fastify\'s requestTimeout.'
+    }
+    default: return {
+      status: 400,
+      detail: 'The request is not valid HTTP.',
+      why: `Node's HTTP parser rejected it${code !== undefined ? ` (${code})` : ''}.`
+    }
+  }
+}
+
+/**
+ * Pass as Fastify's `clientErrorHandler` option: `Fastify({ clientErrorHandler })`. Requests
+ * Node's parser rejects (a header section over maxHeaderSize, a malformed line) then get the
+ * gateway's answer, negotiated on what can be read of their `Accept`, and one log record.
+ */
+export function clientErrorHandler (this: FastifyInstance, error: ConnectionError, socket: Socket): void {
+  // A reset connection has no one left to answer.
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const { status, detail, why } = parserRejection(error.code)
+  const gateway = (this as WithGateway)[kGateway]
+  if (gateway === undefined || !socket.writable) {
+    if (socket.writable) socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+    else socket.destroy()
+    return
+  }
+  // Node hands over the bytes its parser was reading (Fastify's type calls them something else).
+  const packet: unknown = error.rawPacket
+  const request = requestFromPacket(Buffer.isBuffer(packet) ? packet : undefined, this)
+  const failure = makeFailure('http_request_error', { phase: 'route', status, ms: 0, cause: error.code ?? null, detail, why })
+  logFailure(request, failure)
+  // Who may see full details is decided per request; with no request to ask, only a gateway
+  // that shows everything to everyone does.
+  const full = gateway.settings.errors.expose === 'full'
+  const { headers, body = '' } = failureAnswer(request, failure, gateway.settings, full)
+  const head = [`HTTP/1.1 ${status} ${STATUS_CODES[status]}`, 'connection: close', `content-length: ${Buffer.byteLength(body)}`,
+    ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`)]
+  socket.end(`${head.join('\r\n')}\r\n\r\n${body}`)
+}
+
+/**
+ * What the rejected bytes tell of the request, for the answer and the log: its method and
+ * target (the first line, if it got that far) and its Accept. It never reached Fastify, so the
+ * request id is made here.
+ */
+function requestFromPacket (packet: Buffer | undefined, app: FastifyInstance): FastifyRequest {
+  const text = packet?.toString('latin1') ?? ''
+  const line = /^([A-Z]+) (\S{1,2048})/.exec(text)
+  const accept = /\r\naccept:[ \t]*([^\r\n]*)/i.exec(text)?.[1]
+  const id = randomUUID()
+  return {
+    id,
+    method: line?.[1] ?? '-',
+    url: line?.[2] ?? '-',
+    headers: accept !== undefined ? { accept } : {},
+    log: app.log.child({ reqId: id })
+  } as unknown as FastifyRequest
 }

@@ -15,17 +15,29 @@ export interface ResponderSettings {
 export function sendFailure (request: FastifyRequest, reply: FastifyReply, failure: Failure, settings: ResponderSettings): void {
   if (reply.sent || reply.raw.headersSent) return
   const full = isFullExposure(settings.errors, request)
-  const problem = buildProblem(failure, request, settings.errors, full)
+  const { headers, body } = failureAnswer(request, failure, settings, full, reply.getHeader('proxy-status') as string | undefined)
   // Headers the upstream may have set on this reply do not belong to the gateway's answer.
   reply.removeHeader('content-length')
   reply.code(failure.status)
-  reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(failure, settings.errors.proxyName, full, null)))
-  reply.header('cache-control', 'no-store')
-  reply.header(settings.requestIdHeader, String(request.id))
-  if (failure.retryAfter !== null) reply.header('retry-after', String(Math.ceil(failure.retryAfter)))
+  reply.headers(headers)
+  reply.send(body)
+}
+
+/**
+ * What the gateway answers for a failure: its headers and negotiated body (none for HEAD).
+ * `proxyStatus` is a Proxy-Status already on the answer (the upstream's), kept in front of ours.
+ */
+export function failureAnswer (request: FastifyRequest, failure: Failure, settings: ResponderSettings, full: boolean, proxyStatus?: string): { headers: Record<string, string>, body: string | undefined } {
+  const problem = buildProblem(failure, request, settings.errors, full)
   const { type, body } = render(problem, request, settings, full)
-  reply.header('content-type', type)
-  reply.send(request.method === 'HEAD' ? undefined : body)
+  const headers: Record<string, string> = {
+    'content-type': type,
+    'proxy-status': appendList(proxyStatus, proxyStatusMember(failure, settings.errors.proxyName, full, null)),
+    'cache-control': 'no-store',
+    [settings.requestIdHeader]: String(request.id)
+  }
+  if (failure.retryAfter !== null) headers['retry-after'] = String(Math.ceil(failure.retryAfter))
+  return { headers, body: request.method === 'HEAD' ? undefined : body }
 }
 
 /** A Retry-After (in seconds) already on the reply, set by a plugin or copied from the upstream. */
