@@ -11,7 +11,7 @@
 // sent them, so a gateway log line and an upstream log line can be matched.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import Fastify from 'fastify'
-import upstream from 'fastify-upstream'
+import upstream, { frameworkErrors, clientErrorHandler } from 'fastify-upstream'
 import { startUpstream, freePort, sendJson } from './lib/upstream.js'
 import { serve } from './lib/gateway.js'
 
@@ -62,8 +62,10 @@ const orders = await startUpstream('orders-1', { log: true, handler: faultyOrder
 const billingUrl = `http://127.0.0.1:${await freePort()}`
 
 // `requestIdHeader` lets a caller pass its own id (curl -H 'x-request-id: …'), as the README
-// recommends; without it Fastify numbers requests itself (req-1, req-2, …).
-const app = Fastify({ logger: true, requestIdHeader: 'x-request-id' })
+// recommends; without it Fastify numbers requests itself (req-1, req-2, …). `frameworkErrors`
+// and `clientErrorHandler` make the errors Fastify and Node answer before any route (a URL that
+// cannot be decoded, oversized headers) speak the gateway's format too.
+const app = Fastify({ logger: true, requestIdHeader: 'x-request-id', frameworkErrors, clientErrorHandler })
 await app.register(upstream, {
   pools: {
     users: { targets: [usersA.url, usersB.url] },
@@ -97,6 +99,7 @@ await serve(app, {
     ['curl -s $GW/orders/partial', 'the answer had started: the client connection is cut, the log says why'],
     ['curl -i $GW/orders/oops', "the service's own 500 passes through; Proxy-Status says received-status=500"],
     ["curl -i -H 'accept: application/json' $GW/billing/invoices", '502 connection_refused'],
-    ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"]
+    ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"],
+    ["curl -i -H \"cookie: $(head -c 20000 /dev/zero | tr '\\0' a)\" $GW/users/1", '431: headers too large, said in the gateway\'s words']
   ]
 })
