@@ -1,4 +1,5 @@
 import t from 'tap'
+import http from 'node:http'
 import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
 import { startUpstream, startTcp, startBlackhole } from './helpers/servers.js'
 
@@ -114,4 +115,29 @@ t.test('total: timeouts.total bounds the whole exchange', async (t) => {
   t.equal(problem.error, 'http_response_timeout')
   t.match(problem.hint, /longer than 300 ms \(timeouts\.total\)/)
   t.ok(took >= 250 && took < 1900, `answered after ${took} ms, before the upstream's 2000 ms`)
+})
+
+t.test('total: a client that stops mid-upload gets 408, and neither the upstream nor the target is blamed', async (t) => {
+  const u = await startUpstream('sink', (req, res) => { req.resume(); req.on('end', () => res.end('whole')) })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url], timeouts: { total: 300 } } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  // Half of the announced body, then silence: 1 KB is still being read for replay when the
+  // timer fires; 200 KB is already streaming to the target.
+  for (const size of [1000, 200_000]) {
+    const answer = await new Promise<{ status: number, connection: string | undefined, problem: Problem & { blame: string } }>((resolve, reject) => {
+      const request = http.request(`${gw.url}/p/upload`, { method: 'POST', headers: { 'content-length': String(size * 2), accept: 'application/json' } }, (res) => {
+        let text = ''
+        res.on('data', (chunk: Buffer) => { text += chunk.toString() })
+        res.on('end', () => { resolve({ status: res.statusCode!, connection: res.headers.connection, problem: JSON.parse(text) as Problem & { blame: string } }) })
+      })
+      request.on('error', reject)
+      request.write('x'.repeat(size))
+    })
+    t.equal(answer.status, 408, `${size} bytes of ${size * 2}`)
+    t.equal(answer.connection, 'close')
+    t.match(answer.problem, { error: 'http_request_error', blame: 'client', phase: 'send' })
+    t.match(answer.problem.hint, /had not sent its whole body when timeouts\.total \(300 ms\) passed/)
+  }
+  t.same(gw.failures().map((record) => [record.status, record.level]), [[408, 40], [408, 40]])
+  t.match(gw.app.upstream.pool('p').targets()[0], { failures: 0, state: 'healthy' })
 })

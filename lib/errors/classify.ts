@@ -46,7 +46,10 @@ export const GATEWAY_CODES = {
   invalidStatus: 'HPE_INVALID_STATUS',
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
   // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
-  bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE'
+  bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE',
+  // timeouts.total passed while the client was still sending its body: its delay, not the
+  // upstream's.
+  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT'
 } as const
 
 export function classify (err: unknown, progress: Progress): Classified {
@@ -59,7 +62,7 @@ export function classify (err: unknown, progress: Progress): Classified {
   if (code === GATEWAY_CODES.totalTimeout) {
     return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
   }
-  if (code === GATEWAY_CODES.bodyTooLarge) return { error: 'http_request_error', phase: 'send', cause: null }
+  if (code === GATEWAY_CODES.bodyTooLarge || code === GATEWAY_CODES.clientBodyTimeout) return { error: 'http_request_error', phase: 'send', cause: null }
   if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
 
   switch (code) {

@@ -73,7 +73,9 @@ export class Exchange {
     private readonly events: ExchangeEvents
   ) {
     this.#totalTimer = setTimeout(() => {
-      this.abort(new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${route.timeouts.total} ms) passed`))
+      this.abort(this.#clientStillSending()
+        ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `timeouts.total (${route.timeouts.total} ms) passed before the client sent its whole body`)
+        : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${route.timeouts.total} ms) passed`))
     }, route.timeouts.total)
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished && !this.settled) {
@@ -131,6 +133,10 @@ export class Exchange {
       // Between tries (queued, backing off, reading the body): nothing is in flight to cut.
       this.#waiting?.cancel()
       this.#waiting = null
+      if (reason.code === GATEWAY_CODES.clientBodyTimeout) {
+        this.#clientTooSlow()
+        return
+      }
       this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.#waitingPhase)
     } else if (attempt.abortTry !== null) {
       attempt.abortTry(reason)
@@ -280,10 +286,11 @@ export class Exchange {
       return
     }
     const record = attempt.record(verdict.error, verdict.cause, verdict.phase)
-    if (err instanceof BodyTooLarge && !attempt.responseStarted) {
+    if (verdict.error === 'http_request_error' && !attempt.responseStarted) {
       // The client's fault, not the target's: no failure counts against it, and no retry.
       this.attempts.push(record)
-      this.#refuseBody(`passed ${err.limit} bytes while it streamed to ${attempt.target.hostPort}, so that upstream request was cut`)
+      if (err instanceof BodyTooLarge) this.#refuseBody(`passed ${err.limit} bytes while it streamed to ${attempt.target.hostPort}, so that upstream request was cut`)
+      else this.#clientTooSlow()
       return
     }
     // A try whose body broke was recorded when its headers came: that record now tells the end.
@@ -374,6 +381,28 @@ export class Exchange {
       status: 413,
       detail: 'The request body is larger than this service accepts.',
       why: `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit, by default Fastify's bodyLimit). Raise it for this route if such bodies are expected.`
+    })
+  }
+
+  /** The client announced a body and has not sent all of it yet. */
+  #clientStillSending (): boolean {
+    const raw = this.request.raw
+    const length = raw.headers['content-length']
+    const hasBody = (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
+    return hasBody && !raw.complete
+  }
+
+  /**
+   * 408: timeouts.total passed while the client was still sending its body (nginx's
+   * client_body_timeout answers the same). A slow upload is not the upstream's failure.
+   */
+  #clientTooSlow (): void {
+    this.reply.header('connection', 'close')
+    this.#fail('http_request_error', {
+      phase: 'send',
+      status: 408,
+      detail: 'The request body did not arrive in time.',
+      why: `The client had not sent its whole body when timeouts.total (${this.route.timeouts.total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`
     })
   }
 
