@@ -52,6 +52,11 @@ export const GATEWAY_CODES = {
   clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT'
 } as const
 
+/** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
+export class GatewayError extends Error {
+  constructor (readonly code: string, message: string) { super(message) }
+}
+
 export function classify (err: unknown, progress: Progress): Classified {
   const code = findCode(err)
   const cause = code
