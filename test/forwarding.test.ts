@@ -127,18 +127,27 @@ t.test('Expect: 100-continue is answered by the gateway; the body goes upstream 
   t.equal(answer.echo.headers.expect, undefined, 'without the expectation, which this hop answered')
 })
 
-t.test('an interim 103 Early Hints is passed over; the final answer is the response', async (t) => {
+t.test('103 Early Hints go on to the client; the final answer is the response', async (t) => {
   const u = await startUpstream('hints', (_req, res) => {
-    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' })
+    res.writeEarlyHints({ link: ['</style.css>; rel=preload; as=style', '</app.js>; rel=preload; as=script'] })
     setTimeout(() => res.end('final'), 20)
   })
   t.teardown(u.close)
   const gw = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
   const timers = (): number => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length
   const before = timers()
-  const res = await gw.request('/p/x')
-  t.equal(res.statusCode, 200)
-  t.equal(await res.body.text(), 'final')
+  const interim: Array<{ status: number, link: string | undefined }> = []
+  const answer = await new Promise<{ status: number, body: string }>((resolve, reject) => {
+    const request = http.get(`${gw.url}/p/x`, { agent: false }, (res) => {
+      let body = ''
+      res.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      res.on('end', () => { resolve({ status: res.statusCode!, body }) })
+    })
+    request.on('information', (info) => { interim.push({ status: info.statusCode, link: String(info.headers.link) }) })
+    request.on('error', reject)
+  })
+  t.same(interim, [{ status: 103, link: '</style.css>; rel=preload; as=style, </app.js>; rel=preload; as=script' }], 'the hints arrived first')
+  t.same(answer, { status: 200, body: 'final' })
   t.same(gw.failures(), [])
   // The interim answer once started a second body timer that outlived the exchange.
   t.ok(timers() <= before, `no timer left behind (${before} before, ${timers()} after)`)

@@ -92,7 +92,10 @@ export class Attempt implements LegacyHandler {
     }
     // An interim answer (100 Continue, 103 Early Hints): undici passes it here too, and the
     // final answer follows on the same exchange. Nothing has started yet.
-    if (statusCode < 200) return true
+    if (statusCode < 200) {
+      if (statusCode === 103) this.exchange.onEarlyHints(rawHeaders)
+      return true
+    }
     this.responseStarted = true
     this.#clearHeadersTimer()
     this.#startBodyTimer()

@@ -8,6 +8,7 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt } from './attempt.js'
+import { endToEnd } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
@@ -262,6 +263,29 @@ export class Exchange {
     // Backpressure passes straight through: reply-from's return value pauses the try, and
     // the resume it calls later is the try's own.
     return this.#downstream!.onHeaders?.(statusCode, rawHeaders, resume, statusMessage ?? '') !== false
+  }
+
+  /**
+   * 103 Early Hints go on to the client, so a browser can start fetching what their `Link`
+   * fields name while the service works (as nginx's early_hints). HTTP/1.0 clients get none;
+   * a hint Node finds invalid is dropped rather than breaking the answer.
+   */
+  onEarlyHints (rawHeaders: Buffer[]): void {
+    const raw = this.reply.raw
+    if (raw.headersSent || this.request.raw.httpVersion === '1.0') return
+    const fields: Record<string, string | string[]> = {}
+    const links: string[] = []
+    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+      const name = rawHeaders[i]!.toString('latin1').toLowerCase()
+      const value = rawHeaders[i + 1]!.toString('latin1')
+      // Node wants each link-value on its own; a field may list several, comma-separated.
+      if (name === 'link') links.push(...value.split(/,\s*(?=<)/))
+      else fields[name] = value
+    }
+    if (links.length === 0) return
+    try {
+      raw.writeEarlyHints({ ...endToEnd(fields), link: links } as Record<string, string | string[]>)
+    } catch {}
   }
 
   onAttemptData (chunk: Buffer): boolean {
