@@ -1,7 +1,7 @@
 // The one classifier: an error (undici, Node system error, our own timeouts) and where the
 // exchange had got to become one RFC 9209 error type, a phase and a cause. `failure.ts` turns
 // that into the immutable record every response, header, log line and counter reads.
-import type { Phase, ProxyErrorType } from './taxonomy.js'
+import { CLIENT_FAULTS, type ClientFault, type Phase, type ProxyErrorType } from './taxonomy.js'
 
 export interface Classified {
   error: ProxyErrorType | 'client_aborted'
@@ -118,6 +118,22 @@ export function findCode (err: unknown): string | null {
     current = (current as { cause?: unknown }).cause
   }
   return found
+}
+
+/**
+ * A fault of the client's request, from the code that reports it: the gateway's own
+ * (`GATEWAY_CODES.bodyTooLarge`, `.clientBodyTimeout`) or Node's parser's. Any parser code not
+ * named here is a malformed request.
+ */
+export function classifyClientFault (code: string | null | undefined): { error: 'http_request_error', status: number, detail: string } {
+  const fault: ClientFault = code === GATEWAY_CODES.bodyTooLarge
+    ? 'bodyTooLarge'
+    : code === GATEWAY_CODES.clientBodyTimeout
+      ? 'bodyTooSlow'
+      : code === 'HPE_HEADER_OVERFLOW'
+        ? 'headersTooLarge'
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'requestTooSlow' : 'malformed'
+  return { error: 'http_request_error', ...CLIENT_FAULTS[fault] }
 }
 
 /**

@@ -8,6 +8,7 @@ import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ErrorHandlers } from './handlers.js'
+import { classifyClientFault } from './classify.js'
 import { makeFailure } from './failure.js'
 import { logFailure } from './log.js'
 import { failureAnswer, type ResponderSettings } from './respond.js'
@@ -39,24 +40,12 @@ export function frameworkErrors (error: FastifyError, request: FastifyRequest, r
   reply.code(error.statusCode ?? 400).send(error)
 }
 
-/** Status, public words and operator words for what Node's parser rejected. */
-function parserRejection (code: string | undefined): { status: number, detail: string, why: string } {
+/** Operator words for what Node's parser rejected (its status and public words are classify's). */
+function parserWhy (code: string | undefined): string {
   switch (code) {
-    case 'HPE_HEADER_OVERFLOW': return {
-      status: 431,
-      detail: 'The request headers are larger than this server accepts.',
-      why: 'Its header section passed Node\'s maxHeaderSize (16 KiB unless Fastify\'s maxHeaderSize or --max-http-header-size says otherwise); oversized cookies are the usual cause.'
-    }
-    case 'ERR_HTTP_REQUEST_TIMEOUT': return {
-      status: 408,
-      detail: 'The request did not arrive in time.',
-      why: 'The client did not finish sending it within Fastify\'s requestTimeout.'
-    }
-    default: return {
-      status: 400,
-      detail: 'The request is not valid HTTP.',
-      why: `Node's HTTP parser rejected it${code !== undefined ? ` (${code})` : ''}.`
-    }
+    case 'HPE_HEADER_OVERFLOW': return 'Its header section passed Node\'s maxHeaderSize (16 KiB unless Fastify\'s maxHeaderSize or --max-http-header-size says otherwise); oversized cookies are the usual cause.'
+    case 'ERR_HTTP_REQUEST_TIMEOUT': return 'The client did not finish sending it within Fastify\'s requestTimeout.'
+    default: return `Node's HTTP parser rejected it${code !== undefined ? ` (${code})` : ''}.`
   }
 }
 
@@ -68,7 +57,7 @@ function parserRejection (code: string | undefined): { status: number, detail: s
 export function clientErrorHandler (this: FastifyInstance, error: ConnectionError, socket: Socket): void {
   // A reset connection has no one left to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
-  const { status, detail, why } = parserRejection(error.code)
+  const { error: type, status, detail } = classifyClientFault(error.code)
   const gateway = (this as WithGateway)[kGateway]
   if (gateway === undefined || !socket.writable) {
     if (socket.writable) socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
@@ -78,7 +67,7 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
   // Node hands over the bytes its parser was reading (Fastify's type calls them something else).
   const packet: unknown = error.rawPacket
   const request = requestFromPacket(Buffer.isBuffer(packet) ? packet : undefined, this)
-  const failure = makeFailure('http_request_error', { phase: 'route', status, ms: 0, cause: error.code ?? null, detail, why })
+  const failure = makeFailure(type, { phase: 'route', status, ms: 0, cause: error.code ?? null, detail, why: parserWhy(error.code) })
   logFailure(request, failure)
   // Who may see full details is decided per request; with no request to ask, only a gateway
   // that shows everything to everyone does.

@@ -149,3 +149,18 @@ export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
     detail: 'The service behind this gateway could not complete this request.'
   }
 }
+
+/**
+ * Faults in the client's own request that the gateway or Node detects, all `http_request_error`
+ * with blame on the client: the status each gets and the words a client reads. (Fastify's own
+ * 4xx errors carry their status and message; these do not.)
+ */
+export type ClientFault = 'bodyTooLarge' | 'bodyTooSlow' | 'headersTooLarge' | 'requestTooSlow' | 'malformed'
+
+export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detail: string }>> = {
+  bodyTooLarge: { status: 413, detail: 'The request body is larger than this service accepts.' },
+  bodyTooSlow: { status: 408, detail: 'The request body did not arrive in time.' },
+  headersTooLarge: { status: 431, detail: 'The request headers are larger than this server accepts.' },
+  requestTooSlow: { status: 408, detail: 'The request did not arrive in time.' },
+  malformed: { status: 400, detail: 'The request is not valid HTTP.' }
+}

@@ -9,7 +9,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt } from './attempt.js'
 import { endToEnd } from './forwarding.js'
-import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
+import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
@@ -392,17 +392,19 @@ export class Exchange {
   }
 
   /**
-   * 413: the body is over routes[].bodyLimit. The rest of it is not read: the connection
-   * closes after the answer (as nginx does), instead of draining a body nobody wants.
+   * The client's own fault, with the status the classifier gives it: never retried, never
+   * counted against a target. The rest of the body is not read: the connection closes after
+   * the answer (as nginx does) instead of draining a body nobody wants.
    */
-  #refuseBody (what: string): void {
+  #refuseClient (code: string, why: string): void {
+    const { error, status, detail } = classifyClientFault(code)
     this.reply.header('connection', 'close')
-    this.#fail('http_request_error', {
-      phase: 'send',
-      status: 413,
-      detail: 'The request body is larger than this service accepts.',
-      why: `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit, by default Fastify's bodyLimit). Raise it for this route if such bodies are expected.`
-    })
+    this.#fail(error, { phase: 'send', status, detail, why })
+  }
+
+  /** The body is over routes[].bodyLimit. */
+  #refuseBody (what: string): void {
+    this.#refuseClient(GATEWAY_CODES.bodyTooLarge, `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit, by default Fastify's bodyLimit). Raise it for this route if such bodies are expected.`)
   }
 
   /** The client announced a body and has not sent all of it yet. */
@@ -414,17 +416,11 @@ export class Exchange {
   }
 
   /**
-   * 408: timeouts.total passed while the client was still sending its body (nginx's
-   * client_body_timeout answers the same). A slow upload is not the upstream's failure.
+   * timeouts.total passed while the client was still sending its body (nginx's
+   * client_body_timeout answers the same): a slow upload is not the upstream's failure.
    */
   #clientTooSlow (): void {
-    this.reply.header('connection', 'close')
-    this.#fail('http_request_error', {
-      phase: 'send',
-      status: 408,
-      detail: 'The request body did not arrive in time.',
-      why: `The client had not sent its whole body when timeouts.total (${this.route.timeouts.total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`
-    })
+    this.#refuseClient(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${this.route.timeouts.total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
   }
 
   #failWith (err: unknown, progress: Progress, phase?: AttemptRecord['phase']): void {
