@@ -57,8 +57,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
   // Framework and client errors do too, when the app opted in (`Fastify({ frameworkErrors,
   // clientErrorHandler })`).
-  const appErrors = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, null)
-  setFrameworkErrorHandler(app, { errorHandler: appErrors.errorHandler, settings: { errors: config.errors, requestIdHeader: config.requestIdHeader } })
+  const appErrors = createErrorHandlers(config, null)
+  setFrameworkErrorHandler(app, appErrors)
   try {
     app.setNotFoundHandler(appErrors.notFoundHandler)
   } catch (err) {

@@ -11,14 +11,11 @@ import type { ErrorHandlers } from './handlers.js'
 import { classifyClientFault } from './classify.js'
 import { makeFailure } from './failure.js'
 import { logFailure } from './log.js'
-import { failureAnswer, type ResponderSettings } from './respond.js'
+import { failureAnswer } from './respond.js'
 
 const kGateway = Symbol('fastify-upstream.frameworkErrors')
 
-interface Gateway {
-  errorHandler: ErrorHandlers['errorHandler']
-  settings: ResponderSettings
-}
+type Gateway = Pick<ErrorHandlers, 'errorHandler' | 'settings'>
 
 type WithGateway = FastifyInstance & { [kGateway]?: Gateway }
 

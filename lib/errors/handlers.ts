@@ -11,6 +11,8 @@ export interface ErrorHandlers {
   answer: (request: FastifyRequest, reply: FastifyReply, failure: Failure) => void
   errorHandler: (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => void
   notFoundHandler: (request: FastifyRequest, reply: FastifyReply) => void
+  /** What the answers are built with (for answers made outside a request's reply). */
+  settings: ResponderSettings
 }
 
 export function createErrorHandlers (settings: ResponderSettings, pool: string | null): ErrorHandlers {
@@ -20,6 +22,7 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
   }
   return {
     answer,
+    settings,
     errorHandler (error, request, reply) {
       const { error: type, status } = classifyRequestError(error.statusCode)
       const client = status < 500

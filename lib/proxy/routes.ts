@@ -26,7 +26,7 @@ const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
-  const { answer, errorHandler, notFoundHandler } = createErrorHandlers({ errors: config.errors, requestIdHeader: config.requestIdHeader }, pool.name)
+  const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
   const events: ExchangeEvents = {
     failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
