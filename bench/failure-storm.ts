@@ -31,7 +31,7 @@ import { subscribe } from 'node:diagnostics_channel'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, ask, closeServers, closedPorts, formatTable, getBody, median, portOf,
+  HOST, WARMUP_SECONDS, ask, closeServers, meterResponses, type CpuReport, closedPorts, formatTable, getBody, median, portOf,
   positiveInteger, runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
 } from './harness.js'
 
@@ -60,25 +60,23 @@ const LOOP_RESOLUTION_MS = 10
 // ---------------------------------------------------------------------------------------------
 // IPC between the parent and the gateway child.
 
-type Command = { cmd: 'reset' } | { cmd: 'report' }
-
 /** Event-loop delay in ms beyond the monitor's timer interval (an idle loop reads about 0). */
 interface LoopDelay { p50: number, p99: number, max: number, mean: number }
 
-interface GatewayReport {
-  cmd: 'report'
+/** What the gateway child measures besides its CPU time per response (see meterResponses). */
+interface GatewayMeasures {
   loop: LoopDelay
   /** The same percentiles as the histogram holds them: the timer interval included. */
   loopRaw: LoopDelay
   /** Share of the time the gateway's event loop was busy (performance.eventLoopUtilization). */
   utilization: number
-  /** The gateway process's CPU time (user + system, all threads) per response it finished, in µs. */
-  cpuPerResponse: number
   /** TCP connections the gateway opened (to upstreams: it opens no other) per response. */
   connectsPerResponse: number
   /** Responses the gateway finished, by `status [error type]`. */
   outcomes: Record<string, number>
 }
+
+type GatewayReport = CpuReport & GatewayMeasures
 
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
@@ -92,7 +90,6 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
   const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS })
   loop.enable()
   let utilizationFrom = performance.eventLoopUtilization()
-  let cpuFrom = process.cpuUsage()
   const outcomes = new Map<string, number>()
   // Node publishes every client socket it creates here, whether the connect succeeds or not.
   let connects = 0
@@ -126,28 +123,20 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
 
   const ms = (ns: number): number => ns / 1e6
   const beyondTimer = (ns: number): number => Math.max(0, ms(ns) - LOOP_RESOLUTION_MS)
-  process.on('message', (message: Command) => {
-    if (message.cmd === 'reset') {
+  meterResponses<GatewayMeasures>(app.server, {
+    reset () {
       loop.reset()
       utilizationFrom = performance.eventLoopUtilization()
-      cpuFrom = process.cpuUsage()
       connects = 0
       outcomes.clear()
-      process.send?.({ cmd: 'reset' })
-    } else if (message.cmd === 'report') {
-      const cpu = process.cpuUsage(cpuFrom)
-      const responses = [...outcomes.values()].reduce((sum, count) => sum + count, 0)
-      const report: GatewayReport = {
-        cmd: 'report',
-        loop: { p50: beyondTimer(loop.percentile(50)), p99: beyondTimer(loop.percentile(99)), max: beyondTimer(loop.max), mean: beyondTimer(loop.mean) },
-        loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
-        utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
-        cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses),
-        connectsPerResponse: connects / Math.max(1, responses),
-        outcomes: Object.fromEntries(outcomes)
-      }
-      process.send?.(report)
-    }
+    },
+    report: (responses) => ({
+      loop: { p50: beyondTimer(loop.percentile(50)), p99: beyondTimer(loop.percentile(99)), max: beyondTimer(loop.max), mean: beyondTimer(loop.mean) },
+      loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
+      utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
+      connectsPerResponse: connects / Math.max(1, responses),
+      outcomes: Object.fromEntries(outcomes)
+    })
   })
   return { port: portOf(app.server), close: async () => { loop.disable(); await app.close() } }
 }
@@ -166,18 +155,13 @@ async function runChild (role: Role): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Parent: start the children, drive the load, report.
 
-interface Sample {
+/** One timed run: what autocannon saw, and what the gateway measured of itself. */
+type Sample = Omit<GatewayReport, 'cmd' | 'responses'> & {
   requestsPerSecond: number
   p50: number
   p99: number
   total: number
   statusCodes: Record<string, number>
-  loop: LoopDelay
-  loopRaw: LoopDelay
-  utilization: number
-  cpuPerResponse: number
-  connectsPerResponse: number
-  outcomes: Record<string, number>
 }
 
 function statusCounts (result: autocannon.Result): Record<string, number> {
@@ -261,20 +245,15 @@ async function main (): Promise<void> {
       await measure(variant, urls[variant], WARMUP_SECONDS, connections)
       await ask(gateway, { cmd: 'reset' })
       const result = await measure(variant, urls[variant], duration, connections)
-      const report = await ask<GatewayReport>(gateway, { cmd: 'report' })
-      checkOutcomes(variant, report.outcomes)
+      const { cmd: _cmd, responses: _responses, ...measures } = await ask<GatewayReport>(gateway, { cmd: 'report' })
+      checkOutcomes(variant, measures.outcomes)
       const sample: Sample = {
         requestsPerSecond: result.requests.average,
         p50: result.latency.p50,
         p99: result.latency.p99,
         total: result.requests.total,
         statusCodes: statusCounts(result),
-        loop: report.loop,
-        loopRaw: report.loopRaw,
-        utilization: report.utilization,
-        cpuPerResponse: report.cpuPerResponse,
-        connectsPerResponse: report.connectsPerResponse,
-        outcomes: report.outcomes
+        ...measures
       }
       samples[variant].push(sample)
       console.log(`  round ${round}/${rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +

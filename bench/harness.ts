@@ -96,12 +96,20 @@ export interface CpuReport {
   responses: number
 }
 
+/** What a bench measures in a child besides CPU time: reset with the meter, reported with it. */
+export interface ExtraMeter<T> {
+  reset: () => void
+  /** Given the responses finished since the reset. */
+  report: (responses: number) => T
+}
+
 /**
  * In a child: counts the responses `server` finishes and answers the parent's `reset` and
- * `report` commands (see `ask`). CPU time per response is the figure that does not depend on
- * how much of the shared machine the child happened to get.
+ * `report` commands (see `ask`) with the CPU time per response, and whatever `extra` measures.
+ * CPU time per response is the figure that does not depend on how much of the shared machine
+ * the child happened to get.
  */
-export function meterResponses (server: Server): void {
+export function meterResponses<T extends object = object> (server: Server, extra?: ExtraMeter<T>): void {
   let responses = 0
   let cpuFrom = process.cpuUsage()
   server.on('request', (_request, response) => { response.once('finish', () => { responses++ }) })
@@ -109,10 +117,12 @@ export function meterResponses (server: Server): void {
     if (message.cmd === 'reset') {
       responses = 0
       cpuFrom = process.cpuUsage()
+      extra?.reset()
       process.send?.({ cmd: 'reset' })
     } else if (message.cmd === 'report') {
       const cpu = process.cpuUsage(cpuFrom)
-      process.send?.({ cmd: 'report', cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses), responses } satisfies CpuReport)
+      const report: CpuReport = { cmd: 'report', cpuPerResponse: (cpu.user + cpu.system) / Math.max(1, responses), responses }
+      process.send?.({ ...extra?.report(responses), ...report })
     }
   })
 }
