@@ -196,11 +196,8 @@ export class UpstreamPool {
     const timer = setTimeout(() => {
       this.#timers.delete(timer)
       this.#change(target, `ejection of ${ms} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, ejection + 1)} ms`, () => {
-        target.ejectedUntil = null
-        target.ejectedReason = null
-        target.consecutiveFailures = 0
+        target.readmit()
         target.probation = true
-        target.warmingSince = Date.now()
       }, 'ejected')
     }, ms)
     timer.unref()
@@ -217,10 +214,7 @@ export class UpstreamPool {
     const target = this.#find(url)
     this.#change(target, 'enabled by an operator', () => {
       target.draining = false
-      target.ejectedUntil = null
-      target.ejectedReason = null
-      target.consecutiveFailures = 0
-      target.warmingSince = Date.now()
+      target.readmit()
     })
   }
 

@@ -130,6 +130,14 @@ export class Target {
     return !this.draining && !this.isEjected(now) && this.health !== 'unhealthy'
   }
 
+  /** Back into rotation after an ejection or an operator's enable: a fresh streak, warming up. */
+  readmit (): void {
+    this.ejectedUntil = null
+    this.ejectedReason = null
+    this.consecutiveFailures = 0
+    this.warmingSince = Date.now()
+  }
+
   /** The weight balancers use: ramps from 10% to 100% over `slowStart` after a recovery. */
   effectiveWeight (now = Date.now()): number {
     return this.weight * this.weightShare(now)
