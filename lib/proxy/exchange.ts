@@ -118,8 +118,7 @@ export class Exchange {
         return
       }
       // Reading the client's body failed otherwise: the client went away while sending it.
-      this.#settle()
-      this.events.aborted(this, 'send')
+      this.#aborted('send')
     })
   }
 
@@ -302,8 +301,7 @@ export class Exchange {
     const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
     if (verdict.error === 'client_aborted') {
-      this.#settle()
-      this.events.aborted(this, verdict.phase)
+      this.#aborted(verdict.phase)
       return
     }
     const record = attempt.record(verdict.error, verdict.cause, verdict.phase)
@@ -426,11 +424,16 @@ export class Exchange {
   #failWith (err: unknown, progress: Progress, phase?: AttemptRecord['phase']): void {
     const verdict = classify(err, progress)
     if (verdict.error === 'client_aborted') {
-      this.#settle()
-      this.events.aborted(this, phase ?? verdict.phase)
+      this.#aborted(phase ?? verdict.phase)
       return
     }
     this.#fail(verdict.error, { phase: phase ?? verdict.phase, cause: verdict.cause })
+  }
+
+  /** The client went away: nothing to answer, one info line. */
+  #aborted (phase: string): void {
+    this.#settle()
+    this.events.aborted(this, phase)
   }
 
   #fail (error: ProxyErrorType, context: FailureDetails): void {
