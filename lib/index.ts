@@ -28,7 +28,7 @@ declare module 'fastify' {
 
 async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions): Promise<void> {
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
-  const config = validateOptions(options, { bodyLimit: app.initialConfig.bodyLimit ?? 1024 * 1024 })
+  const config = validateOptions(options)
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
 
   app.decorate('upstream', createApi(pools))

@@ -22,8 +22,8 @@ const cases: Array<[string, unknown, string]> = [
   ['weight zero', { ...ok, pools: { users: { targets: [{ url: 'http://a:1', weight: 0 }] } } }, 'pools.users.targets[0].weight: expected an integer from 1 to 1000, got 0'],
   ['backup not boolean', { ...ok, pools: { users: { targets: [{ url: 'http://a:1', backup: 'yes' }] } } }, 'pools.users.targets[0].backup: expected true or false, got "yes"'],
   ['unknown balancer', { ...ok, pools: { users: { targets: ['http://a:1'], balancer: 'fastest' } } }, 'pools.users.balancer: expected one of "round-robin", "least-request", "p2c-ewma", "random", got "fastest"'],
-  ['negative timeout', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { connect: -1 } } } }, 'pools.users.timeouts.connect: expected a duration in milliseconds >= 1, got -1'],
-  ['timeout as a string', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { headers: '30s' } } } }, 'pools.users.timeouts.headers: expected a duration in milliseconds >= 1, got "30s"'],
+  ['negative timeout', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { connect: -1 } } } }, 'pools.users.timeouts.connect: expected a duration in milliseconds >= 1, or false for none, got -1'],
+  ['timeout as a string', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { headers: '30s' } } } }, 'pools.users.timeouts.headers: expected a duration in milliseconds >= 1, or false for none, got "30s"'],
   ['unknown timeout', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { read: 5 } } } }, 'pools.users.timeouts.read: unknown option (known options: connect, headers, body, total)'],
   ['perTarget zero', { ...ok, pools: { users: { targets: ['http://a:1'], connections: { perTarget: 0 } } } }, 'pools.users.connections.perTarget: expected an integer >= 1, got 0'],
   ['health path without slash', { ...ok, pools: { users: { targets: ['http://a:1'], health: { path: 'healthz' } } } }, 'pools.users.health.path: expected a path starting with "/", got "healthz"'],
@@ -36,7 +36,9 @@ const cases: Array<[string, unknown, string]> = [
   ['route prefix without slash', { ...ok, routes: [{ prefix: 'users', pool: 'users' }] }, 'routes[0].prefix: expected a path starting with "/", got "users"'],
   ['duplicate route prefix', { ...ok, routes: [{ prefix: '/u', pool: 'users' }, { prefix: '/u', pool: 'users' }] }, 'routes[1].prefix: "/u" is already used by routes[0]'],
   ['unknown method', { ...ok, routes: [{ prefix: '/u', pool: 'users', methods: ['GET', 'FETCH'] }] }, 'routes[0].methods[1]: expected one of "DELETE", "GET", "HEAD", "PATCH", "POST", "PUT", "OPTIONS", "TRACE", "SEARCH", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "MKCALENDAR", got "FETCH"'],
-  ['route timeout override checked', { ...ok, routes: [{ prefix: '/u', pool: 'users', timeouts: { total: 0 } }] }, 'routes[0].timeouts.total: expected a duration in milliseconds >= 1, got 0'],
+  ['route timeout override checked', { ...ok, routes: [{ prefix: '/u', pool: 'users', timeouts: { total: 0 } }] }, 'routes[0].timeouts.total: expected a duration in milliseconds >= 1, or false for none, got 0'],
+  ['timeout longer than a Node timer', { ...ok, pools: { users: { targets: ['http://a:1'], timeouts: { body: 2 ** 31 } } } }, 'pools.users.timeouts.body: expected a duration in milliseconds <= 2147483647 (Node\'s longest timer; use false to turn a timeout off), got 2147483648'],
+  ['rewriteLocation not a boolean', { ...ok, routes: [{ prefix: '/u', pool: 'users', rewriteLocation: 'yes' }] }, 'routes[0].rewriteLocation: expected true or false, got "yes"'],
   ['websocket not boolean', { ...ok, routes: [{ prefix: '/u', pool: 'users', websocket: 1 }] }, 'routes[0].websocket: expected true or false, got 1'],
   ['bodyLimit negative', { ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: -1 }] }, 'routes[0].bodyLimit: expected a number of bytes (an integer >= 0) or false for no limit, got -1'],
   ['bodyLimit as text', { ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: '10mb' }] }, 'routes[0].bodyLimit: expected a number of bytes (an integer >= 0) or false for no limit, got "10mb"'],
@@ -65,8 +67,9 @@ t.test('register rejects bad options with the option path, and starts nothing', 
 t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   const config = validateOptions(ok)
   const pool = config.pools.get('users')!
-  t.same(pool.timeouts, { connect: 2000, headers: 30000, body: 30000, total: 60000 })
-  t.same(pool.connections, { perTarget: 128, keepAlive: 4000 })
+  t.same(pool.timeouts, { connect: 2000, headers: 30000, body: 60000, total: false }, 'no wall clock cuts a stream that keeps sending')
+  t.same(pool.connections, { perTarget: Infinity, keepAlive: 4000 }, 'no cap on open connections, as nginx and HAProxy')
+  t.same([...pool.retry.on], ['connect-failure', 'refused-stream', 'reset'])
   t.same(pool.balancer, { kind: 'round-robin' })
   t.same(pool.targets, [{ url: 'http://127.0.0.1:3001', weight: 1, backup: false }])
   t.equal(pool.tls.rejectUnauthorized, true, 'upstream certificates are verified by default')
@@ -75,9 +78,9 @@ t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   t.equal(config.requestIdHeader, 'x-request-id')
   t.equal(config.errors.proxyName, 'fastify-upstream')
   t.equal(config.routes[0]!.rewritePrefix, '')
-  t.equal(config.routes[0]!.bodyLimit, 1024 * 1024, 'Fastify\'s default bodyLimit')
-  t.equal(validateOptions(ok, { bodyLimit: 5000 }).routes[0]!.bodyLimit, 5000, 'or the instance\'s own')
-  t.equal(validateOptions({ ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: false }] }).routes[0]!.bodyLimit, null, 'false: no limit')
+  t.equal(config.routes[0]!.bodyLimit, null, 'bodies of any size stream by default')
+  t.equal(config.routes[0]!.rewriteLocation, true)
+  t.equal(validateOptions({ ...ok, routes: [{ prefix: '/u', pool: 'users', bodyLimit: 5000 }] }).routes[0]!.bodyLimit, 5000)
 })
 
 t.test('route timeouts override the pool one by one', async (t) => {
@@ -85,7 +88,15 @@ t.test('route timeouts override the pool one by one', async (t) => {
     pools: { users: { targets: ['http://a:1'], timeouts: { headers: 5000, body: 7000 } } },
     routes: [{ prefix: '/u', pool: 'users', timeouts: { headers: 100 } }]
   })
-  t.same(config.routes[0]!.timeouts, { connect: 2000, headers: 100, body: 7000, total: 60000 })
+  t.same(config.routes[0]!.timeouts, { connect: 2000, headers: 100, body: 7000, total: false })
+})
+
+t.test('every timeout can be turned off with false', async (t) => {
+  const config = validateOptions({
+    pools: { users: { targets: ['http://a:1'], timeouts: { connect: false, headers: false, body: false, total: 5000 } } },
+    routes: [{ prefix: '/u', pool: 'users', timeouts: { total: false, connect: 100 } }]
+  })
+  t.same(config.routes[0]!.timeouts, { connect: 100, headers: false, body: false, total: false })
 })
 
 t.test('errors.expose "auto" is full, except under NODE_ENV=production', async (t) => {

@@ -61,13 +61,24 @@ export function integer (path: string, value: unknown, fallback: number, min = 0
   return value
 }
 
+/**
+ * The longest timer Node keeps: a longer one fires at once (with a TimeoutOverflowWarning), so
+ * a larger duration would turn a generous timeout into an instant one.
+ */
+export const MAX_DURATION = 2 ** 31 - 1
+
 /** Milliseconds; `Infinity` is not a duration (use the option's own way to turn it off). */
-export function duration (path: string, value: unknown, fallback: number, min = 1): number {
+export function duration (path: string, value: unknown, fallback: number, min = 1, expected = `a duration in milliseconds >= ${min}`): number {
   if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
-    fail(path, `a duration in milliseconds >= ${min}`, value)
-  }
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) fail(path, expected, value)
+  if (value > MAX_DURATION) fail(path, `a duration in milliseconds <= ${MAX_DURATION} (Node's longest timer; use false to turn a timeout off)`, value)
   return value
+}
+
+/** A duration, or `false` for none (a timeout turned off). */
+export function durationOrOff (path: string, value: unknown, fallback: number | false): number | false {
+  if (value === false) return false
+  return duration(path, value, fallback as number, 1, 'a duration in milliseconds >= 1, or false for none')
 }
 
 export function ratio (path: string, value: unknown, fallback: number): number {

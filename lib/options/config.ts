@@ -3,11 +3,12 @@
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
 
+/** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
-  connect: number
-  headers: number
-  body: number
-  total: number
+  connect: number | false
+  headers: number | false
+  body: number | false
+  total: number | false
 }
 
 export interface TargetConfig {
@@ -50,6 +51,7 @@ export interface PoolConfig {
   targets: TargetConfig[]
   balancer: BalancerConfig
   timeouts: Timeouts
+  /** perTarget: Infinity for no cap. */
   connections: { perTarget: number, keepAlive: number }
   limits: { maxConcurrent: number, maxPending: number, queueTimeout: number }
   health: HealthConfig | null
@@ -75,6 +77,7 @@ export interface RouteConfig {
   rateLimit: Record<string, unknown> | false | null
   /** Bytes; null: no limit. */
   bodyLimit: number | null
+  rewriteLocation: boolean
 }
 
 export interface ErrorsConfig {

@@ -8,20 +8,21 @@ export type BalancerName = 'round-robin' | 'least-request' | 'p2c-ewma' | 'rando
 export type HashKey = 'ip' | `header:${string}` | `cookie:${string}`
 export type BalancerInput = BalancerName | { hash: HashKey }
 
+/** Milliseconds; `false` turns a timeout off. */
 export interface TimeoutsInput {
   /** Opening a TCP (and TLS) connection to a target. [2000] */
-  connect?: number
+  connect?: number | false
   /** From the request sent to the response headers. [30000] */
-  headers?: number
-  /** The longest silence while the response body streams. [30000] */
-  body?: number
-  /** The whole exchange, across every try. [60000] */
-  total?: number
+  headers?: number | false
+  /** The longest silence while the response body streams. [60000] */
+  body?: number | false
+  /** The whole exchange, across every try. [false: Server-Sent Events and downloads may last] */
+  total?: number | false
 }
 
 export interface ConnectionsInput {
-  /** Keep-alive connections per target. [128] */
-  perTarget?: number
+  /** Open connections per target, at most; waiting for one is the `queue` phase. [false: no cap] */
+  perTarget?: number | false
   /** How long an idle keep-alive connection is kept. [4000] */
   keepAlive?: number
 }
@@ -106,9 +107,14 @@ export interface RouteInput {
   rateLimit?: Record<string, unknown> | false
   /**
    * The largest request body the route forwards, in bytes; larger ones get 413 before (or as
-   * soon as) they are seen. `false`: no limit. Default: the Fastify instance's `bodyLimit`.
+   * soon as) they are seen. [false: bodies of any size stream through]
    */
   bodyLimit?: number | false
+  /**
+   * Rewrite `Location` and `Content-Location` that point at a target (or at `rewritePrefix`)
+   * to the address and prefix the client used. [true]
+   */
+  rewriteLocation?: boolean
 }
 
 export type ExposeInput = 'public' | 'full' | 'auto' | ((request: FastifyRequest) => boolean)

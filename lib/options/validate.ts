@@ -7,32 +7,28 @@ import type {
   HealthConfig, OutlierConfig, ErrorsConfig
 } from './config.js'
 import {
-  OptionsError, object, optionalObject, join, integer, duration, ratio, boolean, string, oneOf,
+  OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
   array, httpStatus, fail, isPlainObject
 } from './check.js'
 
-export const DEFAULT_TIMEOUTS: Timeouts = { connect: 2000, headers: 30000, body: 30000, total: 60000 }
+// `total` is off: Server-Sent Events, long polling and downloads last as long as they keep
+// sending; a stalled one is caught by `body` (60 s, as nginx's proxy_read_timeout).
+export const DEFAULT_TIMEOUTS: Timeouts = { connect: 2000, headers: 30000, body: 60000, total: false }
 /** RFC 9110 §9.2.2: methods whose repetition has the same effect as one request. */
 export const IDEMPOTENT_METHODS = ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']
 export const PROXIED_METHODS: HTTPMethods[] = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS']
 const RETRY_CONDITIONS: RetryCondition[] = ['connect-failure', 'refused-stream', 'reset', 'timeout', '5xx']
+// `reset` too, for idempotent methods only (retry.methods): a target killed under load then
+// costs GET clients nothing, as nginx's proxy_next_upstream default.
+const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream', 'reset']
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit']
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
-/** What the options inherit from the Fastify instance they are registered on. */
-export interface Inherited {
-  /** Fastify's `bodyLimit`: the default of `routes[].bodyLimit`. */
-  bodyLimit: number
-}
-
-/** Fastify's own default, for options validated without an instance (tests, tools). */
-const FASTIFY_BODY_LIMIT = 1024 * 1024
-
-export function validateOptions (input: unknown, inherited: Inherited = { bodyLimit: FASTIFY_BODY_LIMIT }): Config {
+export function validateOptions (input: unknown): Config {
   const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])
@@ -42,7 +38,7 @@ export function validateOptions (input: unknown, inherited: Inherited = { bodyLi
 
   const routesInput = array('routes', options.routes)
   if (routesInput.length === 0) fail('routes', 'at least one route', routesInput)
-  const routes = routesInput.map((route, i) => validateRoute(join('routes', i), route, pools, inherited))
+  const routes = routesInput.map((route, i) => validateRoute(join('routes', i), route, pools))
   const seen = new Map<string, number>()
   routes.forEach((route, i) => {
     const first = seen.get(route.prefix)
@@ -85,7 +81,9 @@ function validatePool (name: string, input: unknown): PoolConfig {
     balancer: validateBalancer(join(path, 'balancer'), pool.balancer),
     timeouts: validateTimeouts(join(path, 'timeouts'), pool.timeouts, DEFAULT_TIMEOUTS),
     connections: {
-      perTarget: integer(join(join(path, 'connections'), 'perTarget'), connections.perTarget, 128, 1),
+      // No cap by default, as nginx and HAProxy: a cap makes the next request wait behind
+      // long-lived responses (SSE, slow readers) that hold their connections.
+      perTarget: connections.perTarget === false ? Infinity : integer(join(join(path, 'connections'), 'perTarget'), connections.perTarget, Infinity, 1),
       keepAlive: duration(join(join(path, 'connections'), 'keepAlive'), connections.keepAlive, 4000)
     },
     limits: {
@@ -155,10 +153,10 @@ function validateBalancer (path: string, input: unknown): BalancerConfig {
 function validateTimeouts (path: string, input: unknown, base: Timeouts): Timeouts {
   const t = optionalObject(path, input, TIMEOUT_KEYS)
   return {
-    connect: duration(join(path, 'connect'), t.connect, base.connect),
-    headers: duration(join(path, 'headers'), t.headers, base.headers),
-    body: duration(join(path, 'body'), t.body, base.body),
-    total: duration(join(path, 'total'), t.total, base.total)
+    connect: durationOrOff(join(path, 'connect'), t.connect, base.connect),
+    headers: durationOrOff(join(path, 'headers'), t.headers, base.headers),
+    body: durationOrOff(join(path, 'body'), t.body, base.body),
+    total: durationOrOff(join(path, 'total'), t.total, base.total)
   }
 }
 
@@ -225,7 +223,7 @@ function validateRetry (path: string, input: unknown, base: RetryConfig | null):
     r[key] === undefined ? fallback : new Set(array(join(path, key), r[key]).map((v, i) => each(join(join(path, key), i), v)))
   return {
     retries: integer(join(path, 'retries'), r.retries, base?.retries ?? 2, 0, 10),
-    on: list('on', base?.on ?? new Set<RetryCondition>(['connect-failure', 'refused-stream']), (p, v) => oneOf(p, v, RETRY_CONDITIONS)),
+    on: list('on', base?.on ?? new Set<RetryCondition>(DEFAULT_RETRY_ON), (p, v) => oneOf(p, v, RETRY_CONDITIONS)),
     statuses: list('statuses', base?.statuses ?? new Set<number>(), httpStatus),
     methods: list('methods', base?.methods ?? new Set(IDEMPOTENT_METHODS), (p, v) => method(p, v)),
     budget: {
@@ -250,7 +248,7 @@ function validateAuth (path: string, input: unknown): PoolConfig['auth'] {
   return a as PoolConfig['auth']
 }
 
-function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>, inherited: Inherited): RouteConfig {
+function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {
   const r = object(path, input, ROUTE_KEYS)
   const prefix = string(join(path, 'prefix'), r.prefix)
   if (!prefix.startsWith('/')) fail(join(path, 'prefix'), 'a path starting with "/"', prefix)
@@ -279,16 +277,18 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, pool.timeouts),
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
     rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,
-    bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit, inherited.bodyLimit)
+    bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit),
+    rewriteLocation: boolean(join(path, 'rewriteLocation'), r.rewriteLocation, true)
   }
 }
 
-function validateBodyLimit (path: string, value: unknown, fallback: number): number | null {
-  if (value === false) return null
-  if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value) || value < 0)) {
+/** Bodies stream, so none is limited unless the route says so (as HAProxy, Envoy, Caddy). */
+function validateBodyLimit (path: string, value: unknown): number | null {
+  if (value === false || value === undefined) return null
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
     fail(path, 'a number of bytes (an integer >= 0) or false for no limit', value)
   }
-  return (value as number | undefined) ?? fallback
+  return value
 }
 
 function validateErrors (input: unknown): ErrorsConfig {

@@ -63,7 +63,7 @@ export class HealthChecker {
     const done = (result: Omit<CheckResult, 'ms' | 'at'>): CheckResult => ({ ...result, ms: Math.round(performance.now() - started), at: Date.now() })
     let answered = false
     try {
-      const res = await target.client(Math.min(timeouts.connect, health.timeout)).request({
+      const res = await target.client(timeouts.connect === false ? health.timeout : Math.min(timeouts.connect, health.timeout)).request({
         origin: target.url,
         path: health.path,
         method: 'GET',

@@ -48,6 +48,8 @@ export class UpstreamPool {
   readonly #waiters: Waiter[] = []
   readonly budget: RetryBudget
   #inPanic = false
+  /** Requests in flight a target may have (see hasRoom). */
+  readonly #room: number
 
   constructor (config: PoolConfig, log: FastifyBaseLogger) {
     this.name = config.name
@@ -56,6 +58,7 @@ export class UpstreamPool {
     this.#balancer = createBalancer(config.balancer)
     this.#log = log
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
+    this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
     this.#checker = config.health === null
       ? null
       : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
@@ -101,9 +104,20 @@ export class UpstreamPool {
     return this.#inPanic
   }
 
-  /** Whether a target has room for one more request (limits.maxConcurrent). */
+  /**
+   * Whether a target has room for one more request: limits.maxConcurrent, and
+   * connections.perTarget (one request per connection). Waiting for room is the queue phase.
+   */
   hasRoom (target: Target): boolean {
-    return target.inFlight < this.config.limits.maxConcurrent
+    return target.inFlight < this.#room
+  }
+
+  /** What bounds a target's requests in flight, in words naming the option. */
+  roomWords (): string {
+    const { limits, connections } = this.config
+    return connections.perTarget < limits.maxConcurrent
+      ? `connections.perTarget (${connections.perTarget}) connections in use`
+      : `limits.maxConcurrent (${limits.maxConcurrent}) requests in flight`
   }
 
   /**

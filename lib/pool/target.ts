@@ -159,7 +159,9 @@ export class Target {
     if (client === undefined) {
       const { connections, tls } = this.#pool
       client = new UndiciPool(this.url, {
-        connections: connections.perTarget,
+        // The gateway keeps within connections.perTarget itself (pool.hasRoom), so a request
+        // never waits in undici's queue with its connect timer running.
+        connections: Number.isFinite(connections.perTarget) ? connections.perTarget : null,
         keepAliveTimeout: connections.keepAlive,
         keepAliveMaxTimeout: connections.keepAlive,
         pipelining: 1,

@@ -73,6 +73,7 @@ export class Attempt implements LegacyHandler {
     if (this.#abandoned || this.#ended || this.responseStarted) return
     this.requestSent = true
     const ms = this.exchange.route.timeouts.headers
+    if (ms === false) return
     const abort = this.abortTry!
     this.#headersTimer = setTimeout(() => {
       abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
@@ -112,6 +113,7 @@ export class Attempt implements LegacyHandler {
   // for does not count: the timer goes quiet and starts over on resume (as undici's does).
   #startBodyTimer (): void {
     const ms = this.exchange.route.timeouts.body
+    if (ms === false) return
     const abort = this.abortTry!
     this.#bodyTimer = setTimeout(() => {
       if (!this.#paused) abort(new GatewayError(GATEWAY_CODES.bodyTimeout, `no body data for ${ms} ms`))

@@ -17,6 +17,11 @@ import { backoff, conditionOf, isFreeRetry, shouldRetryFailure, shouldRetryStatu
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
+/** undici's own timer behind one of ours: a second later, or none (0) when ours is off. */
+function backstop (ms: number | false): number {
+  return ms === false ? 0 : ms + 1000
+}
+
 type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
 
 /**
@@ -70,11 +75,14 @@ export class Exchange {
     readonly pool: UpstreamPool,
     private readonly events: ExchangeEvents
   ) {
-    this.#totalTimer = setTimeout(() => {
-      this.abort(this.#clientStillSending()
-        ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `timeouts.total (${route.timeouts.total} ms) passed before the client sent its whole body`)
-        : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${route.timeouts.total} ms) passed`))
-    }, route.timeouts.total)
+    const total = route.timeouts.total
+    if (total !== false) {
+      this.#totalTimer = setTimeout(() => {
+        this.abort(this.#clientStillSending()
+          ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `timeouts.total (${total} ms) passed before the client sent its whole body`)
+          : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${total} ms) passed`))
+      }, total)
+    }
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished && !this.settled) {
         this.abort(new GatewayError(GATEWAY_CODES.clientAborted, 'client closed the connection'))
@@ -164,12 +172,15 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
-    attempt.startConnectTimer(this.route.timeouts.connect, () => {
-      attempt.abandon()
-      this.onAttemptError(attempt, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${this.route.timeouts.connect} ms`))
-    })
+    const { connect, headers: headersTimeout, body: bodyTimeout } = this.route.timeouts
+    if (connect !== false) {
+      attempt.startConnectTimer(connect, () => {
+        attempt.abandon()
+        this.onAttemptError(attempt, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
+      })
+    }
     try {
-      target.client(this.route.timeouts.connect + 1000).dispatch({
+      target.client(backstop(connect)).dispatch({
         origin: target.url,
         path: opts.path,
         method: opts.method,
@@ -177,8 +188,8 @@ export class Exchange {
         body: this.#body!.body,
         // Our own timers enforce timeouts.headers and .body to the millisecond; undici's, which
         // tick about once a second, are a backstop.
-        headersTimeout: this.route.timeouts.headers + 1000,
-        bodyTimeout: this.route.timeouts.body + 1000
+        headersTimeout: backstop(headersTimeout),
+        bodyTimeout: backstop(bodyTimeout)
       }, attempt)
     } catch (err) {
       attempt.abandon()
@@ -209,7 +220,7 @@ export class Exchange {
     const { limits } = this.pool.config
     const queuedAt = performance.now()
     this.#waitingPhase = 'queue'
-    const why = `Every target that may take this request has limits.maxConcurrent (${limits.maxConcurrent}) requests in flight`
+    const why = `Every target that may take this request has ${this.pool.roomWords()}`
     const timedOut = (): void => {
       this.#waiting = null
       this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and this request waited limits.queueTimeout (${limits.queueTimeout} ms) for room.`, retryAfter: 1 })
@@ -402,7 +413,7 @@ export class Exchange {
 
   /** The body is over routes[].bodyLimit. */
   #refuseBody (what: string): void {
-    this.#refuseClient(GATEWAY_CODES.bodyTooLarge, `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit, by default Fastify's bodyLimit). Raise it for this route if such bodies are expected.`)
+    this.#refuseClient(GATEWAY_CODES.bodyTooLarge, `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit). Raise it, or set it to false, for this route if such bodies are expected.`)
   }
 
   /** The client announced a body and has not sent all of it yet. */

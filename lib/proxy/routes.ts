@@ -2,7 +2,7 @@
 // route: it shows in printRoutes() and runs hooks). Target choice happens in our dispatcher.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import httpProxy from '@fastify/http-proxy'
-import type { IncomingHttpHeaders } from 'node:http'
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { UpstreamDispatcher } from './dispatcher.js'
@@ -21,6 +21,21 @@ import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
  */
 type RequestWithExchange = FastifyRequest & { [kExchange]?: Exchange | null }
 
+/**
+ * Response headers reach the client as soon as the upstream's do, before any body byte: an
+ * EventSource or a long-poll client waits on them. Fastify writes a streamed reply's headers
+ * with its first body chunk; when no chunk follows in the same turn of the event loop, they go
+ * out on their own. A body already there still leaves in one write with its headers.
+ */
+function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
+  // 'pipe': Fastify has set the reply's headers on `res` and starts streaming the body.
+  res.once('pipe', () => {
+    setImmediate(() => {
+      if (!res.headersSent && !res.destroyed) res.flushHeaders()
+    })
+  })
+}
+
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
@@ -32,7 +47,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
     broken (exchange, failure) {
       const { request, reply } = exchange
-      logFailure(request, failure, 'the response had started, so the client connection was cut')
+      logFailure(request, failure, true)
       // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
       // reply.log. The record above already tells it: from here on, only errors get through.
       reply.log = reply.log.child({}, { level: 'error' })
@@ -85,6 +100,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     const full = isFullExposure(config.errors, request)
     reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(null, settings.proxyName, full, res.statusCode)))
+    flushHeadersUnlessBodyFollows(reply.raw)
     reply.send(res.stream)
   }
 
