@@ -5,6 +5,7 @@ import { validateOptions } from './options/validate.js'
 import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
+import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler } from './errors/framework.js'
 import rateLimit from '@fastify/rate-limit'
@@ -65,6 +66,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     // Fastify gives this error no code; its message is the only way to tell it apart.
     if (!(err instanceof Error && err.message.startsWith('Not found handler already set'))) throw err
   }
+
+  answerExpectContinue(app, config.routes)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.

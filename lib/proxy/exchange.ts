@@ -2,6 +2,7 @@
 // waiting for a target with room, retries under the policy and the pool's budget, the total
 // timeout across tries, and how it ends (a streamed response, or one failure record).
 import { performance } from 'node:perf_hooks'
+import type { IncomingMessage } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { RouteConfig } from '../options/config.js'
@@ -16,6 +17,12 @@ import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from
 import { backoff, conditionOf, isFreeRetry, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
+
+/** Whether the client's request has a body, by its framing. */
+function hasBody (raw: IncomingMessage): boolean {
+  const length = raw.headers['content-length']
+  return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
+}
 
 /** undici's own timer behind one of ours: a second later, or none (0) when ours is off. */
 function backstop (ms: number | false): number {
@@ -110,13 +117,15 @@ export class Exchange {
       this.#fail('destination_unavailable', this.pool.outage())
       return
     }
-    const ready = bodyWithoutReading(opts.body)
+    // reply-from passes '' where it has no body to give.
+    const sent = opts.body === '' || opts.body == null ? this.#unparsedBody() : opts.body
+    const ready = bodyWithoutReading(sent)
     if (ready !== null) {
       this.#body = ready
       this.#tryNext()
       return
     }
-    prepareBody(opts.body, headers['content-length'], limit).then((body) => {
+    prepareBody(sent, headers['content-length'], limit).then((body) => {
       this.#body = body
       if (!this.settled) this.#tryNext()
     }, (err) => {
@@ -416,12 +425,19 @@ export class Exchange {
     this.#refuseClient(GATEWAY_CODES.bodyTooLarge, `The body ${what}; the limit for routes with prefix "${this.route.prefix}" is ${this.route.bodyLimit} bytes (routes[].bodyLimit). Raise it, or set it to false, for this route if such bodies are expected.`)
   }
 
+  /**
+   * A body Fastify does not hand over: it parses none for GET or HEAD, and reply-from refuses to
+   * send one with them. Elasticsearch's `GET _search` and its kind carry one; it goes as sent.
+   */
+  #unparsedBody (): IncomingMessage | null {
+    const raw = this.request.raw
+    return hasBody(raw) && !raw.readableDidRead ? raw : null
+  }
+
   /** The client announced a body and has not sent all of it yet. */
   #clientStillSending (): boolean {
     const raw = this.request.raw
-    const length = raw.headers['content-length']
-    const hasBody = (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
-    return hasBody && !raw.complete
+    return hasBody(raw) && !raw.complete
   }
 
   /**

@@ -156,6 +156,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     scope.decorateRequest(kExchange, null)
     scope.setErrorHandler(errorHandler)
     scope.setNotFoundHandler(notFoundHandler)
+    // Bodies reach the upstream byte for byte, whatever their type: without this, Fastify's
+    // own text/plain parser would decode and re-encode a text body (and apply its bodyLimit).
+    // http-proxy then adds the parsers that hand the raw stream on.
+    scope.removeAllContentTypeParsers()
     await scope.register(httpProxy, proxyOptions as never)
   }, { prefix: route.prefix })
 }

@@ -9,6 +9,8 @@ export interface Running {
   port: number
   /** Requests this server has seen. */
   hits: number
+  /** TCP connections it has accepted. */
+  connections: number
   close: () => Promise<void>
 }
 
@@ -21,16 +23,19 @@ interface Closable {
 /** Tracks sockets so close() ends keep-alive connections too (nothing outlives a test). */
 async function listen<S extends Closable & { listen: (port: number, host: string, cb: () => void) => unknown }> (server: S): Promise<Running> {
   const sockets = new Set<net.Socket>()
+  let running: Running | undefined
   server.on('connection', (socket) => {
+    running!.connections++
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const port = (server.address() as AddressInfo).port
-  const running: Running = {
+  running = {
     url: `http://127.0.0.1:${port}`,
     port,
     hits: 0,
+    connections: 0,
     close: async () => {
       for (const socket of sockets) socket.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))
@@ -112,6 +117,7 @@ export async function startBlackhole (): Promise<Running> {
     url: `http://127.0.0.1:${port}`,
     port,
     hits: 0,
+    connections: 0,
     close: async () => {
       for (const socket of fillers) socket.destroy()
       child.kill('SIGKILL')
