@@ -7,6 +7,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
+import { rewriteLocation } from './location.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
 import { logFailure, logClientAborted } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
@@ -74,8 +75,17 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return headers
   }
 
-  function rewriteHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
-    return forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
+  const targetOrigins = new Set(pool.targets.map((target) => target.url))
+  function rewriteHeaders (headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
+    const forwarded = forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
+    if (route.rewriteLocation && (forwarded.location !== undefined || forwarded['content-location'] !== undefined)) {
+      const host = request.host
+      const context = { origins: targetOrigins, prefix: route.prefix, rewritePrefix: route.rewritePrefix, clientOrigin: host !== '' ? `${request.protocol}://${host}` : null }
+      if (forwarded.location !== undefined) forwarded.location = rewriteLocation(forwarded.location, context)
+      const contentLocation = forwarded['content-location'] as string | undefined
+      if (contentLocation !== undefined) forwarded['content-location'] = rewriteLocation(contentLocation, context)
+    }
+    return forwarded
   }
 
   function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void, on: (event: 'error', listener: () => void) => unknown } }): void {
@@ -126,6 +136,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     upstream: '',
     rewritePrefix: route.rewritePrefix,
     httpMethods: route.methods,
+    // The gateway rewrites Location itself (location.ts): http-proxy's own would prefix every
+    // relative one and replace rewritePrefix wherever it appears in the value.
+    internalRewriteLocationHeader: false,
     websocket: route.websocket,
     undici: new UpstreamDispatcher() as unknown as { request: never },
     disableRequestLogging: true,
