@@ -1,5 +1,6 @@
 import t from 'tap'
 import http from 'node:http'
+import net from 'node:net'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 
@@ -162,6 +163,44 @@ t.test('with trustProxy, the trusted X-Forwarded-For chain is kept and extended'
   t.equal(seen['x-forwarded-for'], '203.0.113.9, 127.0.0.1')
   t.equal(seen['x-forwarded-proto'], 'https')
   t.equal(seen['x-forwarded-host'], 'shop.example')
+  t.equal(seen['x-real-ip'], '203.0.113.9', 'X-Real-IP is the client as the trusted chain names it')
+})
+
+t.test('Forwarded is treated like X-Forwarded-*: replaced unless trustProxy trusts the peer', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const spoof = { forwarded: 'for=203.0.113.7;proto=https', 'x-real-ip': '203.0.113.7', 'x-forwarded-for': '203.0.113.7' }
+  const untrusting = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const seen = (JSON.parse((await rawGet(`${untrusting.url}/p/x`, spoof)).body) as Echo).headers
+  const host = untrusting.url.slice('http://'.length)
+  t.equal(seen.forwarded, `for=127.0.0.1;proto=http;host="${host}"`, 'a spoofed Forwarded is not trusted')
+  t.equal(seen['x-real-ip'], '127.0.0.1', 'nor a spoofed X-Real-IP')
+
+  const trusting = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] }, { trustProxy: '127.0.0.1' })
+  const chained = (JSON.parse((await rawGet(`${trusting.url}/p/x`, spoof)).body) as Echo).headers
+  t.equal(chained.forwarded, `for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host="${trusting.url.slice('http://'.length)}"`, 'a trusted proxy\'s Forwarded is extended')
+
+  const elsewhere = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] }, { trustProxy: '10.0.0.1' })
+  const untrusted = (JSON.parse((await rawGet(`${elsewhere.url}/p/x`, { forwarded: 'for=203.0.113.7' })).body) as Echo).headers
+  t.match(untrusted.forwarded, /^for=127\.0\.0\.1;proto=http;host=/, 'trust for another address does not cover this peer')
+})
+
+t.test('an HTTP/1.0 request without Host sends no empty forwarding field', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const { port } = new URL(gw.url)
+  const text = await new Promise<string>((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.1', () => socket.write('GET /p/x HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n'))
+    let data = ''
+    socket.on('data', (chunk: Buffer) => { data += chunk.toString('latin1') })
+    socket.on('end', () => resolve(data))
+    socket.on('error', reject)
+  })
+  const seen = (JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as Echo).headers
+  t.notOk('x-forwarded-host' in seen, 'no X-Forwarded-Host, neither empty nor the client\'s')
+  t.equal(seen.forwarded, 'for=127.0.0.1;proto=http', 'Forwarded without host=')
+  t.equal(seen['x-forwarded-for'], '127.0.0.1')
 })
 
 t.test('the request id goes upstream and comes back, and a caller id is kept when Fastify accepts it', async (t) => {

@@ -23,18 +23,57 @@ export interface ForwardingSettings {
 
 type Headers = IncomingHttpHeaders | OutgoingHttpHeaders
 
-/** Request headers as they go to a target (the target's `host` is set per try, later). */
+/**
+ * Request headers as they go to a target (the target's `host` is set per try, later).
+ *
+ * The forwarding fields follow Fastify's `trustProxy`, all alike: what a trusted proxy in front
+ * says is kept and extended; otherwise an incoming value is the client's claim, not a fact, and
+ * is replaced. A field with nothing to say (no Host from an HTTP/1.0 client) is left out.
+ */
 export function forwardRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders, settings: ForwardingSettings): IncomingHttpHeaders {
   const headers = endToEnd(incoming, NOT_FORWARDED_UPSTREAM) as IncomingHttpHeaders
-  // Without trustProxy, an incoming X-Forwarded-For is the client's claim, not a fact: start
-  // the chain afresh. With it, Fastify's `ips` is the trusted part, nearest hop first.
+  // Fastify's `ips` is the trusted part of the X-Forwarded-For chain, nearest hop first.
   const ips = request.ips
-  headers['x-forwarded-for'] = ips !== undefined && ips.length > 0 ? [...ips].reverse().join(', ') : (request.socket.remoteAddress ?? request.ip)
-  headers['x-forwarded-proto'] = request.protocol
-  headers['x-forwarded-host'] = request.host
+  const peer = request.socket.remoteAddress ?? request.ip
+  headers['x-forwarded-for'] = ips !== undefined && ips.length > 0 ? [...ips].reverse().join(', ') : peer
+  headers['x-real-ip'] = request.ip
+  const proto = request.protocol
+  const host = request.host
+  headers['x-forwarded-proto'] = proto
+  headers['x-forwarded-host'] = host !== '' ? host : undefined
+  const element = forwardedElement(peer, proto, host)
+  const claimed = headers.forwarded
+  headers.forwarded = claimed !== undefined && trustsPeer(request) ? appendList(claimed, element) : element
   headers.via = appendList(headers.via, `1.1 ${settings.proxyName}`)
   headers[settings.requestIdHeader] = request.id
   return headers
+}
+
+/** This hop's RFC 7239 `Forwarded` element: who connected, over what, to which host. */
+function forwardedElement (peer: string, proto: string, host: string): string {
+  // An IPv6 address is quoted and bracketed (RFC 7239 §6); a host with a port needs quotes.
+  const node = peer.includes(':') ? `"[${peer}]"` : peer
+  return `for=${node};proto=${proto}${host !== '' ? `;host="${host.replace(/["\\]/g, '')}"` : ''}`
+}
+
+/**
+ * Whether Fastify's `trustProxy` trusts this connection's peer. Fastify keeps its trust
+ * function to itself; its `ips` getter applies it, so it is asked about a probe chain of one
+ * hop: the answer has two addresses exactly when the peer is trusted.
+ */
+function trustsPeer (request: FastifyRequest): boolean {
+  const ips = ipsGetter(request)
+  if (ips === null) return false
+  const probe = { raw: { socket: request.socket, headers: { 'x-forwarded-for': '192.0.2.1' } } }
+  return (ips.call(probe) as string[]).length > 1
+}
+
+function ipsGetter (request: FastifyRequest): (() => unknown) | null {
+  for (let proto = Object.getPrototypeOf(request); proto !== null; proto = Object.getPrototypeOf(proto)) {
+    const getter = Object.getOwnPropertyDescriptor(proto, 'ips')?.get
+    if (getter !== undefined) return getter
+  }
+  return null
 }
 
 /** Response headers as they go to the client. */
