@@ -1,6 +1,6 @@
 import t from 'tap'
 import { startGateway, waitFor, type Gateway, type LogRecord } from './helpers/gateway.js'
-import { startUpstream, freePort, type Running } from './helpers/servers.js'
+import { startUpstream, startTcp, freePort, type Running } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
 
 type Mode = 'ok' | 'fail' | 'degraded' | 'hang'
@@ -249,4 +249,46 @@ t.test('drain: requests in flight finish, new ones go elsewhere; enable restores
   gw.app.upstream.enable('p', slow.url)
   t.same(new Set(await send(gw, 6)), new Set(['slow', 'other']))
   t.throws(() => gw.app.upstream.drain('p', 'http://127.0.0.1:9'), { message: /pool "p" has no target "http:\/\/127\.0\.0\.1:9"/ })
+})
+
+t.test('half-open: a fully ejected single-target pool answers fast 503s, then serves within a second of its service returning', async (t) => {
+  // While "down", the port takes connections and resets them: each one is counted.
+  const down = await startTcp((socket) => socket.destroy())
+  const port = down.port
+  const gw = await startGateway(t, { pools: { solo: { targets: [down.url] } }, routes: [{ prefix: '/p', pool: 'solo' }] })
+  t.teardown(async () => { await down.close() })
+
+  // Five failures eject the only target (outlier.consecutiveFailures, ejectFor 30 s by default).
+  await waitFor(() => { void send(gw, 1); return stateOf(gw, 'solo', down) === 'ejected' }, 5000, 'the target to be ejected')
+  await waitFor(() => gw.app.upstream.pool('solo').targets()[0]!.inFlight === 0, 3000, 'requests in flight to end')
+  const connectsBefore = down.hits
+  const started = Date.now()
+  const statuses: number[] = []
+  for (let i = 0; i < 40; i++) {
+    const res = await gw.request('/p/x', { headers: { accept: 'application/json' } })
+    statuses.push(res.statusCode)
+    const problem = await res.body.json() as Problem
+    if (res.statusCode === 503) t.equal(problem.error, 'destination_unavailable')
+  }
+  const spent = Date.now() - started
+  const connects = down.hits - connectsBefore
+  t.ok(statuses.filter((s) => s === 503).length >= 38, `fast 503s while it is down (${statuses.join(' ')})`)
+  t.ok(connects <= Math.ceil(spent / 1000) + 1, `${connects} connects in ${spent} ms: at most one trial a second, not one per request`)
+
+  // The service comes back on the same port.
+  await down.close()
+  const http = await import('node:http')
+  const server = http.createServer((_req, res) => res.end('back'))
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  const returned = Date.now()
+  let served = 0
+  await waitFor(() => {
+    void gw.request('/p/x').then(async (res) => { if ((await res.body.text()) === 'back') served++ }, () => {})
+    return served > 0
+  }, 5000, 'the service to be served again')
+  const after = Date.now() - returned
+  t.ok(after < 1500, `served again ${after} ms after the service returned, not after outlier.ejectFor (30 s)`)
+  t.match(transitions(gw).at(-1), { from: 'ejected', to: 'healthy', reason: /^a trial request succeeded/ })
+  t.same(await send(gw, 3), ['back', 'back', 'back'])
 })

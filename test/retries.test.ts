@@ -13,8 +13,35 @@ t.test('a refused connection is retried on another target: the client never sees
   const gw = await startGateway(t, { pools: { p: { targets: [await dead(), alive.url], outlier: false } }, routes: [{ prefix: '/p', pool: 'p' }] })
   for (let i = 0; i < 10; i++) t.equal((await gw.request('/p/x')).statusCode, 200)
   t.equal(alive.hits, 10)
-  t.same(gw.failures(), [], 'no failure reached a client, so none is logged')
+  t.same(gw.failures(), [], 'no failure reached a client, so none is logged as one')
   t.equal(gw.app.upstream.pool('p').targets()[0]!.failures, 5, 'the dead target was tried (round-robin) and failed each time')
+  const retried = gw.logs.filter((r) => r.retried === true)
+  t.equal(retried.length, 5, 'each request served after a failed try writes one record')
+  t.match(retried[0], {
+    level: 30,
+    status: 200,
+    pool: 'p',
+    target: alive.url.slice('http://'.length),
+    attempts: [{ error: 'connection_refused', cause: 'ECONNREFUSED', phase: 'connect' }, { error: null, status: 200 }],
+    msg: /^200 after 2 tries: p target 127\.0\.0\.1:\d+ answered; earlier: 127\.0\.0\.1:\d+ connection_refused \(ECONNREFUSED\)$/
+  })
+})
+
+t.test('default retry.on: a reset is retried for GET on another target, not for POST', async (t) => {
+  const alive = await startUpstream('alive', echo('alive'))
+  const resetter = await startTcp((socket) => { socket.once('data', () => socket.destroy()) })
+  teardown(t, alive, resetter)
+  const gw = await startGateway(t, { pools: { p: { targets: [resetter.url, alive.url], outlier: false } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const statuses: Record<string, number[]> = { GET: [], POST: [] }
+  for (const method of ['GET', 'POST'] as const) {
+    for (let i = 0; i < 4; i++) {
+      const res = await gw.request('/p/x', { method, body: method === 'POST' ? 'x' : undefined })
+      statuses[method]!.push(res.statusCode)
+      await res.body.dump()
+    }
+  }
+  t.same(statuses.GET, [200, 200, 200, 200], 'every GET served')
+  t.same(statuses.POST!.sort(), [200, 200, 502, 502], 'a POST the reset target may have acted on is not replayed')
 })
 
 t.test('two dead targets of three, default options: every request is served by the live one', async (t) => {

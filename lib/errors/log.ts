@@ -1,6 +1,6 @@
 // The one log record of a failed request, and the one line for a client that went away.
 import type { FastifyRequest } from 'fastify'
-import type { Failure } from './failure.js'
+import type { AttemptRecord, Failure } from './failure.js'
 
 /**
  * `cut`: the response had started (its status was the upstream's, often a 200) when the failure
@@ -35,4 +35,16 @@ export function logFailure (request: FastifyRequest, failure: Failure, cut = fal
 export function logClientAborted (request: FastifyRequest, phase: string, pool: string, target: string | null, ms: number): void {
   request.log.info({ method: request.method, url: request.url, error: 'client_aborted', blame: 'client', phase, pool, target, ms: Math.round(ms) },
     `client_aborted: the client went away during the ${phase} phase`)
+}
+
+/**
+ * A request that succeeded only after a retry: one info record listing its tries, so a target
+ * that keeps failing is visible before it is ejected (the failed tries are counted per target).
+ */
+export function logRecovered (request: FastifyRequest, pool: string, status: number, attempts: readonly AttemptRecord[], ms: number): void {
+  const failed = attempts.filter((a) => a.error !== null || a.status !== status)
+  const last = attempts[attempts.length - 1]!
+  const earlier = failed.map((a) => `${a.target} ${a.error ?? `answered ${a.status ?? '?'}`}${a.cause !== null ? ` (${a.cause})` : ''}`).join(', ')
+  request.log.info({ method: request.method, url: request.url, status, pool, target: last.target, attempts, ms: Math.round(ms), retried: true },
+    `${status} after ${attempts.length} tries: ${pool} target ${last.target} answered; earlier: ${earlier}`)
 }

@@ -34,6 +34,9 @@ export interface Outage {
 /** The latency sample a failed try counts as (see recordFailure). */
 const FAILURE_LATENCY_MS = 1000
 
+/** While every target is ejected, one trial request at most this often (half-open). */
+const TRIAL_INTERVAL_MS = 1000
+
 const OUT_STATES = new Set<TargetState>(['unhealthy', 'ejected', 'draining'])
 
 export class UpstreamPool {
@@ -43,13 +46,16 @@ export class UpstreamPool {
   readonly #balancer: Balancer
   readonly #log: FastifyBaseLogger
   readonly #checker: HealthChecker | null
-  readonly #timers = new Set<NodeJS.Timeout>()
   /** Requests waiting for a target with room (limits), oldest first. */
   readonly #waiters: Waiter[] = []
   readonly budget: RetryBudget
   #inPanic = false
   /** Requests in flight a target may have (see hasRoom). */
   readonly #room: number
+  /** The ejected target the last half-open trial went to, and when (see #trialTarget). */
+  #trial: { target: Target, at: number } | null = null
+  /** Each ejected target's timer to readmit it; a successful trial ends it early. */
+  readonly #ejections = new Map<Target, NodeJS.Timeout>()
 
   constructor (config: PoolConfig, log: FastifyBaseLogger) {
     this.name = config.name
@@ -97,7 +103,34 @@ export class UpstreamPool {
       const all = this.targets.filter((t) => !t.draining)
       return all.length > 0 ? this.#balancer.order(all, request) : []
     }
-    return []
+    const trial = this.#trialTarget(now)
+    if (trial === null) return []
+    this.#trial = { target: trial, at: now }
+    return [trial]
+  }
+
+  /**
+   * Half-open, as a circuit breaker: while no target may take traffic and some primary is out
+   * only by ejection, one request at a time, at most one a second, goes to the ejected primary
+   * whose ejection began first; its success ends that ejection. A single-target pool then
+   * serves again within about a second of its service coming back, not after outlier.ejectFor,
+   * and answers a fast 503 meanwhile (no connect per request).
+   */
+  #trialTarget (now: number): Target | null {
+    if (this.#trial !== null && now - this.#trial.at < TRIAL_INTERVAL_MS) return null
+    let first: Target | null = null
+    for (const target of this.targets) {
+      if (target.backup || target.draining || target.health === 'unhealthy' || !target.isEjected(now)) continue
+      // Ejected targets still busy with requests from before are no trial's place.
+      if (target.inFlight > 0) return null
+      if (first === null || target.since < first.since) first = target
+    }
+    return first
+  }
+
+  /** May this request try a target that is out: is it the half-open trial it was given? */
+  isTrial (target: Target): boolean {
+    return this.#trial?.target === target && target.isEjected()
   }
 
   get inPanic (): boolean {
@@ -159,7 +192,8 @@ export class UpstreamPool {
     const now = Date.now()
     const lines = this.targets.map((t) => `${t.hostPort}${t.backup ? ' (backup)' : ''}: ${t.why(t.state(now)) ?? 'available'}`)
     const waits = this.targets.flatMap((t) => {
-      if (t.isEjected(now)) return [(t.ejectedUntil! - now) / 1000]
+      // An ejected primary gets a half-open trial within a second (see #trialTarget).
+      if (t.isEjected(now)) return [Math.min(t.ejectedUntil! - now, t.backup ? Infinity : TRIAL_INTERVAL_MS) / 1000]
       if (t.health === 'unhealthy' && this.config.health !== null) return [(this.config.health.interval * this.config.health.healthyAfter) / 1000]
       return []
     })
@@ -175,6 +209,11 @@ export class UpstreamPool {
     target.recordLatency(ms)
     if (isFailureStatus(status)) {
       this.recordFailure(target, 'upstream_error_status', null, `${target.hostPort} answered ${status}`)
+      return
+    }
+    if (this.isTrial(target)) {
+      this.#trial = null
+      this.#readmit(target, `a trial request succeeded (${target.hostPort} answered ${status}) while no target could take traffic; on probation: one more failure ejects it again`)
       return
     }
     target.consecutiveFailures = 0
@@ -208,14 +247,21 @@ export class UpstreamPool {
       target.ejectedReason = `ejected after ${streak}, the last: ${last}`
     })
     const timer = setTimeout(() => {
-      this.#timers.delete(timer)
-      this.#change(target, `ejection of ${ms} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, ejection + 1)} ms`, () => {
-        target.readmit()
-        target.probation = true
-      }, 'ejected')
+      this.#readmit(target, `ejection of ${ms} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, ejection + 1)} ms`)
     }, ms)
     timer.unref()
-    this.#timers.add(timer)
+    this.#ejections.set(target, timer)
+  }
+
+  /** An ejection is over (its time passed, or a trial succeeded): back in rotation, on probation. */
+  #readmit (target: Target, reason: string): void {
+    clearTimeout(this.#ejections.get(target))
+    this.#ejections.delete(target)
+    // `from`: the clock may already have ended the ejection, so state() would not say so.
+    this.#change(target, reason, () => {
+      target.readmit()
+      target.probation = true
+    }, 'ejected')
   }
 
   drain (url: string): void {
@@ -247,8 +293,8 @@ export class UpstreamPool {
     this.#checker?.stop()
     for (const waiter of this.#waiters) clearTimeout(waiter.timer)
     this.#waiters.length = 0
-    for (const timer of this.#timers) clearTimeout(timer)
-    this.#timers.clear()
+    for (const timer of this.#ejections.values()) clearTimeout(timer)
+    this.#ejections.clear()
     await Promise.all(this.targets.map(async (t) => await t.close()))
   }
 

@@ -130,7 +130,7 @@ export class Attempt implements LegacyHandler {
 
   onComplete (trailers: string[] | null): void {
     this.#end()
-    if (!this.#abandoned) this.exchange.onAttemptEnd(trailers)
+    if (!this.#abandoned) this.exchange.onAttemptEnd(this, trailers)
   }
 
   onError (err: Error): void {

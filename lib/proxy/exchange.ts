@@ -46,6 +46,8 @@ export interface ExchangeEvents {
   broken: (exchange: Exchange, failure: Failure) => void
   /** The client went away first. */
   aborted: (exchange: Exchange, phase: string) => void
+  /** The response was delivered after one or more failed tries. */
+  recovered: (exchange: Exchange, status: number) => void
 }
 
 export class Exchange {
@@ -311,9 +313,10 @@ export class Exchange {
     return this.#downstream!.onData?.(chunk) !== false
   }
 
-  onAttemptEnd (trailers: string[] | null): void {
+  onAttemptEnd (attempt: Attempt, trailers: string[] | null): void {
     this.#settle()
     this.#downstream!.onComplete?.(trailers)
+    if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
   }
 
   onAttemptError (attempt: Attempt, err: unknown): void {
@@ -384,7 +387,12 @@ export class Exchange {
   }
 
   #mayTry (target: Target): boolean {
-    return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic)
+    return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
+  }
+
+  /** A half-open trial gets one try: a failed one is no reason to knock again at once. */
+  #mayTrial (target: Target): boolean {
+    return this.pool.isTrial(target) && !this.attempts.some((a) => a.target === target.hostPort)
   }
 
   /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */

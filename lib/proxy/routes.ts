@@ -9,7 +9,7 @@ import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
 import { rewriteLocation } from './location.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
-import { logFailure, logClientAborted } from '../errors/log.js'
+import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
@@ -56,6 +56,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     },
     aborted (exchange, phase) {
       logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
+    },
+    recovered (exchange, status) {
+      logRecovered(exchange.request, pool.name, status, exchange.attempts, exchange.ms)
     }
   }
 
