@@ -1,4 +1,5 @@
 import t from 'tap'
+import http from 'node:http'
 import { startGateway, waitFor } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
@@ -85,4 +86,65 @@ t.test('queueTimeout bounds the whole wait, even for a request woken without roo
   t.match(gw.app.upstream.pool('p').targets().find((target) => target.url === b.url), { state: 'ejected' })
   t.equal((await second).statusCode, 503, 'b\'s own answer passes through')
   t.equal((await first).statusCode, 200)
+})
+
+/** Opens a GET with its own connection; resolves once the response headers are in. */
+async function openStream (url: string): Promise<http.ClientRequest> {
+  return await new Promise((resolve, reject) => {
+    const req = http.get(url, { agent: false }, () => resolve(req))
+    req.on('error', reject)
+  })
+}
+
+t.test('defaults: 150 long-lived streams at once are all served, and the target stays healthy', async (t) => {
+  const held = new Set<http.ServerResponse>()
+  const u = await startUpstream('events', (req, res) => {
+    if (req.url === '/ping') return res.end('pong')
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.write('data: hello\n\n')
+    held.add(res)
+  })
+  t.teardown(async () => { for (const res of held) res.destroy(); await u.close() })
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url] } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  // More than the 128 open connections per target that used to be the default cap.
+  const streams = await Promise.all(Array.from({ length: 150 }, async () => await openStream(`${gw.url}/p/events`)))
+  t.teardown(() => { for (const req of streams) req.destroy() })
+  const res = await gw.request('/p/ping')
+  t.equal(await res.body.text(), 'pong', 'the next request is served at once')
+  t.match(gw.app.upstream.pool('p').targets()[0], { state: 'healthy', failures: 0, inFlight: 150 })
+  t.same(gw.failures(), [])
+})
+
+t.test('connections.perTarget, when set, makes the next request wait in the queue phase, never blamed on the target', async (t) => {
+  const held = new Set<http.ServerResponse>()
+  const u = await startUpstream('events', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    res.write('data: hello\n\n')
+    held.add(res)
+  })
+  t.teardown(async () => { for (const res of held) res.destroy(); await u.close() })
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [u.url], connections: { perTarget: 2 }, limits: { queueTimeout: 300 }, outlier: { consecutiveFailures: 1 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const streams = await Promise.all([openStream(`${gw.url}/p/a`), openStream(`${gw.url}/p/b`)])
+  const statuses: number[] = []
+  for (let i = 0; i < 3; i++) {
+    const res = await gw.request('/p/c', { headers: { accept: 'application/json' } })
+    statuses.push(res.statusCode)
+    const problem = await res.body.json() as Problem
+    t.match(problem, { error: 'connection_limit_reached', blame: 'gateway', phase: 'queue' })
+    t.match(problem.hint, /connections\.perTarget \(2\) connections in use, and this request waited limits\.queueTimeout \(300 ms\)/)
+  }
+  t.same(statuses, [503, 503, 503])
+  t.match(gw.app.upstream.pool('p').targets()[0], { state: 'healthy', failures: 0 }, 'not a connect timeout, not ejected')
+
+  // When a stream ends, a waiting request takes its connection.
+  const waiting = gw.request('/p/d')
+  await waitFor(() => gw.app.upstream.pool('p').targets()[0]!.inFlight === 2)
+  streams[0]!.destroy()
+  const served = await waiting
+  t.equal(served.statusCode, 200)
+  served.body.destroy()
+  streams[1]!.destroy()
 })
