@@ -150,3 +150,46 @@ t.test('with bodyLimit, a declared body over it gets 413 before any 100 Continue
   t.teardown(() => appRoute.socket.destroy())
   t.match(appRoute.first, /^HTTP\/1\.1 100 Continue/, 'paths outside the routes keep Node\'s behaviour')
 })
+
+t.test('timeouts.body: a client that stops mid-upload gets 408, and the target is not blamed', async (t) => {
+  const u = await startUpstream('sink', (req, res) => { req.resume(); req.on('end', () => res.end('whole')) })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { up: { targets: [u.url], timeouts: { body: 300 } } }, routes: [{ prefix: '/up', pool: 'up' }] })
+  const { port } = new URL(gw.url)
+  const started = Date.now()
+  const answer = await new Promise<string>((resolve, reject) => {
+    // 200 KB declared, 100 KB sent: more than the replay buffer, so the body streams upstream.
+    const socket = net.connect(Number(port), '127.0.0.1', () => {
+      socket.write(`POST /up/file HTTP/1.1\r\nHost: gw\r\nAccept: application/json\r\nContent-Length: ${200 * 1024}\r\n\r\n`)
+      socket.write(Buffer.alloc(100 * 1024, 'x'))
+    })
+    let text = ''
+    socket.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
+    socket.on('close', () => resolve(text))
+    socket.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1\.1 408 /)
+  const problem = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { error: string, blame: string, hint: string }
+  t.match(problem, { error: 'http_request_error', blame: 'client', hint: /sent no part of its body for 300 ms \(timeouts\.body\)/ })
+  t.ok(Date.now() - started < 3000, 'answered soon after the client fell silent')
+  t.match(gw.app.upstream.pool('up').targets()[0], { failures: 0, state: 'healthy' })
+  t.equal(gw.failures().length, 1)
+  t.equal(gw.failures()[0]!.level, 40, 'a client fault logs at warn')
+})
+
+t.test('timeouts.body: an upstream that stops taking the body gets connection_write_timeout', async (t) => {
+  const held = new Set<import('node:http').IncomingMessage>()
+  // Reads nothing and never answers: the body backs up into the gateway.
+  const u = await startUpstream('deaf', (req) => { req.pause(); held.add(req) })
+  t.teardown(async () => { for (const req of held) req.destroy(); await u.close() })
+  const gw = await startGateway(t, { pools: { up: { targets: [u.url], timeouts: { body: 400 } } }, routes: [{ prefix: '/up', pool: 'up' }] })
+  const size = 64 * MB
+  // The answer comes while the client still has body to send: it gives up the rest after.
+  const upload = new AbortController()
+  const res = await gw.request('/up/file', { method: 'PUT', body: generated(size), signal: upload.signal, headers: { 'content-length': String(size), accept: 'application/json' } })
+  t.equal(res.statusCode, 504)
+  t.match(await res.body.json(), { error: 'connection_write_timeout', blame: 'upstream', phase: 'send' })
+  upload.abort()
+  t.equal(gw.failures().length, 1)
+  t.match(gw.failures()[0], { level: 50, error: 'connection_write_timeout', msg: /stopped reading/ })
+})

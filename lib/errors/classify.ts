@@ -47,9 +47,12 @@ export const GATEWAY_CODES = {
   clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
   // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
   bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE',
-  // timeouts.total passed while the client was still sending its body: its delay, not the
-  // upstream's.
-  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT'
+  // The client stalled mid-upload (timeouts.body), or was still sending when timeouts.total
+  // passed: its delay, not the upstream's.
+  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT',
+  // The upstream took no part of the request body for timeouts.body while the client had more
+  // to give (nginx's proxy_send_timeout).
+  sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT'
 } as const
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
@@ -68,6 +71,7 @@ export function classify (err: unknown, progress: Progress): Classified {
     return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
   }
   if (code === GATEWAY_CODES.bodyTooLarge || code === GATEWAY_CODES.clientBodyTimeout) return { error: 'http_request_error', phase: 'send', cause: null }
+  if (code === GATEWAY_CODES.sendTimeout) return { error: 'connection_write_timeout', phase: 'send', cause: null }
   if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
 
   switch (code) {

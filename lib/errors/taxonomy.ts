@@ -15,6 +15,7 @@ export type ProxyErrorType =
   | 'http_protocol_error'
   | 'http_response_header_section_size'
   | 'connection_read_timeout'
+  | 'connection_write_timeout'
   | 'http_response_incomplete'
   | 'destination_unavailable'
   | 'connection_limit_reached'
@@ -102,6 +103,11 @@ export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
     status: 504, blame: 'upstream', temporary: true, sent: 'yes',
     title: 'Service stopped sending',
     detail: 'The service stopped sending its answer part way through.'
+  },
+  connection_write_timeout: {
+    status: 504, blame: 'upstream', temporary: true, sent: 'maybe',
+    title: 'Service stopped reading',
+    detail: 'The service stopped taking the request part way through.'
   },
   http_response_incomplete: {
     status: 502, blame: 'upstream', temporary: true, sent: 'yes',

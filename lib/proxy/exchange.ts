@@ -13,6 +13,7 @@ import { endToEnd } from './forwarding.js'
 import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { watchUpload, type UploadWatch } from './upload.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { backoff, conditionOf, isFreeRetry, shouldRetryFailure, shouldRetryStatus } from './retry.js'
 
@@ -70,6 +71,8 @@ export class Exchange {
   #downstream: LegacyHandler | null = null
   #downstreamStarted = false
   #totalTimer: NodeJS.Timeout | null = null
+  /** Watches the client's upload for a stall (timeouts.body); null without a body to watch. */
+  #upload: UploadWatch | null = null
   /** A pending wait: for room in the queue, or the backoff before a retry. */
   #waiting: { cancel: () => void } | null = null
   /** When the current wait in line for room must end (limits.queueTimeout); null when not waiting. */
@@ -84,13 +87,24 @@ export class Exchange {
     readonly pool: UpstreamPool,
     private readonly events: ExchangeEvents
   ) {
-    const total = route.timeouts.total
+    const { total, body } = route.timeouts
     if (total !== false) {
       this.#totalTimer = setTimeout(() => {
         this.abort(this.#clientStillSending()
-          ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `timeouts.total (${total} ms) passed before the client sent its whole body`)
+          ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
           : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${total} ms) passed`))
       }, total)
+    }
+    if (body !== false && this.#clientStillSending()) {
+      this.#upload = watchUpload(request.raw, body, {
+        clientStalled: () => {
+          this.abort(new GatewayError(GATEWAY_CODES.clientBodyTimeout, `The client sent no part of its body for ${body} ms (timeouts.body) before finishing it. Raise timeouts.body for this route if clients upload this slowly.`))
+        },
+        upstreamStalled: () => {
+          this.abort(new GatewayError(GATEWAY_CODES.sendTimeout, `the upstream took no part of the request body for ${body} ms`))
+        },
+        sending: () => this.#attempt?.connected === true
+      })
     }
     reply.raw.once('close', () => {
       if (!reply.raw.writableFinished && !this.settled) {
@@ -150,7 +164,7 @@ export class Exchange {
       this.#waiting?.cancel()
       this.#waiting = null
       if (reason.code === GATEWAY_CODES.clientBodyTimeout) {
-        this.#clientTooSlow()
+        this.#clientTooSlow(reason.message)
         return
       }
       this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.#waitingPhase)
@@ -332,7 +346,7 @@ export class Exchange {
       // The client's fault, not the target's: no failure counts against it, and no retry.
       this.attempts.push(record)
       if (err instanceof BodyTooLarge) this.#refuseBody(`passed ${err.limit} bytes while it streamed to ${attempt.target.hostPort}, so that upstream request was cut`)
-      else this.#clientTooSlow()
+      else this.#clientTooSlow((err as Error).message)
       return
     }
     // A try whose body broke was recorded when its headers came: that record now tells the end.
@@ -419,8 +433,7 @@ export class Exchange {
 
   /**
    * The client's own fault, with the status the classifier gives it: never retried, never
-   * counted against a target. The rest of the body is not read: the connection closes after
-   * the answer (as nginx does) instead of draining a body nobody wants.
+   * counted against a target. The connection closes after the answer.
    */
   #refuseClient (code: string, why: string): void {
     const { error, status, detail } = classifyClientFault(code)
@@ -449,11 +462,12 @@ export class Exchange {
   }
 
   /**
-   * timeouts.total passed while the client was still sending its body (nginx's
-   * client_body_timeout answers the same): a slow upload is not the upstream's failure.
+   * The client stalled mid-upload (timeouts.body) or was still sending when timeouts.total
+   * passed; nginx's client_body_timeout answers the same. A slow upload is not the upstream's
+   * failure. `why` names the timer, in operator words.
    */
-  #clientTooSlow (): void {
-    this.#refuseClient(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${this.route.timeouts.total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
+  #clientTooSlow (why: string): void {
+    this.#refuseClient(GATEWAY_CODES.clientBodyTimeout, why)
   }
 
   #failWith (err: unknown, progress: Progress, phase?: AttemptRecord['phase']): void {
@@ -474,6 +488,9 @@ export class Exchange {
   #fail (error: ProxyErrorType, context: FailureDetails): void {
     const failure = this.#failure(error, context)
     this.#settle()
+    // The rest of an unfinished upload is not read: the connection closes after the answer (as
+    // nginx does) instead of draining a body nobody wants, or stalling on one held back.
+    if (this.#clientStillSending()) this.reply.header('connection', 'close')
     // reply-from's handler is left without an answer on purpose: it would log the error a
     // second time and pick its own status. The gateway answers with the failure record.
     this.events.failed(this, failure)
@@ -502,6 +519,8 @@ export class Exchange {
     this.settled = true
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
+    this.#upload?.stop()
+    this.#upload = null
     this.#waiting?.cancel()
     this.#waiting = null
   }

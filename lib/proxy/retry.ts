@@ -22,7 +22,7 @@ export function conditionOf (error: ProxyErrorType, phase: Phase): RetryConditio
       // HTTP/1.1 has no REFUSED_STREAM; its nearest is a connection closed while the request
       // was still going out (the upstream did not take it).
       return phase === 'send' ? 'refused-stream' : 'reset'
-    case 'http_response_timeout':
+    case 'http_response_timeout': case 'connection_write_timeout':
       return 'timeout'
     default:
       return null
