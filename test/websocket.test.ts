@@ -1,46 +1,311 @@
+// WebSocket routes: a transparent tunnel through the pool, with real `ws` clients and servers
+// on 127.0.0.1. The upstream answers the handshake; the gateway only picks the target, passes
+// the handshake on whole, and copies bytes.
 import t from 'tap'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import { once } from 'node:events'
-import WebSocket, { WebSocketServer } from 'ws'
-import { startGateway } from './helpers/gateway.js'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import WebSocket, { WebSocketServer, type ServerOptions } from 'ws'
+import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
+import { startUpstream, freePort } from './helpers/servers.js'
 
-t.test('a websocket route proxies messages both ways with the forwarding headers', async (t) => {
-  const server = http.createServer()
-  const wss = new WebSocketServer({ server })
-  let upgradeHeaders: http.IncomingHttpHeaders = {}
+interface WsUpstream {
+  url: string
+  port: number
+  /** Handshakes this upstream accepted, with the headers it saw. */
+  handshakes: http.IncomingHttpHeaders[]
+  wss: WebSocketServer
+  close: () => Promise<void>
+}
+
+interface Teardown { teardown: (fn: () => unknown) => void }
+
+/** A WebSocket upstream that echoes every message, prefixed with its name. */
+async function wsUpstream (t: Teardown, name: string, options: Omit<ServerOptions, 'server' | 'port'> = {}): Promise<WsUpstream> {
+  const server = http.createServer((_req, res) => res.end(`plain from ${name}`))
+  const sockets = new Set<Socket>()
+  server.on('connection', (socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  const wss = new WebSocketServer({ server, ...options })
+  const handshakes: http.IncomingHttpHeaders[] = []
   wss.on('connection', (socket, req) => {
-    upgradeHeaders = req.headers
-    socket.on('message', (data) => socket.send(`echo ${String(data)} from ${req.url ?? ''}`))
+    handshakes.push(req.headers)
+    socket.on('message', (data) => socket.send(`${name}: ${String(data)}`))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
+  const port = (server.address() as AddressInfo).port
+  let closed = false
+  const close = async (): Promise<void> => {
+    if (closed) return
+    closed = true
     for (const client of wss.clients) client.terminate()
     wss.close()
+    for (const socket of sockets) socket.destroy()
     await new Promise((resolve) => server.close(resolve))
-  })
-  const target = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const gw = await startGateway(t, { pools: { live: { targets: [target] } }, routes: [{ prefix: '/live', pool: 'live', websocket: true }] })
+  }
+  t.teardown(close)
+  return { url: `http://127.0.0.1:${port}`, port, handshakes, wss, close }
+}
 
-  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/live/room/1?token=t`)
+/** Opens a WebSocket through the gateway; closed at teardown if the test leaves it open. */
+async function connect (t: Teardown, gw: Gateway, path: string, protocols?: string[], options?: WebSocket.ClientOptions): Promise<WebSocket> {
+  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}${path}`, protocols, options)
   t.teardown(() => ws.terminate())
   await once(ws, 'open')
-  ws.send('hello')
+  return ws
+}
+
+async function roundTrip (ws: WebSocket, text: string): Promise<string> {
+  ws.send(text)
   const [reply] = await once(ws, 'message') as [Buffer]
-  t.equal(String(reply), 'echo hello from /room/1?token=t')
-  t.equal(upgradeHeaders['x-forwarded-for'], '127.0.0.1')
-  t.equal(upgradeHeaders.via, '1.1 fastify-upstream')
-  t.match(upgradeHeaders['x-request-id'], /^req-/)
-  ws.close()
-  await once(ws, 'close')
+  return String(reply)
+}
+
+/** A handshake the upstream or gateway refused: its status, headers and body. */
+async function refusal (gw: Gateway, path: string, options?: WebSocket.ClientOptions): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: string }> {
+  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}${path}`, options)
+  ws.on('error', () => {})
+  const [, res] = await once(ws, 'unexpected-response') as [http.ClientRequest, http.IncomingMessage]
+  let body = ''
+  for await (const chunk of res) body += String(chunk)
+  ws.terminate()
+  return { status: res.statusCode!, headers: res.headers, body }
+}
+
+/** A handshake written by hand, for what a WebSocket client would refuse to send. */
+async function rawUpgrade (gw: Gateway, path: string): Promise<{ status: number, body: string }> {
+  const req = http.request(`${gw.url}${path}`, {
+    headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==' },
+    agent: false
+  })
+  req.end()
+  const res = await new Promise<http.IncomingMessage | null>((resolve) => {
+    req.once('response', resolve)
+    req.once('upgrade', (_res: http.IncomingMessage, socket: Socket) => {
+      socket.destroy()
+      resolve(null)
+    })
+  })
+  if (res === null) return { status: 101, body: '' }
+  let body = ''
+  for await (const chunk of res) body += String(chunk)
+  return { status: res.statusCode!, body }
+}
+
+const route = (prefix: string, pool: string): { prefix: string, pool: string, websocket: true } => ({ prefix, pool, websocket: true })
+
+t.test('messages go both ways through the tunnel, with the forwarding headers and the path rewritten', async (t) => {
+  const up = await wsUpstream(t, 'up')
+  let path = ''
+  up.wss.on('connection', (socket, req) => {
+    path = req.url ?? ''
+    socket.send('hello from upstream')
+  })
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
+  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/live/room/1?token=t`)
+  t.teardown(() => ws.terminate())
+  const [first] = await once(ws, 'message') as [Buffer]
+  t.equal(String(first), 'hello from upstream', 'the upstream speaks first')
+  t.equal(await roundTrip(ws, 'hi'), 'up: hi')
+  t.equal(await roundTrip(ws, 'x'.repeat(200_000)), `up: ${'x'.repeat(200_000)}`, 'a large message arrives whole')
+  t.equal(path, '/room/1?token=t')
+  const seen = up.handshakes[0]!
+  t.equal(seen['x-forwarded-for'], '127.0.0.1')
+  t.equal(seen.via, '1.1 fastify-upstream')
+  t.match(seen['x-request-id'], /^req-/)
+  t.equal(seen.host, `127.0.0.1:${up.port}`)
+  ws.close(1000, 'bye')
+  const [code, reason] = await once(ws, 'close') as [number, Buffer]
+  t.equal(code, 1000, 'the closing handshake passes through')
+  t.equal(String(reason), 'bye')
+})
+
+t.test('the handshake reaches the upstream whole: Authorization, Origin, custom headers, every subprotocol', async (t) => {
+  const up = await wsUpstream(t, 'up', { handleProtocols: (protocols) => [...protocols].at(-1) ?? false })
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
+  const ws = await connect(t, gw, '/live/x', ['chat.v1', 'chat.v2'], {
+    origin: 'https://app.example',
+    headers: { authorization: 'Bearer s3cret', 'x-tenant': 'acme', cookie: 'sid=1' }
+  })
+  const seen = up.handshakes[0]!
+  t.equal(seen.authorization, 'Bearer s3cret')
+  t.equal(seen.origin, 'https://app.example')
+  t.equal(seen['x-tenant'], 'acme')
+  t.equal(seen.cookie, 'sid=1')
+  t.equal(seen['sec-websocket-protocol'], 'chat.v1,chat.v2', 'both offered subprotocols, as the client sent them')
+  t.ok(seen['sec-websocket-key'])
+  t.equal(seen['sec-websocket-version'], '13')
+  t.match(seen['sec-websocket-extensions'], /permessage-deflate/)
+  t.equal(ws.protocol, 'chat.v2', "the upstream's choice reaches the client")
+  t.equal(await roundTrip(ws, 'compressed?'), 'up: compressed?', 'the negotiated extension works end to end')
+})
+
+t.test("the upstream's refusal reaches the client as sent: 403 with its body", async (t) => {
+  const server = http.createServer()
+  server.on('upgrade', (_req, socket) => {
+    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 17\r\nx-why: token\r\nconnection: close\r\n\r\nno entry: expired')
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  const gw = await startGateway(t, { pools: { live: { targets: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`] } }, routes: [route('/live', 'live')] })
+  const res = await refusal(gw, '/live/x')
+  t.equal(res.status, 403)
+  t.equal(res.body, 'no entry: expired')
+  t.equal(res.headers['x-why'], 'token')
+  t.equal(res.headers['proxy-status'], 'fastify-upstream; received-status=403')
+  t.same(gw.failures(), [], 'an upstream answer is not a gateway failure')
+})
+
+t.test('a dead upstream: 502 connection_refused in the gateway format, nothing internal, one log record', async (t) => {
+  const port = await freePort()
+  const gw = await startGateway(t, {
+    pools: { live: { targets: [`http://127.0.0.1:${port}`] } },
+    routes: [route('/live', 'live')],
+    errors: { expose: 'public' }
+  })
+  const res = await refusal(gw, '/live/x', { headers: { accept: 'application/json' } })
+  t.equal(res.status, 502)
+  t.match(res.headers['content-type'], /^application\/problem\+json/)
+  t.match(res.headers['proxy-status'], /^fastify-upstream; error=connection_refused\b/)
+  t.notMatch(res.headers['proxy-status'], /next-hop/)
+  const problem = JSON.parse(res.body) as Record<string, unknown>
+  t.match(problem, { status: 502, error: 'connection_refused', blame: 'upstream', phase: 'connect', temporary: true })
+  t.notOk('target' in problem || 'cause' in problem || 'attempts' in problem, 'no target, cause or attempts under public exposure')
+  const everything = JSON.stringify(res.headers) + res.body
+  t.notMatch(everything, String(port), 'no port')
+  t.notMatch(everything, /127\.0\.0\.1|ECONNREFUSED/, 'no address or system code')
+  t.equal(res.headers['x-request-id'], problem.requestId)
+  const failures = gw.failures()
+  t.equal(failures.length, 1, 'exactly one log record')
+  t.match(failures[0], { level: 50, status: 502, error: 'connection_refused', pool: 'live', target: `127.0.0.1:${port}`, cause: 'ECONNREFUSED', reqId: problem.requestId })
+  const [target] = gw.app.upstream.pool('live').targets()
+  t.match(target, { failures: 1, consecutiveFailures: 1, inFlight: 0, requests: 1 }, 'the refusal counts against the target')
+})
+
+t.test('upgrades are balanced across targets, and each tunnel counts in flight while it lives', async (t) => {
+  const a = await wsUpstream(t, 'a')
+  const b = await wsUpstream(t, 'b')
+  const gw = await startGateway(t, { pools: { live: { targets: [a.url, b.url] } }, routes: [route('/live', 'live')] })
+  const sockets = []
+  const names = []
+  for (let i = 0; i < 4; i++) {
+    const ws = await connect(t, gw, '/live/x')
+    sockets.push(ws)
+    names.push((await roundTrip(ws, 'who')).split(':')[0])
+  }
+  t.same(names, ['a', 'b', 'a', 'b'])
+  t.same(gw.app.upstream.pool('live').targets().map((s) => [s.requests, s.inFlight]), [[2, 2], [2, 2]])
+  for (const ws of sockets) ws.close()
+  await waitFor(() => gw.app.upstream.pool('live').targets().every((s) => s.inFlight === 0), 10000, 'tunnels to end')
+})
+
+t.test('a killed target is retried on connect: every upgrade still opens', async (t) => {
+  const a = await wsUpstream(t, 'a')
+  const b = await wsUpstream(t, 'b')
+  const gw = await startGateway(t, { pools: { live: { targets: [a.url, b.url] } }, routes: [route('/live', 'live')] })
+  await b.close()
+  for (let i = 0; i < 4; i++) {
+    const ws = await connect(t, gw, '/live/x')
+    t.equal(await roundTrip(ws, 'hi'), 'a: hi')
+    ws.close()
+  }
+  t.same(gw.failures(), [], 'no client saw a failure')
+  const [, dead] = gw.app.upstream.pool('live').targets()
+  t.ok(dead!.failures >= 1, 'the refused connects count against the killed target')
+  t.equal(dead!.lastError?.error, 'connection_refused')
+})
+
+t.test('a drained target gets no new tunnels; those open keep going', async (t) => {
+  const a = await wsUpstream(t, 'a')
+  const b = await wsUpstream(t, 'b')
+  const gw = await startGateway(t, { pools: { live: { targets: [a.url, b.url] } }, routes: [route('/live', 'live')] })
+  const first = await connect(t, gw, '/live/x')
+  t.equal(await roundTrip(first, 'hi'), 'a: hi')
+  gw.app.upstream.drain('live', a.url)
+  for (let i = 0; i < 3; i++) t.equal(await roundTrip(await connect(t, gw, '/live/x'), 'hi'), 'b: hi')
+  t.equal(await roundTrip(first, 'still'), 'a: still', 'the tunnel open before the drain still works')
+  t.same(gw.app.upstream.pool('live').targets().map((s) => s.inFlight), [1, 3])
+})
+
+t.test('200 concurrent tunnels open and close, and leave no socket behind', async (t) => {
+  const up = await wsUpstream(t, 'up')
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
+  const count = 200
+  const sockets = await Promise.all(Array.from({ length: count }, async () => await connect(t, gw, '/live/x')))
+  const replies = await Promise.all(sockets.map(async (ws, i) => await roundTrip(ws, `n${i}`)))
+  t.same(replies, sockets.map((_, i) => `up: n${i}`))
+  t.equal(gw.app.upstream.pool('live').targets()[0]!.inFlight, count)
+  await Promise.all(sockets.map(async (ws) => { ws.close(); await once(ws, 'close') }))
+  const connections = async (): Promise<number> => await new Promise((resolve) => gw.app.server.getConnections((_err, n) => resolve(n)))
+  let open = -1
+  await waitFor(() => { void connections().then((n) => { open = n }); return open === 0 && up.wss.clients.size === 0 }, 15000, 'every socket to close')
+  t.equal(gw.app.upstream.pool('live').targets()[0]!.inFlight, 0)
+  t.equal(up.handshakes.length, count)
+})
+
+t.test('app.close() ends open tunnels', async (t) => {
+  const up = await wsUpstream(t, 'up')
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
+  const ws = await connect(t, gw, '/live/x')
+  t.equal(await roundTrip(ws, 'hi'), 'up: hi')
+  const closed = once(ws, 'close')
+  await gw.close()
+  const [code] = await closed as [number]
+  t.equal(code, 1006, 'the client sees the connection end')
+  await waitFor(() => up.wss.clients.size === 0, 5000, 'the upstream side to close')
+})
+
+t.test('app.close() with open tunnels leaves no handle: the process exits on its own', async (t) => {
+  const script = fileURLToPath(new URL('./fixtures/websocket-close-child.ts', import.meta.url))
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const killer = setTimeout(() => child.kill('SIGKILL'), 20000)
+  const [code, signal] = await once(child, 'exit') as [number | null, NodeJS.Signals | null]
+  clearTimeout(killer)
+  t.equal(signal, null, 'the process was not killed: it exited by itself')
+  t.equal(code, 0)
+  const report = JSON.parse(output.trim().split('\n').pop()!) as { echoed: string[], closes: number[], left: string[] }
+  t.same(report.echoed, ['up: 0', 'up: 1', 'up: 2'])
+  t.same(report.closes, [1006, 1006, 1006])
+  t.same(report.left, [], 'no resource beyond those the process started with')
+})
+
+t.test('an upgrade request to a plain route, in an app with a websocket route, is answered as plain HTTP', async (t) => {
+  const up = await wsUpstream(t, 'up')
+  const plain = await startUpstream('plain')
+  t.teardown(plain.close)
+  const gw = await startGateway(t, {
+    pools: { live: { targets: [up.url] }, plain: { targets: [plain.url] } },
+    routes: [route('/live', 'live'), { prefix: '/plain', pool: 'plain' }]
+  })
+  const res = await rawUpgrade(gw, '/plain/x')
+  t.equal(res.status, 200)
+  const seen = JSON.parse(res.body) as { name: string, headers: http.IncomingHttpHeaders }
+  t.equal(seen.name, 'plain')
+  t.equal(seen.headers.upgrade, undefined, 'Upgrade is removed')
+  t.equal(seen.headers['sec-websocket-key'], 'dGhlIHNhbXBsZSBub25jZQ==', 'end-to-end headers pass')
+  const unknown = await rawUpgrade(gw, '/nowhere')
+  t.equal(unknown.status, 404, 'an unknown path gets the not-found answer, not a hang')
+  const plainOnWs = await rawUpgrade(gw, '/live/x')
+  t.equal(plainOnWs.status, 101, 'the same request on the websocket route is a handshake')
+})
+
+t.test('an app with no websocket route leaves upgrade requests to Fastify', async (t) => {
+  const plain = await startUpstream('plain')
+  t.teardown(plain.close)
+  const gw = await startGateway(t, { pools: { plain: { targets: [plain.url] } }, routes: [{ prefix: '/plain', pool: 'plain' }] })
+  t.equal(gw.app.server.listenerCount('upgrade'), 0)
+  t.equal((await rawUpgrade(gw, '/plain/x')).status, 200)
 })
 
 t.test('plain HTTP on a websocket route is still proxied', async (t) => {
-  const server = http.createServer((_req, res) => res.end('plain'))
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
-  const target = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const gw = await startGateway(t, { pools: { live: { targets: [target] } }, routes: [{ prefix: '/live', pool: 'live', websocket: true }] })
+  const up = await wsUpstream(t, 'up')
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
   const res = await gw.request('/live/x')
-  t.equal(await res.body.text(), 'plain')
+  t.equal(await res.body.text(), 'plain from up')
 })
