@@ -275,6 +275,28 @@ t.test('app.close() with open tunnels leaves no handle: the process exits on its
   t.same(report.left, [], 'no resource beyond those the process started with')
 })
 
+t.test("a tunnel has no idle timer unless its route sets timeouts.body; then silence both ways ends it", async (t) => {
+  const up = await wsUpstream(t, 'up')
+  const gw = await startGateway(t, {
+    // The pool's timeouts.body is for HTTP bodies; only the route's own applies to tunnels.
+    pools: { live: { targets: [up.url], timeouts: { body: 200 } } },
+    routes: [route('/quiet', 'live'), { ...route('/idle', 'live'), timeouts: { body: 600 } }]
+  })
+  const quiet = await connect(t, gw, '/quiet/x')
+  const idle = await connect(t, gw, '/idle/x')
+  const idleClosed = once(idle, 'close')
+  // Talk on the /idle tunnel for well over its limit: traffic keeps it open.
+  for (let i = 0; i < 8; i++) {
+    t.equal(await roundTrip(idle, `ping ${i}`), `up: ping ${i}`)
+    await new Promise((resolve) => setTimeout(resolve, 150))
+  }
+  const [code] = await idleClosed as [number]
+  t.equal(code, 1006, 'then silence ends it')
+  t.match(gw.logs.find((r) => /no data either way for 600 ms/.test(r.msg)), { level: 30, pool: 'live' })
+  // Proving that nothing fires needs a wait: several times the pool's 200 ms have passed.
+  t.equal(await roundTrip(quiet, 'still here'), 'up: still here', 'the route without its own timeouts.body kept its tunnel')
+})
+
 t.test('an upgrade request to a plain route, in an app with a websocket route, is answered as plain HTTP', async (t) => {
   const up = await wsUpstream(t, 'up')
   const plain = await startUpstream('plain')

@@ -75,6 +75,11 @@ export interface RouteConfig {
   rateLimit: Record<string, unknown> | false | null
   /** Bytes; null: no limit. */
   bodyLimit: number | null
+  /**
+   * The longest silence a WebSocket tunnel of this route may keep: `timeouts.body` when the
+   * route itself sets it; null (no idle timer) otherwise, as the pool's value is for HTTP bodies.
+   */
+  tunnelIdle: number | null
 }
 
 export interface ErrorsConfig {

@@ -279,7 +279,9 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, pool.timeouts),
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
     rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,
-    bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit, inherited.bodyLimit)
+    bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit, inherited.bodyLimit),
+    // Checked with the rest of `timeouts` above; only the route's own value counts here.
+    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
 }
 

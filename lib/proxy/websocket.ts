@@ -435,7 +435,9 @@ class Tunnel {
     }
     client.write(this.#switchingHead(rawHeaders))
     if (this.upgrade.head.length > 0) upstream.write(this.upgrade.head)
+    const idle = this.#idleTimer(client, upstream)
     const end = (): void => {
+      if (idle !== null) clearTimeout(idle)
       client.destroy()
       upstream.destroy()
       handshake.release()
@@ -447,6 +449,25 @@ class Tunnel {
     // FIN) and keeps each direction to the reader's pace.
     client.pipe(upstream)
     upstream.pipe(client)
+  }
+
+  /**
+   * A route that sets its own timeouts.body gives its tunnels an idle limit: silence both ways
+   * for that long ends the tunnel. Otherwise none: a quiet chat or a dashboard waiting for
+   * events may stay open for hours, and the two ends have their own pings for a dead peer.
+   */
+  #idleTimer (client: Socket, upstream: Socket): NodeJS.Timeout | null {
+    const ms = this.route.tunnelIdle
+    if (ms === null) return null
+    const timer = setTimeout(() => {
+      this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, target: this.#try?.target.hostPort ?? null, ms: Math.round(this.ms) },
+        `websocket tunnel closed: no data either way for ${ms} ms (timeouts.body of this route)`)
+      client.destroy()
+    }, ms)
+    const refresh = (): void => { timer.refresh() }
+    client.on('data', refresh)
+    upstream.on('data', refresh)
+    return timer
   }
 
   /**
