@@ -18,6 +18,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Candidates } from './candidates.js'
+import { TargetTry } from './try.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { appendList, forwardRequestHeaders, forwardResponseHeaders, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
@@ -110,28 +111,15 @@ export class WebSockets {
 }
 
 /** One try of the handshake on one target (undici's callback-style handler). */
-class Handshake implements Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError' | 'onUpgrade'> {
-  readonly startedAt = performance.now()
+class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError' | 'onUpgrade'> {
   abortTry: ((reason?: Error) => void) | null = null
   readonly progress: Progress = { connected: false, requestSent: false, responseStarted: false }
-  status: number | null = null
   #abandoned = false
   #released = false
   #timer: NodeJS.Timeout | null = null
 
-  constructor (private readonly tunnel: Tunnel, readonly target: Target) {
-    target.inFlight++
-    target.requests++
-  }
-
-  get ms (): number {
-    return performance.now() - this.startedAt
-  }
-
-  record (error: ProxyErrorType | null, cause: string | null, phase: AttemptRecord['phase']): AttemptRecord {
-    const record: AttemptRecord = { target: this.target.hostPort, error, cause, phase, ms: Math.round(this.ms) }
-    if (this.status !== null) record.status = this.status
-    return record
+  constructor (private readonly tunnel: Tunnel, target: Target) {
+    super(target)
   }
 
   /** timeouts.connect, to the millisecond (undici's own timer ticks about once a second). */
