@@ -2,7 +2,11 @@
 // connection to the same upstream, in the same run:
 //
 //   direct            ws client → ws echo upstream
+//   node-pipe         ws client → a bare node:net proxy (socket.pipe both ways) → upstream
 //   fastify-upstream  ws client → fastify-upstream (websocket route) → ws echo upstream
+//
+// node-pipe is the floor for any Node process on the path: what copying the bytes costs with
+// nothing else (no HTTP, no handshake, no pool).
 //
 // Run with `npm run bench:websocket`. Knobs (environment): BENCH_ROUND_TRIPS echo round trips
 // per measurement [10000], BENCH_CONNECTIONS connections sharing them, each sending its next
@@ -16,6 +20,7 @@
 // The client runs here; the upstream and the gateway each in a child process (see harness.ts:
 // in one process they would share one event loop, and the figures would measure mostly that).
 import os from 'node:os'
+import net from 'node:net'
 import { once } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import type { ChildProcess } from 'node:child_process'
@@ -28,12 +33,25 @@ import {
 
 const PREFIX = '/live'
 
-type Role = 'upstream' | 'gateway'
-type Variant = 'direct' | 'fastify-upstream'
-const VARIANTS: Variant[] = ['direct', 'fastify-upstream']
+type Role = 'upstream' | 'node-pipe' | 'gateway'
+type Variant = 'direct' | 'node-pipe' | 'fastify-upstream'
+const VARIANTS: Variant[] = ['direct', 'node-pipe', 'fastify-upstream']
 
-/** What the gateway child answers to `report`: its CPU time since the last `reset`, in µs. */
+/** What a proxy child answers to `report`: its CPU time since the last `reset`, in µs. */
 interface CpuTotal { cmd: 'report', cpu: number }
+
+function meterCpu (): void {
+  let cpuFrom = process.cpuUsage()
+  process.on('message', (message: { cmd: string }) => {
+    if (message.cmd === 'reset') {
+      cpuFrom = process.cpuUsage()
+      process.send?.({ cmd: 'reset' })
+    } else if (message.cmd === 'report') {
+      const cpu = process.cpuUsage(cpuFrom)
+      process.send?.({ cmd: 'report', cpu: cpu.user + cpu.system } satisfies CpuTotal)
+    }
+  })
+}
 
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
@@ -51,24 +69,31 @@ async function runChild (role: Role): Promise<void> {
     })
     return
   }
+  const upstreamPort = Number(process.env.BENCH_UPSTREAM_PORT)
+  meterCpu()
+  if (role === 'node-pipe') {
+    const server = net.createServer((client) => {
+      const upstream = net.connect(upstreamPort, HOST)
+      for (const socket of [client, upstream]) {
+        socket.setNoDelay(true)
+        socket.on('error', () => {})
+        socket.once('close', () => { client.destroy(); upstream.destroy() })
+      }
+      client.pipe(upstream)
+      upstream.pipe(client)
+    })
+    await new Promise<void>((resolve) => server.listen(0, HOST, resolve))
+    serveAsChild([(server.address() as net.AddressInfo).port], async () => { await new Promise((resolve) => server.close(resolve)) })
+    return
+  }
   const { default: Fastify } = await import('fastify')
   const { default: upstream } = await import('fastify-upstream')
   const app = Fastify({ logger: false })
   await app.register(upstream, {
-    pools: { live: { targets: [`http://${HOST}:${process.env.BENCH_UPSTREAM_PORT ?? ''}`] } },
+    pools: { live: { targets: [`http://${HOST}:${upstreamPort}`] } },
     routes: [{ prefix: PREFIX, pool: 'live', websocket: true }]
   })
   await app.listen({ port: 0, host: HOST })
-  let cpuFrom = process.cpuUsage()
-  process.on('message', (message: { cmd: string }) => {
-    if (message.cmd === 'reset') {
-      cpuFrom = process.cpuUsage()
-      process.send?.({ cmd: 'reset' })
-    } else if (message.cmd === 'report') {
-      const cpu = process.cpuUsage(cpuFrom)
-      process.send?.({ cmd: 'report', cpu: cpu.user + cpu.system } satisfies CpuTotal)
-    }
-  })
   serveAsChild([portOf(app.server)], async () => { await app.close() })
 }
 
@@ -95,7 +120,7 @@ interface Sample {
   roundTripsPerSecond: number
   /** Mean time of one round trip, in µs. */
   meanMicros: number
-  /** Gateway CPU time per round trip, in µs (null for direct: no gateway). */
+  /** The proxy process's CPU time per round trip, in µs (null for direct: no proxy). */
   cpuPerRoundTrip: number | null
 }
 
@@ -134,23 +159,25 @@ async function main (): Promise<void> {
   startWatchdog(rounds * VARIANTS.length * (total / 500 + 10) * 1000 + 60_000)
 
   const { ports: [upstreamPort] } = await startChild(import.meta.url, 'upstream')
-  const gateway = await startChild(import.meta.url, 'gateway', { BENCH_UPSTREAM_PORT: String(upstreamPort) })
+  const env = { BENCH_UPSTREAM_PORT: String(upstreamPort) }
+  const [pipe, gateway] = await Promise.all([startChild(import.meta.url, 'node-pipe', env), startChild(import.meta.url, 'gateway', env)])
   const urls: Record<Variant, string> = {
     direct: `ws://${HOST}:${upstreamPort}/echo`,
+    'node-pipe': `ws://${HOST}:${pipe.ports[0]}/echo`,
     'fastify-upstream': `ws://${HOST}:${gateway.ports[0]}${PREFIX}/echo`
   }
-  const meters: Record<Variant, ChildProcess | null> = { direct: null, 'fastify-upstream': gateway.child }
+  const meters: Record<Variant, ChildProcess | null> = { direct: null, 'node-pipe': pipe.child, 'fastify-upstream': gateway.child }
   const message = Buffer.alloc(bytes, 'x')
 
   console.log(`bench: ${rounds} round(s) of ${VARIANTS.join(' → ')}, ${total} echo round trips of ${bytes} bytes each ` +
     `over ${connections} connection(s), node ${process.version}, ${os.cpus().length} CPU(s)`)
-  const samples: Record<Variant, Sample[]> = { direct: [], 'fastify-upstream': [] }
+  const samples: Record<Variant, Sample[]> = { direct: [], 'node-pipe': [], 'fastify-upstream': [] }
   for (let round = 1; round <= rounds; round++) {
     for (const variant of VARIANTS) {
       const sample = await measure(urls[variant], total, connections, message, meters[variant])
       samples[variant].push(sample)
       console.log(`  round ${round}/${rounds} ${variant.padEnd(16)} ${Math.round(sample.roundTripsPerSecond)} round trips/s, ` +
-        `${Math.round(sample.meanMicros)} µs each` + (sample.cpuPerRoundTrip === null ? '' : `, ${Math.round(sample.cpuPerRoundTrip)} µs gateway CPU each`))
+        `${Math.round(sample.meanMicros)} µs each` + (sample.cpuPerRoundTrip === null ? '' : `, ${Math.round(sample.cpuPerRoundTrip)} µs proxy CPU each`))
     }
   }
 
@@ -163,11 +190,12 @@ async function main (): Promise<void> {
     }]
   })) as Record<Variant, Sample>
   const ratio = medians['fastify-upstream'].roundTripsPerSecond / medians.direct.roundTripsPerSecond
+  const pipeRatio = medians['fastify-upstream'].roundTripsPerSecond / medians['node-pipe'].roundTripsPerSecond
   const addedMicros = medians['fastify-upstream'].meanMicros - medians.direct.meanMicros
 
   console.log(`\nMedian of ${rounds} round(s), ${total} round trips each:\n`)
   console.log(formatTable([
-    ['variant', 'round trips/s', 'µs each', 'gateway CPU µs each'],
+    ['variant', 'round trips/s', 'µs each', 'proxy CPU µs each'],
     ...VARIANTS.map((variant) => {
       const m = medians[variant]
       return [variant, Math.round(m.roundTripsPerSecond).toString(), Math.round(m.meanMicros).toString(),
@@ -175,6 +203,7 @@ async function main (): Promise<void> {
     })
   ]))
   console.log(`\nfastify-upstream/direct (round trips/s): ${ratio.toFixed(2)}; the tunnel adds ${Math.round(addedMicros)} µs per round trip`)
+  console.log(`fastify-upstream/node-pipe (round trips/s): ${pipeRatio.toFixed(2)}`)
 
   const report = {
     date: new Date().toISOString(),
@@ -183,7 +212,7 @@ async function main (): Promise<void> {
     cpus: os.cpus().length,
     settings: { roundTrips: total, connections, messageBytes: bytes, rounds },
     medians,
-    ratio: { 'fastify-upstream/direct': ratio },
+    ratio: { 'fastify-upstream/direct': ratio, 'fastify-upstream/node-pipe': pipeRatio },
     addedMicrosPerRoundTrip: addedMicros,
     rounds: samples
   }
