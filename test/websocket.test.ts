@@ -405,6 +405,20 @@ t.test('an upgrade request to a plain route, in an app with a websocket route, i
   t.equal(plainOnWs.status, 101, 'the same request on the websocket route is a handshake')
 })
 
+t.test("beside the app's own 'upgrade' listener, the gateway takes only its websocket routes' upgrades", async (t) => {
+  const up = await wsUpstream(t, 'up')
+  const own = new WebSocketServer({ noServer: true })
+  own.on('connection', (socket) => socket.on('message', (data) => socket.send(`own: ${String(data)}`)))
+  t.teardown(() => { for (const client of own.clients) client.terminate(); own.close() })
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] }, {}, (app) => {
+    app.server.on('upgrade', (req, socket, head) => {
+      if (req.url?.startsWith('/own') === true) own.handleUpgrade(req, socket, head, (ws) => own.emit('connection', ws, req))
+    })
+  })
+  t.equal(await roundTrip(await connect(t, gw, '/own/x'), 'hi'), 'own: hi')
+  t.equal(await roundTrip(await connect(t, gw, '/live/x'), 'hi'), 'up: hi')
+})
+
 t.test('an app with no websocket route leaves upgrade requests to Fastify', async (t) => {
   const plain = await startUpstream('plain')
   t.teardown(plain.close)
