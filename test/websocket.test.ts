@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import WebSocket, { WebSocketServer, type ServerOptions } from 'ws'
 import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
-import { startUpstream, freePort, startBlackhole, selfSignedCert } from './helpers/servers.js'
+import { startUpstream, startTcp, freePort, startBlackhole, selfSignedCert } from './helpers/servers.js'
 
 interface WsUpstream {
   url: string
@@ -272,6 +272,20 @@ t.test("the app's hooks run for the handshake: an onRequest check can refuse it"
   t.equal(up.handshakes.length, 0)
   const ws = await connect(t, gw, '/live/x', undefined, { headers: { authorization: 'Bearer ok' } })
   t.equal(await roundTrip(ws, 'hi'), 'up: hi')
+})
+
+t.test('a client that leaves while the upstream decides frees its slot at once, with one info record', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  const gw = await startGateway(t, { pools: { live: { targets: [silent.url] } }, routes: [route('/live', 'live')] })
+  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/live/x`)
+  ws.on('error', () => {})
+  await waitFor(() => silent.hits === 1, 5000, 'the handshake to reach the upstream')
+  t.equal(gw.app.upstream.pool('live').targets()[0]!.inFlight, 1)
+  ws.terminate()
+  await waitFor(() => gw.app.upstream.pool('live').targets()[0]!.inFlight === 0, 5000, 'the slot to be freed')
+  t.match(gw.logs.filter((r) => r.error === 'client_aborted'), [{ level: 30, phase: 'headers', pool: 'live', target: `127.0.0.1:${silent.port}` }])
+  t.same(gw.failures(), [], 'not a failure of the gateway or the upstream')
 })
 
 t.test('upgrades are balanced across targets, and each tunnel counts in flight while it lives', async (t) => {

@@ -224,6 +224,8 @@ class Tunnel {
   #body: PassThrough | null = null
   /** After the 101: the upstream's socket. */
   #upstream: Socket | null = null
+  /** Bytes the client sent during the handshake, kept for the upstream. */
+  readonly #early: Buffer[] = []
 
   constructor (
     readonly request: FastifyRequest,
@@ -250,7 +252,13 @@ class Tunnel {
 
   start (): void {
     this.pool.budget.request()
-    this.upgrade.socket.once('close', this.#onClientClose)
+    const socket = this.upgrade.socket
+    socket.once('close', this.#onClientClose)
+    // Read while the upstream decides: a client that gives up sends its FIN ('end'), which an
+    // unread socket would never show, and its try would hold a slot until timeouts.headers.
+    // A WebSocket client sends nothing before the 101; anything it does send is kept.
+    socket.on('data', this.#onEarlyData)
+    socket.once('end', this.#onClientClose)
     if (this.#candidates.empty) {
       this.#fail('destination_unavailable', this.pool.outage())
       return
@@ -422,7 +430,8 @@ class Tunnel {
       socket.setNoDelay(true)
     }
     client.write(this.#switchingHead(rawHeaders))
-    if (this.upgrade.head.length > 0) upstream.write(this.upgrade.head)
+    const early = Buffer.concat([this.upgrade.head, ...this.#early])
+    if (early.length > 0) upstream.write(early)
     const idle = this.#idleTimer(client, upstream)
     const end = (): void => {
       if (idle !== null) clearTimeout(idle)
@@ -494,6 +503,10 @@ class Tunnel {
     this.upgrade.socket.destroy()
   }
 
+  readonly #onEarlyData = (chunk: Buffer): void => {
+    this.#early.push(chunk)
+  }
+
   readonly #onClientClose = (): void => {
     if (this.#settled) return
     const progress = this.#try?.progress
@@ -503,6 +516,7 @@ class Tunnel {
   #aborted (phase: string): void {
     this.#settle()
     this.#try?.abandon()
+    this.upgrade.socket.destroy()
     logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
   }
 
@@ -526,7 +540,11 @@ class Tunnel {
   #settle (open = false): void {
     if (this.#settled) return
     this.#settled = true
-    this.upgrade.socket.off('close', this.#onClientClose)
+    const socket = this.upgrade.socket
+    socket.pause()
+    socket.off('data', this.#onEarlyData)
+    socket.off('end', this.#onClientClose)
+    socket.off('close', this.#onClientClose)
     this.#waiting?.cancel()
     this.#waiting = null
     if (!open) this.onEnd()
