@@ -144,20 +144,51 @@ t.test('the handshake reaches the upstream whole: Authorization, Origin, custom 
   t.equal(await roundTrip(ws, 'compressed?'), 'up: compressed?', 'the negotiated extension works end to end')
 })
 
-t.test("the upstream's refusal reaches the client as sent: 403 with its body", async (t) => {
+/** An upstream that refuses every handshake with `status`, its headers and body. */
+async function refusingUpstream (t: Teardown, status: number, body: string, headers: Record<string, string> = {}): Promise<{ url: string, refusals: number }> {
   const server = http.createServer()
-  server.on('upgrade', (_req, socket) => {
-    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 17\r\nx-why: token\r\nconnection: close\r\n\r\nno entry: expired')
+  const running = { url: '', refusals: 0 }
+  server.on('upgrade', (_req, socket: Socket) => {
+    running.refusals++
+    const fields = Object.entries({ 'content-type': 'text/plain', 'content-length': String(Buffer.byteLength(body)), connection: 'close', ...headers })
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${fields.map(([name, value]) => `${name}: ${value}\r\n`).join('')}\r\n${body}`)
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
-  const gw = await startGateway(t, { pools: { live: { targets: [`http://127.0.0.1:${(server.address() as AddressInfo).port}`] } }, routes: [route('/live', 'live')] })
+  running.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  return running
+}
+
+t.test("the upstream's refusal reaches the client as sent: 403 with its body", async (t) => {
+  const up = await refusingUpstream(t, 403, 'no entry: expired', { 'x-why': 'token' })
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
   const res = await refusal(gw, '/live/x')
   t.equal(res.status, 403)
   t.equal(res.body, 'no entry: expired')
   t.equal(res.headers['x-why'], 'token')
   t.equal(res.headers['proxy-status'], 'fastify-upstream; received-status=403')
   t.same(gw.failures(), [], 'an upstream answer is not a gateway failure')
+})
+
+t.test('a refusal whose status errors.intercept lists gets the gateway page; one retry.on lists is retried', async (t) => {
+  const sad = await refusingUpstream(t, 503, 'stack trace the public must not see', { 'retry-after': '7' })
+  const up = await wsUpstream(t, 'up')
+  const gw = await startGateway(t, {
+    pools: { intercepted: { targets: [sad.url] }, retried: { targets: [sad.url, up.url], retry: { on: ['5xx'] } } },
+    routes: [route('/intercepted', 'intercepted'), route('/retried', 'retried')],
+    errors: { intercept: [503], expose: 'public' }
+  })
+  const res = await refusal(gw, '/intercepted/x', { headers: { accept: 'application/json' } })
+  t.equal(res.status, 503, 'the status stays')
+  t.equal(res.headers['retry-after'], '7')
+  t.match(res.headers['proxy-status'], /received-status=503/)
+  t.notMatch(res.headers['proxy-status'], /error=/, 'the gateway itself did not fail')
+  t.match(JSON.parse(res.body), { status: 503, error: 'upstream_error_status' })
+  t.notMatch(res.body, /stack trace/)
+  const before = sad.refusals
+  const ws = await connect(t, gw, '/retried/x')
+  t.equal(await roundTrip(ws, 'hi'), 'up: hi')
+  t.equal(sad.refusals, before + 1, 'the 503 was tried first, then the next target')
 })
 
 t.test('a dead upstream: 502 connection_refused in the gateway format, nothing internal, one log record', async (t) => {

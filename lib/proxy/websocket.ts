@@ -381,15 +381,17 @@ class Tunnel {
       this.#retryLater()
       return false
     }
+    const upstream = fromRaw(rawHeaders)
     if (this.context.config.errors.intercept.has(status)) {
       // As for any response (errors.intercept): the status stays, the body is the gateway's.
       handshake.abandon()
-      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status })
+      const retryAfter = Number(upstream['retry-after'])
+      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfter > 0 ? retryAfter : null })
       return false
     }
     this.#settle()
     const full = isFullExposure(this.context.config.errors, this.request)
-    const headers = forwardResponseHeaders(fromRaw(rawHeaders), this.#settings)
+    const headers = forwardResponseHeaders(upstream, this.#settings)
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
     const body = new PassThrough()
     body.on('drain', resume)
