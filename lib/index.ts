@@ -10,6 +10,7 @@ import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler } from './errors/framework.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
+import { WebSockets } from './proxy/websocket.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -42,7 +43,12 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // On shutdown, requests still in flight are answered, then their connections closed: a
   // keep-alive connection left open would hold app.close() for the keep-alive timeout.
   let closing = false
-  app.addHook('preClose', async () => { closing = true })
+  // Open WebSocket tunnels end too: each would hold the server open as long as it lives.
+  const websockets = config.routes.some((route) => route.websocket) ? new WebSockets(app, config.routes) : null
+  app.addHook('preClose', async () => {
+    closing = true
+    websockets?.close()
+  })
   app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) reply.header('connection', 'close')
     done(null, payload)
@@ -77,7 +83,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
       await gateway.register(rateLimit, config.rateLimit ?? { global: false })
     }
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!)
+      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets)
     }
   })
 }

@@ -78,6 +78,11 @@ export interface RouteConfig {
   /** Bytes; null: no limit. */
   bodyLimit: number | null
   rewriteLocation: boolean
+  /**
+   * The longest silence a WebSocket tunnel of this route may keep: `timeouts.body` when the
+   * route itself sets it; null (no idle timer) otherwise, as the pool's value is for HTTP bodies.
+   */
+  tunnelIdle: number | null
 }
 
 export interface ErrorsConfig {

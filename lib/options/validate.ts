@@ -278,7 +278,9 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
     rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,
     bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit),
-    rewriteLocation: boolean(join(path, 'rewriteLocation'), r.rewriteLocation, true)
+    rewriteLocation: boolean(join(path, 'rewriteLocation'), r.rewriteLocation, true),
+    // Checked with the rest of `timeouts` above; only the route's own value counts here.
+    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
 }
 

@@ -1,23 +1,19 @@
 // One try of an exchange on one target: undici calls it (a callback-style handler) as the
 // request goes out and the answer comes back, and it keeps the try's own timers: connect,
 // headers and body idle, each to the millisecond.
-import { performance } from 'node:perf_hooks'
 import type { Target } from '../pool/target.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
-import type { AttemptRecord } from '../errors/failure.js'
-import type { ProxyErrorType } from '../errors/taxonomy.js'
 import type { Exchange, LegacyHandler } from './exchange.js'
+import { TargetTry } from './try.js'
 
 /** One try on one target; undici calls it as the request progresses. */
-export class Attempt implements LegacyHandler {
-  readonly startedAt = performance.now()
+export class Attempt extends TargetTry implements LegacyHandler {
   /** Cuts this try; undici hands it over once the request is on a socket. */
   abortTry: ((reason?: Error) => void) | null = null
   connected = false
   /** undici has written the whole request, body included, to the socket. */
   requestSent = false
   responseStarted = false
-  status: number | null = null
   #abandoned = false
   #ended = false
   #headersTimer: NodeJS.Timeout | null = null
@@ -26,19 +22,8 @@ export class Attempt implements LegacyHandler {
   /** The client side paused the body (backpressure): silence then is not the upstream's. */
   #paused = false
 
-  constructor (private readonly exchange: Exchange, readonly target: Target) {
-    target.inFlight++
-    target.requests++
-  }
-
-  get ms (): number {
-    return performance.now() - this.startedAt
-  }
-
-  record (error: ProxyErrorType | null, cause: string | null, phase: AttemptRecord['phase']): AttemptRecord {
-    const record: AttemptRecord = { target: this.target.hostPort, error, cause, phase, ms: Math.round(this.ms) }
-    if (this.status !== null) record.status = this.status
-    return record
+  constructor (private readonly exchange: Exchange, target: Target) {
+    super(target)
   }
 
   /** The exchange has left this try behind: what undici says of it from now on is ignored. */

@@ -9,13 +9,15 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt } from './attempt.js'
+import { Candidates } from './candidates.js'
 import { endToEnd } from './forwarding.js'
 import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
+import { backstop } from './try.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
-import { backoff, conditionOf, isFreeRetry, shouldRetryFailure, shouldRetryStatus } from './retry.js'
+import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -25,10 +27,6 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
-/** undici's own timer behind one of ours: a second later, or none (0) when ours is off. */
-function backstop (ms: number | false): number {
-  return ms === false ? 0 : ms + 1000
-}
 
 type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
 
@@ -60,10 +58,7 @@ export class Exchange {
   /** Milliseconds spent waiting for a target with room (limits.maxConcurrent). */
   queueMs = 0
 
-  #candidates: Target[] = []
-  /** Targets that refused or could not be reached in this exchange. */
-  readonly #unreachable = new Set<Target>()
-  #next = 0
+  #candidates: Candidates | null = null
   #retries = 0
   #attempt: Attempt | null = null
   #opts: Dispatcher.DispatchOptions | null = null
@@ -128,8 +123,8 @@ export class Exchange {
       return
     }
     this.pool.budget.request()
-    this.#candidates = this.pool.candidates(this.request)
-    if (this.#candidates.length === 0) {
+    this.#candidates = new Candidates(this.pool, this.request)
+    if (this.#candidates.empty) {
       this.#fail('destination_unavailable', this.pool.outage())
       return
     }
@@ -180,7 +175,7 @@ export class Exchange {
   /** The next try: the next candidate that may take traffic and has room, else wait in line. */
   #tryNext (): void {
     this.#attempt = null
-    const target = this.#pickTarget()
+    const target = this.#candidates!.pick()
     if (target === 'none') {
       this.#giveUp('no other target can take traffic')
       return
@@ -220,25 +215,6 @@ export class Exchange {
       attempt.abandon()
       this.onAttemptError(attempt, err)
     }
-  }
-
-  /**
-   * Candidates in the balancer's order, starting after the last one tried, so a retry goes to
-   * a different target whenever there is one. A target that went out meanwhile is skipped.
-   */
-  #pickTarget (): Target | 'none' | 'full' {
-    let sawAvailable = false
-    const count = this.#candidates.length
-    for (let i = 0; i < count; i++) {
-      const target = this.#candidates[(this.#next + i) % count]!
-      if (!this.#mayTry(target)) continue
-      sawAvailable = true
-      if (this.pool.hasRoom(target)) {
-        this.#next = (this.#next + i + 1) % count
-        return target
-      }
-    }
-    return sawAvailable ? 'full' : 'none'
   }
 
   #queue (): void {
@@ -367,8 +343,8 @@ export class Exchange {
       return
     }
     // A target that could not even be connected to is not tried again in this exchange.
-    if (conditionOf(verdict.error, phase) === 'connect-failure') this.#unreachable.add(attempt.target)
-    const verdictOnRetry = shouldRetryFailure({
+    if (conditionOf(verdict.error, phase) === 'connect-failure') this.#candidates!.unreachable(attempt.target)
+    const next = afterFailure({
       error: verdict.error,
       phase: verdict.phase,
       method: this.request.method,
@@ -376,37 +352,16 @@ export class Exchange {
       retries: this.#retries,
       replayable: this.#body?.replayable ?? false,
       unreplayableWhy: this.#body?.why ?? ''
-    })
-    if (!verdictOnRetry.retry) {
-      // Say why only when something other than the policy's own count stopped the retries.
-      const spent = this.#retries >= this.route.retry.retries
-      this.#fail(verdict.error, { phase, cause, note: spent ? undefined : `not retried: ${verdictOnRetry.why}` })
+    }, () => this.#hasAnotherTry(), this.pool.budget)
+    if (!next.retry) {
+      this.#fail(verdict.error, { phase, cause, note: next.note })
       return
     }
-    if (!this.#hasAnotherTry()) {
-      this.#fail(verdict.error, { phase, cause, note: 'not retried: no other target can take traffic' })
-      return
-    }
-    const free = isFreeRetry(verdict.error)
-    if (!free && !this.pool.budget.tryRetry()) {
-      const { ratio, minPerSecond } = this.route.retry.budget
-      this.#fail(verdict.error, { phase, cause, note: `not retried: the retry budget is spent (retry.budget: ${ratio} of requests, at least ${minPerSecond}/s)` })
-      return
-    }
-    this.#retryLater(free)
+    this.#retryLater(next.free)
   }
 
   #hasAnotherTry (): boolean {
-    return this.#candidates.some((t) => this.#mayTry(t))
-  }
-
-  #mayTry (target: Target): boolean {
-    return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
-  }
-
-  /** A half-open trial gets one try: a failed one is no reason to knock again at once. */
-  #mayTrial (target: Target): boolean {
-    return this.pool.isTrial(target) && !this.attempts.some((a) => a.target === target.hostPort)
+    return this.#candidates!.hasAnother()
   }
 
   /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */

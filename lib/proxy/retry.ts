@@ -68,6 +68,25 @@ export function shouldRetryFailure (q: RetryQuestion): RetryVerdict {
   return { retry: true }
 }
 
+export type NextStep = { retry: true, free: boolean } | { retry: false, note: string | undefined }
+
+/**
+ * What follows a failed try: another one (`free` when the upstream never saw the request, see
+ * isFreeRetry), or the failure stands, with a note saying why when something other than the
+ * policy's own count of retries stopped it. Takes a retry from the budget when one is made.
+ */
+export function afterFailure (q: RetryQuestion, hasAnother: () => boolean, budget: { tryRetry: () => boolean }): NextStep {
+  const verdict = shouldRetryFailure(q)
+  if (!verdict.retry) return { retry: false, note: q.retries >= q.policy.retries ? undefined : `not retried: ${verdict.why}` }
+  if (!hasAnother()) return { retry: false, note: 'not retried: no other target can take traffic' }
+  const free = isFreeRetry(q.error)
+  if (!free && !budget.tryRetry()) {
+    const { ratio, minPerSecond } = q.policy.budget
+    return { retry: false, note: `not retried: the retry budget is spent (retry.budget: ${ratio} of requests, at least ${minPerSecond}/s)` }
+  }
+  return { retry: true, free }
+}
+
 /** An upstream answer that the policy retries (`5xx` in retry.on, or a listed status). */
 export function shouldRetryStatus (status: number, method: string, policy: RetryConfig, retries: number, replayable: boolean): boolean {
   const listed = policy.statuses.has(status) || (status >= 500 && policy.on.has('5xx'))

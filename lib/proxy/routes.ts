@@ -14,6 +14,7 @@ import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 
 /**
  * A request's exchange rides on the request itself, not in a WeakMap: a WeakMap entry lives
@@ -40,7 +41,7 @@ function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
@@ -66,6 +67,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     if (viaContains(request.headers.via, settings.proxyName)) {
       const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
+      return reply
+    }
+    // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
+    if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
+      websockets.open(request, reply, dest, { route, pool, config, answer })
       return reply
     }
     ;(request as RequestWithExchange)[kExchange] = new Exchange(request, reply, route, pool, events)
@@ -117,24 +123,6 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     reply.send(res.stream)
   }
 
-  // WebSocket upgrades are handed to `ws` by http-proxy, not to the dispatcher: the target is
-  // chosen before the upgrade, so a pool with none answers 503 instead of accepting the socket.
-  // Only websocket routes get this hook: a hook costs every request a step.
-  const websocketTargets = new WeakMap<FastifyRequest, string>()
-  function preHandler (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
-    if (request.headers.upgrade?.toLowerCase() !== 'websocket') return done()
-    const target = pool.candidates(request)[0]
-    if (target !== undefined) {
-      websocketTargets.set(request, target.url)
-      return done()
-    }
-    answer(request, reply, makeFailure('destination_unavailable', Object.assign({ pool: pool.name, ms: reply.elapsedTime }, pool.outage())))
-  }
-
-  function getUpstream (request: FastifyRequest): string {
-    return websocketTargets.get(request) ?? PLACEHOLDER_ORIGIN
-  }
-
   const proxyOptions = {
     upstream: '',
     rewritePrefix: route.rewritePrefix,
@@ -142,26 +130,17 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     // The gateway rewrites Location itself (location.ts): http-proxy's own would prefix every
     // relative one and replace rewritePrefix wherever it appears in the value.
     internalRewriteLocationHeader: false,
-    websocket: route.websocket,
     undici: new UpstreamDispatcher() as unknown as { request: never },
     disableRequestLogging: true,
     config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
-    ...(route.websocket ? { preHandler } : {}),
     replyOptions: {
-      getUpstream,
+      getUpstream: () => PLACEHOLDER_ORIGIN,
       rewriteRequestHeaders,
       rewriteHeaders,
       onResponse: onResponse as never,
       // Retries are the exchange's business; reply-from's own would retry 503s on its own.
       retryDelay: () => null
-    },
-    wsClientOptions: {
-      rewriteRequestHeaders: (headers: IncomingHttpHeaders, request: FastifyRequest) => {
-        const forwarded = forwardRequestHeaders(request, headers, settings)
-        if (request.headers.cookie !== undefined) forwarded.cookie = request.headers.cookie
-        return forwarded
-      }
     }
   }
 

@@ -1,0 +1,65 @@
+// The targets one request may try, in the balancer's order, shared by an HTTP exchange and a
+// WebSocket tunnel so both make the same choices: the next candidate after the last one tried
+// (a retry goes elsewhere whenever it can), never one that could not be connected to in this
+// request, and only targets that may take traffic (or any, in panic) and have room.
+import type { FastifyRequest } from 'fastify'
+import type { UpstreamPool } from '../pool/pool.js'
+import type { Target } from '../pool/target.js'
+
+export class Candidates {
+  readonly #list: Target[]
+  /** Targets that refused or could not be reached in this request. */
+  readonly #unreachable = new Set<Target>()
+  /** Targets tried in this request (a half-open trial gets one try). */
+  readonly #tried = new Set<Target>()
+  #next = 0
+
+  constructor (private readonly pool: UpstreamPool, request: FastifyRequest) {
+    this.#list = pool.candidates(request)
+  }
+
+  /** No target of the pool may take traffic (the request gets destination_unavailable). */
+  get empty (): boolean {
+    return this.#list.length === 0
+  }
+
+  /**
+   * The next target to try: one with room; 'full' when those that may take traffic are all at
+   * limits.maxConcurrent (wait in line); 'none' when none may. A target that went out since
+   * the list was made is skipped.
+   */
+  pick (): Target | 'none' | 'full' {
+    let sawAvailable = false
+    const count = this.#list.length
+    for (let i = 0; i < count; i++) {
+      const target = this.#list[(this.#next + i) % count]!
+      if (!this.#mayTry(target)) continue
+      sawAvailable = true
+      if (this.pool.hasRoom(target)) {
+        this.#next = (this.#next + i + 1) % count
+        this.#tried.add(target)
+        return target
+      }
+    }
+    return sawAvailable ? 'full' : 'none'
+  }
+
+  /** A target that could not even be connected to is not tried again in this request. */
+  unreachable (target: Target): void {
+    this.#unreachable.add(target)
+  }
+
+  /** Some candidate may still take a try. */
+  hasAnother (): boolean {
+    return this.#list.some((t) => this.#mayTry(t))
+  }
+
+  #mayTry (target: Target): boolean {
+    return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
+  }
+
+  /** The pool's half-open trial gets one try: a failed one is no reason to knock again at once. */
+  #mayTrial (target: Target): boolean {
+    return this.pool.isTrial(target) && !this.#tried.has(target)
+  }
+}

@@ -1,0 +1,569 @@
+// WebSocket routes: a transparent tunnel through the pool. The client's handshake goes to a
+// target the balancer picks (health, limits, connect retries as for any request), with every
+// end-to-end header; the client gets the upstream's own answer (its 101, or its refusal with
+// its body); after a 101, bytes are piped both ways untouched until either side closes.
+//
+// Node hands every upgrade request to the server's 'upgrade' listeners, never to Fastify. The
+// listener here sends it through Fastify's routing with a response of its own on the socket,
+// so hooks, rate limits and request ids apply, and anything that is not a handshake for a
+// websocket route is answered as plain HTTP (Upgrade removed) instead of hanging. The route
+// handler then opens the tunnel (see registerRoute).
+import { ServerResponse, type IncomingMessage, type Server } from 'node:http'
+import type { Socket } from 'node:net'
+import { PassThrough, type Duplex } from 'node:stream'
+import { performance } from 'node:perf_hooks'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
+import type { Config, RouteConfig } from '../options/config.js'
+import type { UpstreamPool } from '../pool/pool.js'
+import type { Target } from '../pool/target.js'
+import { Candidates } from './candidates.js'
+import { TargetTry, backstop } from './try.js'
+import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
+import { appendList, forwardRequestHeaders, forwardResponseHeaders, type ForwardingSettings } from './forwarding.js'
+import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
+import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
+import { logClientAborted, logFailure } from '../errors/log.js'
+import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+import type { ProxyErrorType } from '../errors/taxonomy.js'
+
+const kUpgrade = Symbol('fastify-upstream.upgrade')
+
+/** What Node handed over with an upgrade request: the client's socket and bytes already read. */
+interface Upgrade {
+  socket: Socket
+  head: Buffer
+}
+
+type UpgradeRequest = IncomingMessage & { [kUpgrade]?: Upgrade }
+
+/** Is this a WebSocket handshake the gateway took in through its 'upgrade' listener? */
+export function isWebSocketHandshake (request: FastifyRequest): boolean {
+  return (request.raw as UpgradeRequest)[kUpgrade] !== undefined &&
+    request.method === 'GET' &&
+    request.headers.upgrade?.toLowerCase() === 'websocket'
+}
+
+/** What a websocket route gives its tunnels. */
+export interface TunnelRoute {
+  route: RouteConfig
+  pool: UpstreamPool
+  config: Config
+  /** Logs the failure once and answers it (the route's error responder). */
+  answer: (request: FastifyRequest, reply: FastifyReply, failure: Failure) => void
+}
+
+/** The gateway's websocket side: the server's 'upgrade' listener and every live tunnel. */
+export class WebSockets {
+  readonly #tunnels = new Set<Tunnel>()
+  readonly #server: Server
+  readonly #routing: (req: IncomingMessage, res: ServerResponse) => void
+  /** Prefixes of the gateway's routes, longest first, and whether each is a websocket route. */
+  readonly #prefixes: Array<{ prefix: string, websocket: boolean }>
+
+  constructor (app: FastifyInstance, routes: readonly RouteConfig[]) {
+    this.#server = app.server as Server
+    this.#routing = app.routing.bind(app)
+    this.#prefixes = routes.map((r) => ({ prefix: r.prefix.replace(/\/+$/, ''), websocket: r.websocket }))
+      .sort((a, b) => b.prefix.length - a.prefix.length)
+    this.#server.on('upgrade', this.#onUpgrade)
+  }
+
+  /** Ends every tunnel and handshake (app.close()): an open tunnel would hold the server open. */
+  close (): void {
+    this.#server.off('upgrade', this.#onUpgrade)
+    for (const tunnel of this.#tunnels) tunnel.shutdown()
+    this.#tunnels.clear()
+  }
+
+  /** Starts a tunnel for a handshake that reached a websocket route. */
+  open (request: FastifyRequest, reply: FastifyReply, dest: string, context: TunnelRoute): void {
+    // `dest` is the route's path rewritten (rewritePrefix); the query goes on as the client sent it.
+    const url = request.raw.url ?? ''
+    const query = url.indexOf('?')
+    const path = query >= 0 ? dest + url.slice(query) : dest
+    const tunnel = new Tunnel(request, reply, (request.raw as UpgradeRequest)[kUpgrade]!, path, context, () => this.#tunnels.delete(tunnel))
+    this.#tunnels.add(tunnel)
+    tunnel.start()
+  }
+
+  readonly #onUpgrade = (req: IncomingMessage, duplex: Duplex, head: Buffer): void => {
+    // Beside other 'upgrade' listeners (the app's own WebSocket server), take only what a
+    // websocket route serves; alone, take everything, or Node would leave it unanswered.
+    if (this.#server.listenerCount('upgrade') > 1 && !this.#servesWebSocket(req.url ?? '/')) return
+    const socket = duplex as Socket
+    // Node took its own listeners off this socket: without one, an error would crash the process.
+    socket.on('error', () => {})
+    ;(req as UpgradeRequest)[kUpgrade] = { socket, head }
+    const res = new ServerResponse(req)
+    // Node's parser has let go of this socket, so it carries this one answer and closes.
+    res.shouldKeepAlive = false
+    res.assignSocket(socket)
+    res.once('finish', () => { socket.destroySoon() })
+    this.#routing(req, res)
+  }
+
+  #servesWebSocket (url: string): boolean {
+    const path = url.split('?', 1)[0]!
+    const match = this.#prefixes.find(({ prefix }) => prefix === '' || path === prefix || path.startsWith(`${prefix}/`))
+    return match?.websocket ?? false
+  }
+}
+
+/** One try of the handshake on one target (undici's callback-style handler). */
+class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError' | 'onUpgrade'> {
+  abortTry: ((reason?: Error) => void) | null = null
+  readonly progress: Progress = { connected: false, requestSent: false, responseStarted: false }
+  #abandoned = false
+  #released = false
+  #timer: NodeJS.Timeout | null = null
+
+  constructor (private readonly tunnel: Tunnel, target: Target) {
+    super(target)
+  }
+
+  /** timeouts.connect, to the millisecond (undici's own timer ticks about once a second). */
+  startConnectTimer (ms: number, onTimeout: () => void): void {
+    this.#timer = setTimeout(onTimeout, ms)
+  }
+
+  /** The tunnel has left this try behind: what undici says of it from now on is ignored. */
+  abandon (reason?: Error): void {
+    this.#abandoned = true
+    this.abortTry?.(reason ?? new GatewayError(GATEWAY_CODES.clientAborted, 'abandoned by the gateway'))
+    this.release()
+  }
+
+  /** The target's slot is free again: the try failed, or the refusal or tunnel ended. */
+  release (): void {
+    this.#clearTimer()
+    if (this.#released) return
+    this.#released = true
+    this.target.inFlight--
+    this.tunnel.pool.released()
+  }
+
+  onConnect (abort: (reason?: Error) => void): void {
+    this.abortTry = abort
+    this.#clearTimer()
+    if (this.#abandoned) {
+      abort(new Error('abandoned by the gateway'))
+      return
+    }
+    this.progress.connected = true
+  }
+
+  // timeouts.headers for the upstream's answer to the handshake, from the request sent.
+  onRequestSent (): void {
+    if (this.#abandoned || this.progress.responseStarted) return
+    this.progress.requestSent = true
+    const ms = this.tunnel.route.timeouts.headers
+    if (ms === false) return
+    this.#timer = setTimeout(() => {
+      this.abortTry?.(new GatewayError(GATEWAY_CODES.headersTimeout, `no answer to the handshake within ${ms} ms`))
+    }, ms)
+  }
+
+  onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+    this.#clearTimer()
+    if (this.#abandoned) {
+      socket.destroy()
+      return
+    }
+    this.status = statusCode
+    this.progress.responseStarted = true
+    this.tunnel.onOpen(this, (rawHeaders ?? []) as Buffer[], socket as Socket)
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (this.#abandoned) return false
+    // An interim answer (100, 103): the final one follows.
+    if (statusCode < 200) return true
+    this.#clearTimer()
+    this.status = statusCode
+    this.progress.responseStarted = true
+    return this.tunnel.onRefusal(this, statusCode, rawHeaders, resume)
+  }
+
+  onData (chunk: Buffer): boolean {
+    return !this.#abandoned && this.tunnel.onRefusalData(chunk)
+  }
+
+  onComplete (): void {
+    this.release()
+    if (!this.#abandoned) this.tunnel.onRefusalEnd()
+  }
+
+  onError (err: Error): void {
+    this.release()
+    if (!this.#abandoned) this.tunnel.onTryError(this, err)
+  }
+
+  #clearTimer (): void {
+    if (this.#timer !== null) clearTimeout(this.#timer)
+    this.#timer = null
+  }
+}
+
+/** One client's handshake and, once the upstream said 101, its tunnel. */
+class Tunnel {
+  readonly startedAt = performance.now()
+  readonly attempts: AttemptRecord[] = []
+  readonly route: RouteConfig
+  readonly pool: UpstreamPool
+  readonly #settings: ForwardingSettings
+  readonly #headers: Record<string, string | string[] | undefined>
+  readonly #candidates: Candidates
+  #try: Handshake | null = null
+  #retries = 0
+  /** A pending wait: for room (limits), or the backoff before a retry. */
+  #waiting: { cancel: () => void } | null = null
+  #waitingPhase: AttemptRecord['phase'] = 'route'
+  /** The handshake has ended one way or another; late events are ignored. */
+  #settled = false
+  /** The refusal's body, on its way to the client. */
+  #body: PassThrough | null = null
+  /** After the 101: the upstream's socket. */
+  #upstream: Socket | null = null
+  /** Bytes the client sent during the handshake, kept for the upstream. */
+  readonly #early: Buffer[] = []
+
+  constructor (
+    readonly request: FastifyRequest,
+    readonly reply: FastifyReply,
+    readonly upgrade: Upgrade,
+    readonly path: string,
+    readonly context: TunnelRoute,
+    private readonly onEnd: () => void
+  ) {
+    this.route = context.route
+    this.pool = context.pool
+    this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader }
+    // Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
+    // subprotocol, Sec-WebSocket-Key/Version/Extensions), plus the forwarding headers. Connection
+    // and Upgrade are hop-by-hop: undici writes its own `connection: upgrade` and
+    // `upgrade: websocket` for the `upgrade` option (and refuses them as headers).
+    this.#headers = forwardRequestHeaders(request, request.headers, this.#settings) as Record<string, string | string[] | undefined>
+    this.#candidates = new Candidates(this.pool, request)
+  }
+
+  get ms (): number {
+    return performance.now() - this.startedAt
+  }
+
+  start (): void {
+    this.pool.budget.request()
+    const socket = this.upgrade.socket
+    socket.once('close', this.#onClientClose)
+    // Read while the upstream decides: a client that gives up sends its FIN ('end'), which an
+    // unread socket would never show, and its try would hold a slot until timeouts.headers.
+    // A WebSocket client sends nothing before the 101; anything it does send is kept.
+    socket.on('data', this.#onEarlyData)
+    socket.once('end', this.#onClientClose)
+    if (this.#candidates.empty) {
+      this.#fail('destination_unavailable', this.pool.outage())
+      return
+    }
+    this.#tryNext()
+  }
+
+  #tryNext (): void {
+    this.#try = null
+    const target = this.#candidates.pick()
+    if (target === 'none') {
+      this.#giveUp()
+      return
+    }
+    if (target === 'full') {
+      this.#queue()
+      return
+    }
+    const handshake = new Handshake(this, target)
+    this.#try = handshake
+    const { connect, headers, body } = this.route.timeouts
+    if (connect !== false) {
+      handshake.startConnectTimer(connect, () => {
+        handshake.abandon()
+        this.onTryError(handshake, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
+      })
+    }
+    try {
+      // The target's own keep-alive pool: its connector, TLS options and connect gate. An
+      // upgraded socket leaves that pool, so open tunnels never hold its connections.
+      target.client(backstop(connect)).dispatch({
+        origin: target.url,
+        path: this.path,
+        method: 'GET',
+        headers: Object.assign({}, this.#headers, { host: target.hostHeader }),
+        upgrade: 'websocket',
+        headersTimeout: backstop(headers),
+        bodyTimeout: backstop(body)
+      }, handshake as Dispatcher.DispatchHandler)
+    } catch (err) {
+      handshake.abandon()
+      this.onTryError(handshake, err)
+    }
+  }
+
+  /** Every target that may take it is at limits.maxConcurrent: wait for room, queueTimeout at most. */
+  #queue (): void {
+    const { limits } = this.pool.config
+    const queuedAt = performance.now()
+    this.#waitingPhase = 'queue'
+    const full = `Every target that may take this upgrade has ${this.pool.roomWords()} (requests and tunnels)`
+    const waiter = this.pool.enqueue(() => {
+      this.#waiting = null
+      if (!this.#settled) this.#tryNext()
+    }, () => {
+      this.#waiting = null
+      this.#fail('connection_limit_reached', { phase: 'queue', why: `${full}; it waited limits.queueTimeout (${limits.queueTimeout} ms).`, retryAfter: 1, queueMs: performance.now() - queuedAt })
+    }, limits.queueTimeout)
+    if (waiter === null) {
+      this.#fail('connection_limit_reached', { phase: 'queue', why: `${full}, and limits.maxPending (${limits.maxPending}) already wait.`, retryAfter: 1 })
+      return
+    }
+    this.#waiting = waiter
+  }
+
+  onTryError (handshake: Handshake, err: unknown): void {
+    const broken = this.#body !== null
+    if (this.#settled && !broken) return
+    const verdict = classify(err, handshake.progress)
+    if (verdict.error === 'client_aborted') {
+      if (!broken) this.#aborted(verdict.phase)
+      return
+    }
+    const { error, phase, cause } = verdict
+    const record = handshake.record(error, cause, phase)
+    if (broken) {
+      // The refusal's body broke: its status is out, so the client connection is cut.
+      this.attempts[this.attempts.length - 1] = record
+      this.pool.recordFailure(handshake.target, error, cause)
+      this.#body!.destroy()
+      logFailure(this.request, this.#failure(error, { phase, cause, status: handshake.status!, receivedStatus: handshake.status! }), true)
+      this.upgrade.socket.destroy()
+      return
+    }
+    this.attempts.push(record)
+    // A refused or unreachable target counts against it, as for any request (outlier ejection).
+    this.pool.recordFailure(handshake.target, error, cause)
+    if (conditionOf(error, phase) === 'connect-failure') this.#candidates.unreachable(handshake.target)
+    const next = afterFailure({ error, phase, method: 'GET', policy: this.route.retry, retries: this.#retries, replayable: true, unreplayableWhy: '' },
+      () => this.#candidates.hasAnother(), this.pool.budget)
+    if (!next.retry) {
+      this.#fail(error, { phase, cause, note: next.note })
+      return
+    }
+    this.#retryLater(next.free)
+  }
+
+  #retryLater (immediate = false): void {
+    this.#retries++
+    this.#try = null
+    this.#waitingPhase = 'connect'
+    const timer = setTimeout(() => {
+      this.#waiting = null
+      if (!this.#settled) this.#tryNext()
+    }, immediate ? 0 : backoff(this.#retries))
+    this.#waiting = { cancel: () => { clearTimeout(timer) } }
+  }
+
+  /** Out of targets for a retry: the last try's failure stands. */
+  #giveUp (): void {
+    const last = [...this.attempts].reverse().find((a) => a.error !== null)
+    if (last === undefined) this.#fail('destination_unavailable', this.pool.outage())
+    else this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: 'not retried: no other target can take traffic' })
+  }
+
+  /** The upstream answered the handshake with something else than 101: the client gets it as sent. */
+  onRefusal (handshake: Handshake, status: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    this.pool.recordResponse(handshake.target, status, handshake.ms)
+    this.attempts.push(handshake.record(null, null, 'headers'))
+    if (shouldRetryStatus(status, 'GET', this.route.retry, this.#retries, true) && this.#candidates.hasAnother() && this.pool.budget.tryRetry()) {
+      handshake.abandon()
+      this.#retryLater()
+      return false
+    }
+    const upstream = fromRaw(rawHeaders)
+    if (this.context.config.errors.intercept.has(status)) {
+      // As for any response (errors.intercept): the status stays, the body is the gateway's.
+      handshake.abandon()
+      const retryAfter = Number(upstream['retry-after'])
+      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfter > 0 ? retryAfter : null })
+      return false
+    }
+    this.#settle()
+    const full = isFullExposure(this.context.config.errors, this.request)
+    const headers = forwardResponseHeaders(upstream, this.#settings)
+    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
+    const body = new PassThrough()
+    body.on('drain', resume)
+    // The client left before the refusal's end: nobody reads the rest.
+    body.once('close', () => { if (!body.writableFinished) handshake.abandon() })
+    this.#body = body
+    this.reply.code(status).headers(headers).send(body)
+    return true
+  }
+
+  onRefusalData (chunk: Buffer): boolean {
+    return this.#body?.write(chunk) ?? false
+  }
+
+  onRefusalEnd (): void {
+    this.#body?.end()
+  }
+
+  /** The upstream said 101: the client gets that answer, then bytes flow both ways untouched. */
+  onOpen (handshake: Handshake, rawHeaders: Buffer[], upstream: Socket): void {
+    const client = this.upgrade.socket
+    if (this.#settled || client.destroyed) {
+      upstream.destroy()
+      handshake.release()
+      return
+    }
+    this.#upstream = upstream
+    this.#settle(true)
+    this.pool.recordResponse(handshake.target, 101, handshake.ms)
+    upstream.on('error', () => {})
+    // From here the gateway writes the socket itself: Fastify must not answer, and the response
+    // object built for the handshake lets go of the socket.
+    this.reply.hijack()
+    this.reply.raw.detachSocket(client)
+    // A tunnel lives as long as its two ends want: no idle timer, no Nagle delay on messages.
+    for (const socket of [client, upstream]) {
+      socket.setTimeout(0)
+      socket.setNoDelay(true)
+    }
+    client.write(this.#switchingHead(rawHeaders))
+    const early = Buffer.concat([this.upgrade.head, ...this.#early])
+    if (early.length > 0) upstream.write(early)
+    const idle = this.#idleTimer(client, upstream)
+    const end = (): void => {
+      if (idle !== null) clearTimeout(idle)
+      client.destroy()
+      upstream.destroy()
+      handshake.release()
+      this.onEnd()
+    }
+    client.once('close', end)
+    upstream.once('close', end)
+    // pipe() passes a half-close on as one (WebSocket's closing handshake ends with the server's
+    // FIN) and keeps each direction to the reader's pace.
+    client.pipe(upstream)
+    upstream.pipe(client)
+  }
+
+  /**
+   * A route that sets its own timeouts.body gives its tunnels an idle limit: silence both ways
+   * for that long ends the tunnel. Otherwise none: a quiet chat or a dashboard waiting for
+   * events may stay open for hours, and the two ends have their own pings for a dead peer.
+   */
+  #idleTimer (client: Socket, upstream: Socket): NodeJS.Timeout | null {
+    const ms = this.route.tunnelIdle
+    if (ms === null) return null
+    const timer = setTimeout(() => {
+      this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, target: this.#try?.target.hostPort ?? null, ms: Math.round(this.ms) },
+        `websocket tunnel closed: no data either way for ${ms} ms (timeouts.body of this route)`)
+      client.destroy()
+    }, ms)
+    const refresh = (): void => { timer.refresh() }
+    client.on('data', refresh)
+    upstream.on('data', refresh)
+    return timer
+  }
+
+  /**
+   * The upstream's 101 as the client gets it: its headers (subprotocol, extensions, accept key,
+   * cookies) with Connection and Upgrade, plus the gateway's own (request id, Via, Proxy-Status).
+   */
+  #switchingHead (rawHeaders: Buffer[]): string {
+    const upstream = fromRaw(rawHeaders)
+    const full = isFullExposure(this.context.config.errors, this.request)
+    const headers: Record<string, unknown> = { ...this.reply.getHeaders(), ...forwardResponseHeaders(upstream, this.#settings) }
+    headers.connection = 'Upgrade'
+    headers.upgrade = upstream.upgrade ?? 'websocket'
+    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, 101))
+    const lines = ['HTTP/1.1 101 Switching Protocols']
+    for (const [name, value] of Object.entries(headers)) {
+      for (const one of Array.isArray(value) ? value : [value]) {
+        const text = String(one)
+        // A value set by a hook could hold a line break: it would split the answer in two.
+        if (one !== undefined && !/[\r\n]/.test(text)) lines.push(`${name}: ${text}`)
+      }
+    }
+    return `${lines.join('\r\n')}\r\n\r\n`
+  }
+
+  /** The gateway is closing: an open tunnel is cut, a handshake under way is dropped. */
+  shutdown (): void {
+    if (this.#upstream !== null) {
+      this.upgrade.socket.destroy()
+      return
+    }
+    if (this.#settled) return
+    this.#settle()
+    this.#try?.abandon()
+    this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, ms: Math.round(this.ms) },
+      'websocket handshake cut: the gateway is closing')
+    this.upgrade.socket.destroy()
+  }
+
+  readonly #onEarlyData = (chunk: Buffer): void => {
+    this.#early.push(chunk)
+  }
+
+  readonly #onClientClose = (): void => {
+    if (this.#settled) return
+    const progress = this.#try?.progress
+    this.#aborted(progress === undefined ? this.#waitingPhase : progress.requestSent ? 'headers' : progress.connected ? 'send' : 'connect')
+  }
+
+  #aborted (phase: string): void {
+    this.#settle()
+    this.#try?.abandon()
+    this.upgrade.socket.destroy()
+    logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
+  }
+
+  #fail (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): void {
+    this.#settle()
+    this.context.answer(this.request, this.reply, this.#failure(error, context))
+  }
+
+  #failure (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): Failure {
+    return makeFailure(error, Object.assign({
+      pool: this.pool.name,
+      target: this.#try?.target.hostPort ?? null,
+      attempts: this.attempts,
+      ms: this.ms,
+      timeouts: this.route.timeouts,
+      healthPath: this.pool.config.health?.path ?? null
+    }, context))
+  }
+
+  /** The handshake is over: answered, abandoned, or (`open`) a tunnel that ends on its own. */
+  #settle (open = false): void {
+    if (this.#settled) return
+    this.#settled = true
+    const socket = this.upgrade.socket
+    socket.pause()
+    socket.off('data', this.#onEarlyData)
+    socket.off('end', this.#onClientClose)
+    socket.off('close', this.#onClientClose)
+    this.#waiting?.cancel()
+    this.#waiting = null
+    if (!open) this.onEnd()
+  }
+}
+
+/** undici's raw header list as a header object (repeated fields as arrays, as Node's). */
+function fromRaw (raw: Buffer[]): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = {}
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase()
+    const value = raw[i + 1]!.toString('latin1')
+    const seen = headers[name]
+    headers[name] = seen === undefined ? value : Array.isArray(seen) ? [...seen, value] : [seen, value]
+  }
+  return headers
+}
