@@ -2,7 +2,7 @@
 // a time. Afterwards the process is fine, every client got a proper answer or the gateway's
 // error (none waited past its timeouts + 1 s), the log has one record per failed answer, and no
 // healthy target was ejected.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import http from 'node:http'
 import net from 'node:net'
 import { Agent, request } from 'undici'
@@ -85,7 +85,7 @@ async function underLoad (gw: Gateway, fault: () => void | Promise<void>): Promi
   return run
 }
 
-function checkRun (t: Tap.Test, gw: Gateway, run: Run, healthy: Service[]): void {
+function checkRun (t: Test, gw: Gateway, run: Run, healthy: Service[]): void {
   t.equal(run.timedOut, 0, 'no client waited past its timeouts + 1 s')
   t.equal(run.ok + run.gatewayErrors + run.cut, AMOUNT, `every request ended: ${run.ok} 200, ${run.gatewayErrors} gateway errors, ${run.cut} cut`)
   // A cut response has its record at error level too; a gateway error is a non-200 answer.
@@ -95,7 +95,7 @@ function checkRun (t: Tap.Test, gw: Gateway, run: Run, healthy: Service[]): void
   }
 }
 
-async function gatewayFor (t: Tap.Test, services: Service[], pool: Partial<PoolInput> = {}): Promise<Gateway> {
+async function gatewayFor (t: Test, services: Service[], pool: Partial<PoolInput> = {}): Promise<Gateway> {
   return await startGateway(t, {
     pools: { p: { targets: services.map((s) => s.url), timeouts: { headers: HEADERS_TIMEOUT, body: HEADERS_TIMEOUT }, ...pool } },
     routes: [{ prefix: '/p', pool: 'p' }],
