@@ -7,7 +7,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
-import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
+import { forwardRequestHeaders, forwardResponseHeaders, viaContains, viaPseudonym, appendList } from './forwarding.js'
 import { logFailure, logClientAborted } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
@@ -25,7 +25,7 @@ type RequestWithExchange = FastifyRequest & { [kExchange]?: Exchange | null }
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool): Promise<void> {
-  const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
+  const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
   const events: ExchangeEvents = {
@@ -44,7 +44,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
   }
 
   function handler (request: FastifyRequest, reply: FastifyReply, dest: string, options: object): FastifyReply {
-    if (viaContains(request.headers.via, settings.proxyName)) {
+    if (viaContains(request.headers.via, settings.via)) {
       const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
       return reply
