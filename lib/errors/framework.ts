@@ -57,7 +57,7 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
   const { error: type, status, detail } = classifyClientFault(error.code)
   const gateway = (this as WithGateway)[kGateway]
   if (gateway === undefined || !socket.writable) {
-    if (socket.writable) socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+    if (socket.writable) answerAndRelease(socket, `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
     else socket.destroy()
     return
   }
@@ -72,7 +72,22 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
   const { headers, body = '' } = failureAnswer(request, failure, gateway.settings, full)
   const head = [`HTTP/1.1 ${status} ${STATUS_CODES[status]}`, 'connection: close', `content-length: ${Buffer.byteLength(body)}`,
     ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`)]
-  socket.end(`${head.join('\r\n')}\r\n\r\n${body}`)
+  answerAndRelease(socket, `${head.join('\r\n')}\r\n\r\n${body}`)
+}
+
+/** How long an answer may take to leave before its socket is destroyed anyway. */
+const FLUSH_MS = 1000
+
+/**
+ * Sends the answer, then destroys the socket once it is written, as Node's own handler does.
+ * `end()` alone only half-closes: Node's HTTP server allows half-open sockets, so a client that
+ * never closes its side (or never reads) would hold the connection until some timeout.
+ */
+function answerAndRelease (socket: Socket, answer: string): void {
+  const timer = setTimeout(() => socket.destroy(), FLUSH_MS)
+  timer.unref()
+  socket.once('close', () => clearTimeout(timer))
+  socket.end(answer, () => socket.destroy())
 }
 
 /**
@@ -83,7 +98,8 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
 function requestFromPacket (packet: Buffer | undefined, app: FastifyInstance): FastifyRequest {
   const text = packet?.toString('latin1') ?? ''
   const line = /^([A-Z]+) (\S{1,2048})/.exec(text)
-  const accept = /\r\naccept:[ \t]*([^\r\n]*)/i.exec(text)?.[1]
+  // Lines may end in a bare LF: that is often why the parser refused the request.
+  const accept = /\naccept:[ \t]*([^\r\n]*)/i.exec(text)?.[1]
   const id = randomUUID()
   return {
     id,
