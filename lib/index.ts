@@ -6,7 +6,7 @@ import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { createErrorHandlers } from './errors/handlers.js'
-import { setFrameworkErrorHandler } from './errors/framework.js'
+import { setFrameworkErrorHandler, hasDuplicateHost, rejectDuplicateHost } from './errors/framework.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 
@@ -30,12 +30,15 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
   const config = validateOptions(options, { bodyLimit: app.initialConfig.bodyLimit ?? 1024 * 1024 })
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
+  const appErrors = createErrorHandlers(config, null)
 
   app.decorate('upstream', createApi(pools))
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {
     reply.header(config.requestIdHeader, String(request.id))
+    // A request with two Hosts is answered here and goes no further (so no done()).
+    if (hasDuplicateHost(request.raw.rawHeaders)) return rejectDuplicateHost(request, reply, appErrors)
     done()
   })
   // On shutdown, requests still in flight are answered, then their connections closed: a
@@ -57,7 +60,6 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
   // Framework and client errors do too, when the app opted in (`Fastify({ frameworkErrors,
   // clientErrorHandler })`).
-  const appErrors = createErrorHandlers(config, null)
   setFrameworkErrorHandler(app, appErrors)
   try {
     app.setNotFoundHandler(appErrors.notFoundHandler)

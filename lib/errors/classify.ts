@@ -49,7 +49,9 @@ export const GATEWAY_CODES = {
   bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE',
   // timeouts.total passed while the client was still sending its body: its delay, not the
   // upstream's.
-  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT'
+  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT',
+  // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
+  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST'
 } as const
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
@@ -132,7 +134,9 @@ export function classifyClientFault (code: string | null | undefined): { error: 
       ? 'bodyTooSlow'
       : code === 'HPE_HEADER_OVERFLOW'
         ? 'headersTooLarge'
-        : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'requestTooSlow' : 'malformed'
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? 'requestTooSlow'
+          : code === GATEWAY_CODES.duplicateHost ? 'duplicateHost' : 'malformed'
   return { error: 'http_request_error', ...CLIENT_FAULTS[fault] }
 }
 

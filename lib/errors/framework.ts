@@ -8,7 +8,7 @@ import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ErrorHandlers } from './handlers.js'
-import { classifyClientFault } from './classify.js'
+import { classifyClientFault, GATEWAY_CODES } from './classify.js'
 import { makeFailure } from './failure.js'
 import { logFailure } from './log.js'
 import { failureAnswer } from './respond.js'
@@ -88,6 +88,37 @@ function answerAndRelease (socket: Socket, answer: string): void {
   timer.unref()
   socket.once('close', () => clearTimeout(timer))
   socket.end(answer, () => socket.destroy())
+}
+
+/**
+ * A request with more than one Host field is invalid (RFC 9112 §3.2: a server answers 400, as
+ * nginx does): two hosts let a request mean one thing here and another behind us. Node's parser
+ * keeps the first and drops the rest, so only the raw list shows it. One pass over the names.
+ */
+export function hasDuplicateHost (rawHeaders: readonly string[]): boolean {
+  let seen = false
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (seen) return true
+      seen = true
+    }
+  }
+  return false
+}
+
+/** Answers a duplicate Host as Node's parser would answer malformed HTTP: 400, then close. */
+export function rejectDuplicateHost (request: FastifyRequest, reply: FastifyReply, gateway: Pick<ErrorHandlers, 'answer'>): void {
+  const { error: type, status, detail } = classifyClientFault(GATEWAY_CODES.duplicateHost)
+  reply.header('connection', 'close')
+  gateway.answer(request, reply, makeFailure(type, {
+    phase: 'route',
+    status,
+    ms: reply.elapsedTime,
+    cause: GATEWAY_CODES.duplicateHost,
+    detail,
+    why: 'It carried more than one Host field (RFC 9112 §3.2); it was not forwarded.'
+  }))
 }
 
 /**
