@@ -7,6 +7,7 @@ import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler, hasDuplicateHost, rejectDuplicateHost } from './errors/framework.js'
+import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 
@@ -19,6 +20,7 @@ export type { Problem } from './errors/problem.js'
 export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
 export { OptionsError } from './options/check.js'
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
+export { requestIdFrom, type RequestIdOptions } from './request-id.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -39,6 +41,11 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     reply.header(config.requestIdHeader, String(request.id))
     // A request with two Hosts is answered here and goes no further (so no done()).
     if (hasDuplicateHost(request.raw.rawHeaders)) return rejectDuplicateHost(request, reply, appErrors)
+    const replaced = (request.raw as { [kReplacedRequestId]?: ReplacedRequestId })[kReplacedRequestId]
+    if (replaced !== undefined) {
+      request.log.info({ requestIdHeader: replaced.header, reason: replaced.reason, length: replaced.length },
+        `the client's ${replaced.header} was replaced by a generated id: ${replaced.reason}`)
+    }
     done()
   })
   // On shutdown, requests still in flight are answered, then their connections closed: a
