@@ -32,6 +32,10 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
   const config = validateOptions(options, { bodyLimit: app.initialConfig.bodyLimit ?? 1024 * 1024 })
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
+  for (const [name, pool] of config.pools) {
+    // Said once, at start: verification off is sometimes meant (a lab), never to go unnoticed.
+    if (!pool.tls.rejectUnauthorized) app.log.warn({ pool: name }, `pools.${name}.tls.rejectUnauthorized is false: the certificates of its https targets are not verified`)
+  }
   const appErrors = createErrorHandlers(config, null)
 
   app.decorate('upstream', createApi(pools))
