@@ -1,9 +1,6 @@
 // The one log record of a failed request, and the one line for a client that went away.
 import type { FastifyRequest } from 'fastify'
 import type { Failure } from './failure.js'
-import type { ProxyErrorType } from './taxonomy.js'
-
-const CUT = new Set<ProxyErrorType>(['http_response_incomplete', 'connection_read_timeout'])
 
 export function logFailure (request: FastifyRequest, failure: Failure, note?: string): void {
   const record = {
@@ -25,9 +22,10 @@ export function logFailure (request: FastifyRequest, failure: Failure, note?: st
   const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
   const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
   const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
-  // The status the client got decides, except for a response cut after its headers: that
-  // status was the upstream's (often a 200), and the failure is still an upstream error.
-  if (failure.status >= 500 || CUT.has(failure.error)) request.log.error(record, msg)
+  // The status the client got decides, except for a response cut after its headers (any
+  // failure in the body phase, a timeouts.total cut included): that status was the upstream's
+  // (often a 200), and the failure is still not the client's.
+  if (failure.status >= 500 || (failure.phase === 'body' && failure.blame !== 'client')) request.log.error(record, msg)
   else request.log.warn(record, msg)
 }
 
