@@ -49,8 +49,16 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       answer(request, reply, failure)
       return reply
     }
-    ;(request as RequestWithExchange)[kExchange] = new Exchange(request, reply, route, pool, events)
-    return reply.from(dest, options)
+    const exchange = new Exchange(request, reply, route, pool, events)
+    ;(request as RequestWithExchange)[kExchange] = exchange
+    try {
+      return reply.from(dest, options)
+    } catch (err) {
+      // reply-from refuses some paths (a `..` segment after `;`) before any try: the exchange
+      // never starts, and its total timer must not outlive the 400 the error handler gives.
+      exchange.end()
+      throw err
+    }
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders): IncomingHttpHeaders {
