@@ -356,9 +356,18 @@ t.test('slowloris: a client trickling its headers is cut by requestTimeout with 
   t.same(up.seen, [])
 })
 
-/** The gateway's open connections, as its server counts them. */
-async function connections (gw: Gateway): Promise<number> {
-  return await new Promise((resolve, reject) => gw.app.server.getConnections((err, count) => { err !== null ? reject(err) : resolve(count) }))
+/** The gateway's open connections, as its server counts them, once none is left or `ms` passed. */
+async function connectionsLeft (gw: Gateway, ms: number): Promise<number> {
+  const count = async (): Promise<number> => await new Promise((resolve, reject) => {
+    gw.app.server.getConnections((err, n) => { err !== null ? reject(err) : resolve(n) })
+  })
+  const deadline = Date.now() + ms
+  let open = await count()
+  while (open > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    open = await count()
+  }
+  return open
 }
 
 t.test('2 000 idle connections get their 408 and are released, also when the client never closes its side', async (t) => {
@@ -383,13 +392,7 @@ t.test('2 000 idle connections get their 408 and are released, also when the cli
     await waitFor(() => accepted === sockets.length, 5000, 'the wave accepted')
   }
   await waitFor(() => answered === 2000, 15_000, 'every idle connection answered')
-  const deadline = Date.now() + 5000
-  let open = await connections(gw)
-  while (open > 0 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 50))
-    open = await connections(gw)
-  }
-  t.equal(open, 0, 'the gateway holds none of them')
+  t.equal(await connectionsLeft(gw, 5000), 0, 'the gateway holds none of them')
   t.equal(gw.failures().filter((r) => r.status === 408).length, 2000, 'one record each')
 })
 
@@ -407,13 +410,7 @@ t.test('50 malformed requests on connections the client keeps open: every socket
     sockets.push(socket)
   }
   await waitFor(() => answered === 50, 5000, 'every malformed request answered')
-  const deadline = Date.now() + 3000
-  let open = await connections(gw)
-  while (open > 0 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 20))
-    open = await connections(gw)
-  }
-  t.equal(open, 0, 'the gateway holds none of them')
+  t.equal(await connectionsLeft(gw, 3000), 0, 'the gateway holds none of them')
 })
 
 t.test('a client reset mid-upload: one info client_aborted record, the target not blamed, the gateway fine', async (t) => {

@@ -200,3 +200,14 @@ export async function privateCa (): Promise<{ ca: string, good: KeyPair, expired
     rmSync(dir, { recursive: true, force: true })
   }
 }
+
+/**
+ * What `process.getActiveResourcesInfo()` holds beyond `baseline` (taken at a child process's
+ * start), once closing handles have had the next turns of the event loop to finish.
+ */
+export async function resourcesLeft (baseline: readonly string[]): Promise<string[]> {
+  for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve))
+  const left = process.getActiveResourcesInfo()
+  for (const resource of baseline) left.splice(left.indexOf(resource), left.includes(resource) ? 1 : 0)
+  return left
+}
