@@ -301,6 +301,25 @@ t.test('reflection: every page escapes what it repeats, and bounds it', async (t
   }
 })
 
+t.test('HTML pages carry a Content-Security-Policy, every answer nosniff: reply path and raw-socket path', async (t) => {
+  const up = await startRecorder(t)
+  const gw = await hostileGateway(t, up.url)
+  const policy = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+  const paths: Array<[string, string]> = [
+    ['reply path (404)', 'GET /nowhere HTTP/1.1\r\nHost: gw\r\nAccept: text/html\r\nConnection: close\r\n\r\n'],
+    ['raw-socket path (clientErrorHandler, 400)', 'GET /api/x HTTP/1.1\r\nHost: gw\r\nAccept: text/html\r\nbad header: x\r\n\r\n']
+  ]
+  for (const [name, bytes] of paths) {
+    const res = await raw(gw.url, bytes)
+    t.match(res.headers['content-type'], /^text\/html/, `${name}: HTML`)
+    t.equal(res.headers['content-security-policy'], policy, `${name}: the policy`)
+    t.equal(res.headers['x-content-type-options'], 'nosniff', `${name}: nosniff`)
+  }
+  const json = await raw(gw.url, 'GET /nowhere HTTP/1.1\r\nHost: gw\r\nAccept: application/json\r\nConnection: close\r\n\r\n')
+  t.equal(json.headers['x-content-type-options'], 'nosniff')
+  t.notOk('content-security-policy' in json.headers, 'no policy on data')
+})
+
 t.test('oversized requests answer in the gateway\'s format', async (t) => {
   const up = await startRecorder(t)
   const gw = await hostileGateway(t, up.url)
