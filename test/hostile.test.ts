@@ -432,31 +432,35 @@ t.test('50 malformed requests on connections the client keeps open: every socket
   t.equal(await connectionsLeft(gw, 3000), 0, 'the gateway holds none of them')
 })
 
-t.test('a client reset mid-upload: one info client_aborted record, the target not blamed, the gateway fine', async (t) => {
-  let received = 0
-  const up = await startRecorder(t)
-  const slow = await startTcp((socket) => { socket.on('data', (chunk: Buffer) => { received += chunk.length }) })
-  t.teardown(slow.close)
-  const gw = await startGateway(t, {
-    pools: { p: { targets: [slow.url] }, ok: { targets: [up.url] } },
-    routes: [{ prefix: '/api', pool: 'p', bodyLimit: false }, { prefix: '/ok', pool: 'ok' }],
-    errors: { expose: 'public' }
-  }, { clientErrorHandler, frameworkErrors })
-  const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
-  socket.on('error', () => {})
-  await once(socket, 'connect')
-  socket.write(`POST /api/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: ${10 * 1024 * 1024}\r\n\r\n`)
-  socket.write(Buffer.alloc(256 * 1024, 'x'))
-  await waitFor(() => received > 64 * 1024, 5000, 'the upload streaming upstream')
-  socket.resetAndDestroy()
-  await waitFor(() => gw.logs.some((r) => r.error === 'client_aborted'), 5000, 'the abort logged')
-  const aborted = gw.logs.filter((r) => r.error === 'client_aborted')
-  t.equal(aborted.length, 1)
-  t.match(aborted[0], { level: 30, blame: 'client', pool: 'p' })
-  t.same(gw.failures(), [], 'no failure record')
-  t.match(gw.app.upstream.pool('p').targets()[0], { failures: 0, consecutiveFailures: 0, state: 'healthy' }, 'the target is not blamed')
-  t.equal((await gw.request('/ok/x')).statusCode, 200, 'the gateway still serves')
-})
+for (const [how, leave] of [['resets', (socket: net.Socket) => socket.resetAndDestroy()], ['closes its side', (socket: net.Socket) => socket.end()]] as const) {
+  t.test(`a client that ${how} mid-upload: one info client_aborted record, the target not blamed, the gateway fine`, async (t) => {
+    let received = 0
+    const up = await startRecorder(t)
+    const slow = await startTcp((socket) => { socket.on('data', (chunk: Buffer) => { received += chunk.length }) })
+    t.teardown(slow.close)
+    const gw = await startGateway(t, {
+      pools: { p: { targets: [slow.url] }, ok: { targets: [up.url] } },
+      routes: [{ prefix: '/api', pool: 'p', bodyLimit: false }, { prefix: '/ok', pool: 'ok' }],
+      errors: { expose: 'public' }
+    }, { clientErrorHandler, frameworkErrors })
+    const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    socket.write(`POST /api/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: ${10 * 1024 * 1024}\r\n\r\n`)
+    socket.write(Buffer.alloc(256 * 1024, 'x'))
+    await waitFor(() => received > 64 * 1024, 5000, 'the upload streaming upstream')
+    leave(socket)
+    await waitFor(() => gw.logs.some((r) => r.error === 'client_aborted'), 5000, 'the abort logged')
+    t.equal(await connectionsLeft(gw, 3000), 0, 'the connection is released')
+    socket.destroy()
+    const aborted = gw.logs.filter((r) => r.error === 'client_aborted')
+    t.equal(aborted.length, 1)
+    t.match(aborted[0], { level: 30, blame: 'client', pool: 'p' })
+    t.same(gw.failures(), [], 'no failure record (no 400 for the unfinished body either)')
+    t.match(gw.app.upstream.pool('p').targets()[0], { failures: 0, consecutiveFailures: 0, state: 'healthy' }, 'the target is not blamed')
+    t.equal((await gw.request('/ok/x')).statusCode, 200, 'the gateway still serves')
+  })
+}
 
 /** A raw upstream: answers every request with `answer(socket)`. */
 async function rawUpstream (t: Tap, answer: (socket: net.Socket) => void): Promise<Running> {

@@ -54,6 +54,14 @@ function parserWhy (code: string | undefined): string {
 export function clientErrorHandler (this: FastifyInstance, error: ConnectionError, socket: Socket): void {
   // A reset connection has no one left to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
+  // The client closed its side in the middle of a request that Node had already handed on (its
+  // body was streaming): that request's own path records the departure (client_aborted). A
+  // second record and a 400 written behind its response would be noise: release the socket.
+  // `_httpMessage` is the response Node has in progress on the socket, as its own handler checks.
+  if (error.code === 'HPE_INVALID_EOF_STATE' && (socket as Socket & { _httpMessage?: unknown })._httpMessage != null) {
+    socket.destroy()
+    return
+  }
   const { error: type, status, detail } = classifyClientFault(error.code)
   const gateway = (this as WithGateway)[kGateway]
   if (gateway === undefined || !socket.writable) {
