@@ -7,7 +7,8 @@ import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
-import { setFrameworkErrorHandler } from './errors/framework.js'
+import { setFrameworkErrorHandler, hasDuplicateHost, rejectDuplicateHost } from './errors/framework.js'
+import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 import { WebSockets } from './proxy/websocket.js'
@@ -21,6 +22,7 @@ export type { Problem } from './errors/problem.js'
 export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
 export { OptionsError } from './options/check.js'
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
+export { requestIdFrom, type RequestIdOptions } from './request-id.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -32,12 +34,24 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
   const config = validateOptions(options)
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
+  for (const [name, pool] of config.pools) {
+    // Said once, at start: verification off is sometimes meant (a lab), never to go unnoticed.
+    if (!pool.tls.rejectUnauthorized) app.log.warn({ pool: name }, `pools.${name}.tls.rejectUnauthorized is false: the certificates of its https targets are not verified`)
+  }
+  const appErrors = createErrorHandlers(config, null)
 
   app.decorate('upstream', createApi(pools))
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {
     reply.header(config.requestIdHeader, String(request.id))
+    // A request with two Hosts is answered here and goes no further (so no done()).
+    if (hasDuplicateHost(request.raw.rawHeaders)) return rejectDuplicateHost(request, reply, appErrors)
+    const replaced = (request.raw as { [kReplacedRequestId]?: ReplacedRequestId })[kReplacedRequestId]
+    if (replaced !== undefined) {
+      request.log.info({ requestIdHeader: replaced.header, reason: replaced.reason, length: replaced.length },
+        `the client's ${replaced.header} was replaced by a generated id: ${replaced.reason}`)
+    }
     done()
   })
   // On shutdown, requests still in flight are answered, then their connections closed: a
@@ -64,7 +78,6 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // handler before registering the plugin: Fastify allows one per prefix, and the app's wins.
   // Framework and client errors do too, when the app opted in (`Fastify({ frameworkErrors,
   // clientErrorHandler })`).
-  const appErrors = createErrorHandlers(config, null)
   setFrameworkErrorHandler(app, appErrors)
   try {
     app.setNotFoundHandler(appErrors.notFoundHandler)

@@ -2,7 +2,10 @@
 // Proxy-Status, every problem member, the text and HTML variants (with a hostile URL), public
 // exposure leaking nothing, and exactly one log record with no duplicate Fastify error line.
 import t from 'tap'
-import { startGateway, type Gateway } from './helpers/gateway.js'
+import Fastify from 'fastify'
+import { request } from 'undici'
+import upstream from '../lib/index.js'
+import { startGateway, type Gateway, type LogRecord } from './helpers/gateway.js'
 import { startUpstream, startTcp, startBlackhole, startHttpsUpstream, selfSignedCert, freePort, type Running } from './helpers/servers.js'
 import type { UpstreamOptions } from '../lib/index.js'
 import type { Problem } from '../lib/errors/problem.js'
@@ -219,12 +222,32 @@ t.test('the body breaks after the headers: the client connection is cut and one 
 })
 
 t.test('a request that loops back to this gateway is stopped', async (t) => {
-  const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
-  const res = await gw.request('/shop/x', { headers: { accept: 'application/json', via: '1.1 edge, 1.1 fastify-upstream' } })
+  // A gateway whose target is itself: the port is chosen first, the gateway then listens on it.
+  const port = await freePort()
+  const app = Fastify({ logger: { level: 'info', stream: { write: (line: string) => { logs.push(JSON.parse(line) as LogRecord) } } } })
+  const logs: LogRecord[] = []
+  t.teardown(async () => { await app.close() })
+  await app.register(upstream, { pools: { self: { targets: [`http://127.0.0.1:${port}`], retry: { retries: 0 } } }, routes: [{ prefix: '/self', pool: 'self', rewritePrefix: '/self' }] })
+  await app.listen({ port, host: '127.0.0.1' })
+  const res = await request(`http://127.0.0.1:${port}/self/x`, { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 502)
   t.match(await res.body.json(), { error: 'proxy_loop_detected', blame: 'gateway', phase: 'route' })
-  t.match(res.headers['proxy-status'], /^fastify-upstream; error=proxy_loop_detected; /)
-  t.equal(gw.failures().length, 1)
+  t.match(res.headers['proxy-status'], /^fastify-upstream; error=proxy_loop_detected; .*, fastify-upstream; received-status=502$/,
+    'the second pass stopped it; the first passed its answer on')
+  const loops = logs.filter((r) => r.error === 'proxy_loop_detected')
+  t.equal(loops.length, 1, 'one record, from the pass that saw its own pseudonym')
+  t.equal(loops[0]!.level, 50)
+})
+
+t.test('a client cannot stop its own request by sending the gateway\'s public name in Via', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
+  const res = await gw.request('/shop/x', { headers: { via: '1.1 edge, 1.1 fastify-upstream' } })
+  t.equal(res.statusCode, 200)
+  const seen = (await res.body.json() as { headers: Record<string, string> }).headers
+  t.match(seen.via, /^1\.1 edge, 1\.1 fastify-upstream, 1\.1 fastify-upstream-[\w-]{12}$/, 'forwarded as an ordinary Via entry')
+  t.same(gw.failures(), [])
 })
 
 t.test('HEAD gets the error headers without a body', async (t) => {

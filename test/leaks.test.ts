@@ -174,3 +174,26 @@ for (const scenario of scenarios) {
     t.ok(timers() <= timersBefore + 2, `timers: ${timersBefore} before, ${timers()} after`)
   })
 }
+
+t.test('10 000 mixed failures: the heap after GC and the handles return to where they were; close() leaves none', async (t) => {
+  // A process of its own: a clean heap and handle count to compare against, and --expose-gc.
+  const { spawn } = await import('node:child_process')
+  const { fileURLToPath } = await import('node:url')
+  const script = fileURLToPath(new URL('./fixtures/storm-child.ts', import.meta.url))
+  const child = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', script, '10000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const killer = setTimeout(() => child.kill('SIGKILL'), 50_000)
+  const [code] = await new Promise<[number | null]>((resolve) => child.once('exit', (c) => resolve([c])))
+  clearTimeout(killer)
+  t.equal(code, 0, 'the process exited by itself')
+  const report = JSON.parse(output.trim().split('\n').pop()!) as {
+    statuses: Record<string, number>, ms: number, heapBefore: number, heapAfter: number, handlesBefore: number, handlesAfter: number, left: string[]
+  }
+  t.same(report.statuses, { 502: 10_000 }, `every request answered 502 (in ${report.ms} ms)`)
+  // 5 MB over 10 000 requests is 500 bytes each: any per-request leak shows.
+  const grown = report.heapAfter - report.heapBefore
+  t.ok(grown < 5 * 1024 * 1024, `heap after GC grew by ${Math.round(grown / 1024)} KiB`)
+  t.ok(report.handlesAfter <= report.handlesBefore + 2, `handles: ${report.handlesBefore} before, ${report.handlesAfter} after`)
+  t.same(report.left, [], 'after close() no resource beyond those the process started with')
+})

@@ -115,7 +115,7 @@ t.test('messages go both ways through the tunnel, with the forwarding headers an
   t.equal(path, '/room/1?token=t')
   const seen = up.handshakes[0]!
   t.equal(seen['x-forwarded-for'], '127.0.0.1')
-  t.equal(seen.via, '1.1 fastify-upstream')
+  t.match(seen.via, /^1\.1 fastify-upstream-[\w-]{12}$/)
   t.match(seen['x-request-id'], /^req-/)
   t.equal(seen.host, `127.0.0.1:${up.port}`)
   ws.close(1000, 'bye')

@@ -2,13 +2,17 @@
 // fail to compile, so a type that becomes too loose breaks the build.
 import Fastify from 'fastify'
 import upstream, {
-  fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler,
+  fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler, requestIdFrom,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure
 } from 'fastify-upstream'
 
 const app = Fastify()
 // The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
 const withFrameworkErrors = Fastify({ frameworkErrors, clientErrorHandler })
+// requestIdFrom is a genReqId as Fastify takes it.
+const withRequestIds = Fastify({ genReqId: requestIdFrom('x-request-id', { maxLength: 64, generate: () => 'id' }) })
+// @ts-expect-error maxLength is a number
+requestIdFrom('x-request-id', { maxLength: '64' })
 
 const options: UpstreamOptions = {
   pools: {
@@ -49,4 +53,4 @@ const readProblem = (problem: Problem): string => `${problem.status} ${problem.e
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
 
-export { withFrameworkErrors, badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
+export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

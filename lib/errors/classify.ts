@@ -52,7 +52,9 @@ export const GATEWAY_CODES = {
   clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT',
   // The upstream took no part of the request body for timeouts.body while the client had more
   // to give (nginx's proxy_send_timeout).
-  sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT'
+  sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
+  // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
+  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST'
 } as const
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
@@ -136,7 +138,9 @@ export function classifyClientFault (code: string | null | undefined): { error: 
       ? 'bodyTooSlow'
       : code === 'HPE_HEADER_OVERFLOW'
         ? 'headersTooLarge'
-        : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'requestTooSlow' : 'malformed'
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? 'requestTooSlow'
+          : code === GATEWAY_CODES.duplicateHost ? 'duplicateHost' : 'malformed'
   return { error: 'http_request_error', ...CLIENT_FAULTS[fault] }
 }
 

@@ -123,7 +123,7 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'http_response_incomplete': return `The connection to ${target} was lost while its body streamed${code}. The client's connection was cut so it sees a truncated answer. Look for crashes or proxies killing long responses there.`
       case 'destination_unavailable': return `Every target of ${pool} is out of rotation.${extra}`
       case 'connection_limit_reached': return `${pool} is at its limits (limits.maxConcurrent or connections.perTarget per target, limits.maxPending queued, limits.queueTimeout).${extra}`
-      case 'proxy_loop_detected': return `The request already carried this gateway's name in Via: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
+      case 'proxy_loop_detected': return `The request already carried this gateway instance's Via pseudonym, so it came back: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
       case 'destination_not_found': return `No route or target matches this request.${extra}`
       case 'proxy_internal_error': return `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
       case 'http_request_error': return `The gateway rejected the client's request.${extra}`

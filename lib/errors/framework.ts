@@ -8,7 +8,7 @@ import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { ConnectionError, FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ErrorHandlers } from './handlers.js'
-import { classifyClientFault } from './classify.js'
+import { classifyClientFault, GATEWAY_CODES } from './classify.js'
 import { makeFailure } from './failure.js'
 import { logFailure } from './log.js'
 import { failureAnswer } from './respond.js'
@@ -54,10 +54,18 @@ function parserWhy (code: string | undefined): string {
 export function clientErrorHandler (this: FastifyInstance, error: ConnectionError, socket: Socket): void {
   // A reset connection has no one left to answer.
   if (error.code === 'ECONNRESET' || socket.destroyed) return
+  // The client closed its side in the middle of a request that Node had already handed on (its
+  // body was streaming): that request's own path records the departure (client_aborted). A
+  // second record and a 400 written behind its response would be noise: release the socket.
+  // `_httpMessage` is the response Node has in progress on the socket, as its own handler checks.
+  if (error.code === 'HPE_INVALID_EOF_STATE' && (socket as Socket & { _httpMessage?: unknown })._httpMessage != null) {
+    socket.destroy()
+    return
+  }
   const { error: type, status, detail } = classifyClientFault(error.code)
   const gateway = (this as WithGateway)[kGateway]
   if (gateway === undefined || !socket.writable) {
-    if (socket.writable) socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+    if (socket.writable) answerAndRelease(socket, `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
     else socket.destroy()
     return
   }
@@ -72,7 +80,53 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
   const { headers, body = '' } = failureAnswer(request, failure, gateway.settings, full)
   const head = [`HTTP/1.1 ${status} ${STATUS_CODES[status]}`, 'connection: close', `content-length: ${Buffer.byteLength(body)}`,
     ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`)]
-  socket.end(`${head.join('\r\n')}\r\n\r\n${body}`)
+  answerAndRelease(socket, `${head.join('\r\n')}\r\n\r\n${body}`)
+}
+
+/** How long an answer may take to leave before its socket is destroyed anyway. */
+const FLUSH_MS = 1000
+
+/**
+ * Sends the answer, then destroys the socket once it is written, as Node's own handler does.
+ * `end()` alone only half-closes: Node's HTTP server allows half-open sockets, so a client that
+ * never closes its side (or never reads) would hold the connection until some timeout.
+ */
+function answerAndRelease (socket: Socket, answer: string): void {
+  const timer = setTimeout(() => socket.destroy(), FLUSH_MS)
+  timer.unref()
+  socket.once('close', () => clearTimeout(timer))
+  socket.end(answer, () => socket.destroy())
+}
+
+/**
+ * A request with more than one Host field is invalid (RFC 9112 §3.2: a server answers 400, as
+ * nginx does): two hosts let a request mean one thing here and another behind us. Node's parser
+ * keeps the first and drops the rest, so only the raw list shows it. One pass over the names.
+ */
+export function hasDuplicateHost (rawHeaders: readonly string[]): boolean {
+  let seen = false
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (seen) return true
+      seen = true
+    }
+  }
+  return false
+}
+
+/** Answers a duplicate Host as Node's parser would answer malformed HTTP: 400, then close. */
+export function rejectDuplicateHost (request: FastifyRequest, reply: FastifyReply, gateway: Pick<ErrorHandlers, 'answer'>): void {
+  const { error: type, status, detail } = classifyClientFault(GATEWAY_CODES.duplicateHost)
+  reply.header('connection', 'close')
+  gateway.answer(request, reply, makeFailure(type, {
+    phase: 'route',
+    status,
+    ms: reply.elapsedTime,
+    cause: GATEWAY_CODES.duplicateHost,
+    detail,
+    why: 'It carried more than one Host field (RFC 9112 §3.2); it was not forwarded.'
+  }))
 }
 
 /**
@@ -83,7 +137,8 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
 function requestFromPacket (packet: Buffer | undefined, app: FastifyInstance): FastifyRequest {
   const text = packet?.toString('latin1') ?? ''
   const line = /^([A-Z]+) (\S{1,2048})/.exec(text)
-  const accept = /\r\naccept:[ \t]*([^\r\n]*)/i.exec(text)?.[1]
+  // Lines may end in a bare LF: that is often why the parser refused the request.
+  const accept = /\naccept:[ \t]*([^\r\n]*)/i.exec(text)?.[1]
   const id = randomUUID()
   return {
     id,

@@ -28,7 +28,10 @@ export function logFailure (request: FastifyRequest, failure: Failure, cut = fal
   const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
   const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
   const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
-  if (failure.status >= 500 || cut) request.log.error(record, msg)
+  // The status the client got decides, except for a response cut after its headers (`cut`,
+  // or any failure in the body phase not the client's): that status was the upstream's (often
+  // a 200), and the failure is still not the client's.
+  if (failure.status >= 500 || cut || (failure.phase === 'body' && failure.blame !== 'client')) request.log.error(record, msg)
   else request.log.warn(record, msg)
 }
 

@@ -35,8 +35,8 @@ export function buildProblem (failure: Failure, request: FastifyRequest, errors:
     type: errors.typeBase + failure.error,
     title: failure.title,
     status: failure.status,
-    detail: failure.detail,
-    instance: request.url,
+    detail: clip(failure.detail),
+    instance: clip(request.url),
     error: failure.error,
     blame: failure.blame,
     phase: failure.phase,
@@ -52,6 +52,16 @@ export function buildProblem (failure: Failure, request: FastifyRequest, errors:
     problem.attempts = failure.attempts
   }
   return problem
+}
+
+/**
+ * The longest reflected value (the URL, Fastify's words about it) a page repeats. Node lets a
+ * URL be as long as maxHeaderSize allows; an error page need not echo all of it.
+ */
+const MAX_REFLECTED = 2048
+
+function clip (text: string): string {
+  return text.length > MAX_REFLECTED ? `${text.slice(0, MAX_REFLECTED)}…` : text
 }
 
 function publicHint (failure: Failure, errors: ErrorsConfig): string {

@@ -29,13 +29,16 @@ export function sendFailure (request: FastifyRequest, reply: FastifyReply, failu
  */
 export function failureAnswer (request: FastifyRequest, failure: Failure, settings: ResponderSettings, full: boolean, proxyStatus?: string): { headers: Record<string, string>, body: string | undefined } {
   const problem = buildProblem(failure, request, settings.errors, full)
-  const { type, body } = render(problem, request, settings, full)
+  const { type, body, html } = render(problem, request, settings, full)
   const headers: Record<string, string> = {
     'content-type': type,
     'proxy-status': appendList(proxyStatus, proxyStatusMember(failure, settings.errors.proxyName, full, null)),
     'cache-control': 'no-store',
+    // The body may reflect the request's URL: no browser may sniff it into another type.
+    'x-content-type-options': 'nosniff',
     [settings.requestIdHeader]: String(request.id)
   }
+  if (html === true) headers['content-security-policy'] = PAGE_POLICY
   if (failure.retryAfter !== null) headers['retry-after'] = String(Math.ceil(failure.retryAfter))
   return { headers, body: request.method === 'HEAD' ? undefined : body }
 }
@@ -46,9 +49,16 @@ export function retryAfterOf (reply: FastifyReply): number | null {
   return Number.isFinite(seconds) && seconds > 0 ? seconds : null
 }
 
+/**
+ * The gateway's own page has inline CSS and nothing else (its favicon is an empty data: URL):
+ * should an escape ever fail, a reflected value still could not run, load or frame anything.
+ * A page from `errors.render` is the app's own, with its own assets: it gets no policy.
+ */
+const PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
 type Format = 'problem' | 'html' | 'text'
 
-function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings, full: boolean): { type: string, body: string } {
+function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings, full: boolean): { type: string, body: string, html?: boolean } {
   const format = negotiate(request.headers.accept)
   if (settings.errors.render !== null) {
     const custom = settings.errors.render(problem as unknown as Record<string, unknown>, request)
@@ -59,7 +69,7 @@ function render (problem: Problem, request: FastifyRequest, settings: ResponderS
   if (format === 'problem') return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(problem) }
   if (format === 'html') {
     const { proxyName, contact } = settings.errors
-    return { type: 'text/html; charset=utf-8', body: renderHtml(problem, { proxyName, full, contact }) }
+    return { type: 'text/html; charset=utf-8', body: renderHtml(problem, { proxyName, full, contact }), html: true }
   }
   return { type: 'text/plain; charset=utf-8', body: renderText(problem) }
 }

@@ -161,12 +161,13 @@ export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
  * with blame on the client: the status each gets and the words a client reads. (Fastify's own
  * 4xx errors carry their status and message; these do not.)
  */
-export type ClientFault = 'bodyTooLarge' | 'bodyTooSlow' | 'headersTooLarge' | 'requestTooSlow' | 'malformed'
+export type ClientFault = 'bodyTooLarge' | 'bodyTooSlow' | 'headersTooLarge' | 'requestTooSlow' | 'duplicateHost' | 'malformed'
 
 export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detail: string }>> = {
   bodyTooLarge: { status: 413, detail: 'The request body is larger than this service accepts.' },
   bodyTooSlow: { status: 408, detail: 'The request body did not arrive in time.' },
   headersTooLarge: { status: 431, detail: 'The request headers are larger than this server accepts.' },
   requestTooSlow: { status: 408, detail: 'The request did not arrive in time.' },
+  duplicateHost: { status: 400, detail: 'The request has more than one Host header.' },
   malformed: { status: 400, detail: 'The request is not valid HTTP.' }
 }

@@ -1,6 +1,7 @@
 // What a well-behaved proxy does to headers on the way through (RFC 9110 §7.6).
 import type { FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import { randomBytes } from 'node:crypto'
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1), besides those the `Connection` field names. Never
@@ -19,6 +20,8 @@ const NOT_FORWARDED_UPSTREAM = new Set([...HOP_BY_HOP, 'expect'])
 export interface ForwardingSettings {
   proxyName: string
   requestIdHeader: string
+  /** This gateway instance's pseudonym in request `Via` (see `viaPseudonym`). */
+  via: string
 }
 
 type Headers = IncomingHttpHeaders | OutgoingHttpHeaders
@@ -44,7 +47,7 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
   const element = forwardedElement(peer, proto, host)
   const claimed = headers.forwarded
   headers.forwarded = claimed !== undefined && trustsPeer(request) ? appendList(claimed, element) : element
-  headers.via = appendList(headers.via, `1.1 ${settings.proxyName}`)
+  headers.via = appendList(headers.via, `1.1 ${settings.via}`)
   headers[settings.requestIdHeader] = request.id
   return headers
 }
@@ -79,6 +82,7 @@ function ipsGetter (request: FastifyRequest): (() => unknown) | null {
 /** Response headers as they go to the client. */
 export function forwardResponseHeaders (incoming: Headers, settings: ForwardingSettings): Headers {
   const headers = endToEnd(incoming)
+  // The public name: the pseudonym must stay unknown to clients.
   headers.via = appendList(headers.via as string | string[] | undefined, `1.1 ${settings.proxyName}`)
   return headers
 }
@@ -108,11 +112,29 @@ function connectionNames (connection: Headers['connection']): string[] | null {
   return value.split(',').map((name) => name.trim())
 }
 
-/** Does an incoming `Via` show that this request already passed through this gateway? */
-export function viaContains (via: string | string[] | undefined, proxyName: string): boolean {
+const pseudonyms = new WeakMap<object, string>()
+
+/**
+ * The name this gateway instance (one per `instance`, the plugin's config) gives itself in the
+ * `Via` of requests it forwards: `<proxyName>-<random>`, a pseudonym as RFC 9110 §7.6.3 allows.
+ * Loops are detected by it, so a client cannot stop its own request by sending our public name,
+ * and two gateways with the same proxyName in a chain are not taken for a loop. Responses carry
+ * the public name only, so the pseudonym never reaches a client through the gateway.
+ */
+export function viaPseudonym (instance: object, proxyName: string): string {
+  let name = pseudonyms.get(instance)
+  if (name === undefined) {
+    name = `${proxyName}-${randomBytes(9).toString('base64url')}`
+    pseudonyms.set(instance, name)
+  }
+  return name
+}
+
+/** Does an incoming `Via` show that this request already passed through this gateway instance? */
+export function viaContains (via: string | string[] | undefined, pseudonym: string): boolean {
   if (via === undefined) return false
   const entries = (Array.isArray(via) ? via.join(',') : via).split(',')
-  return entries.some((entry) => entry.trim().split(/\s+/)[1] === proxyName)
+  return entries.some((entry) => entry.trim().split(/\s+/)[1] === pseudonym)
 }
 
 export function appendList (existing: string | string[] | number | undefined, value: string): string {

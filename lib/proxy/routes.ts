@@ -8,7 +8,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
 import { rewriteLocation } from './location.js'
-import { forwardRequestHeaders, forwardResponseHeaders, viaContains, appendList } from './forwarding.js'
+import { forwardRequestHeaders, forwardResponseHeaders, viaContains, viaPseudonym, appendList } from './forwarding.js'
 import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
@@ -42,7 +42,7 @@ function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null): Promise<void> {
-  const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader }
+  const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
   const events: ExchangeEvents = {
@@ -64,7 +64,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
   }
 
   function handler (request: FastifyRequest, reply: FastifyReply, dest: string, options: object): FastifyReply {
-    if (viaContains(request.headers.via, settings.proxyName)) {
+    if (viaContains(request.headers.via, settings.via)) {
       const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
       return reply
@@ -74,8 +74,16 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       websockets.open(request, reply, dest, { route, pool, config, answer })
       return reply
     }
-    ;(request as RequestWithExchange)[kExchange] = new Exchange(request, reply, route, pool, events)
-    return reply.from(dest, options)
+    const exchange = new Exchange(request, reply, route, pool, events)
+    ;(request as RequestWithExchange)[kExchange] = exchange
+    try {
+      return reply.from(dest, options)
+    } catch (err) {
+      // reply-from refuses some paths (a `..` segment after `;`) before any try: the exchange
+      // never starts, and its total timer must not outlive the 400 the error handler gives.
+      exchange.end()
+      throw err
+    }
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders): IncomingHttpHeaders {

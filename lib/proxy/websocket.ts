@@ -20,7 +20,7 @@ import type { Target } from '../pool/target.js'
 import { Candidates } from './candidates.js'
 import { TargetTry, backstop } from './try.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
-import { appendList, forwardRequestHeaders, forwardResponseHeaders, type ForwardingSettings } from './forwarding.js'
+import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import { logClientAborted, logFailure } from '../errors/log.js'
@@ -238,7 +238,7 @@ class Tunnel {
   ) {
     this.route = context.route
     this.pool = context.pool
-    this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader }
+    this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader, via: viaPseudonym(context.config, context.config.errors.proxyName) }
     // Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
     // subprotocol, Sec-WebSocket-Key/Version/Extensions), plus the forwarding headers. Connection
     // and Upgrade are hop-by-hop: undici writes its own `connection: upgrade` and

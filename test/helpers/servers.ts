@@ -161,3 +161,59 @@ export async function startHttpsUpstream (tls: { key: string, cert: string }, ha
   running.url = running.url.replace('http:', 'https:')
   return running
 }
+
+export interface KeyPair { key: string, cert: string }
+
+/**
+ * A private CA and leaf certificates it signed, made with the openssl CLI (null where it is not
+ * installed): `good` for 127.0.0.1, `expired` (valid only in 2020), `wrongName` (for
+ * wrong.example). EC keys: each takes milliseconds, not an RSA key's second.
+ */
+export async function privateCa (): Promise<{ ca: string, good: KeyPair, expired: KeyPair, wrongName: KeyPair } | null> {
+  const { execFileSync } = await import('node:child_process')
+  const { mkdtempSync, readFileSync, writeFileSync, rmSync } = await import('node:fs')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const dir = mkdtempSync(join(tmpdir(), 'fastify-upstream-ca-'))
+  const file = (name: string): string => join(dir, name)
+  const openssl = (...args: string[]): void => { execFileSync('openssl', args, { stdio: 'ignore' }) }
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  try {
+    openssl('req', '-x509', ...ec, '-days', '2', '-subj', '/CN=fastify-upstream test CA', '-keyout', file('ca.key'), '-out', file('ca.pem'))
+    // `openssl ca` (unlike `x509 -req`) can set any validity period, past ones included.
+    writeFileSync(file('index.txt'), '')
+    writeFileSync(file('serial'), '01\n')
+    writeFileSync(file('ca.cnf'), [
+      '[ca]', 'default_ca = local', '[local]', `dir = ${dir}`, `database = ${file('index.txt')}`, `new_certs_dir = ${dir}`,
+      `serial = ${file('serial')}`, 'default_md = sha256', 'policy = any', 'copy_extensions = copy', 'unique_subject = no',
+      '[any]', 'commonName = supplied', ''
+    ].join('\n'))
+    const leaf = (name: string, subject: string, san: string, dates: string[]): KeyPair => {
+      openssl('req', '-new', ...ec, '-subj', `/CN=${subject}`, '-addext', `subjectAltName=${san}`, '-keyout', file(`${name}.key`), '-out', file(`${name}.csr`))
+      openssl('ca', '-batch', '-notext', '-config', file('ca.cnf'), '-keyfile', file('ca.key'), '-cert', file('ca.pem'),
+        '-in', file(`${name}.csr`), '-out', file(`${name}.pem`), ...dates)
+      return { key: readFileSync(file(`${name}.key`), 'utf8'), cert: readFileSync(file(`${name}.pem`), 'utf8') }
+    }
+    return {
+      ca: readFileSync(file('ca.pem'), 'utf8'),
+      good: leaf('good', '127.0.0.1', 'IP:127.0.0.1', ['-days', '2']),
+      expired: leaf('expired', '127.0.0.1', 'IP:127.0.0.1', ['-startdate', '20200101000000Z', '-enddate', '20200102000000Z']),
+      wrongName: leaf('wrong', 'wrong.example', 'DNS:wrong.example', ['-days', '2'])
+    }
+  } catch {
+    return null
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/**
+ * What `process.getActiveResourcesInfo()` holds beyond `baseline` (taken at a child process's
+ * start), once closing handles have had the next turns of the event loop to finish.
+ */
+export async function resourcesLeft (baseline: readonly string[]): Promise<string[]> {
+  for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve))
+  const left = process.getActiveResourcesInfo()
+  for (const resource of baseline) left.splice(left.indexOf(resource), left.includes(resource) ? 1 : 0)
+  return left
+}
