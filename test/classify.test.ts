@@ -67,3 +67,18 @@ t.test('every type has its status, blame and words, and a hint that names what t
   const timeout = makeFailure('connection_timeout', { phase: 'connect', target: '10.0.0.7:3001', ms: 2000, timeouts: { connect: 2000, headers: 1, body: 1, total: 1 } })
   t.match(timeout.hint, /within 2000 ms \(timeouts\.connect\)/)
 })
+
+t.test('docs/errors.md documents every type the gateway can give, with its status', async (t) => {
+  const { readFile } = await import('node:fs/promises')
+  const doc = await readFile(new URL('../docs/errors.md', import.meta.url), 'utf8')
+  for (const [type, kind] of Object.entries(TAXONOMY)) {
+    const row = doc.split('\n').find((line) => line.startsWith('|') && line.includes(`\`${type}\``))
+    if (type === 'upstream_error_status') {
+      t.match(doc, /`upstream_error_status`/, 'the intercepted status is explained')
+      continue
+    }
+    t.ok(row !== undefined, `${type} has a row`)
+    t.match(row, new RegExp(`\\| ${kind.status}[ ,+]|${kind.status}, `), `${type}: its status ${kind.status}`)
+    t.match(row, new RegExp(`\\| ${kind.blame} \\|`), `${type}: its blame`)
+  }
+})

@@ -80,7 +80,7 @@ type HopState = 'ok' | 'failed' | 'unreached'
 const HOPS: readonly HopId[] = ['client', 'client-link', 'gateway', 'service-link', 'service']
 const GATEWAY_INDEX = HOPS.indexOf('gateway')
 
-/** Which hop failed, from whose side the fault is on (ERRORS.md "blame"). */
+/** Which hop failed, from whose side the fault is on (docs/errors.md "blame"). */
 export function failingHop (blame: Blame): HopId {
   switch (blame) {
     case 'client': return 'client'

@@ -1,4 +1,4 @@
-// ERRORS.md as data: for each RFC 9209 error type, the status a client receives, whose side
+// docs/errors.md as data: for each RFC 9209 error type, the status a client receives, whose side
 // the fault is on, whether a later retry is likely to work, and the public words. Nothing else
 // in the code chooses a status for a failure.
 
@@ -30,7 +30,7 @@ export type ProxyErrorType =
 
 export type Blame = 'client' | 'gateway' | 'network' | 'upstream'
 export type Phase = 'route' | 'queue' | 'dns' | 'connect' | 'tls' | 'send' | 'headers' | 'body'
-/** Could the upstream have acted on the request? (ERRORS.md "sent?") */
+/** Could the upstream have acted on the request? (docs/errors.md "sent?") */
 export type Sent = 'no' | 'maybe' | 'yes'
 
 export interface ErrorKind {

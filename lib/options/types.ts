@@ -1,5 +1,5 @@
-// The public options, exactly as SPEC.md names them. Every field is optional where the SPEC
-// gives a default; `validate.ts` turns these into the complete `Config` in `config.ts`.
+// The public options: these names are the API, documented in the README. Every field is
+// optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 
 export type TargetInput = string | { url: string, weight?: number, backup?: boolean }

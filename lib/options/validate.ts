@@ -1,4 +1,4 @@
-// The one place options are checked and defaulted (defaults are SPEC.md's). The rest of the
+// The one place options are checked and defaulted (the defaults the README documents). The rest of the
 // code receives a complete `Config` and never re-checks it.
 import type { HTTPMethods } from 'fastify'
 import type { UpstreamOptions, RetryCondition } from './types.js'

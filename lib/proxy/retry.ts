@@ -1,4 +1,4 @@
-// Should a failed try be tried again? Pure decisions, from the failure's type (ERRORS.md's
+// Should a failed try be tried again? Pure decisions, from the failure's type (docs/errors.md's
 // "sent?" column: could the upstream have acted on the request?) and the retry policy.
 import type { RetryConfig } from '../options/config.js'
 import type { RetryCondition } from '../options/types.js'
