@@ -15,7 +15,7 @@ import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progre
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
-import { backstop } from './try.js'
+import { sendTry } from './try.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 
@@ -192,29 +192,9 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
-    const { connect, headers: headersTimeout, body: bodyTimeout } = this.route.timeouts
-    if (connect !== false) {
-      attempt.startConnectTimer(connect, () => {
-        attempt.abandon()
-        this.onAttemptError(attempt, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
-      })
-    }
-    try {
-      target.client(backstop(connect)).dispatch({
-        origin: target.url,
-        path: opts.path,
-        method: opts.method,
-        headers,
-        body: this.#body!.body,
-        // Our own timers enforce timeouts.headers and .body to the millisecond; undici's, which
-        // tick about once a second, are a backstop.
-        headersTimeout: backstop(headersTimeout),
-        bodyTimeout: backstop(bodyTimeout)
-      }, attempt)
-    } catch (err) {
-      attempt.abandon()
+    sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
-    }
+    })
   }
 
   #queue (): void {

@@ -18,7 +18,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Candidates } from './candidates.js'
-import { TargetTry, backstop } from './try.js'
+import { TargetTry, sendTry } from './try.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
@@ -280,29 +280,13 @@ class Tunnel {
     }
     const handshake = new Handshake(this, target)
     this.#try = handshake
-    const { connect, headers, body } = this.route.timeouts
-    if (connect !== false) {
-      handshake.startConnectTimer(connect, () => {
-        handshake.abandon()
-        this.onTryError(handshake, new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
-      })
-    }
-    try {
-      // The target's own keep-alive pool: its connector, TLS options and connect gate. An
-      // upgraded socket leaves that pool, so open tunnels never hold its connections.
-      target.client(backstop(connect)).dispatch({
-        origin: target.url,
-        path: this.path,
-        method: 'GET',
-        headers: Object.assign({}, this.#headers, { host: target.hostHeader }),
-        upgrade: 'websocket',
-        headersTimeout: backstop(headers),
-        bodyTimeout: backstop(body)
-      }, handshake as Dispatcher.DispatchHandler)
-    } catch (err) {
-      handshake.abandon()
-      this.onTryError(handshake, err)
-    }
+    // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
+    sendTry(handshake, handshake as Dispatcher.DispatchHandler, this.route.timeouts, {
+      path: this.path,
+      method: 'GET',
+      headers: Object.assign({}, this.#headers, { host: target.hostHeader }),
+      upgrade: 'websocket'
+    }, (err) => { this.onTryError(handshake, err) })
   }
 
   /** Every target that may take it is at limits.maxConcurrent: wait for room, queueTimeout at most. */
