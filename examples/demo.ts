@@ -2,7 +2,8 @@
 // to show how fastify-upstream explains a failure: to the client (problem+json or text, and
 // the Proxy-Status header), and to the operator (one log line per failed request).
 //
-//   users   two healthy instances (round-robin); each answer says which instance answered
+//   users   two healthy instances (round-robin); each answer says which instance answered;
+//           /users/events streams Server-Sent Events, /users/upload takes a body of any size
 //   orders  one instance, faulty on purpose on a few paths (see `faultyOrders`)
 //   billing a pool whose only target is a port where nothing listens
 //
@@ -56,8 +57,39 @@ function faultyOrders (req: IncomingMessage, res: ServerResponse, name: string):
   }
 }
 
-const usersA = await startUpstream('users-a', { log: true })
-const usersB = await startUpstream('users-b', { log: true })
+/**
+ * The users service's long-lived and large traffic:
+ * - /events   Server-Sent Events: one event a second, five in all
+ * - /upload   counts the bytes of whatever body it gets
+ */
+function usersTraffic (req: IncomingMessage, res: ServerResponse, name: string): boolean {
+  const path = (req.url ?? '/').split('?')[0]
+  if (path === '/events') {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' })
+    res.flushHeaders()
+    let n = 0
+    const timer = setInterval(() => {
+      n++
+      res.write(`data: {"instance":"${name}","event":${n}}\n\n`)
+      if (n === 5) {
+        clearInterval(timer)
+        res.end()
+      }
+    }, 1000)
+    res.once('close', () => { clearInterval(timer) })
+    return true
+  }
+  if (path === '/upload') {
+    let bytes = 0
+    req.on('data', (chunk: Buffer) => { bytes += chunk.length })
+    req.on('end', () => { sendJson(res, 200, { instance: name, received: bytes }) })
+    return true
+  }
+  return false
+}
+
+const usersA = await startUpstream('users-a', { log: true, handler: usersTraffic })
+const usersB = await startUpstream('users-b', { log: true, handler: usersTraffic })
 const orders = await startUpstream('orders-1', { log: true, handler: faultyOrders })
 const billingUrl = `http://127.0.0.1:${await freePort()}`
 
@@ -92,6 +124,8 @@ await serve(app, {
   ],
   tries: [
     ['curl -s $GW/users/42', 'run it twice: users-a, then users-b'],
+    ['curl -N $GW/users/events', 'SSE: the headers at once, then an event a second, as the service sends them'],
+    ['head -c 50000000 /dev/zero | curl -s --data-binary @- $GW/users/upload', 'a 50 MB upload streams through: no size limit by default'],
     ['curl -s $GW/orders/7', 'orders works... on most paths'],
     ['curl -i $GW/orders/slow', '504 http_response_timeout: no headers in time; see Proxy-Status'],
     ["curl -s -H 'accept: application/json' $GW/orders/crash", '502 connection_terminated, as problem+json'],
