@@ -8,10 +8,10 @@ import type { Target } from '../pool/target.js'
 
 export class Candidates {
   readonly #list: Target[]
-  /** Targets that refused or could not be reached in this request. */
-  readonly #unreachable = new Set<Target>()
-  /** Targets tried in this request (a half-open trial gets one try). */
-  readonly #tried = new Set<Target>()
+  /** Targets that refused or could not be reached in this request (made on the first). */
+  #unreachable: Set<Target> | null = null
+  /** This request made the pool's half-open trial: it gets one try. */
+  #trialMade = false
   #next = 0
 
   constructor (private readonly pool: UpstreamPool, request: FastifyRequest) {
@@ -37,7 +37,7 @@ export class Candidates {
       sawAvailable = true
       if (this.pool.hasRoom(target)) {
         this.#next = (this.#next + i + 1) % count
-        this.#tried.add(target)
+        if (!target.isAvailable() && this.pool.isTrial(target)) this.#trialMade = true
         return target
       }
     }
@@ -46,7 +46,7 @@ export class Candidates {
 
   /** A target that could not even be connected to is not tried again in this request. */
   unreachable (target: Target): void {
-    this.#unreachable.add(target)
+    (this.#unreachable ??= new Set()).add(target)
   }
 
   /** Some candidate may still take a try. */
@@ -55,11 +55,11 @@ export class Candidates {
   }
 
   #mayTry (target: Target): boolean {
-    return !this.#unreachable.has(target) && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
+    return this.#unreachable?.has(target) !== true && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
   }
 
   /** The pool's half-open trial gets one try: a failed one is no reason to knock again at once. */
   #mayTrial (target: Target): boolean {
-    return this.pool.isTrial(target) && !this.#tried.has(target)
+    return !this.#trialMade && this.pool.isTrial(target)
   }
 }
