@@ -16,6 +16,7 @@ import { makeFailure, type AttemptRecord, type Failure, type FailureContext } fr
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
 import { sendTry } from './try.js'
+import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 
@@ -55,8 +56,6 @@ export class Exchange {
   /** Set once: the exchange has ended one way or another; late events are ignored. */
   settled = false
   target: Target | null = null
-  /** Milliseconds spent waiting for a target with room (limits.maxConcurrent). */
-  queueMs = 0
 
   #candidates: Candidates | null = null
   #retries = 0
@@ -70,8 +69,8 @@ export class Exchange {
   #upload: UploadWatch | null = null
   /** A pending wait: for room in the queue, or the backoff before a retry. */
   #waiting: { cancel: () => void } | null = null
-  /** When the current wait in line for room must end (limits.queueTimeout); null when not waiting. */
-  #queueDeadline: number | null = null
+  /** Waiting in line for a target with room (limits.queueTimeout over the whole wait). */
+  readonly #room = new RoomWait()
   /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
   #waitingPhase: AttemptRecord['phase'] = 'route'
 
@@ -185,7 +184,7 @@ export class Exchange {
       return
     }
     this.target = target
-    this.#queueDeadline = null
+    this.#room.reset()
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
     const opts = this.#opts!
@@ -198,36 +197,14 @@ export class Exchange {
   }
 
   #queue (): void {
-    const { limits } = this.pool.config
-    const queuedAt = performance.now()
     this.#waitingPhase = 'queue'
-    const why = `Every target that may take this request has ${this.pool.roomWords()}`
-    const timedOut = (): void => {
-      this.#waiting = null
-      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and this request waited limits.queueTimeout (${limits.queueTimeout} ms) for room.`, retryAfter: 1 })
-    }
-    // queueTimeout bounds the whole wait: a request woken without finding room keeps what is
-    // left of it (before a retry the wait starts anew, as the try does).
-    const again = this.#queueDeadline !== null
-    if (!again) this.#queueDeadline = queuedAt + limits.queueTimeout
-    const left = this.#queueDeadline! - queuedAt
-    if (left <= 0) {
-      timedOut()
-      return
-    }
-    const waiter = this.pool.enqueue(() => {
-      this.queueMs += performance.now() - queuedAt
+    this.#waiting = this.#room.wait(this.pool, 'request', () => {
       this.#waiting = null
       if (!this.settled) this.#tryNext()
-    }, () => {
-      this.queueMs += performance.now() - queuedAt
-      timedOut()
-    }, left, again)
-    if (waiter === null) {
-      this.#fail('connection_limit_reached', { phase: 'queue', why: `${why}, and limits.maxPending (${limits.maxPending}) requests already wait.`, retryAfter: 1 })
-      return
-    }
-    this.#waiting = waiter
+    }, (why) => {
+      this.#waiting = null
+      this.#fail('connection_limit_reached', { phase: 'queue', why, retryAfter: 1 })
+    })
   }
 
   onAttemptStart (context: unknown): void {
@@ -439,7 +416,7 @@ export class Exchange {
       target: this.target?.hostPort ?? null,
       attempts: this.attempts,
       ms: this.ms,
-      queueMs: this.queueMs,
+      queueMs: this.#room.waitedMs,
       timeouts: this.route.timeouts,
       healthPath: this.pool.config.health?.path ?? null
     }, context))

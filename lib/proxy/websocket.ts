@@ -19,6 +19,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Candidates } from './candidates.js'
 import { TargetTry, sendTry } from './try.js'
+import { RoomWait } from './queue.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
@@ -219,6 +220,8 @@ class Tunnel {
   /** A pending wait: for room (limits), or the backoff before a retry. */
   #waiting: { cancel: () => void } | null = null
   #waitingPhase: AttemptRecord['phase'] = 'route'
+  /** Waiting in line for a target with room (limits.queueTimeout over the whole wait). */
+  readonly #room = new RoomWait()
   /** The handshake has ended one way or another; late events are ignored. */
   #settled = false
   /** The refusal's body, on its way to the client. */
@@ -278,6 +281,7 @@ class Tunnel {
       this.#queue()
       return
     }
+    this.#room.reset()
     const handshake = new Handshake(this, target)
     this.#try = handshake
     // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
@@ -289,24 +293,16 @@ class Tunnel {
     }, (err) => { this.onTryError(handshake, err) })
   }
 
-  /** Every target that may take it is at limits.maxConcurrent: wait for room, queueTimeout at most. */
+  /** Every target that may take it is full: wait in line for room, as an HTTP request does. */
   #queue (): void {
-    const { limits } = this.pool.config
-    const queuedAt = performance.now()
     this.#waitingPhase = 'queue'
-    const full = `Every target that may take this upgrade has ${this.pool.roomWords()} (requests and tunnels)`
-    const waiter = this.pool.enqueue(() => {
+    this.#waiting = this.#room.wait(this.pool, 'upgrade', () => {
       this.#waiting = null
       if (!this.#settled) this.#tryNext()
-    }, () => {
+    }, (why) => {
       this.#waiting = null
-      this.#fail('connection_limit_reached', { phase: 'queue', why: `${full}; it waited limits.queueTimeout (${limits.queueTimeout} ms).`, retryAfter: 1, queueMs: performance.now() - queuedAt })
-    }, limits.queueTimeout)
-    if (waiter === null) {
-      this.#fail('connection_limit_reached', { phase: 'queue', why: `${full}, and limits.maxPending (${limits.maxPending}) already wait.`, retryAfter: 1 })
-      return
-    }
-    this.#waiting = waiter
+      this.#fail('connection_limit_reached', { phase: 'queue', why, retryAfter: 1, queueMs: this.#room.waitedMs })
+    })
   }
 
   onTryError (handshake: Handshake, err: unknown): void {
