@@ -42,6 +42,11 @@ await app.register(upstream, { pools: {}, routes: [{ prefix: '/x' }] })
 const badBalancer: UpstreamOptions['pools'][string]['balancer'] = 'fastest'
 // @ts-expect-error: timeouts are numbers of milliseconds
 const badTimeout: UpstreamOptions['pools'][string]['timeouts'] = { connect: '2s' }
+// Any timeout can be off, and so can the connection cap; a route can keep Location as sent.
+const longLived: UpstreamOptions['pools'][string] = { targets: ['http://127.0.0.1:3003'], timeouts: { total: false, body: false, headers: false, connect: false }, connections: { perTarget: false } }
+const rawRedirects: UpstreamOptions['routes'][number] = { prefix: '/raw', pool: 'users', rewriteLocation: false }
+// @ts-expect-error: true is not a duration
+const badOff: UpstreamOptions['pools'][string]['timeouts'] = { total: true }
 
 const pools: PoolSnapshot[] = app.upstream.pools()
 const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
@@ -53,4 +58,4 @@ const readProblem = (problem: Problem): string => `${problem.status} ${problem.e
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
 
-export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
+export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
