@@ -170,6 +170,15 @@ t.test("the upstream's refusal reaches the client as sent: 403 with its body", a
   t.same(gw.failures(), [], 'an upstream answer is not a gateway failure')
 })
 
+t.test('a refusal that redirects points back through the gateway, as any answer (rewriteLocation)', async (t) => {
+  const up = await refusingUpstream(t, 302, '', { location: '/login?next=%2Fchat' })
+  const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live'), { ...route('/raw', 'live'), rewriteLocation: false }] })
+  const res = await refusal(gw, '/live/x')
+  t.equal(res.status, 302)
+  t.equal(res.headers.location, '/live/login?next=%2Fchat')
+  t.equal((await refusal(gw, '/raw/x')).headers.location, '/login?next=%2Fchat', 'and passes untouched when the route says so')
+})
+
 t.test('a refusal whose status errors.intercept lists gets the gateway page; one retry.on lists is retried', async (t) => {
   const sad = await refusingUpstream(t, 503, 'stack trace the public must not see', { 'retry-after': '7' })
   const up = await wsUpstream(t, 'up')

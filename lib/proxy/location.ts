@@ -3,6 +3,29 @@
 // address the client used, and its path from rewritePrefix back to the route's prefix; a
 // path-absolute one gets the same path mapping. Anything else (another site, a path outside
 // rewritePrefix, a relative path like `next` or `../up`) passes untouched.
+import type { FastifyRequest } from 'fastify'
+import type { RouteConfig } from '../options/config.js'
+import type { UpstreamPool } from '../pool/pool.js'
+
+/**
+ * Rewrites `Location` and `Content-Location` of an upstream answer in place, when the route
+ * says so (routes[].rewriteLocation): for proxied responses and refused WebSocket handshakes.
+ */
+export function rewriteLocations (headers: Record<string, unknown>, request: FastifyRequest, route: RouteConfig, pool: UpstreamPool): void {
+  if (!route.rewriteLocation) return
+  const location = headers.location
+  const contentLocation = headers['content-location']
+  if (typeof location !== 'string' && typeof contentLocation !== 'string') return
+  const host = request.host
+  const context: LocationContext = {
+    origins: new Set(pool.targets.map((target) => target.url)),
+    prefix: route.prefix,
+    rewritePrefix: route.rewritePrefix,
+    clientOrigin: host !== '' ? `${request.protocol}://${host}` : null
+  }
+  if (typeof location === 'string') headers.location = rewriteLocation(location, context)
+  if (typeof contentLocation === 'string') headers['content-location'] = rewriteLocation(contentLocation, context)
+}
 
 export interface LocationContext {
   /** The pool's target origins, e.g. `http://10.0.0.7:3001`. */

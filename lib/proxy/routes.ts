@@ -7,7 +7,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { UpstreamDispatcher } from './dispatcher.js'
 import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
-import { rewriteLocation } from './location.js'
+import { rewriteLocations } from './location.js'
 import { forwardRequestHeaders, forwardResponseHeaders, viaContains, viaPseudonym, appendList } from './forwarding.js'
 import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
@@ -92,16 +92,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return headers
   }
 
-  const targetOrigins = new Set(pool.targets.map((target) => target.url))
   function rewriteHeaders (headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
     const forwarded = forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
-    if (route.rewriteLocation && (forwarded.location !== undefined || forwarded['content-location'] !== undefined)) {
-      const host = request.host
-      const context = { origins: targetOrigins, prefix: route.prefix, rewritePrefix: route.rewritePrefix, clientOrigin: host !== '' ? `${request.protocol}://${host}` : null }
-      if (forwarded.location !== undefined) forwarded.location = rewriteLocation(forwarded.location, context)
-      const contentLocation = forwarded['content-location'] as string | undefined
-      if (contentLocation !== undefined) forwarded['content-location'] = rewriteLocation(contentLocation, context)
-    }
+    rewriteLocations(forwarded, request, route, pool)
     return forwarded
   }
 

@@ -20,6 +20,7 @@ import type { Target } from '../pool/target.js'
 import { Candidates } from './candidates.js'
 import { TargetTry, sendTry } from './try.js'
 import { RoomWait } from './queue.js'
+import { rewriteLocations } from './location.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
@@ -375,6 +376,8 @@ class Tunnel {
     this.#settle()
     const full = isFullExposure(this.context.config.errors, this.request)
     const headers = forwardResponseHeaders(upstream, this.#settings)
+    // A refusal that redirects (to a login page) points through the gateway, as any answer.
+    rewriteLocations(headers, this.request, this.route, this.pool)
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
     const body = new PassThrough()
     body.on('drain', resume)
