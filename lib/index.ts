@@ -5,6 +5,8 @@ import { validateOptions } from './options/validate.js'
 import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
+import { Recorder } from './observe/recorder.js'
+import { registerStatus } from './observe/routes.js'
 import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler } from './errors/framework.js'
@@ -34,6 +36,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
 
   app.decorate('upstream', createApi(pools))
+  // Finished requests are counted only where something reads the counts.
+  const recorder = config.status !== null || config.metrics !== null ? new Recorder(config.status?.keep ?? 0) : null
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {
@@ -74,6 +78,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
@@ -83,7 +88,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
       await gateway.register(rateLimit, config.rateLimit ?? { global: false })
     }
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets)
+      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder)
     }
   })
 }

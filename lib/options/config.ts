@@ -98,10 +98,27 @@ export interface Config {
   pools: Map<string, PoolConfig>
   routes: RouteConfig[]
   errors: ErrorsConfig
-  status: { path: string, expose: ExposeInput | null } | null
+  status: StatusConfig | null
   metrics: { path: string } | null
   rateLimit: Record<string, unknown> | null
   requestIdHeader: string
+}
+
+export interface DiagnosisConfig {
+  avgLatency: number
+  p99Latency: number
+  queue: number
+  errorRate: number
+  outlier: number
+  minRequests: number
+}
+
+export interface StatusConfig {
+  path: string
+  /** Null: as errors.expose. */
+  expose: ErrorsConfig['expose'] | null
+  keep: number
+  diagnosis: DiagnosisConfig
 }
 
 export type { BalancerInput }

@@ -35,6 +35,30 @@ export interface LimitsInput {
 
 export type StatusExpectation = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | number | number[] | { from: number, to: number }
 
+/** Thresholds at which the status page's diagnosis reports a finding. */
+export interface DiagnosisInput {
+  /** Average latency over 5 minutes, in ms, above which a 504 is near [2000]. */
+  avgLatency?: number
+  /** P99 latency over 5 minutes, in ms [5000]. */
+  p99Latency?: number
+  /** Share of limits.maxPending in use above which 503s are near [0.8]. */
+  queue?: number
+  /** Share of 5xx answers over 5 minutes [0.01]. */
+  errorRate?: number
+  /** How many times slower (p95) or more failing than its peers' median a target must be to stand out [3]. */
+  outlier?: number
+  /** Requests in the window below which rates and latencies are not judged [20]. */
+  minRequests?: number
+}
+
+export interface StatusInput {
+  path?: string
+  expose?: ExposeInput
+  /** How many failed or retried requests to keep for lookup by id [1000]. */
+  keep?: number
+  diagnosis?: DiagnosisInput
+}
+
 export interface HealthInput {
   path: string
   interval?: number
@@ -132,7 +156,7 @@ export interface UpstreamOptions {
   pools: Record<string, PoolInput>
   routes: RouteInput[]
   errors?: ErrorsInput
-  status?: { path?: string, expose?: ExposeInput } | false
+  status?: StatusInput | false
   metrics?: { path?: string } | false
   rateLimit?: Record<string, unknown>
   requestIdHeader?: string

@@ -70,6 +70,11 @@ export class UpstreamPool {
       : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
   }
 
+  /** Requests waiting in line for room now (limits.maxPending bounds it). */
+  get pending (): number {
+    return this.#waiters.length
+  }
+
   /** Starts active health checks (once the app is ready). */
   start (): void {
     this.#checker?.start()
