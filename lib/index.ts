@@ -6,7 +6,8 @@ import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { Recorder } from './observe/recorder.js'
-import { registerStatus } from './observe/routes.js'
+import { registerMetrics, registerStatus } from './observe/routes.js'
+import { Metrics } from './observe/metrics.js'
 import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler } from './errors/framework.js'
@@ -37,7 +38,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   app.decorate('upstream', createApi(pools))
   // Finished requests are counted only where something reads the counts.
-  const recorder = config.status !== null || config.metrics !== null ? new Recorder(config.status?.keep ?? 0) : null
+  const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
+  const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null) : null
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {
@@ -79,6 +81,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   answerExpectContinue(app, config.routes)
   if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!)
+  if (metrics !== null) registerMetrics(app, config.metrics!.path, metrics)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.

@@ -5,6 +5,7 @@
 import type { AttemptRecord, Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { RollingStats } from './stats.js'
+import type { Metrics } from './metrics.js'
 
 /** The last failure of one error type in a pool. */
 export interface ErrorExample {
@@ -62,7 +63,11 @@ export class Recorder {
   readonly #byId = new Map<string, RequestStory>()
   #next = 0
 
-  constructor (readonly keep: number) {
+  /**
+   * `stats`: keep rolling stats and examples (the status page reads them); `keep`: how many
+   * stories to keep; `metrics`: counters to feed, if any.
+   */
+  constructor (readonly keep: number, readonly metrics: Metrics | null = null, readonly stats = true) {
     this.#ring = new Array(keep)
   }
 
@@ -77,6 +82,8 @@ export class Recorder {
 
   /** A response delivered in full, after one try or several. */
   completed (ending: Ending, now = Date.now()): void {
+    this.metrics?.record(ending, null)
+    if (!this.stats) return
     const retried = ending.attempts.length > 1
     this.#count(ending, null, retried, now)
     if (retried) this.#keep(ending, null, now)
@@ -84,6 +91,8 @@ export class Recorder {
 
   /** The exchange ended in a failure: answered with it, or cut after the headers. */
   failed (ending: Ending, failure: Failure, now = Date.now()): void {
+    this.metrics?.record(ending, failure)
+    if (!this.stats) return
     this.#count(ending, failure.error, ending.attempts.length > 1, now)
     const pool = this.pool(ending.pool)
     const example = pool.errors.get(failure.error)

@@ -9,6 +9,7 @@ import { isFullExposure } from '../errors/problem.js'
 import { buildReport } from './report.js'
 import { renderStatus, renderStory } from './page.js'
 import type { Recorder } from './recorder.js'
+import type { Metrics } from './metrics.js'
 
 const REFRESH_SECONDS = 10
 
@@ -52,4 +53,12 @@ function wantsJson (request: FastifyRequest): boolean {
   if (query?.format === 'json') return true
   const accept = request.headers.accept
   return accept !== undefined && accept.includes('application/json') && !accept.includes('text/html')
+}
+
+/** Prometheus text at metrics.path, as an ordinary route (guard it with a hook, as the page). */
+export function registerMetrics (app: FastifyInstance, path: string, metrics: Metrics): void {
+  app.get(path, async (_request, reply) => {
+    const text = await metrics.registry.metrics()
+    return await reply.type(metrics.registry.contentType).header('cache-control', 'no-store').send(text)
+  })
 }

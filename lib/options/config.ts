@@ -2,6 +2,7 @@
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+import type { Registry } from 'prom-client'
 
 /** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
@@ -99,7 +100,7 @@ export interface Config {
   routes: RouteConfig[]
   errors: ErrorsConfig
   status: StatusConfig | null
-  metrics: { path: string } | null
+  metrics: { path: string, registry: Registry | null } | null
   rateLimit: Record<string, unknown> | null
   requestIdHeader: string
 }

@@ -1,6 +1,7 @@
 // The public options, exactly as SPEC.md names them. Every field is optional where the SPEC
 // gives a default; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
+import type { Registry } from 'prom-client'
 
 export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
 
@@ -49,6 +50,12 @@ export interface DiagnosisInput {
   outlier?: number
   /** Requests in the window below which rates and latencies are not judged [20]. */
   minRequests?: number
+}
+
+export interface MetricsInput {
+  path?: string
+  /** A prom-client registry of the app's, so the gateway's metrics join its own; by default one of the gateway's. */
+  registry?: Registry
 }
 
 export interface StatusInput {
@@ -157,7 +164,7 @@ export interface UpstreamOptions {
   routes: RouteInput[]
   errors?: ErrorsInput
   status?: StatusInput | false
-  metrics?: { path?: string } | false
+  metrics?: MetricsInput | false
   rateLimit?: Record<string, unknown>
   requestIdHeader?: string
 }

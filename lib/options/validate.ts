@@ -1,6 +1,7 @@
 // The one place options are checked and defaulted (defaults are SPEC.md's). The rest of the
 // code receives a complete `Config` and never re-checks it.
 import type { HTTPMethods } from 'fastify'
+import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
@@ -326,9 +327,14 @@ function validateSurface (path: string, input: unknown, defaultPath: string, key
   return { path: at, rest: s }
 }
 
-function validateMetrics (input: unknown): { path: string } | null {
-  const surface = validateSurface('metrics', input, '/metrics')
-  return surface === null ? null : { path: surface.path }
+function validateMetrics (input: unknown): Config['metrics'] {
+  const surface = validateSurface('metrics', input, '/metrics', ['path', 'registry'])
+  if (surface === null) return null
+  const registry = surface.rest.registry
+  if (registry !== undefined && (typeof (registry as Registry | null)?.registerMetric !== 'function' || typeof (registry as Registry).metrics !== 'function')) {
+    fail('metrics.registry', 'a prom-client Registry', registry)
+  }
+  return { path: surface.path, registry: (registry as Registry | undefined) ?? null }
 }
 
 const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests']
