@@ -6,6 +6,7 @@ import type { Finding } from './diagnosis.js'
 import type { RequestStory } from './recorder.js'
 import type { PoolReport, StatusReport, TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
+import type { ProbeResult } from './probe.js'
 
 export interface PageOptions {
   /** Where the status page is served (links to request stories hang below it). */
@@ -69,6 +70,17 @@ export function renderStory (story: RequestStory, options: PageOptions): string 
 <section><h2>Answer</h2><p><strong>${e(a.status)}</strong>${a.error !== null ? ` <code>${e(a.error)}</code> (blame: ${e(a.blame)})` : ' delivered after a retry'}${a.cause !== null ? ` — cause <code>${e(a.cause)}</code>` : ''}</p>${a.note !== null ? `<p class="muted">${e(a.note)}</p>` : ''}</section>
 <section><h2>Tries</h2><div class="scroll"><table><thead><tr><th>#</th><th>Target</th><th>Phase</th><th>Error</th><th>Cause</th><th>Status</th><th>Time</th></tr></thead><tbody>${attempts}</tbody></table></div></section>`
   return page(`Request ${story.id}`, body, null)
+}
+
+export function renderProbe (result: ProbeResult, options: PageOptions): string {
+  const phase = (name: string, value: number | null): string => `<tr><th>${e(name)}</th><td>${value === null ? '—' : `${e(value)} ms`}</td></tr>`
+  const outcome = result.ok
+    ? `<p><strong>${e(result.status)}</strong> from <code>${e(result.url)}</code></p>`
+    : `<p><strong class="bad"><code>${e(result.error)}</code></strong> in the ${e(result.phase)} phase${result.cause !== null ? ` — cause <code>${e(result.cause)}</code>` : ''}</p><p class="muted">GET <code>${e(result.url)}</code></p>`
+  const body = `<header><p class="muted"><a href="${e(options.base)}">← status</a></p><h1>Probe of <code>${e(result.target)}</code></h1><p class="muted">pool <code>${e(result.pool)}</code> · <time>${e(result.at)}</time></p></header>
+<section><h2>Outcome</h2>${outcome}</section>
+<section><h2>Phases (from the start)</h2><table><tbody>${phase('DNS lookup', result.ms.dns)}${phase('connected', result.ms.connect)}${phase('TLS handshake done', result.ms.tls)}${phase('first byte', result.ms.firstByte)}${phase('total', result.ms.total)}</tbody></table></section>`
+  return page(`Probe ${result.target}`, body, null)
 }
 
 function page (title: string, body: string, refresh: number | null): string {

@@ -7,7 +7,8 @@ import type { UpstreamPool } from '../pool/pool.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { isFullExposure } from '../errors/problem.js'
 import { buildReport } from './report.js'
-import { renderStatus, renderStory } from './page.js'
+import { renderProbe, renderStatus, renderStory } from './page.js'
+import { probe } from './probe.js'
 import type { Recorder } from './recorder.js'
 import type { Metrics } from './metrics.js'
 
@@ -32,6 +33,24 @@ export function registerStatus (app: FastifyInstance, config: Config, status: St
     reply.header('cache-control', 'no-store')
     if (wantsJson(request)) return reply.send(report)
     return reply.type('text/html; charset=utf-8').send(renderStatus(report, pageOptions))
+  })
+
+  app.get<{ Querystring: { pool?: string, target?: string } }>(`${base}/probe`, async (request, reply) => {
+    if (!allowed(request, reply)) return reply
+    const { pool: name, target } = request.query
+    const pool = name === undefined ? undefined : pools.get(name)
+    reply.header('cache-control', 'no-store')
+    if (pool === undefined || target === undefined) {
+      return await reply.code(400).send({ error: `Give ?pool= (one of ${[...pools.keys()].join(', ')}) and ?target= (a target URL of that pool).` })
+    }
+    let result
+    try {
+      result = await probe(pool, target)
+    } catch (err) {
+      return await reply.code(400).send({ error: (err as Error).message })
+    }
+    if (wantsJson(request)) return await reply.send(result)
+    return await reply.type('text/html; charset=utf-8').send(renderProbe(result, pageOptions))
   })
 
   app.get<{ Params: { id: string } }>(`${base}/requests/:id`, (request, reply) => {
