@@ -39,7 +39,7 @@ function renderPool (pool: PoolReport, base: string): string {
     : `<div class="scroll"><table><thead><tr><th>Error</th><th>Count</th><th>Last</th><th>Target</th><th>Cause</th></tr></thead><tbody>${errors.map(([type, ex]) =>
       `<tr><td><code>${e(type)}</code></td><td>${e(ex.count)}</td><td><a href="${e(`${base}/requests/${encodeURIComponent(ex.requestId)}`)}">${e(ex.requestId)}</a><br><time>${e(ex.at)}</time></td><td>${e(ex.target ?? '—')}</td><td>${e(ex.cause ?? '—')}</td></tr>`).join('')}</tbody></table></div>`
   return `<section class="pool"><h2>Pool <code>${e(pool.name)}</code></h2>
-<p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} / ${e(pool.maxPending)} (limits.maxPending)</p>
+<p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} ${pool.maxPending === null ? '(limits.maxPending: no limit)' : `/ ${e(pool.maxPending)} (limits.maxPending)`}</p>
 ${statsTable([['1 min', pool.stats['1m']], ['5 min', pool.stats['5m']], ['15 min', pool.stats['15m']]])}
 <h3>Targets</h3>
 <div class="targets">${pool.targets.map((t) => renderTarget(t, pool.name, base)).join('\n')}</div>
@@ -125,8 +125,8 @@ p{margin:.2rem 0}
 .finding.critical .sev{background:var(--bad)}
 .evidence{font-size:.85rem;color:var(--muted)}
 .diagnosis.ok{border-left:4px solid var(--ok)}
-.targets{display:grid;gap:.6rem}
-.target{border:1px solid var(--line);border-radius:10px;padding:.6rem .8rem}
+.targets{display:grid;grid-template-columns:minmax(0,1fr);gap:.6rem}
+.target{min-width:0;border:1px solid var(--line);border-radius:10px;padding:.6rem .8rem}
 .state{display:inline-block;font-size:.75rem;font-weight:700;text-transform:uppercase;padding:0 .4rem;border-radius:4px;background:var(--ok);color:var(--card)}
 .target.unhealthy .state,.target.ejected .state{background:var(--bad)}
 .target.draining .state,.target.unknown .state,.target.backup .state{background:var(--muted)}

@@ -22,8 +22,9 @@ export interface TargetReport extends TargetSnapshot {
 
 export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
   pending: number
-  maxPending: number
-  maxConcurrent: number
+  /** limits.maxPending and limits.maxConcurrent; null when unlimited (JSON has no Infinity). */
+  maxPending: number | null
+  maxConcurrent: number | null
   stats: Windows
   errors: Partial<Record<ProxyErrorType, ErrorExample>>
   targets: TargetReport[]
@@ -53,8 +54,8 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       balancer: snapshot.balancer,
       panic: snapshot.panic,
       pending: pool.pending,
-      maxPending: pool.config.limits.maxPending,
-      maxConcurrent: pool.config.limits.maxConcurrent,
+      maxPending: finite(pool.config.limits.maxPending),
+      maxConcurrent: finite(pool.config.limits.maxConcurrent),
       stats: windows(stats.stats, now),
       errors: Object.fromEntries(stats.errors),
       targets
@@ -65,11 +66,15 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       stats: report.stats[DIAGNOSIS_WINDOW],
       targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW] })),
       pending: report.pending,
-      maxPending: report.maxPending,
+      maxPending: pool.config.limits.maxPending,
       headersTimeout: headersTimeoutOf(config, pool.name)
     })
   }
   return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis), pools: reports }
+}
+
+function finite (n: number): number | null {
+  return Number.isFinite(n) ? n : null
 }
 
 function windows (stats: RollingStats, now: number): Windows {
