@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import type { Ending } from './recorder.js'
+import { entry, type Ending } from './recorder.js'
 
 const PREFIX = 'fastify_upstream_'
 const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
@@ -77,20 +77,10 @@ export class Metrics {
   }
 
   #of (pool: string, target: string): Series {
-    let targets = this.#series.get(pool)
-    if (targets === undefined) {
-      targets = new Map()
-      this.#series.set(pool, targets)
-    }
-    let series = targets.get(target)
-    if (series === undefined) {
-      series = {
-        requests: CLASSES.map((c) => this.#requests.labels(pool, target, c)),
-        total: this.#total.labels(pool, target),
-        headers: this.#headers.labels(pool, target)
-      }
-      targets.set(target, series)
-    }
-    return series
+    return entry(entry(this.#series, pool, () => new Map<string, Series>()), target, () => ({
+      requests: CLASSES.map((c) => this.#requests.labels(pool, target, c)),
+      total: this.#total.labels(pool, target),
+      headers: this.#headers.labels(pool, target)
+    }))
   }
 }

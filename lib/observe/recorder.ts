@@ -42,18 +42,23 @@ export interface Ending {
   attempts: readonly AttemptRecord[]
 }
 
+/** The map's value for `key`, made by `make` the first time. */
+export function entry<K, V> (map: Map<K, V>, key: K, make: () => V): V {
+  let value = map.get(key)
+  if (value === undefined) {
+    value = make()
+    map.set(key, value)
+  }
+  return value
+}
+
 export class PoolStats {
   readonly stats = new RollingStats()
   readonly targets = new Map<string, RollingStats>()
   readonly errors = new Map<ProxyErrorType, ErrorExample>()
 
   target (hostPort: string): RollingStats {
-    let stats = this.targets.get(hostPort)
-    if (stats === undefined) {
-      stats = new RollingStats()
-      this.targets.set(hostPort, stats)
-    }
-    return stats
+    return entry(this.targets, hostPort, () => new RollingStats())
   }
 }
 
@@ -72,12 +77,7 @@ export class Recorder {
   }
 
   pool (name: string): PoolStats {
-    let pool = this.pools.get(name)
-    if (pool === undefined) {
-      pool = new PoolStats()
-      this.pools.set(name, pool)
-    }
-    return pool
+    return entry(this.pools, name, () => new PoolStats())
   }
 
   /** A response delivered in full, after one try or several. */
