@@ -73,6 +73,7 @@ t.test('a dead target gives a critical finding, and its failure links to the who
   t.equal(story.pool, 'gone')
   t.equal(story.method, 'GET')
   t.same(story.answer, { status: 502, error: 'connection_refused', cause: 'ECONNREFUSED', blame: 'upstream', note: 'not retried: no other target can take traffic' })
+  t.same(story.poolState, [{ target: `127.0.0.1:${port}`, state: 'ejected' }], 'the pool as it stood when the request ended')
   t.equal(story.attempts.length, 1)
   t.match(story.attempts[0], { target: `127.0.0.1:${port}`, error: 'connection_refused', cause: 'ECONNREFUSED', phase: 'connect' })
 
@@ -142,7 +143,7 @@ t.test('the ring of kept requests stays bounded after 10 000 failures', async (t
   const recorder = new Recorder(1000)
   const failure = makeFailure('connection_refused', { phase: 'connect', pool: 'p', target: 'a:1', ms: 1, cause: 'ECONNREFUSED' })
   for (let i = 0; i < 10_000; i++) {
-    recorder.failed({ id: `r${i}`, method: 'GET', route: '/', pool: 'p', target: 'a:1', status: 502, ms: 1, attempts: failure.attempts }, failure)
+    recorder.failed({ id: `r${i}`, method: 'GET', route: '/', pool: 'p', target: 'a:1', status: 502, ms: 1, attempts: failure.attempts, poolState: () => [] }, failure)
   }
   const kept = recorder.stories()
   t.equal(kept.length, 1000)

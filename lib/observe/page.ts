@@ -68,6 +68,7 @@ export function renderStory (story: RequestStory, options: PageOptions): string 
   const body = `<header><p class="muted"><a href="${e(options.base)}">← status</a></p><h1>Request <code>${e(story.id)}</code></h1>
 <p><time>${e(story.at)}</time> · ${e(story.method)} on route <code>${e(story.route)}</code> · pool <code>${e(story.pool)}</code> · ${e(story.ms)} ms</p></header>
 <section><h2>Answer</h2><p><strong>${e(a.status)}</strong>${a.error !== null ? ` <code>${e(a.error)}</code> (blame: ${e(a.blame)})` : ' delivered after a retry'}${a.cause !== null ? ` — cause <code>${e(a.cause)}</code>` : ''}</p>${a.note !== null ? `<p class="muted">${e(a.note)}</p>` : ''}</section>
+<section><h2>Pool state when it ended</h2><p>${story.poolState.map((p) => `<code>${e(p.target)}</code> ${e(p.state)}`).join(' · ')}</p></section>
 <section><h2>Tries</h2><div class="scroll"><table><thead><tr><th>#</th><th>Target</th><th>Phase</th><th>Error</th><th>Cause</th><th>Status</th><th>Time</th></tr></thead><tbody>${attempts}</tbody></table></div></section>`
   return page(`Request ${story.id}`, body, null)
 }

@@ -27,6 +27,8 @@ export interface RequestStory {
   /** The answer the client got (for a cut response, the status it had already received). */
   answer: { status: number, error: ProxyErrorType | null, cause: string | null, blame: string | null, note: string | null }
   ms: number
+  /** Each target's state when the request ended. */
+  poolState: ReadonlyArray<{ target: string, state: string }>
 }
 
 /** What the recorder needs to know of a finished request. */
@@ -40,6 +42,8 @@ export interface Ending {
   status: number
   ms: number
   attempts: readonly AttemptRecord[]
+  /** Reads each target's state now; called only for a request that is kept. */
+  poolState: () => Array<{ target: string, state: string }>
 }
 
 /** The map's value for `key`, made by `make` the first time. */
@@ -142,7 +146,8 @@ export class Recorder {
       answer: failure === null
         ? { status: ending.status, error: null, cause: null, blame: null, note: null }
         : { status: ending.status, error: failure.error, cause: failure.cause, blame: failure.blame, note: failure.note },
-      ms: Math.round(ending.ms)
+      ms: Math.round(ending.ms),
+      poolState: ending.poolState()
     }
     const old = this.#ring[this.#next]
     if (old !== undefined && this.#byId.get(old.id) === old) this.#byId.delete(old.id)

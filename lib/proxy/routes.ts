@@ -55,8 +55,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     target: exchange.target?.hostPort ?? null,
     status,
     ms: exchange.ms,
-    attempts: exchange.attempts
+    attempts: exchange.attempts,
+    poolState
   })
+  const poolState = (): Array<{ target: string, state: string }> => pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
 
   const events: ExchangeEvents = {
     failed (exchange, failure) {
