@@ -3,6 +3,8 @@
 //   direct            autocannon → upstream A
 //   http-proxy        autocannon → bare @fastify/http-proxy → upstream A
 //   fastify-upstream  autocannon → fastify-upstream (round-robin pool) → upstreams A and B
+//   fastify-upstream-off  the same gateway with `metrics: false, status: false`: the ratio of the
+//                     two is what rolling stats and metrics cost on the success path
 //
 // Run with `npm run bench`. Knobs (environment): BENCH_DURATION seconds per measurement [5],
 // BENCH_CONNECTIONS concurrent connections [50], BENCH_ROUNDS repeats of the whole round [2].
@@ -29,15 +31,15 @@ import {
 
 const PREFIX = '/svc'
 
-type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream'
-type Variant = 'direct' | 'http-proxy' | 'fastify-upstream'
-const VARIANTS: Variant[] = ['direct', 'http-proxy', 'fastify-upstream']
+type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream-off'
+type Variant = 'direct' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream-off'
+const VARIANTS: Variant[] = ['direct', 'http-proxy', 'fastify-upstream', 'fastify-upstream-off']
 
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
 
 /** The front doors import fastify lazily: the upstream child never needs it. */
-async function runFrontDoor (role: 'http-proxy' | 'fastify-upstream', upstreamPorts: number[]): Promise<{ port: number, close: () => Promise<void> }> {
+async function runFrontDoor (role: Exclude<Role, 'upstreams'>, upstreamPorts: number[]): Promise<{ port: number, close: () => Promise<void> }> {
   const { default: Fastify } = await import('fastify')
   const app = Fastify({ logger: false })
   if (role === 'http-proxy') {
@@ -47,7 +49,8 @@ async function runFrontDoor (role: 'http-proxy' | 'fastify-upstream', upstreamPo
     const { default: upstream } = await import('fastify-upstream')
     await app.register(upstream, {
       pools: { svc: { targets: upstreamPorts.map((port) => `http://${HOST}:${port}`), balancer: 'round-robin' } },
-      routes: [{ prefix: PREFIX, pool: 'svc' }]
+      routes: [{ prefix: PREFIX, pool: 'svc' }],
+      ...(role === 'fastify-upstream-off' ? { metrics: false, status: false } : {})
     })
   }
   await app.listen({ port: 0, host: HOST })
@@ -115,14 +118,15 @@ async function main (): Promise<void> {
 
   const { ports: upstreamPorts } = await startRole('upstreams')
   const env = { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }
-  const [proxy, gateway] = await Promise.all([startRole('http-proxy', env), startRole('fastify-upstream', env)])
+  const [proxy, gateway, bare] = await Promise.all([startRole('http-proxy', env), startRole('fastify-upstream', env), startRole('fastify-upstream-off', env)])
   const proxyPort = proxy.ports[0]
   const upstreamPort = gateway.ports[0]
-  const meters: Record<Variant, ChildProcess | null> = { direct: null, 'http-proxy': proxy.child, 'fastify-upstream': gateway.child }
+  const meters: Record<Variant, ChildProcess | null> = { direct: null, 'http-proxy': proxy.child, 'fastify-upstream': gateway.child, 'fastify-upstream-off': bare.child }
   const urls: Record<Variant, string> = {
     direct: `http://${HOST}:${upstreamPorts[0]}/hello`,
     'http-proxy': `http://${HOST}:${proxyPort}${PREFIX}/hello`,
-    'fastify-upstream': `http://${HOST}:${upstreamPort}${PREFIX}/hello`
+    'fastify-upstream': `http://${HOST}:${upstreamPort}${PREFIX}/hello`,
+    'fastify-upstream-off': `http://${HOST}:${bare.ports[0]}${PREFIX}/hello`
   }
 
   // Sanity check: every door answers 200, and fastify-upstream really alternates between A and B
@@ -139,7 +143,7 @@ async function main (): Promise<void> {
 
   console.log(`bench: ${rounds} round(s) of ${VARIANTS.join(' → ')}, ${duration} s each after ${WARMUP_SECONDS} s warm-up, ` +
     `${connections} connections, node ${process.version}, ${os.cpus().length} CPU(s)`)
-  const samples: Record<Variant, Sample[]> = { direct: [], 'http-proxy': [], 'fastify-upstream': [] }
+  const samples: Record<Variant, Sample[]> = { direct: [], 'http-proxy': [], 'fastify-upstream': [], 'fastify-upstream-off': [] }
   for (let round = 1; round <= rounds; round++) {
     for (const variant of VARIANTS) {
       // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
@@ -180,10 +184,13 @@ async function main (): Promise<void> {
   const ratios = {
     'fastify-upstream/direct': rps('fastify-upstream') / rps('direct'),
     'fastify-upstream/http-proxy': rps('fastify-upstream') / rps('http-proxy'),
-    'http-proxy/direct': rps('http-proxy') / rps('direct')
+    'http-proxy/direct': rps('http-proxy') / rps('direct'),
+    // Below 1 by what metrics and rolling stats cost per response.
+    'fastify-upstream/fastify-upstream-off': rps('fastify-upstream') / rps('fastify-upstream-off')
   }
   const cpu = (variant: Variant): number => medians[variant].cpuPerResponse ?? NaN
   const cpuRatio = cpu('fastify-upstream') / cpu('http-proxy')
+  const observeCpuRatio = cpu('fastify-upstream') / cpu('fastify-upstream-off')
 
   console.log(`\nMedian of ${rounds} round(s), ${duration} s each, ${connections} connections:\n`)
   console.log(formatTable([
@@ -197,6 +204,7 @@ async function main (): Promise<void> {
   console.log('\nThroughput ratios (req/s):')
   for (const [name, value] of Object.entries(ratios)) console.log(`  ${name.padEnd(28)} ${value.toFixed(2)}`)
   console.log(`CPU per response, fastify-upstream/http-proxy: ${cpuRatio.toFixed(2)} (lower is cheaper)`)
+  console.log(`CPU per response, fastify-upstream/fastify-upstream-off (metrics and stats on/off): ${observeCpuRatio.toFixed(2)}`)
 
   const report = {
     date: new Date().toISOString(),
@@ -206,7 +214,7 @@ async function main (): Promise<void> {
     settings: { duration, warmup: WARMUP_SECONDS, connections, rounds },
     medians,
     ratios,
-    cpuPerResponseRatio: { 'fastify-upstream/http-proxy': cpuRatio },
+    cpuPerResponseRatio: { 'fastify-upstream/http-proxy': cpuRatio, 'fastify-upstream/fastify-upstream-off': observeCpuRatio },
     rounds: samples
   }
   console.log(`\nwrote ${await writeResults('throughput-latest.json', report)}`)

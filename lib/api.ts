@@ -1,6 +1,7 @@
 // `app.upstream`: read (and, as features land, steer) pools at run time.
 import type { UpstreamPool, PoolSnapshot } from './pool/pool.js'
 import type { TargetSnapshot } from './pool/target.js'
+import { probe, type ProbeResult } from './observe/probe.js'
 
 export interface UpstreamPoolApi {
   readonly name: string
@@ -17,6 +18,11 @@ export interface UpstreamApi {
   drain: (pool: string, url: string) => void
   /** Puts a drained (or ejected) target back into rotation. */
   enable: (pool: string, url: string) => void
+  /**
+   * One GET (the pool's health.path, or `/`) to that target outside the balancer, each phase
+   * timed; resolves with the status or the classified error. Throws for an unknown pool or target.
+   */
+  probe: (pool: string, url: string) => Promise<ProbeResult>
 }
 
 export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamApi {
@@ -32,6 +38,7 @@ export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamAp
       return { name, targets: () => pool.snapshot().targets }
     },
     drain: (name, url) => { find(name).drain(url) },
-    enable: (name, url) => { find(name).enable(url) }
+    enable: (name, url) => { find(name).enable(url) },
+    probe: async (name, url) => await probe(find(name), url)
   }
 }

@@ -5,6 +5,9 @@ import { validateOptions } from './options/validate.js'
 import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
+import { Recorder } from './observe/recorder.js'
+import { registerMetrics, registerStatus } from './observe/routes.js'
+import { Metrics } from './observe/metrics.js'
 import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler, hasDuplicateHost, rejectDuplicateHost } from './errors/framework.js'
@@ -20,6 +23,11 @@ export type { TargetSnapshot } from './pool/target.js'
 export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
 export type { ProxyErrorType, Blame, Phase } from './errors/taxonomy.js'
+export type { ProbeResult } from './observe/probe.js'
+export type { StatusReport, PoolReport, TargetReport, Windows } from './observe/report.js'
+export type { WindowStats } from './observe/stats.js'
+export type { Finding, Severity } from './observe/diagnosis.js'
+export type { RequestStory, ErrorExample } from './observe/recorder.js'
 export { OptionsError } from './options/check.js'
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 export { requestIdFrom, type RequestIdOptions } from './request-id.js'
@@ -41,6 +49,9 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const appErrors = createErrorHandlers(config, null)
 
   app.decorate('upstream', createApi(pools))
+  // Finished requests are counted only where something reads the counts.
+  const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
+  const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null) : null
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {
@@ -87,6 +98,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!)
+  if (metrics !== null) registerMetrics(app, config.metrics!.path, metrics)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
@@ -96,7 +109,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
       await gateway.register(rateLimit, config.rateLimit ?? { global: false })
     }
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets)
+      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder)
     }
   })
 }

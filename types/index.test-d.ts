@@ -3,8 +3,10 @@
 import Fastify from 'fastify'
 import upstream, {
   fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler, requestIdFrom,
-  type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure
+  type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure,
+  type ProbeResult, type StatusReport, type Finding, type RequestStory
 } from 'fastify-upstream'
+import { Registry } from 'prom-client'
 
 const app = Fastify()
 // The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
@@ -31,9 +33,17 @@ const options: UpstreamOptions = {
     { prefix: '/forms', pool: 'users', bodyLimit: 64 * 1024 }
   ],
   errors: { expose: (request) => request.headers['x-debug'] === '1', proxyName: 'edge' },
-  requestIdHeader: 'x-request-id'
+  requestIdHeader: 'x-request-id',
+  status: { path: '/_status', expose: 'full', keep: 500, diagnosis: { avgLatency: 1500, outlier: 4 } },
+  metrics: { path: '/metrics', registry: new Registry() }
 }
 await app.register(upstream, options)
+await app.register(upstream, { ...options, status: false, metrics: false })
+// @ts-expect-error: keep is a number of requests
+const badKeep: UpstreamOptions['status'] = { keep: 'all' }
+const probed: Promise<ProbeResult> = app.upstream.probe('users', 'http://127.0.0.1:3001')
+const readReport = (report: StatusReport): string => report.diagnosis.map((f: Finding) => `${f.severity} ${f.title} ${f.action}`).join('\n')
+const readStory = (story: RequestStory): number => story.attempts.length + story.answer.status
 await app.register(fastifyUpstream, options)
 
 // @ts-expect-error: a route needs a pool
@@ -58,4 +68,5 @@ const readProblem = (problem: Problem): string => `${problem.status} ${problem.e
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
 
+export { badKeep, probed, readReport, readStory }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

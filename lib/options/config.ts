@@ -2,6 +2,7 @@
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+import type { Registry } from 'prom-client'
 
 /** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
@@ -98,10 +99,27 @@ export interface Config {
   pools: Map<string, PoolConfig>
   routes: RouteConfig[]
   errors: ErrorsConfig
-  status: { path: string, expose: ExposeInput | null } | null
-  metrics: { path: string } | null
+  status: StatusConfig | null
+  metrics: { path: string, registry: Registry | null } | null
   rateLimit: Record<string, unknown> | null
   requestIdHeader: string
+}
+
+export interface DiagnosisConfig {
+  avgLatency: number
+  p99Latency: number
+  queue: number
+  errorRate: number
+  outlier: number
+  minRequests: number
+}
+
+export interface StatusConfig {
+  path: string
+  /** Null: as errors.expose. */
+  expose: ErrorsConfig['expose'] | null
+  keep: number
+  diagnosis: DiagnosisConfig
 }
 
 export type { BalancerInput }

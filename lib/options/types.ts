@@ -1,6 +1,7 @@
 // The public options: these names are the API, documented in the README. Every field is
 // optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
+import type { Registry } from 'prom-client'
 
 export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
 
@@ -34,6 +35,36 @@ export interface LimitsInput {
 }
 
 export type StatusExpectation = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | number | number[] | { from: number, to: number }
+
+/** Thresholds at which the status page's diagnosis reports a finding. */
+export interface DiagnosisInput {
+  /** Average latency over 5 minutes, in ms, above which a 504 is near [2000]. */
+  avgLatency?: number
+  /** P99 latency over 5 minutes, in ms [5000]. */
+  p99Latency?: number
+  /** Share of limits.maxPending in use above which 503s are near [0.8]. */
+  queue?: number
+  /** Share of 5xx answers over 5 minutes [0.01]. */
+  errorRate?: number
+  /** How many times slower (p95) or more failing than its peers' median a target must be to stand out [3]. */
+  outlier?: number
+  /** Requests in the window below which rates and latencies are not judged [20]. */
+  minRequests?: number
+}
+
+export interface MetricsInput {
+  path?: string
+  /** A prom-client registry of the app's, so the gateway's metrics join its own; by default one of the gateway's. */
+  registry?: Registry
+}
+
+export interface StatusInput {
+  path?: string
+  expose?: ExposeInput
+  /** How many failed or retried requests to keep for lookup by id [1000]. */
+  keep?: number
+  diagnosis?: DiagnosisInput
+}
 
 export interface HealthInput {
   path: string
@@ -132,8 +163,8 @@ export interface UpstreamOptions {
   pools: Record<string, PoolInput>
   routes: RouteInput[]
   errors?: ErrorsInput
-  status?: { path?: string, expose?: ExposeInput } | false
-  metrics?: { path?: string } | false
+  status?: StatusInput | false
+  metrics?: MetricsInput | false
   rateLimit?: Record<string, unknown>
   requestIdHeader?: string
 }

@@ -1,10 +1,11 @@
 // The one place options are checked and defaulted (the defaults the README documents). The rest of the
 // code receives a complete `Config` and never re-checks it.
 import type { HTTPMethods } from 'fastify'
+import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -50,8 +51,8 @@ export function validateOptions (input: unknown): Config {
     pools,
     routes,
     errors: validateErrors(options.errors),
-    status: validateSurface('status', options.status, '/_upstream'),
-    metrics: validateSurface('metrics', options.metrics, '/metrics'),
+    status: validateStatus(options.status),
+    metrics: validateMetrics(options.metrics),
     rateLimit: options.rateLimit === undefined ? null : object('rateLimit', options.rateLimit, Object.keys(options.rateLimit)),
     requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
   }
@@ -293,17 +294,23 @@ function validateBodyLimit (path: string, value: unknown): number | null {
   return value
 }
 
+/** 'public', 'full', 'auto' (full unless NODE_ENV is production) or a function of the request. */
+function exposure (path: string, input: unknown): ErrorsConfig['expose'] {
+  if (typeof input === 'function') return input as ErrorsConfig['expose']
+  const expose = oneOf(path, input, ['public', 'full', 'auto'] as const)
+  if (expose === 'auto') return process.env.NODE_ENV === 'production' ? 'public' : 'full'
+  return expose
+}
+
 function validateErrors (input: unknown): ErrorsConfig {
   const e = optionalObject('errors', input, ['expose', 'proxyName', 'typeBase', 'contact', 'render', 'intercept'])
-  let expose = e.expose ?? 'auto'
-  if (typeof expose !== 'function') expose = oneOf('errors.expose', expose, ['public', 'full', 'auto'] as const)
-  if (expose === 'auto') expose = process.env.NODE_ENV === 'production' ? 'public' : 'full'
+  const expose = exposure('errors.expose', e.expose ?? 'auto')
   const proxyName = string('errors.proxyName', e.proxyName, 'fastify-upstream')
   // RFC 9209 members are sf-tokens; a name that is not one would make Proxy-Status unparseable.
   if (!/^[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*$/.test(proxyName)) fail('errors.proxyName', 'a structured-field token (letters, digits, "-", ".", ...)', proxyName)
   if (e.render !== undefined && typeof e.render !== 'function') fail('errors.render', 'a function (problem, request) => body', e.render)
   return {
-    expose: expose as ErrorsConfig['expose'],
+    expose,
     proxyName,
     typeBase: string('errors.typeBase', e.typeBase, 'urn:fastify-upstream:error:'),
     contact: e.contact === undefined ? null : string('errors.contact', e.contact),
@@ -312,12 +319,46 @@ function validateErrors (input: unknown): ErrorsConfig {
   }
 }
 
-function validateSurface (path: string, input: unknown, defaultPath: string): { path: string, expose: null } | null {
+function validateSurface (path: string, input: unknown, defaultPath: string, keys: readonly string[] = ['path']): { path: string, rest: Record<string, unknown> } | null {
   if (input === false) return null
-  const s = optionalObject(path, input, path === 'status' ? ['path', 'expose'] : ['path'])
+  const s = optionalObject(path, input, keys)
   const at = string(join(path, 'path'), s.path, defaultPath)
   if (!at.startsWith('/')) fail(join(path, 'path'), 'a path starting with "/"', at)
-  return { path: at, expose: (s.expose as null) ?? null }
+  return { path: at, rest: s }
+}
+
+function validateMetrics (input: unknown): Config['metrics'] {
+  const surface = validateSurface('metrics', input, '/metrics', ['path', 'registry'])
+  if (surface === null) return null
+  const registry = surface.rest.registry
+  if (registry !== undefined && (typeof (registry as Registry | null)?.registerMetric !== 'function' || typeof (registry as Registry).metrics !== 'function')) {
+    fail('metrics.registry', 'a prom-client Registry', registry)
+  }
+  return { path: surface.path, registry: (registry as Registry | undefined) ?? null }
+}
+
+const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests']
+
+function validateStatus (input: unknown): StatusConfig | null {
+  const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis'])
+  if (surface === null) return null
+  const s = surface.rest
+  const d = optionalObject('status.diagnosis', s.diagnosis, DIAGNOSIS_KEYS)
+  const outlier = d.outlier ?? 3
+  if (typeof outlier !== 'number' || !(outlier > 1 && outlier < Infinity)) fail('status.diagnosis.outlier', 'a number > 1', outlier)
+  return {
+    path: surface.path,
+    expose: s.expose === undefined ? null : exposure('status.expose', s.expose),
+    keep: integer('status.keep', s.keep, 1000, 0, 1_000_000),
+    diagnosis: {
+      avgLatency: duration('status.diagnosis.avgLatency', d.avgLatency, 2000),
+      p99Latency: duration('status.diagnosis.p99Latency', d.p99Latency, 5000),
+      queue: ratio('status.diagnosis.queue', d.queue, 0.8),
+      errorRate: ratio('status.diagnosis.errorRate', d.errorRate, 0.01),
+      outlier,
+      minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1)
+    }
+  }
 }
 
 function method (path: string, value: unknown): HTTPMethods {

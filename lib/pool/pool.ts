@@ -70,6 +70,11 @@ export class UpstreamPool {
       : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
   }
 
+  /** Requests waiting in line for room now (limits.maxPending bounds it). */
+  get pending (): number {
+    return this.#waiters.length
+  }
+
   /** Starts active health checks (once the app is ready). */
   start (): void {
     this.#checker?.start()
@@ -265,13 +270,13 @@ export class UpstreamPool {
   }
 
   drain (url: string): void {
-    const target = this.#find(url)
+    const target = this.find(url)
     if (target.draining) return
     this.#change(target, 'drained by an operator: no new requests, those in flight finish', () => { target.draining = true })
   }
 
   enable (url: string): void {
-    const target = this.#find(url)
+    const target = this.find(url)
     this.#change(target, 'enabled by an operator', () => {
       target.draining = false
       target.readmit()
@@ -354,7 +359,8 @@ export class UpstreamPool {
     }
   }
 
-  #find (url: string): Target {
+  /** The target with this URL (or origin); throws, naming the targets, for one not in the pool. */
+  find (url: string): Target {
     const target = this.targets.find((t) => t.url === url || t.url === safeOrigin(url))
     if (target === undefined) throw new Error(`fastify-upstream: pool "${this.name}" has no target "${url}" (targets: ${this.targets.map((t) => t.url).join(', ')})`)
     return target

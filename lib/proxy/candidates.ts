@@ -14,8 +14,15 @@ export class Candidates {
   #trialMade = false
   #next = 0
 
+  /** The ejected target the pool gave this request as its half-open trial, if it did. */
+  readonly #trial: Target | null
+
   constructor (private readonly pool: UpstreamPool, request: FastifyRequest) {
     this.#list = pool.candidates(request)
+    // Only the request the pool handed the trial to may make it: another that listed the same
+    // target before its ejection must not ride along.
+    const only = this.#list.length === 1 ? this.#list[0]! : null
+    this.#trial = only !== null && pool.isTrial(only) ? only : null
   }
 
   /** No target of the pool may take traffic (the request gets destination_unavailable). */
@@ -37,7 +44,7 @@ export class Candidates {
       sawAvailable = true
       if (this.pool.hasRoom(target)) {
         this.#next = (this.#next + i + 1) % count
-        if (!target.isAvailable() && this.pool.isTrial(target)) this.#trialMade = true
+        if (target === this.#trial) this.#trialMade = true
         return target
       }
     }
@@ -60,6 +67,6 @@ export class Candidates {
 
   /** The pool's half-open trial gets one try: a failed one is no reason to knock again at once. */
   #mayTrial (target: Target): boolean {
-    return !this.#trialMade && this.pool.isTrial(target)
+    return target === this.#trial && !this.#trialMade && this.pool.isTrial(target)
   }
 }

@@ -48,6 +48,8 @@ export interface ExchangeEvents {
   aborted: (exchange: Exchange, phase: string) => void
   /** The response was delivered after one or more failed tries. */
   recovered: (exchange: Exchange, status: number) => void
+  /** The response was delivered at the first try (for stats; nothing to log). */
+  completed: (exchange: Exchange, status: number) => void
 }
 
 export class Exchange {
@@ -264,6 +266,7 @@ export class Exchange {
     this.#settle()
     this.#downstream!.onComplete?.(trailers)
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
+    else this.events.completed(this, attempt.status!)
   }
 
   onAttemptError (attempt: Attempt, err: unknown): void {

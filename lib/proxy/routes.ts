@@ -15,6 +15,7 @@ import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
+import type { Ending, Recorder } from '../observe/recorder.js'
 
 /**
  * A request's exchange rides on the request itself, not in a WeakMap: a WeakMap entry lives
@@ -41,14 +42,32 @@ function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
+  /** What the recorder keeps of an exchange that ended with the client answered `status`. */
+  const ending = (exchange: Exchange, status: number): Ending => ({
+    id: String(exchange.request.id),
+    method: exchange.request.method,
+    route: route.prefix,
+    pool: pool.name,
+    target: exchange.target?.hostPort ?? null,
+    status,
+    ms: exchange.ms,
+    attempts: exchange.attempts,
+    poolState
+  })
+  const poolState = (): Array<{ target: string, state: string }> => pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
+
   const events: ExchangeEvents = {
-    failed: (exchange, failure) => { answer(exchange.request, exchange.reply, failure) },
+    failed (exchange, failure) {
+      recorder?.failed(ending(exchange, failure.status), failure)
+      answer(exchange.request, exchange.reply, failure)
+    },
     broken (exchange, failure) {
       const { request, reply } = exchange
+      recorder?.failed(ending(exchange, failure.status), failure)
       logFailure(request, failure, true)
       // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
       // reply.log. The record above already tells it: from here on, only errors get through.
@@ -59,7 +78,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
     },
     recovered (exchange, status) {
+      recorder?.completed(ending(exchange, status))
       logRecovered(exchange.request, pool.name, status, exchange.attempts, exchange.ms)
+    },
+    completed (exchange, status) {
+      recorder?.completed(ending(exchange, status))
     }
   }
 
@@ -106,7 +129,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       exchange.end()
       res.stream.on('error', () => {})
       res.stream.destroy()
-      answer(request, reply, makeFailure('upstream_error_status', {
+      const failure = makeFailure('upstream_error_status', {
         phase: 'headers',
         pool: pool.name,
         target: exchange.target?.hostPort ?? null,
@@ -115,7 +138,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
         status: res.statusCode,
         receivedStatus: res.statusCode,
         retryAfter: retryAfterOf(reply)
-      }))
+      })
+      recorder?.failed(ending(exchange, failure.status), failure)
+      answer(request, reply, failure)
       return
     }
     const full = isFullExposure(config.errors, request)

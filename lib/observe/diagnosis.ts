@@ -1,0 +1,164 @@
+// The status page's diagnosis: a pure function from a pool's numbers (rolling stats, target
+// states, queue depth) and the options in force to findings in plain words. Each finding
+// carries its evidence and names the option to change with its current value.
+import type { DiagnosisConfig } from '../options/config.js'
+import type { TargetState } from '../pool/target.js'
+import type { WindowStats } from './stats.js'
+
+export type Severity = 'critical' | 'warning' | 'info'
+
+export interface Finding {
+  severity: Severity
+  pool: string
+  target?: string
+  title: string
+  /** The numbers the finding rests on. */
+  evidence: Record<string, number | string>
+  /** What to do, naming the option and its current value. */
+  action: string
+}
+
+export interface TargetInput {
+  /** `host:port`. */
+  target: string
+  state: TargetState
+  stats: WindowStats
+}
+
+export interface PoolInput {
+  pool: string
+  stats: WindowStats
+  targets: TargetInput[]
+  /** Requests waiting for room now, and the pool's limits. */
+  pending: number
+  maxPending: number
+  /** The shortest timeouts.headers among the pool's routes, in ms; false when off everywhere. */
+  headersTimeout: number | false
+}
+
+const OUT: ReadonlySet<TargetState> = new Set(['unhealthy', 'ejected', 'draining'])
+const SEVERITY_ORDER: Record<Severity, number> = { critical: 0, warning: 1, info: 2 }
+
+const ms = (n: number): number => Math.round(n)
+const pct = (n: number): string => `${(n * 100).toFixed(1)}%`
+
+export function diagnose (pools: readonly PoolInput[], limits: DiagnosisConfig): Finding[] {
+  const findings: Finding[] = []
+  for (const p of pools) diagnosePool(p, limits, findings)
+  return findings.sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity])
+}
+
+function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): void {
+  const pool = p.pool
+  const primaries = p.targets.filter((t) => t.state !== 'backup')
+  if (p.targets.length > 0 && p.targets.every((t) => OUT.has(t.state))) {
+    out.push({
+      severity: 'critical',
+      pool,
+      title: `No target of pool "${pool}" can take traffic: requests get 503.`,
+      evidence: Object.fromEntries(p.targets.map((t) => [t.target, t.state])),
+      action: `Bring a target back (check why each is out on this page), or add targets to pools.${pool}.targets.`
+    })
+  } else if (primaries.length > 0 && primaries.every((t) => OUT.has(t.state))) {
+    out.push({
+      severity: 'warning',
+      pool,
+      title: `Every primary target of pool "${pool}" is out: traffic goes to backups.`,
+      evidence: Object.fromEntries(primaries.map((t) => [t.target, t.state])),
+      action: `Bring a primary target of pools.${pool}.targets back into rotation.`
+    })
+  }
+
+  if (p.maxPending > 0 && p.pending > limits.queue * p.maxPending) {
+    out.push({
+      severity: 'warning',
+      pool,
+      title: `Pool "${pool}" has ${p.pending} requests waiting for room: near the point where new ones get 503.`,
+      evidence: { pending: p.pending, maxPending: p.maxPending, share: pct(p.pending / p.maxPending) },
+      action: `Add targets, or raise limits.maxConcurrent or limits.maxPending (now ${p.maxPending}) for pool "${pool}" if the targets can take more.`
+    })
+  }
+
+  const s = p.stats
+  if (s.requests >= limits.minRequests && s.latency !== null) {
+    if (s.latency.avg > limits.avgLatency) {
+      out.push({
+        severity: 'warning',
+        pool,
+        title: p.headersTimeout !== false
+          ? `Pool "${pool}" answers in ${ms(s.latency.avg)} ms on average: risk of 504 before timeouts.headers (${p.headersTimeout} ms) bites.`
+          : `Pool "${pool}" answers in ${ms(s.latency.avg)} ms on average.`,
+        evidence: { avgMs: ms(s.latency.avg), p99Ms: ms(s.latency.p99), requests: s.requests, thresholdMs: limits.avgLatency },
+        action: p.headersTimeout !== false
+          ? `Find what makes the targets slow; raise timeouts.headers (now ${p.headersTimeout} ms) only if answers this slow are expected.`
+          : 'Find what makes the targets slow; timeouts.headers is off, so clients wait as long as the targets take.'
+      })
+    }
+    if (s.latency.p99 > limits.p99Latency) {
+      out.push({
+        severity: 'warning',
+        pool,
+        title: `1% of requests to pool "${pool}" take more than ${ms(s.latency.p99)} ms.`,
+        evidence: { p99Ms: ms(s.latency.p99), p95Ms: ms(s.latency.p95), requests: s.requests, thresholdMs: limits.p99Latency },
+        action: `Look for slow queries or saturated workers behind pool "${pool}"; timeouts.headers is ${p.headersTimeout === false ? 'off' : `${p.headersTimeout} ms`}.`
+      })
+    }
+  }
+  if (s.requests >= limits.minRequests && s.status5xx / s.requests > limits.errorRate) {
+    const top = Object.entries(s.errors).sort((a, b) => b[1] - a[1])[0]
+    out.push({
+      severity: s.status5xx / s.requests > 0.1 ? 'critical' : 'warning',
+      pool,
+      title: `${pct(s.status5xx / s.requests)} of requests to pool "${pool}" got a 5xx${top !== undefined ? `, most of them ${top[0]}` : ''}.`,
+      evidence: { status5xx: s.status5xx, requests: s.requests, ...(top !== undefined ? { [top[0]]: top[1] } : {}), threshold: pct(limits.errorRate) },
+      action: 'Open the last example of each error below (its request id links to the whole story); the failure type names what to fix.'
+    })
+  }
+  oneSlowNode(p, limits, out)
+}
+
+/** One target much slower, or failing much more, than its peers (the rest of the pool). */
+function oneSlowNode (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): void {
+  const judged = p.targets.filter((t) => t.stats.requests >= limits.minRequests && t.stats.latency !== null)
+  if (judged.length < 2) return
+  for (const t of judged) {
+    const peers = judged.filter((o) => o !== t)
+    const peerP95 = median(peers.map((o) => o.stats.latency!.p95))
+    const p95 = t.stats.latency!.p95
+    // A floor of 50 ms: 3 ms against 1 ms is no finding.
+    if (p95 > limits.outlier * peerP95 && p95 - peerP95 > 50) {
+      out.push({
+        severity: 'warning',
+        pool: p.pool,
+        target: t.target,
+        title: `${t.target} is much slower than the rest of pool "${p.pool}" (one slow node).`,
+        evidence: { p95Ms: ms(p95), peersP95Ms: ms(peerP95), requests: t.stats.requests },
+        action: `Look at ${t.target} itself (load, disk, GC, a noisy neighbour); drain it meanwhile with app.upstream.drain('${p.pool}', url), or use balancer p2c-ewma, which sends less to a slow target.`
+      })
+    }
+    const rate = failureRate(t.stats)
+    const peerRate = median(peers.map((o) => failureRate(o.stats)))
+    if (rate > limits.errorRate && rate > limits.outlier * peerRate) {
+      out.push({
+        severity: 'warning',
+        pool: p.pool,
+        target: t.target,
+        title: `${t.target} fails ${pct(rate)} of its requests, more than the rest of pool "${p.pool}" (${pct(peerRate)}).`,
+        evidence: { failureRate: pct(rate), peersFailureRate: pct(peerRate), requests: t.stats.requests },
+        action: `Look at ${t.target}'s own log; set outlier.consecutiveFailures lower, or health.path, so the gateway takes it out sooner.`
+      })
+    }
+  }
+}
+
+function failureRate (s: WindowStats): number {
+  let failed = 0
+  for (const n of Object.values(s.errors)) failed += n
+  return s.requests === 0 ? 0 : failed / s.requests
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}

@@ -1,0 +1,138 @@
+// The status page and a request's story page, as HTML: self-contained (inline style, no
+// script, no fetched asset), refreshed by a meta tag, one column on a phone. Every value from
+// outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
+import { escapeHtml as e } from '../errors/html.js'
+import type { Finding } from './diagnosis.js'
+import type { RequestStory } from './recorder.js'
+import type { PoolReport, StatusReport, TargetReport } from './report.js'
+import type { WindowStats } from './stats.js'
+import type { ProbeResult } from './probe.js'
+
+export interface PageOptions {
+  /** Where the status page is served (links to request stories hang below it). */
+  base: string
+  /** Seconds between refreshes. */
+  refresh: number
+}
+
+export function renderStatus (report: StatusReport, options: PageOptions): string {
+  const body = [
+    `<header><h1>Upstream status</h1><p class="muted">As of <time>${e(report.at)}</time>; refreshes every ${options.refresh} s. <a href="${e(options.base)}?format=json">JSON</a></p></header>`,
+    renderDiagnosis(report.diagnosis),
+    ...report.pools.map((pool) => renderPool(pool, options.base))
+  ].join('\n')
+  return page('Upstream status', body, options.refresh)
+}
+
+function renderDiagnosis (findings: Finding[]): string {
+  if (findings.length === 0) return '<section class="diagnosis ok"><h2>Diagnosis</h2><p>Nothing stands out in the last 5 minutes.</p></section>'
+  const items = findings.map((f) => `<li class="finding ${f.severity}"><p class="title"><span class="sev">${e(f.severity)}</span> ${e(f.title)}</p>
+<p class="evidence">${Object.entries(f.evidence).map(([k, v]) => `<code>${e(k)}</code> ${e(v)}`).join(' · ')}</p>
+<p class="action">${e(f.action)}</p></li>`).join('\n')
+  return `<section class="diagnosis"><h2>Diagnosis</h2><ul>${items}</ul></section>`
+}
+
+function renderPool (pool: PoolReport, base: string): string {
+  const errors = Object.entries(pool.errors)
+  const errorRows = errors.length === 0
+    ? '<p class="muted">No failures recorded.</p>'
+    : `<div class="scroll"><table><thead><tr><th>Error</th><th>Count</th><th>Last</th><th>Target</th><th>Cause</th></tr></thead><tbody>${errors.map(([type, ex]) =>
+      `<tr><td><code>${e(type)}</code></td><td>${e(ex.count)}</td><td><a href="${e(`${base}/requests/${encodeURIComponent(ex.requestId)}`)}">${e(ex.requestId)}</a><br><time>${e(ex.at)}</time></td><td>${e(ex.target ?? '—')}</td><td>${e(ex.cause ?? '—')}</td></tr>`).join('')}</tbody></table></div>`
+  return `<section class="pool"><h2>Pool <code>${e(pool.name)}</code></h2>
+<p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} ${pool.maxPending === null ? '(limits.maxPending: no limit)' : `/ ${e(pool.maxPending)} (limits.maxPending)`}</p>
+${statsTable([['1 min', pool.stats['1m']], ['5 min', pool.stats['5m']], ['15 min', pool.stats['15m']]])}
+<h3>Targets</h3>
+<div class="targets">${pool.targets.map((t) => renderTarget(t, pool.name, base)).join('\n')}</div>
+<h3>Recent errors</h3>
+${errorRows}
+</section>`
+}
+
+function renderTarget (t: TargetReport, pool: string, base: string): string {
+  const probe = `${base}/probe?pool=${encodeURIComponent(pool)}&target=${encodeURIComponent(t.url)}`
+  return `<article class="target ${e(t.state)}"><p class="name"><span class="state">${e(t.state)}</span> <code>${e(t.url)}</code></p>
+<p class="muted">since <time>${e(t.since)}</time>${t.why !== null ? ` — ${e(t.why)}` : ''}</p>
+<p class="muted">in flight ${e(t.inFlight)} · ejections ${e(t.ejections)}${t.lastError !== null ? ` · last error <code>${e(t.lastError.error)}</code> at <time>${e(t.lastError.at)}</time>` : ''} · <a href="${e(probe)}">probe</a></p>
+${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}</article>`
+}
+
+function statsTable (rows: Array<[string, WindowStats]>): string {
+  const ms = (n: number | undefined): string => n === undefined ? '—' : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`
+  return `<div class="scroll"><table class="stats"><thead><tr><th></th><th>req/s</th><th>5xx</th><th>retried</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>${rows.map(([name, s]) =>
+    `<tr><th>${e(name)}</th><td>${e(s.rate.toFixed(2))}</td><td>${e(s.status5xx)}</td><td>${e(s.retried)}</td><td>${ms(s.latency?.p50)}</td><td>${ms(s.latency?.p95)}</td><td>${ms(s.latency?.p99)}</td></tr>`).join('')}</tbody></table></div>`
+}
+
+export function renderStory (story: RequestStory, options: PageOptions): string {
+  const a = story.answer
+  const attempts = story.attempts.map((t, i) => `<tr><td>${i + 1}</td><td>${e(t.target)}</td><td>${e(t.phase)}</td><td>${t.error !== null ? `<code>${e(t.error)}</code>` : '—'}</td><td>${e(t.cause ?? '—')}</td><td>${e(t.status ?? '—')}</td><td>${e(Math.round(t.ms))} ms</td></tr>`).join('')
+  const body = `<header><p class="muted"><a href="${e(options.base)}">← status</a></p><h1>Request <code>${e(story.id)}</code></h1>
+<p><time>${e(story.at)}</time> · ${e(story.method)} on route <code>${e(story.route)}</code> · pool <code>${e(story.pool)}</code> · ${e(story.ms)} ms</p></header>
+<section><h2>Answer</h2><p><strong>${e(a.status)}</strong>${a.error !== null ? ` <code>${e(a.error)}</code> (blame: ${e(a.blame)})` : ' delivered after a retry'}${a.cause !== null ? ` — cause <code>${e(a.cause)}</code>` : ''}</p>${a.note !== null ? `<p class="muted">${e(a.note)}</p>` : ''}</section>
+<section><h2>Pool state when it ended</h2><p>${story.poolState.map((p) => `<code>${e(p.target)}</code> ${e(p.state)}`).join(' · ')}</p></section>
+<section><h2>Tries</h2><div class="scroll"><table><thead><tr><th>#</th><th>Target</th><th>Phase</th><th>Error</th><th>Cause</th><th>Status</th><th>Time</th></tr></thead><tbody>${attempts}</tbody></table></div></section>`
+  return page(`Request ${story.id}`, body, null)
+}
+
+export function renderProbe (result: ProbeResult, options: PageOptions): string {
+  const phase = (name: string, value: number | null): string => `<tr><th>${e(name)}</th><td>${value === null ? '—' : `${e(value)} ms`}</td></tr>`
+  const outcome = result.ok
+    ? `<p><strong>${e(result.status)}</strong> from <code>${e(result.url)}</code></p>`
+    : `<p><strong class="bad"><code>${e(result.error)}</code></strong> in the ${e(result.phase)} phase${result.cause !== null ? ` — cause <code>${e(result.cause)}</code>` : ''}</p><p class="muted">GET <code>${e(result.url)}</code></p>`
+  const body = `<header><p class="muted"><a href="${e(options.base)}">← status</a></p><h1>Probe of <code>${e(result.target)}</code></h1><p class="muted">pool <code>${e(result.pool)}</code> · <time>${e(result.at)}</time></p></header>
+<section><h2>Outcome</h2>${outcome}</section>
+<section><h2>Phases (from the start)</h2><table><tbody>${phase('DNS lookup', result.ms.dns)}${phase('connected', result.ms.connect)}${phase('TLS handshake done', result.ms.tls)}${phase('first byte', result.ms.firstByte)}${phase('total', result.ms.total)}</tbody></table></section>`
+  return page(`Probe ${result.target}`, body, null)
+}
+
+function page (title: string, body: string, refresh: number | null): string {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<meta name="color-scheme" content="light dark">
+<link rel="icon" href="data:,">
+${refresh !== null ? `<meta http-equiv="refresh" content="${refresh}">\n` : ''}<title>${e(title)}</title>
+<style>${STYLE}</style>
+</head>
+<body><main class="page">
+${body}
+</main></body>
+</html>`
+}
+
+const STYLE = `
+:root{--bg:#f5f6f8;--card:#fff;--text:#1c2330;--muted:#5a6474;--line:#d7dce4;--soft:#eef1f5;--ok:#1d8552;--warn:#a86400;--bad:#c13b28;--radius:12px}
+@media (prefers-color-scheme:dark){:root{--bg:#0e1218;--card:#161b23;--text:#e4e8ee;--muted:#98a2b1;--line:#2b323d;--soft:#1d242e;--ok:#4cc38a;--warn:#e0a341;--bad:#ff7d69}}
+*{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%}
+body{margin:0;background:var(--bg);color:var(--text);font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif}
+code,time{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;overflow-wrap:anywhere}
+a{color:inherit}
+.page{max-width:64rem;margin:0 auto;padding:1.5rem 1rem}
+.page>*{background:var(--card);border:1px solid var(--line);border-radius:var(--radius);padding:1rem 1.2rem;margin:0 0 1rem}
+h1{margin:0 0 .3rem;font-size:1.4rem}
+h2{margin:0 0 .6rem;font-size:1.1rem}
+h3{margin:1rem 0 .4rem;font-size:.95rem;color:var(--muted);text-transform:uppercase;letter-spacing:.05em}
+p{margin:.2rem 0}
+.muted{color:var(--muted);font-size:.9rem}
+.bad{color:var(--bad)}
+.diagnosis ul{list-style:none;margin:0;padding:0}
+.finding{border-left:4px solid var(--warn);padding:.4rem .8rem;margin:0 0 .6rem;background:var(--soft);border-radius:0 8px 8px 0}
+.finding.critical{border-color:var(--bad)}
+.finding .title{font-weight:600}
+.sev{display:inline-block;font-size:.7rem;text-transform:uppercase;letter-spacing:.06em;padding:0 .4rem;border-radius:4px;background:var(--warn);color:var(--card)}
+.finding.critical .sev{background:var(--bad)}
+.evidence{font-size:.85rem;color:var(--muted)}
+.diagnosis.ok{border-left:4px solid var(--ok)}
+.targets{display:grid;grid-template-columns:minmax(0,1fr);gap:.6rem}
+.target{min-width:0;border:1px solid var(--line);border-radius:10px;padding:.6rem .8rem}
+.state{display:inline-block;font-size:.75rem;font-weight:700;text-transform:uppercase;padding:0 .4rem;border-radius:4px;background:var(--ok);color:var(--card)}
+.target.unhealthy .state,.target.ejected .state{background:var(--bad)}
+.target.draining .state,.target.unknown .state,.target.backup .state{background:var(--muted)}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.3rem 0;font-variant-numeric:tabular-nums}
+th,td{text-align:left;padding:.2rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
+thead th{color:var(--muted);font-weight:600}
+`

@@ -1,0 +1,103 @@
+// One request to one target outside the balancer, each phase timed, as `curl -w` would: the
+// operator's "is it the target or the gateway?" check. It opens a fresh connection (no pool,
+// no keep-alive) with the pool's TLS settings and timeouts, and a failure is classified by the
+// gateway's one classifier, so it reads exactly as a proxied request's would.
+import http from 'node:http'
+import https from 'node:https'
+import { performance } from 'node:perf_hooks'
+import type { TLSSocket } from 'node:tls'
+import type { UpstreamPool } from '../pool/pool.js'
+import { classify, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import type { ProxyErrorType, Phase } from '../errors/taxonomy.js'
+
+export interface ProbeResult {
+  pool: string
+  target: string
+  /** The URL requested: the target with the pool's health.path, or `/`. */
+  url: string
+  at: string
+  ok: boolean
+  /** The upstream's status, when it answered. */
+  status: number | null
+  error: ProxyErrorType | null
+  phase: Phase | null
+  cause: string | null
+  /** Milliseconds from the start to the end of each phase; null for one not reached or not done. */
+  ms: { dns: number | null, connect: number | null, tls: number | null, firstByte: number | null, total: number }
+}
+
+export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResult> {
+  const target = pool.find(url)
+  const { timeouts, tls, health } = pool.config
+  const address = new URL(health?.path ?? '/', target.url)
+  const secure = address.protocol === 'https:'
+  const started = performance.now()
+  const since = (): number => Math.round((performance.now() - started) * 10) / 10
+  const ms: ProbeResult['ms'] = { dns: null, connect: null, tls: null, firstByte: null, total: 0 }
+  const progress = { connected: false, requestSent: false, responseStarted: false }
+  const at = new Date().toISOString()
+
+  return await new Promise<ProbeResult>((resolve) => {
+    let done = false
+    const timers: NodeJS.Timeout[] = []
+    const finish = (result: Pick<ProbeResult, 'ok' | 'status' | 'error' | 'phase' | 'cause'>): void => {
+      if (done) return
+      done = true
+      for (const timer of timers) clearTimeout(timer)
+      ms.total = since()
+      resolve({ pool: pool.name, target: target.url, url: address.href, at, ...result, ms })
+    }
+    const options = {
+      method: 'GET',
+      agent: false as const,
+      headers: { host: target.hostHeader, 'user-agent': 'fastify-upstream-probe', connection: 'close' },
+      ...(secure
+        ? {
+            rejectUnauthorized: tls.rejectUnauthorized,
+            ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+            ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
+            ...(tls.key !== undefined ? { key: tls.key } : {}),
+            ...(tls.servername !== undefined ? { servername: tls.servername } : {})
+          }
+        : {})
+    }
+    const request = (secure ? https : http).request(address, options, (res) => {
+      progress.responseStarted = true
+      ms.firstByte = since()
+      res.resume()
+      res.once('end', () => { finish({ ok: true, status: res.statusCode ?? null, error: null, phase: null, cause: null }) })
+      res.once('error', fail)
+    })
+    function fail (err: unknown): void {
+      const verdict = classify(err, progress)
+      // No client waits on a probe, so no failure here is client_aborted.
+      finish({ ok: false, status: null, error: verdict.error as ProxyErrorType, phase: verdict.phase, cause: verdict.cause })
+      request.destroy()
+    }
+    const cut = (after: number | false, code: string, words: string): void => {
+      if (after !== false) timers.push(setTimeout(() => { fail(new GatewayError(code, words)) }, after))
+    }
+    cut(timeouts.connect, GATEWAY_CODES.connectTimeout, 'no connection within timeouts.connect')
+    request.once('socket', (socket) => {
+      socket.once('lookup', () => { ms.dns = since() })
+      socket.once('connect', () => {
+        ms.connect = since()
+        progress.connected = true
+        if (!secure) {
+          clearTimeout(timers[0])
+          cut(timeouts.headers, GATEWAY_CODES.headersTimeout, 'no response headers within timeouts.headers')
+        }
+      })
+      if (secure) {
+        (socket as TLSSocket).once('secureConnect', () => {
+          ms.tls = since()
+          clearTimeout(timers[0])
+          cut(timeouts.headers, GATEWAY_CODES.headersTimeout, 'no response headers within timeouts.headers')
+        })
+      }
+    })
+    request.once('finish', () => { progress.requestSent = true })
+    request.once('error', fail)
+    request.end()
+  })
+}

@@ -1,0 +1,158 @@
+// Where finished exchanges are counted: rolling stats per pool and per target, the last
+// example of each error type, and the stories of the last failed or retried requests (a ring,
+// so memory stays bounded). It reads what the exchange reports and the frozen failure record;
+// it never classifies anything itself.
+import type { AttemptRecord, Failure } from '../errors/failure.js'
+import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { RollingStats } from './stats.js'
+import type { Metrics } from './metrics.js'
+
+/** The last failure of one error type in a pool. */
+export interface ErrorExample {
+  count: number
+  requestId: string
+  at: string
+  target: string | null
+  cause: string | null
+}
+
+/** One failed or retried request, as the lookup page tells it. */
+export interface RequestStory {
+  id: string
+  at: string
+  method: string
+  route: string
+  pool: string
+  attempts: readonly AttemptRecord[]
+  /** The answer the client got (for a cut response, the status it had already received). */
+  answer: { status: number, error: ProxyErrorType | null, cause: string | null, blame: string | null, note: string | null }
+  ms: number
+  /** Each target's state when the request ended. */
+  poolState: ReadonlyArray<{ target: string, state: string }>
+}
+
+/** What the recorder needs to know of a finished request. */
+export interface Ending {
+  id: string
+  method: string
+  route: string
+  pool: string
+  /** `host:port` of the last target tried, if any. */
+  target: string | null
+  status: number
+  ms: number
+  attempts: readonly AttemptRecord[]
+  /** Reads each target's state now; called only for a request that is kept. */
+  poolState: () => Array<{ target: string, state: string }>
+}
+
+/** The map's value for `key`, made by `make` the first time. */
+export function entry<K, V> (map: Map<K, V>, key: K, make: () => V): V {
+  let value = map.get(key)
+  if (value === undefined) {
+    value = make()
+    map.set(key, value)
+  }
+  return value
+}
+
+export class PoolStats {
+  readonly stats = new RollingStats()
+  readonly targets = new Map<string, RollingStats>()
+  readonly errors = new Map<ProxyErrorType, ErrorExample>()
+
+  target (hostPort: string): RollingStats {
+    return entry(this.targets, hostPort, () => new RollingStats())
+  }
+}
+
+export class Recorder {
+  readonly pools = new Map<string, PoolStats>()
+  readonly #ring: Array<RequestStory | undefined>
+  readonly #byId = new Map<string, RequestStory>()
+  #next = 0
+
+  /**
+   * `stats`: keep rolling stats and examples (the status page reads them); `keep`: how many
+   * stories to keep; `metrics`: counters to feed, if any.
+   */
+  constructor (readonly keep: number, readonly metrics: Metrics | null = null, readonly stats = true) {
+    this.#ring = new Array(keep)
+  }
+
+  pool (name: string): PoolStats {
+    return entry(this.pools, name, () => new PoolStats())
+  }
+
+  /** A response delivered in full, after one try or several. */
+  completed (ending: Ending, now = Date.now()): void {
+    this.metrics?.record(ending, null)
+    if (!this.stats) return
+    const retried = ending.attempts.length > 1
+    this.#count(ending, null, retried, now)
+    if (retried) this.#keep(ending, null, now)
+  }
+
+  /** The exchange ended in a failure: answered with it, or cut after the headers. */
+  failed (ending: Ending, failure: Failure, now = Date.now()): void {
+    this.metrics?.record(ending, failure)
+    if (!this.stats) return
+    this.#count(ending, failure.error, ending.attempts.length > 1, now)
+    const pool = this.pool(ending.pool)
+    const example = pool.errors.get(failure.error)
+    const at = new Date(now).toISOString()
+    if (example === undefined) {
+      pool.errors.set(failure.error, { count: 1, requestId: ending.id, at, target: failure.target, cause: failure.cause })
+    } else {
+      example.count++
+      example.requestId = ending.id
+      example.at = at
+      example.target = failure.target
+      example.cause = failure.cause
+    }
+    this.#keep(ending, failure, now)
+  }
+
+  story (id: string): RequestStory | null {
+    return this.#byId.get(id) ?? null
+  }
+
+  /** The stories kept, newest first. */
+  stories (): RequestStory[] {
+    const out: RequestStory[] = []
+    for (let i = 1; i <= this.keep; i++) {
+      const story = this.#ring[(this.#next - i + this.keep) % this.keep]
+      if (story === undefined) break
+      out.push(story)
+    }
+    return out
+  }
+
+  #count (ending: Ending, error: ProxyErrorType | null, retried: boolean, now: number): void {
+    const pool = this.pool(ending.pool)
+    pool.stats.record(now, ending.ms, ending.status, error, retried)
+    if (ending.target !== null) pool.target(ending.target).record(now, ending.ms, ending.status, error, retried)
+  }
+
+  #keep (ending: Ending, failure: Failure | null, now: number): void {
+    if (this.keep === 0) return
+    const story: RequestStory = {
+      id: ending.id,
+      at: new Date(now).toISOString(),
+      method: ending.method,
+      route: ending.route,
+      pool: ending.pool,
+      attempts: ending.attempts,
+      answer: failure === null
+        ? { status: ending.status, error: null, cause: null, blame: null, note: null }
+        : { status: ending.status, error: failure.error, cause: failure.cause, blame: failure.blame, note: failure.note },
+      ms: Math.round(ending.ms),
+      poolState: ending.poolState()
+    }
+    const old = this.#ring[this.#next]
+    if (old !== undefined && this.#byId.get(old.id) === old) this.#byId.delete(old.id)
+    this.#ring[this.#next] = story
+    this.#byId.set(story.id, story)
+    this.#next = (this.#next + 1) % this.keep
+  }
+}

@@ -1,0 +1,92 @@
+// The status report: every pool and target as they are now, with their rolling stats, the last
+// example of each error type, and the diagnosis on top. The JSON answer is this object; the
+// HTML page renders it.
+import type { Config, StatusConfig } from '../options/config.js'
+import type { PoolSnapshot, UpstreamPool } from '../pool/pool.js'
+import type { TargetSnapshot } from '../pool/target.js'
+import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { diagnose, type Finding, type PoolInput } from './diagnosis.js'
+import type { ErrorExample, Recorder } from './recorder.js'
+import type { RollingStats, WindowStats } from './stats.js'
+
+export interface Windows {
+  '1m': WindowStats
+  '5m': WindowStats
+  '15m': WindowStats
+}
+
+export interface TargetReport extends TargetSnapshot {
+  hostPort: string
+  stats: Windows
+}
+
+export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
+  pending: number
+  /** limits.maxPending and limits.maxConcurrent; null when unlimited (JSON has no Infinity). */
+  maxPending: number | null
+  maxConcurrent: number | null
+  stats: Windows
+  errors: Partial<Record<ProxyErrorType, ErrorExample>>
+  targets: TargetReport[]
+}
+
+export interface StatusReport {
+  at: string
+  diagnosis: Finding[]
+  pools: PoolReport[]
+}
+
+/** The diagnosis reads the last five minutes: long enough to count, short enough to be news. */
+const DIAGNOSIS_WINDOW = '5m'
+
+export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now()): StatusReport {
+  const reports: PoolReport[] = []
+  const inputs: PoolInput[] = []
+  for (const pool of pools.values()) {
+    const stats = recorder.pool(pool.name)
+    const snapshot = pool.snapshot()
+    const targets = snapshot.targets.map((t, i): TargetReport => {
+      const hostPort = pool.targets[i]!.hostPort
+      return { ...t, hostPort, stats: windows(stats.target(hostPort), now) }
+    })
+    const report: PoolReport = {
+      name: snapshot.name,
+      balancer: snapshot.balancer,
+      panic: snapshot.panic,
+      pending: pool.pending,
+      maxPending: finite(pool.config.limits.maxPending),
+      maxConcurrent: finite(pool.config.limits.maxConcurrent),
+      stats: windows(stats.stats, now),
+      errors: Object.fromEntries(stats.errors),
+      targets
+    }
+    reports.push(report)
+    inputs.push({
+      pool: pool.name,
+      stats: report.stats[DIAGNOSIS_WINDOW],
+      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW] })),
+      pending: report.pending,
+      maxPending: pool.config.limits.maxPending,
+      headersTimeout: headersTimeoutOf(config, pool.name)
+    })
+  }
+  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis), pools: reports }
+}
+
+function finite (n: number): number | null {
+  return Number.isFinite(n) ? n : null
+}
+
+function windows (stats: RollingStats, now: number): Windows {
+  return { '1m': stats.window(now, 1), '5m': stats.window(now, 5), '15m': stats.window(now, 15) }
+}
+
+/** The shortest timeouts.headers of the routes to a pool: the first to turn slowness into 504s. */
+function headersTimeoutOf (config: Config, pool: string): number | false {
+  let shortest: number | false = false
+  for (const route of config.routes) {
+    if (route.pool !== pool || route.timeouts.headers === false) continue
+    if (shortest === false || route.timeouts.headers < shortest) shortest = route.timeouts.headers
+  }
+  return shortest
+}

@@ -1,0 +1,144 @@
+// The diagnosis, the rolling stats and the histogram are pure: each finding is proved from
+// synthetic numbers, without a socket.
+import t from 'tap'
+import { diagnose, type PoolInput, type TargetInput } from '../lib/observe/diagnosis.js'
+import { RollingStats, type WindowStats } from '../lib/observe/stats.js'
+import { bucketOf, newCounts, quantile, upperBound } from '../lib/observe/histogram.js'
+import type { DiagnosisConfig } from '../lib/options/config.js'
+import type { TargetState } from '../lib/pool/target.js'
+
+const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20 }
+
+function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {}): WindowStats {
+  const ms = over.ms ?? 20
+  return {
+    minutes: 5,
+    requests: 100,
+    rate: 100 / 300,
+    status5xx: 0,
+    retried: 0,
+    errors: {},
+    latency: { avg: ms, p50: ms, p95: ms, p99: over.p99 ?? ms },
+    ...over
+  }
+}
+
+function target (name: string, over: { state?: TargetState, stats?: WindowStats } = {}): TargetInput {
+  return { target: name, state: over.state ?? 'healthy', stats: over.stats ?? stats() }
+}
+
+function pool (over: Partial<PoolInput> = {}): PoolInput {
+  return {
+    pool: 'api',
+    stats: stats(),
+    targets: [target('a:1'), target('b:1'), target('c:1')],
+    pending: 0,
+    maxPending: 100,
+    headersTimeout: 30000,
+    ...over
+  }
+}
+
+t.test('a healthy pool has no findings', async (t) => {
+  t.same(diagnose([pool()], LIMITS), [])
+})
+
+t.test('an average latency above 2 s names timeouts.headers and its value', async (t) => {
+  const [finding, ...rest] = diagnose([pool({ stats: stats({ ms: 2500 }), headersTimeout: 3000 })], LIMITS)
+  t.equal(rest.length, 0)
+  t.equal(finding!.severity, 'warning')
+  t.match(finding!.title, /2500 ms on average: risk of 504 before timeouts\.headers \(3000 ms\) bites/)
+  t.match(finding!.action, /timeouts\.headers \(now 3000 ms\)/)
+  t.equal(finding!.evidence.avgMs, 2500)
+})
+
+t.test('a p99 above 5 s is a finding of its own', async (t) => {
+  const findings = diagnose([pool({ stats: stats({ ms: 100, p99: 6000 }) })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0]!.title, /1% of requests to pool "api" take more than 6000 ms/)
+  t.equal(findings[0]!.evidence.p99Ms, 6000)
+})
+
+t.test('too few requests are not judged', async (t) => {
+  t.same(diagnose([pool({ stats: stats({ ms: 9000, requests: 5, status5xx: 5 }) })], LIMITS), [])
+})
+
+t.test('a queue above 80% of limits.maxPending warns of 503s', async (t) => {
+  const findings = diagnose([pool({ pending: 90, maxPending: 100 })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0]!.action, /limits\.maxPending \(now 100\)/)
+  t.same(findings[0]!.evidence, { pending: 90, maxPending: 100, share: '90.0%' })
+  t.same(diagnose([pool({ pending: 80, maxPending: 100 })], LIMITS), [], '80% exactly is not above')
+})
+
+t.test('a 5xx rate above 1% names the commonest error', async (t) => {
+  const findings = diagnose([pool({ stats: stats({ status5xx: 5, errors: { connection_refused: 4, http_response_timeout: 1 } }) })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0]!.title, /5\.0% of requests to pool "api" got a 5xx, most of them connection_refused/)
+  t.equal(findings[0]!.severity, 'warning')
+  t.equal(diagnose([pool({ stats: stats({ status5xx: 50 }) })], LIMITS)[0]!.severity, 'critical', 'above 10% is critical')
+})
+
+t.test('one target much slower than its peers is "one slow node"', async (t) => {
+  const findings = diagnose([pool({ targets: [target('a:1'), target('b:1', { stats: stats({ ms: 900 }) }), target('c:1', { stats: stats({ ms: 30 }) })] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.equal(findings[0]!.target, 'b:1')
+  t.match(findings[0]!.title, /b:1 is much slower than the rest of pool "api" \(one slow node\)/)
+  t.same(findings[0]!.evidence, { p95Ms: 900, peersP95Ms: 25, requests: 100 })
+})
+
+t.test('one target failing more than its peers is named', async (t) => {
+  const failing = stats({ errors: { connection_terminated: 10 } })
+  const findings = diagnose([pool({ targets: [target('a:1'), target('b:1'), target('c:1', { stats: failing })] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.equal(findings[0]!.target, 'c:1')
+  t.match(findings[0]!.title, /c:1 fails 10\.0% of its requests/)
+  t.match(findings[0]!.action, /outlier\.consecutiveFailures/)
+})
+
+t.test('a pool with no target in rotation is critical and listed first', async (t) => {
+  const findings = diagnose([
+    pool({ pool: 'slow', stats: stats({ ms: 2500 }) }),
+    pool({ pool: 'dead', targets: [target('a:1', { state: 'unhealthy' }), target('b:1', { state: 'ejected' })] })
+  ], LIMITS)
+  t.equal(findings.length, 2)
+  t.equal(findings[0]!.severity, 'critical')
+  t.equal(findings[0]!.pool, 'dead')
+  t.match(findings[0]!.title, /No target of pool "dead" can take traffic/)
+  t.same(findings[0]!.evidence, { 'a:1': 'unhealthy', 'b:1': 'ejected' })
+})
+
+t.test('thresholds are configurable', async (t) => {
+  t.equal(diagnose([pool({ stats: stats({ ms: 600 }) })], { ...LIMITS, avgLatency: 500 }).length, 1)
+})
+
+t.test('the histogram reads percentiles within one bucket (9%) above the truth', async (t) => {
+  const counts = newCounts()
+  for (let ms = 1; ms <= 1000; ms++) counts[bucketOf(ms)]!++
+  for (const [q, truth] of [[0.5, 500], [0.95, 950], [0.99, 990]] as const) {
+    const got = quantile(counts, 1000, q)!
+    t.ok(got >= truth && got <= truth * 1.1, `p${q * 100} ${got} near ${truth}`)
+  }
+  t.equal(quantile(counts, 0, 0.5), null)
+  t.equal(bucketOf(0), 0)
+  t.ok(upperBound(bucketOf(10 * 60_000)) >= 10 * 60_000, 'ten minutes fit')
+})
+
+t.test('rolling stats keep 1, 5 and 15 minute windows and forget older minutes', async (t) => {
+  const s = new RollingStats()
+  const start = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)
+  for (let minute = 0; minute < 20; minute++) {
+    for (let i = 0; i < 10; i++) s.record(start + minute * 60_000 + i, 100, i === 0 ? 502 : 200, i === 0 ? 'connection_refused' : null, i === 1)
+  }
+  const now = start + 19 * 60_000 + 30_000
+  const one = s.window(now, 1)
+  t.equal(one.requests, 10)
+  t.equal(one.status5xx, 1)
+  t.equal(one.retried, 1)
+  t.same(one.errors, { connection_refused: 1 })
+  t.equal(one.rate, 10 / 30, 'the current minute counts only the seconds passed')
+  t.equal(s.window(now, 5).requests, 50)
+  t.equal(s.window(now, 15).requests, 150)
+  t.ok(Math.abs(s.window(now, 15).latency!.avg - 100) < 1e-9)
+  t.equal(s.window(now + 15 * 60_000, 15).requests, 0, 'a quiet quarter of an hour empties every window')
+})

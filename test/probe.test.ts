@@ -1,0 +1,66 @@
+// app.upstream.probe and <status.path>/probe: one request to one target outside the balancer,
+// each phase timed, the failure classified as a proxied one would be.
+import t from 'tap'
+import { startGateway } from './helpers/gateway.js'
+import { startUpstream, startHttpsUpstream, selfSignedCert, freePort } from './helpers/servers.js'
+import type { ProbeResult } from '../lib/observe/probe.js'
+
+t.test('a healthy target answers with every phase timed, at its health path', async (t) => {
+  let path = ''
+  const u = await startUpstream('u', (req, res) => { path = req.url ?? ''; res.end('ok') })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { api: { targets: [u.url], health: { path: '/healthz', interval: 60_000 } } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  const result = await gw.app.upstream.probe('api', u.url)
+  t.match(result, { pool: 'api', target: u.url, url: `${u.url}/healthz`, ok: true, status: 200, error: null })
+  t.equal(path, '/healthz')
+  t.type(result.ms.connect, 'number')
+  t.type(result.ms.firstByte, 'number')
+  t.equal(result.ms.tls, null, 'no TLS over http')
+  t.ok(result.ms.connect! <= result.ms.firstByte! && result.ms.firstByte! <= result.ms.total)
+
+  const res = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 200)
+  t.match(await res.body.json(), { ok: true, status: 200 })
+  const html = await (await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`)).body.text()
+  t.match(html, /first byte/)
+})
+
+t.test('a refused target reports connection_refused in the connect phase', async (t) => {
+  const dead = `http://127.0.0.1:${await freePort()}`
+  const gw = await startGateway(t, { pools: { api: { targets: [dead] } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  const result = await gw.app.upstream.probe('api', dead)
+  t.match(result, { ok: false, status: null, error: 'connection_refused', phase: 'connect', cause: 'ECONNREFUSED' })
+  t.equal(result.ms.connect, null)
+  t.equal(result.ms.firstByte, null)
+})
+
+t.test('a TLS target has its handshake timed; a self-signed certificate is a certificate error unless trusted', async (t) => {
+  const cert = await selfSignedCert()
+  if (cert === null) {
+    t.comment('SKIP: openssl is not available to make a certificate')
+    return
+  }
+  const u = await startHttpsUpstream(cert, (_req, res) => { res.end('secure') })
+  t.teardown(u.close)
+  const target = u.url
+  const trusted = await startGateway(t, { pools: { api: { targets: [target], tls: { ca: cert.cert } } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  const ok: ProbeResult = await trusted.app.upstream.probe('api', target)
+  t.match(ok, { ok: true, status: 200 })
+  t.type(ok.ms.tls, 'number')
+  t.ok(ok.ms.connect! <= ok.ms.tls! && ok.ms.tls! <= ok.ms.firstByte!)
+
+  const strict = await startGateway(t, { pools: { api: { targets: [target] } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  const bad = await strict.app.upstream.probe('api', target)
+  t.match(bad, { ok: false, error: 'tls_certificate_error', cause: 'DEPTH_ZERO_SELF_SIGNED_CERT' })
+})
+
+t.test('an unknown pool or target is refused with the names that exist', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { api: { targets: [u.url] } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  await t.rejects(gw.app.upstream.probe('api', 'http://127.0.0.1:1'), /has no target/)
+  await t.rejects(gw.app.upstream.probe('nope', u.url), /no pool named "nope"/)
+  const res = await gw.request('/_upstream/probe?pool=nope&target=x', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 400)
+  t.match(await res.body.json(), { error: /one of api/ })
+})
