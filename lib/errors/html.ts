@@ -28,6 +28,14 @@ export function renderHtml (problem: Problem, options: HtmlOptions): string {
     options.full ? renderOperatorSection(problem) : '',
     renderFooter(problem, options.proxyName)
   ].filter((part) => part !== '').join('\n')
+  return htmlDocument(`${problem.status} ${problem.title}`, STYLE, body)
+}
+
+/**
+ * A self-contained page the gateway serves (its error pages, the status pages): no script, no
+ * fetched asset, readable on a phone, never indexed. `refresh` reloads it every so many seconds.
+ */
+export function htmlDocument (title: string, style: string, body: string, refresh: number | null = null): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -36,8 +44,8 @@ export function renderHtml (problem: Problem, options: HtmlOptions): string {
 <meta name="robots" content="noindex">
 <link rel="icon" href="data:,">
 <meta name="color-scheme" content="light dark">
-<title>${escapeHtml(`${problem.status} ${problem.title}`)}</title>
-<style>${STYLE}</style>
+${refresh !== null ? `<meta http-equiv="refresh" content="${refresh}">\n` : ''}<title>${escapeHtml(title)}</title>
+<style>${style}</style>
 </head>
 <body>
 <main class="page">

@@ -1,7 +1,7 @@
 // The status page and a request's story page, as HTML: self-contained (inline style, no
 // script, no fetched asset), refreshed by a meta tag, one column on a phone. Every value from
 // outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
-import { escapeHtml as e } from '../errors/html.js'
+import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
 import type { RequestStory } from './recorder.js'
 import type { PoolReport, StatusReport, TargetReport } from './report.js'
@@ -85,21 +85,7 @@ export function renderProbe (result: ProbeResult, options: PageOptions): string 
 }
 
 function page (title: string, body: string, refresh: number | null): string {
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<meta name="color-scheme" content="light dark">
-<link rel="icon" href="data:,">
-${refresh !== null ? `<meta http-equiv="refresh" content="${refresh}">\n` : ''}<title>${e(title)}</title>
-<style>${STYLE}</style>
-</head>
-<body><main class="page">
-${body}
-</main></body>
-</html>`
+  return htmlDocument(title, STYLE, body, refresh)
 }
 
 const STYLE = `
