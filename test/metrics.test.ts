@@ -53,7 +53,8 @@ t.test('requests, failures, retries, latency and target state are counted with b
   t.equal(value(samples, 'fastify_upstream_in_flight', { pool: 'api', target }), 0)
   t.equal(value(samples, 'fastify_upstream_queue_depth', { pool: 'api' }), 0)
   t.equal(value(samples, 'fastify_upstream_target_up', { pool: 'api', target, state: 'healthy' }), 1)
-  t.equal(value(samples, 'fastify_upstream_target_ejections', { pool: 'api', target }), 0)
+  t.equal(value(samples, 'fastify_upstream_ejections_total', { pool: 'api', target }), 0)
+  t.equal(value(samples, 'fastify_upstream_ejections_total', { pool: 'gone', target: deadTarget }), 0, 'one failure is not an ejection')
   const labels = new Set(samples.filter((s) => s.name.startsWith('fastify_upstream_')).flatMap((s) => Object.keys(s.labels)))
   t.same([...labels].sort(), ['blame', 'error', 'le', 'pool', 'state', 'status_class', 'target'])
 })
@@ -94,4 +95,13 @@ t.test('a registry that is not one fails at registration with its path', async (
   await t.rejects(startGateway(t, { pools: { api: { targets: [u.url] } }, routes: [{ prefix: '/api', pool: 'api' }], status: { keep: -1 } }), /status\.keep/)
   await t.rejects(startGateway(t, { pools: { api: { targets: [u.url] } }, routes: [{ prefix: '/api', pool: 'api' }], status: { diagnosis: { outlier: 1 } } }), /status\.diagnosis\.outlier/)
   await t.rejects(startGateway(t, { pools: { api: { targets: [u.url] } }, routes: [{ prefix: '/api', pool: 'api' }], status: { diagnosis: { bogus: 1 } as never } }), /status\.diagnosis/)
+})
+
+t.test('an ejection counts in fastify_upstream_ejections_total, which only grows', async (t) => {
+  const dead = `http://127.0.0.1:${await freePort()}`
+  const gw = await startGateway(t, { pools: { gone: { targets: [dead], outlier: { consecutiveFailures: 1, ejectFor: 60000 } } }, routes: [{ prefix: '/gone', pool: 'gone' }] })
+  await (await gw.request('/gone/x')).body.dump()
+  const scrape = async (): Promise<number | undefined> => value(parse(await (await gw.request('/metrics')).body.text()), 'fastify_upstream_ejections_total', { pool: 'gone', target: dead.replace('http://', '') })
+  t.equal(await scrape(), 1)
+  t.equal(await scrape(), 1, 'a second scrape reads the same total')
 })

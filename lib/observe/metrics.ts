@@ -57,9 +57,14 @@ export class Metrics {
         }
       })
     })
-    new Gauge({ // eslint-disable-line no-new
-      name: `${PREFIX}target_ejections`, help: 'Ejections of a target in a row (outlier detection; resets once it stays in for outlier.maxEjectFor).', labelNames: ['pool', 'target'], registers,
-      collect: each((g) => { for (const pool of pools.values()) for (const t of pool.targets) g.set({ pool: pool.name, target: t.hostPort }, t.ejections) })
+    // A counter read from the targets at scrape time: it only ever grows, as Prometheus expects
+    // of a _total (rate() and increase() work on it).
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}ejections_total`, help: 'Times a target was ejected by outlier detection.', labelNames: ['pool', 'target'], registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const pool of pools.values()) for (const t of pool.targets) this.inc({ pool: pool.name, target: t.hostPort }, t.ejectionsTotal)
+      }
     })
   }
 

@@ -248,6 +248,7 @@ export class UpstreamPool {
     const last = words ?? `${error}${cause !== null ? ` (${cause})` : ''}`
     this.#change(target, `ejected for ${ms} ms after ${streak}, the last: ${last}${ejection > 1 ? `; ejection ${ejection}, time doubled` : ''}`, () => {
       target.ejections = ejection
+      target.ejectionsTotal++
       target.ejectedUntil = now + ms
       target.ejectedReason = `ejected after ${streak}, the last: ${last}`
     })

@@ -85,6 +85,8 @@ export class Target {
   consecutiveFailures = 0
   ejectedUntil: number | null = null
   ejections = 0
+  /** Ejections since the gateway started (`ejections` counts those in a row). */
+  ejectionsTotal = 0
   ejectedReason: string | null = null
   /** Back from ejection and not yet proven: one failure ejects again. */
   probation = false
