@@ -133,7 +133,7 @@ await serve(app, {
     ['curl -s $GW/orders/partial', 'the answer had started: the client connection is cut, the log says why'],
     ['curl -i $GW/orders/oops', "the service's own 500 passes through; Proxy-Status says received-status=500"],
     ["curl -i -H 'accept: application/json' $GW/billing/invoices", '502 connection_refused'],
-    ["curl -s -H 'accept: application/json' $GW/_upstream", "the status report: every pool and target, rates, percentiles, and what is wrong in words"],
+    ["curl -s -H 'accept: application/json' $GW/_upstream", 'the status report: every pool and target, rates, percentiles, and what is wrong in words'],
     ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"],
     ["curl -i -H \"cookie: $(head -c 20000 /dev/zero | tr '\\0' a)\" $GW/users/1", '431: headers too large, said in the gateway\'s words']
   ]

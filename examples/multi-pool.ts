@@ -46,7 +46,7 @@ await serve(app, {
   tries: [
     ['for i in 1 2 3 4 5 6; do curl -s $GW/users/42; done', 'users-a answers twice as often as users-b'],
     ['curl -s $GW/orders/7', 'rewritePrefix: the target sees /orders/7'],
-    [`curl -s -X POST -H 'content-type: application/json' -d '{"item":1}' $GW/orders`, 'POST is allowed on /orders (methods)'],
+    ['curl -s -X POST -H \'content-type: application/json\' -d \'{"item":1}\' $GW/orders', 'POST is allowed on /orders (methods)'],
     ['curl -s $GW/pools', 'app.upstream.pools(): targets and their counters']
   ]
 })

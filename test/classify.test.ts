@@ -56,7 +56,11 @@ t.test('Fastify errors: 429 is denied, other 4xx are the client\'s, the rest the
 t.test('every type has its status, blame and words, and a hint that names what to change', async (t) => {
   for (const [type, kind] of Object.entries(TAXONOMY)) {
     const failure = makeFailure(type as keyof typeof TAXONOMY, {
-      phase: 'connect', pool: 'users', target: '10.0.0.7:3001', cause: 'ECODE', ms: 12,
+      phase: 'connect',
+      pool: 'users',
+      target: '10.0.0.7:3001',
+      cause: 'ECODE',
+      ms: 12,
       timeouts: { connect: 2000, headers: 30000, body: 30000, total: 60000 }
     })
     t.equal(failure.status, kind.status, `${type} status`)

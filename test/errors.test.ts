@@ -36,7 +36,12 @@ const scenarios: Scenario[] = [
   {
     name: 'nothing listens on the port',
     start: async () => ({ target: `http://127.0.0.1:${await freePort()}`, close: async () => {} }),
-    status: 502, error: 'connection_refused', blame: 'upstream', phase: 'connect', cause: /^ECONNREFUSED$/, temporary: true
+    status: 502,
+    error: 'connection_refused',
+    blame: 'upstream',
+    phase: 'connect',
+    cause: /^ECONNREFUSED$/,
+    temporary: true
   },
   {
     name: 'the TCP handshake never completes',
@@ -44,12 +49,22 @@ const scenarios: Scenario[] = [
       const hole = await startBlackhole()
       return { target: hole.url, close: hole.close, pool: { timeouts: { connect: 200 } } }
     },
-    status: 504, error: 'connection_timeout', blame: 'network', phase: 'connect', cause: /^UND_ERR_CONNECT_TIMEOUT$/, temporary: true
+    status: 504,
+    error: 'connection_timeout',
+    blame: 'network',
+    phase: 'connect',
+    cause: /^UND_ERR_CONNECT_TIMEOUT$/,
+    temporary: true
   },
   {
     name: 'the connection is reset before any response byte',
     start: answerAfterRequest(null),
-    status: 502, error: 'connection_terminated', blame: 'upstream', phase: 'headers', cause: /^(ECONNRESET|UND_ERR_SOCKET)$/, temporary: true
+    status: 502,
+    error: 'connection_terminated',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^(ECONNRESET|UND_ERR_SOCKET)$/,
+    temporary: true
   },
   {
     name: 'no response headers within timeouts.headers',
@@ -57,22 +72,42 @@ const scenarios: Scenario[] = [
       const silent = await startTcp(() => {})
       return { target: silent.url, close: silent.close, pool: { timeouts: { headers: 300 } } }
     },
-    status: 504, error: 'http_response_timeout', blame: 'upstream', phase: 'headers', cause: /^UND_ERR_HEADERS_TIMEOUT$/, temporary: true
+    status: 504,
+    error: 'http_response_timeout',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^UND_ERR_HEADERS_TIMEOUT$/,
+    temporary: true
   },
   {
     name: 'the answer is not HTTP',
     start: answerAfterRequest("-ERR unknown command 'GET'\r\n"),
-    status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^(HTTPParserError|HPE_\w+)$/, temporary: false
+    status: 502,
+    error: 'http_protocol_error',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^(HTTPParserError|HPE_\w+)$/,
+    temporary: false
   },
   {
     name: 'the status is one HTTP does not have',
     start: answerAfterRequest('HTTP/1.1 600 Weird\r\ncontent-length: 2\r\n\r\nok'),
-    status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^HPE_INVALID_STATUS$/, temporary: false
+    status: 502,
+    error: 'http_protocol_error',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^HPE_INVALID_STATUS$/,
+    temporary: false
   },
   {
     name: 'the response framing contradicts itself (two Content-Lengths)',
     start: answerAfterRequest('HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok'),
-    status: 502, error: 'http_protocol_error', blame: 'upstream', phase: 'headers', cause: /^UND_ERR_RES_CONTENT_LENGTH_MISMATCH$/, temporary: false
+    status: 502,
+    error: 'http_protocol_error',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^UND_ERR_RES_CONTENT_LENGTH_MISMATCH$/,
+    temporary: false
   },
   {
     name: 'the response header section is too large',
@@ -80,7 +115,12 @@ const scenarios: Scenario[] = [
       const u = await startUpstream('big', (_req, res) => { res.setHeader('x-huge', 'a'.repeat(20 * 1024)); res.end('ok') })
       return { target: u.url, close: u.close }
     },
-    status: 502, error: 'http_response_header_section_size', blame: 'upstream', phase: 'headers', cause: /^UND_ERR_HEADERS_OVERFLOW$/, temporary: false
+    status: 502,
+    error: 'http_response_header_section_size',
+    blame: 'upstream',
+    phase: 'headers',
+    cause: /^UND_ERR_HEADERS_OVERFLOW$/,
+    temporary: false
   },
   {
     name: 'an https target speaks plain HTTP',
@@ -88,7 +128,12 @@ const scenarios: Scenario[] = [
       const u = await startUpstream('plain')
       return { target: u.url.replace('http:', 'https:'), close: u.close }
     },
-    status: 502, error: 'tls_protocol_error', blame: 'network', phase: 'tls', cause: /^(EPROTO|ERR_SSL_\w+)$/, temporary: false
+    status: 502,
+    error: 'tls_protocol_error',
+    blame: 'network',
+    phase: 'tls',
+    cause: /^(EPROTO|ERR_SSL_\w+)$/,
+    temporary: false
   },
   {
     name: 'the certificate is self-signed',
@@ -98,7 +143,12 @@ const scenarios: Scenario[] = [
       const u = await startHttpsUpstream(tls, (_req, res) => res.end('you should not see this'))
       return { target: u.url, close: u.close }
     },
-    status: 502, error: 'tls_certificate_error', blame: 'network', phase: 'tls', cause: /^(DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN)$/, temporary: false
+    status: 502,
+    error: 'tls_certificate_error',
+    blame: 'network',
+    phase: 'tls',
+    cause: /^(DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN)$/,
+    temporary: false
   }
 ]
 
@@ -154,8 +204,16 @@ for (const scenario of scenarios) {
       const failures = records.filter((r) => r.error !== undefined)
       t.equal(failures.length, 1, 'exactly one failure record')
       t.match(failures[0], {
-        level: 50, method: 'GET', url: '/shop/cart?id=1', status: scenario.status, error: scenario.error,
-        blame: scenario.blame, phase: scenario.phase, pool: 'shop', target: targetHostPort, cause: scenario.cause,
+        level: 50,
+        method: 'GET',
+        url: '/shop/cart?id=1',
+        status: scenario.status,
+        error: scenario.error,
+        blame: scenario.blame,
+        phase: scenario.phase,
+        pool: 'shop',
+        target: targetHostPort,
+        cause: scenario.cause,
         attempts: [{ target: targetHostPort, error: scenario.error }]
       })
       t.type(failures[0]!.ms, 'number')

@@ -135,7 +135,7 @@ t.test('a public page shows the same failure without any internals', async (t) =
   t.match(html, 'id="request-id">req-0001</code>')
   t.same(failedHops(html), ['service'])
   t.match(html, /<span class="hop-name">Service<\/span><span class="hop-state">Failed here · routing<\/span>/, 'the service box is just "Service"')
-  t.match(html, "Wait a few moments, then reload the page.")
+  t.match(html, 'Wait a few moments, then reload the page.')
   t.match(html, "tell the site's operators at <strong class=\"contact\">ops@example.test</strong> and quote the request ID <code>req-0001</code>")
 
   t.notMatch(html, 'What an operator can do')
@@ -222,7 +222,7 @@ t.test('every reflected value is escaped', async (t) => {
 })
 
 t.test('escapeHtml escapes the five significant characters and nothing else', async (t) => {
-  t.equal(escapeHtml(`a&b<c>d"e'f`), 'a&amp;b&lt;c&gt;d&quot;e&#39;f')
+  t.equal(escapeHtml('a&b<c>d"e\'f'), 'a&amp;b&lt;c&gt;d&quot;e&#39;f')
   t.equal(escapeHtml('&amp;'), '&amp;amp;', 'escapes an already escaped value again: it is text')
   t.equal(escapeHtml('plain ünïcode ✓'), 'plain ünïcode ✓')
   t.equal(escapeHtml(null), '')

@@ -417,7 +417,7 @@ t.test('app.close() with open tunnels leaves no handle: the process exits on its
   t.same(report.left, [], 'no resource beyond those the process started with')
 })
 
-t.test("a tunnel has no idle timer unless its route sets timeouts.body; then silence both ways ends it", async (t) => {
+t.test('a tunnel has no idle timer unless its route sets timeouts.body; then silence both ways ends it', async (t) => {
   const up = await wsUpstream(t, 'up')
   const gw = await startGateway(t, {
     // The pool's timeouts.body is for HTTP bodies; only the route's own applies to tunnels.

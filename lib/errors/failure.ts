@@ -145,9 +145,18 @@ function hostOf (target: string): string {
 
 function statusTitle (status: number): string {
   const titles: Record<number, string> = {
-    400: 'Bad request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not found', 405: 'Method not allowed',
-    406: 'Not acceptable', 408: 'Request timeout', 411: 'Length required', 413: 'Request body too large',
-    414: 'URL too long', 415: 'Unsupported media type', 431: 'Request headers too large'
+    400: 'Bad request',
+    401: 'Unauthorized',
+    403: 'Forbidden',
+    404: 'Not found',
+    405: 'Method not allowed',
+    406: 'Not acceptable',
+    408: 'Request timeout',
+    411: 'Length required',
+    413: 'Request body too large',
+    414: 'URL too long',
+    415: 'Unsupported media type',
+    431: 'Request headers too large'
   }
   return titles[status] ?? 'Bad request'
 }

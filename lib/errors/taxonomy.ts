@@ -45,112 +45,178 @@ export interface ErrorKind {
 
 export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
   dns_error: {
-    status: 502, blame: 'network', temporary: false, sent: 'no',
+    status: 502,
+    blame: 'network',
+    temporary: false,
+    sent: 'no',
     title: 'Service address not found',
     detail: 'The gateway could not find the address of the service behind it.'
   },
   dns_timeout: {
-    status: 504, blame: 'network', temporary: true, sent: 'no',
+    status: 504,
+    blame: 'network',
+    temporary: true,
+    sent: 'no',
     title: 'Service address lookup timed out',
     detail: 'The gateway could not look up the address of the service in time.'
   },
   connection_refused: {
-    status: 502, blame: 'upstream', temporary: true, sent: 'no',
+    status: 502,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'no',
     title: 'Service refused the connection',
     detail: 'The service behind this gateway is not accepting connections.'
   },
   destination_ip_unroutable: {
-    status: 502, blame: 'network', temporary: true, sent: 'no',
+    status: 502,
+    blame: 'network',
+    temporary: true,
+    sent: 'no',
     title: 'Service unreachable',
     detail: 'The gateway has no network route to the service behind it.'
   },
   connection_timeout: {
-    status: 504, blame: 'network', temporary: true, sent: 'no',
+    status: 504,
+    blame: 'network',
+    temporary: true,
+    sent: 'no',
     title: 'Connection to the service timed out',
     detail: 'The gateway could not connect to the service in time.'
   },
   tls_protocol_error: {
-    status: 502, blame: 'network', temporary: false, sent: 'no',
+    status: 502,
+    blame: 'network',
+    temporary: false,
+    sent: 'no',
     title: 'Secure connection to the service failed',
     detail: 'The gateway could not set up a secure connection with the service.'
   },
   tls_certificate_error: {
-    status: 502, blame: 'network', temporary: false, sent: 'no',
+    status: 502,
+    blame: 'network',
+    temporary: false,
+    sent: 'no',
     title: 'Service certificate rejected',
     detail: 'The service presented a certificate the gateway does not trust.'
   },
   connection_terminated: {
-    status: 502, blame: 'upstream', temporary: true, sent: 'maybe',
+    status: 502,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'maybe',
     title: 'Service closed the connection',
     detail: 'The service closed the connection before it answered.'
   },
   http_response_timeout: {
-    status: 504, blame: 'upstream', temporary: true, sent: 'maybe',
+    status: 504,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'maybe',
     title: 'Service took too long',
     detail: 'The service took too long to answer.'
   },
   http_protocol_error: {
-    status: 502, blame: 'upstream', temporary: false, sent: 'maybe',
+    status: 502,
+    blame: 'upstream',
+    temporary: false,
+    sent: 'maybe',
     title: 'Service sent an invalid response',
     detail: 'The service answered with something that is not valid HTTP.'
   },
   http_response_header_section_size: {
-    status: 502, blame: 'upstream', temporary: false, sent: 'maybe',
+    status: 502,
+    blame: 'upstream',
+    temporary: false,
+    sent: 'maybe',
     title: 'Service response headers too large',
     detail: 'The service answered with more headers than the gateway accepts.'
   },
   connection_read_timeout: {
-    status: 504, blame: 'upstream', temporary: true, sent: 'yes',
+    status: 504,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'yes',
     title: 'Service stopped sending',
     detail: 'The service stopped sending its answer part way through.'
   },
   connection_write_timeout: {
-    status: 504, blame: 'upstream', temporary: true, sent: 'maybe',
+    status: 504,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'maybe',
     title: 'Service stopped reading',
     detail: 'The service stopped taking the request part way through.'
   },
   http_response_incomplete: {
-    status: 502, blame: 'upstream', temporary: true, sent: 'yes',
+    status: 502,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'yes',
     title: 'Service answer cut short',
     detail: 'The connection to the service was lost while its answer was being sent.'
   },
   destination_unavailable: {
-    status: 503, blame: 'upstream', temporary: true, sent: 'no',
+    status: 503,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'no',
     title: 'Service unavailable',
     detail: 'No healthy instance of this service is available right now.'
   },
   connection_limit_reached: {
-    status: 503, blame: 'gateway', temporary: true, sent: 'no',
+    status: 503,
+    blame: 'gateway',
+    temporary: true,
+    sent: 'no',
     title: 'Service busy',
     detail: 'The service is handling as many requests as it can; this one waited too long.'
   },
   proxy_loop_detected: {
-    status: 502, blame: 'gateway', temporary: false, sent: 'no',
+    status: 502,
+    blame: 'gateway',
+    temporary: false,
+    sent: 'no',
     title: 'Request loop detected',
     detail: 'This request came back to the gateway that sent it, so it was stopped.'
   },
   destination_not_found: {
-    status: 500, blame: 'gateway', temporary: false, sent: 'no',
+    status: 500,
+    blame: 'gateway',
+    temporary: false,
+    sent: 'no',
     title: 'No service for this request',
     detail: 'The gateway has no service configured for this request.'
   },
   proxy_internal_error: {
-    status: 500, blame: 'gateway', temporary: false, sent: 'maybe',
+    status: 500,
+    blame: 'gateway',
+    temporary: false,
+    sent: 'maybe',
     title: 'Gateway error',
     detail: 'The gateway failed while handling this request.'
   },
   http_request_error: {
-    status: 400, blame: 'client', temporary: false, sent: 'no',
+    status: 400,
+    blame: 'client',
+    temporary: false,
+    sent: 'no',
     title: 'Bad request',
     detail: 'The request could not be handled as it was sent.'
   },
   http_request_denied: {
-    status: 429, blame: 'client', temporary: true, sent: 'no',
+    status: 429,
+    blame: 'client',
+    temporary: true,
+    sent: 'no',
     title: 'Too many requests',
     detail: 'Too many requests were sent; wait and try again.'
   },
   upstream_error_status: {
-    status: 502, blame: 'upstream', temporary: true, sent: 'yes',
+    status: 502,
+    blame: 'upstream',
+    temporary: true,
+    sent: 'yes',
     title: 'Service reported an error',
     detail: 'The service behind this gateway could not complete this request.'
   }

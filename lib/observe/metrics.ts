@@ -38,15 +38,24 @@ export class Metrics {
     // State read at scrape time: nothing to keep up to date on the request path.
     const each = (read: (gauge: Gauge<string>) => void) => function (this: Gauge<string>) { read(this) }
     new Gauge({ // eslint-disable-line no-new
-      name: `${PREFIX}in_flight`, help: 'Requests in flight to each target.', labelNames: ['pool', 'target'], registers,
+      name: `${PREFIX}in_flight`,
+      help: 'Requests in flight to each target.',
+      labelNames: ['pool', 'target'],
+      registers,
       collect: each((g) => { for (const pool of pools.values()) for (const t of pool.targets) g.set({ pool: pool.name, target: t.hostPort }, t.inFlight) })
     })
     new Gauge({ // eslint-disable-line no-new
-      name: `${PREFIX}queue_depth`, help: 'Requests waiting for a target with room (limits.maxPending bounds it).', labelNames: ['pool'], registers,
+      name: `${PREFIX}queue_depth`,
+      help: 'Requests waiting for a target with room (limits.maxPending bounds it).',
+      labelNames: ['pool'],
+      registers,
       collect: each((g) => { for (const pool of pools.values()) g.set({ pool: pool.name }, pool.pending) })
     })
     new Gauge({ // eslint-disable-line no-new
-      name: `${PREFIX}target_up`, help: 'Whether a target may take traffic (1) or is out: unhealthy, ejected or draining (0).', labelNames: ['pool', 'target', 'state'], registers,
+      name: `${PREFIX}target_up`,
+      help: 'Whether a target may take traffic (1) or is out: unhealthy, ejected or draining (0).',
+      labelNames: ['pool', 'target', 'state'],
+      registers,
       collect: each((g) => {
         g.reset()
         for (const pool of pools.values()) {
@@ -60,7 +69,10 @@ export class Metrics {
     // A counter read from the targets at scrape time: it only ever grows, as Prometheus expects
     // of a _total (rate() and increase() work on it).
     new Counter({ // eslint-disable-line no-new
-      name: `${PREFIX}ejections_total`, help: 'Times a target was ejected by outlier detection.', labelNames: ['pool', 'target'], registers,
+      name: `${PREFIX}ejections_total`,
+      help: 'Times a target was ejected by outlier detection.',
+      labelNames: ['pool', 'target'],
+      registers,
       collect (this: Counter<string>) {
         this.reset()
         for (const pool of pools.values()) for (const t of pool.targets) this.inc({ pool: pool.name, target: t.hostPort }, t.ejectionsTotal)

@@ -28,7 +28,6 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
-
 type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
 
 /**

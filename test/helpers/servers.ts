@@ -112,6 +112,7 @@ export async function startBlackhole (): Promise<Running> {
     fillers.push(socket)
   }
   const deadline = Date.now() + 2000
+  // eslint-disable-next-line no-unmodified-loop-condition -- the connect callbacks count
   while (connected < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
   return {
     url: `http://127.0.0.1:${port}`,
