@@ -67,6 +67,17 @@ const badType: ProxyErrorType = 'refused'
 const readProblem = (problem: Problem): string => `${problem.status} ${problem.error} ${problem.requestId}`
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
+// errors.render receives the gateway's Problem, typed: its members need no casts.
+const renders: UpstreamOptions['errors'] = {
+  render: (problem: Problem, request) => problem.blame === 'client'
+    ? `<h1>${problem.status} ${problem.title}</h1><p>${request.id}</p>`
+    : { ...problem, support: 'https://status.example' }
+}
+const passesThrough: UpstreamOptions['errors'] = { render: (problem) => problem }
+// @ts-expect-error: a Problem's status is a number
+const badRender: UpstreamOptions['errors'] = { render: (problem) => problem.status.toUpperCase() }
+// @ts-expect-error: render answers with a body, not a status
+const badRenderResult: UpstreamOptions['errors'] = { render: (problem) => problem.status }
 
-export { badKeep, probed, readReport, readStory }
+export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
