@@ -349,6 +349,15 @@ t.test('health checks and the probe carry the credentials', async (t) => {
   t.equal(probed['x-api-key'], STATIC_SECRET)
 })
 
+t.test('a health check answered 401 has the token refreshed, and the target comes back', async (t) => {
+  const up = await guarded((token) => token === 'Bearer new')
+  const token = tokens(['old', 'new'])
+  const gw = await startGateway(t, options(up.url, { token: token.fn }, { health: { path: '/health', interval: 50, healthyAfter: 1 } }))
+  await waitFor(() => up.seen.includes('Bearer new') && gw.app.upstream.pool('api').targets()[0]!.health === 'healthy', 5000, 'a check with the new token')
+  t.equal(token.calls(), 2)
+  t.equal(up.seen[0], 'Bearer old')
+})
+
 t.test('health checks wait out a failing token function instead of blaming the target', async (t) => {
   let checks = 0
   const up = await startUpstream('up', (_req, res) => {

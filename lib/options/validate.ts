@@ -266,7 +266,8 @@ function validateAuth (path: string, input: unknown): AuthConfig | null {
 
 /** fail(), saying only what kind of value was given: the value may be a credential. */
 function secret (path: string, expected: string, got: unknown): never {
-  throw new OptionsError(path, `expected ${expected}, got ${got === null ? 'null' : Array.isArray(got) ? 'an array' : `a ${typeof got}`} (not shown: it may be a credential)`)
+  const kind = got === null || got === undefined ? String(got) : Array.isArray(got) ? 'an array' : typeof got === 'object' ? 'an object' : `a ${typeof got}`
+  throw new OptionsError(path, `expected ${expected}, got ${kind} (not shown: it may be a credential)`)
 }
 
 function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {

@@ -57,8 +57,6 @@ export class Credentials {
   #lastUnauthorized = -Infinity
   /** The last token values handed out, the current one included: a retired one is still a secret to redact. */
   readonly #recent: string[] = []
-  /** Token calls made, for tests and the curious. */
-  calls = 0
 
   constructor (pool: string, auth: AuthConfig, log: FastifyBaseLogger, now: () => number = Date.now) {
     this.#pool = pool
@@ -157,7 +155,6 @@ export class Credentials {
   async #refresh (): Promise<void> {
     if (this.#inFlight !== null) return await this.#inFlight
     const startedAt = this.#now()
-    this.calls++
     const flight = this.#callBounded()
       .then((result) => { this.#accept(result, startedAt) })
       .catch((err: unknown) => { throw this.#failed(err) })

@@ -68,7 +68,10 @@ export class HealthChecker {
         return null
       }
     }
-    return await this.check(target, auth)
+    const result = await this.check(target, auth)
+    // A 401 to the gateway's token: have it refreshed, as a request's 401 would.
+    if (result.status === 401 && auth.authorization !== undefined) this.credentials!.unauthorized(auth.authorization.slice('Bearer '.length))
+    return result
   }
 
   /** One check: GET health.path (with `auth`, the credential headers), then status and body against `expect`. */
