@@ -423,3 +423,59 @@ t.test('bad auth options fail at registration without repeating the values', asy
   const config = validateOptions(pool({ headers: { 'X-Api-Key': 'k' } }))
   t.same(config.pools.get('api')!.auth, { headers: { 'x-api-key': 'k' }, token: null }, 'header names are lower-cased')
 })
+
+t.test('refresh timing: min(30 s, 10% of the lifetime) before expiresAt, and 401 refreshes at most once in 5 s', async (t) => {
+  const { Credentials } = await import('../lib/pool/credentials.js')
+  const silent = { warn () {}, error () {} } as never
+  let now = 1_000_000
+  let calls = 0
+  let lifetime = 3_600_000
+  const credentials = new Credentials('api', {
+    headers: {},
+    token: async () => {
+      calls++
+      return { value: `t${calls}`, expiresAt: now + lifetime }
+    }
+  }, silent, () => now)
+  const settle = async (): Promise<void> => { await new Promise((resolve) => setImmediate(resolve)) }
+
+  t.equal(credentials.ready(), false, 'no token before the first call')
+  await credentials.wait()
+  t.equal(calls, 1)
+  // A one-hour token: refreshed in its last 30 s.
+  now += lifetime - 31_000
+  t.equal(credentials.ready(), true)
+  await settle()
+  t.equal(calls, 1, '31 s before the end: no refresh yet')
+  lifetime = 60_000
+  now += 2000
+  t.equal(credentials.ready(), true, 'the old token is still used while the refresh runs')
+  await settle()
+  t.equal(calls, 2, '29 s before the end: refreshed in the background')
+  // A one-minute token: refreshed in its last 6 s (10%).
+  now += 60_000 - 6_500
+  credentials.ready()
+  await settle()
+  t.equal(calls, 2, '6.5 s before the end of a 60 s token: not yet')
+  now += 1000
+  credentials.ready()
+  await settle()
+  t.equal(calls, 3, '5.5 s before the end: refreshed')
+
+  const headers: Record<string, unknown> = {}
+  const sent = credentials.apply(headers)
+  t.equal(headers.authorization, `Bearer ${sent!}`)
+  t.equal(credentials.unauthorized(sent), true, 'a 401 retires the token and starts a refresh')
+  t.equal(credentials.ready(), false, 'the refused token is not used again')
+  await credentials.wait()
+  t.equal(calls, 4)
+  const next = credentials.apply({})
+  t.equal(credentials.unauthorized('an older token'), true, 'a 401 to a token already replaced needs no call')
+  t.equal(credentials.unauthorized(next), false, 'a second 401 within 5 s makes no call')
+  t.equal(calls, 4)
+  now += 5000
+  t.equal(credentials.unauthorized(next), true, 'after 5 s, a 401 refreshes again')
+  await credentials.wait()
+  t.equal(calls, 5)
+  credentials.close()
+})
