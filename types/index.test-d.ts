@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import upstream, {
   fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler, requestIdFrom,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure,
-  type ProbeResult, type StatusReport, type Finding, type RequestStory
+  type ProbeResult, type StatusReport, type Finding, type RequestStory, type AuthToken
 } from 'fastify-upstream'
 import { Registry } from 'prom-client'
 
@@ -57,6 +57,11 @@ const longLived: UpstreamOptions['pools'][string] = { targets: ['http://127.0.0.
 const rawRedirects: UpstreamOptions['routes'][number] = { prefix: '/raw', pool: 'users', rewriteLocation: false }
 // @ts-expect-error: true is not a duration
 const badOff: UpstreamOptions['pools'][string]['timeouts'] = { total: true }
+// Credentials: static headers and a token function, sync or async, expiresAt as epoch ms or a Date.
+const withAuth: UpstreamOptions['pools'][string]['auth'] = { headers: { 'x-api-key': 'k' }, token: async (): Promise<AuthToken> => ({ value: 't', expiresAt: new Date() }) }
+const syncToken: UpstreamOptions['pools'][string]['auth'] = { token: () => ({ value: 't', expiresAt: Date.now() + 60_000 }) }
+// @ts-expect-error: the token function gives { value }, not a bare string
+const badToken: UpstreamOptions['pools'][string]['auth'] = { token: async () => 't' }
 
 const pools: PoolSnapshot[] = app.upstream.pools()
 const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
@@ -79,5 +84,5 @@ const badRender: UpstreamOptions['errors'] = { render: (problem) => problem.stat
 // @ts-expect-error: render answers with a body, not a status
 const badRenderResult: UpstreamOptions['errors'] = { render: (problem) => problem.status }
 
-export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult }
+export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

@@ -54,7 +54,9 @@ export const GATEWAY_CODES = {
   // to give (nginx's proxy_send_timeout).
   sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
   // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
-  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST'
+  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST',
+  // pools.<name>.auth.token gave no usable token: nothing was sent to the upstream.
+  credentials: 'FST_UPSTREAM_CREDENTIALS'
 } as const
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */

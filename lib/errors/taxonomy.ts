@@ -237,3 +237,14 @@ export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detai
   duplicateHost: { status: 400, detail: 'The request has more than one Host header.' },
   malformed: { status: 400, detail: 'The request is not valid HTTP.' }
 }
+
+/**
+ * The gateway could not get the upstream credentials of a pool (its `auth.token` failed): a
+ * `proxy_internal_error` the gateway answers as a bad gateway, not a bug: nothing reached the
+ * service, and the next request calls the token function again.
+ */
+export const CREDENTIALS_FAILURE = {
+  status: 502,
+  temporary: true,
+  detail: 'The gateway could not authenticate to the service behind it.'
+} as const

@@ -61,8 +61,14 @@ export interface PoolConfig {
   retry: RetryConfig
   tls: Required<Pick<TlsInput, 'rejectUnauthorized'>> & Omit<TlsInput, 'rejectUnauthorized'>
   discovery: { refresh: 'ttl' | number, minTtl: number, maxTtl: number }
-  auth: AuthInput | null
+  auth: AuthConfig | null
   panic: boolean
+}
+
+export interface AuthConfig {
+  /** Header names lower-cased, as Node gives a request's; empty for none. */
+  headers: Record<string, string>
+  token: NonNullable<AuthInput['token']> | null
 }
 
 export interface RouteConfig {

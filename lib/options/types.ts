@@ -169,9 +169,20 @@ export interface DiscoveryInput {
   maxTtl?: number
 }
 
+/** What `auth.token` resolves with. */
+export interface AuthToken {
+  /** Sent as `Authorization: Bearer <value>`. */
+  value: string
+  /** When it stops being valid: epoch milliseconds or a Date. [none: valid until an upstream 401] */
+  expiresAt?: number | Date
+}
+
+/** Credentials the gateway adds to every request to the pool's targets (clients cannot override them). */
 export interface AuthInput {
+  /** Static headers sent to the targets, replacing a client's field of the same name. [none] */
   headers?: Record<string, string>
-  token?: () => Promise<{ value: string, expiresAt?: number | Date }>
+  /** Called for a bearer token before the first request, shortly before it expires and once after an upstream 401; one call at a time. [none] */
+  token?: () => Promise<AuthToken> | AuthToken
 }
 
 /** A pool: the targets one or more routes send traffic to, and how. */
@@ -197,6 +208,7 @@ export interface PoolInput {
   /** TLS settings for https targets. [certificates verified] */
   tls?: TlsInput
   discovery?: DiscoveryInput
+  /** Credentials for the pool's targets: `{ headers }` and/or `{ token }`. [none] */
   auth?: AuthInput
   /** When every target is out of rotation, send traffic to all but drained ones instead of answering 503. [false] */
   panic?: boolean

@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -234,19 +234,40 @@ function validateRetry (path: string, input: unknown, base: RetryConfig | null):
   }
 }
 
-function validateAuth (path: string, input: unknown): PoolConfig['auth'] {
+/**
+ * Credentials are secrets: no message here repeats a value given under `auth` (a token pasted
+ * where a function belongs, a header value), only its kind.
+ */
+function validateAuth (path: string, input: unknown): AuthConfig | null {
   if (input === undefined) return null
+  if (!isPlainObject(input)) secret(path, '{ headers } or { token }', input)
   const a = object(path, input, ['headers', 'token'])
   if (a.headers === undefined && a.token === undefined) fail(path, '{ headers } or { token }', input)
+  const headers: Record<string, string> = {}
   if (a.headers !== undefined) {
-    const headers = object(join(path, 'headers'), a.headers, Object.keys(a.headers as object))
-    for (const [name, value] of Object.entries(headers)) {
-      headerName(join(join(path, 'headers'), name), name)
-      if (typeof value !== 'string') fail(join(join(path, 'headers'), name), 'a string', value)
+    const headersPath = join(path, 'headers')
+    if (!isPlainObject(a.headers)) secret(headersPath, 'an object of header names and values', a.headers)
+    for (const [name, value] of Object.entries(a.headers)) {
+      const lower = headerName(join(headersPath, name), name)
+      // Framing and routing are the gateway's; a credential is none of these.
+      if (['host', 'content-length', 'transfer-encoding', 'connection'].includes(lower)) fail(join(headersPath, name), 'a header other than Host, Content-Length, Transfer-Encoding and Connection', name)
+      if (typeof value !== 'string' || value === '') secret(join(headersPath, name), 'a non-empty string', value)
+      if (!/^[\t\x20-\x7e\x80-\xff]+$/.test(value)) secret(join(headersPath, name), 'a header value (no line breaks or control characters)', 'a string')
+      if (lower in headers) fail(join(headersPath, name), 'each header once (names are case-insensitive)', name)
+      headers[lower] = value
     }
   }
-  if (a.token !== undefined && typeof a.token !== 'function') fail(join(path, 'token'), 'an async function', a.token)
-  return a as PoolConfig['auth']
+  if (a.token !== undefined && typeof a.token !== 'function') secret(join(path, 'token'), 'an async function () => ({ value, expiresAt })', a.token)
+  if (a.token !== undefined && 'authorization' in headers) {
+    throw new OptionsError(join(join(path, 'headers'), 'authorization'), 'cannot be set beside auth.token, which is sent as Authorization: Bearer <value>')
+  }
+  return { headers, token: (a.token as AuthConfig['token']) ?? null }
+}
+
+/** fail(), saying only what kind of value was given: the value may be a credential. */
+function secret (path: string, expected: string, got: unknown): never {
+  const kind = got === null || got === undefined ? String(got) : Array.isArray(got) ? 'an array' : typeof got === 'object' ? 'an object' : `a ${typeof got}`
+  throw new OptionsError(path, `expected ${expected}, got ${kind} (not shown: it may be a credential)`)
 }
 
 function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {

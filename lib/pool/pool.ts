@@ -8,6 +8,7 @@ import { createBalancer, type Balancer } from './balancer/index.js'
 import { HealthChecker } from './health.js'
 import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.js'
 import { RetryBudget } from './budget.js'
+import { Credentials } from './credentials.js'
 
 interface Waiter {
   ready: () => void
@@ -49,6 +50,8 @@ export class UpstreamPool {
   /** Requests waiting for a target with room (limits), oldest first. */
   readonly #waiters: Waiter[] = []
   readonly budget: RetryBudget
+  /** pools.<name>.auth: what every request to a target carries; null without it. */
+  readonly credentials: Credentials | null
   #inPanic = false
   /** Requests in flight a target may have (see hasRoom). */
   readonly #room: number
@@ -65,9 +68,10 @@ export class UpstreamPool {
     this.#log = log
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
     this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
+    this.credentials = config.auth === null ? null : new Credentials(config.name, config.auth, log)
     this.#checker = config.health === null
       ? null
-      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
+      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) }, this.credentials)
   }
 
   /** Requests waiting in line for room now (limits.maxPending bounds it). */
@@ -297,6 +301,7 @@ export class UpstreamPool {
 
   async close (): Promise<void> {
     this.#checker?.stop()
+    this.credentials?.close()
     for (const waiter of this.#waiters) clearTimeout(waiter.timer)
     this.#waiters.length = 0
     for (const timer of this.#ejections.values()) clearTimeout(timer)

@@ -19,6 +19,7 @@ import { sendTry } from './try.js'
 import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
+import { waitForCredentials } from '../pool/credentials.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -28,7 +29,7 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
 
 /**
  * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
@@ -74,6 +75,10 @@ export class Exchange {
   readonly #room = new RoomWait()
   /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
   #waitingPhase: AttemptRecord['phase'] = 'route'
+  /** The token the last try carried (pools.<name>.auth.token), to tell a 401 which one it refused. */
+  #sentToken: string | null = null
+  /** An upstream 401 already made this exchange ask for a new token: a second one goes to the client. */
+  #reauthorized = false
 
   constructor (
     readonly request: FastifyRequest,
@@ -175,6 +180,19 @@ export class Exchange {
   /** The next try: the next candidate that may take traffic and has room, else wait in line. */
   #tryNext (): void {
     this.#attempt = null
+    const credentials = this.pool.credentials
+    if (credentials !== null && !credentials.ready()) {
+      // No token yet, or it expired, or a 401 retired it: wait for the one call in flight.
+      this.#waitingPhase = 'send'
+      this.#waiting = waitForCredentials(credentials, () => {
+        this.#waiting = null
+        if (!this.settled) this.#tryNext()
+      }, (details) => {
+        this.#waiting = null
+        if (!this.settled) this.#fail('proxy_internal_error', details)
+      })
+      return
+    }
     const target = this.#candidates!.pick()
     if (target === 'none') {
       this.#giveUp('no other target can take traffic')
@@ -192,6 +210,7 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
+    if (credentials !== null) this.#sentToken = credentials.apply(headers)
     sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
     })
@@ -221,6 +240,13 @@ export class Exchange {
     attempt.status = statusCode
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.attempts.push(attempt.record(null, null, 'headers'))
+    if (statusCode === 401 && this.#replayUnauthorized()) {
+      // The upstream refused the gateway's token: the client never sees this answer.
+      attempt.abandon()
+      attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', 'sending again with a new token after 401'))
+      this.#tryAfter(0, 'send')
+      return false
+    }
     const policy = this.route.retry
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
@@ -326,13 +352,32 @@ export class Exchange {
   /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */
   #retryLater (immediate = false): void {
     this.#retries++
+    this.#tryAfter(immediate ? 0 : backoff(this.#retries), 'connect')
+  }
+
+  #tryAfter (ms: number, phase: AttemptRecord['phase']): void {
     this.#attempt = null
-    this.#waitingPhase = 'connect'
+    this.#waitingPhase = phase
     const timer = setTimeout(() => {
       this.#waiting = null
       if (!this.settled) this.#tryNext()
-    }, immediate ? 0 : backoff(this.#retries))
+    }, ms)
     this.#waiting = { cancel: () => clearTimeout(timer) }
+  }
+
+  /**
+   * An upstream 401 to a request that carried the pool's token. The first in an exchange has
+   * the token refreshed (see Credentials.unauthorized, which bounds how often), and the request
+   * is sent again with the new one when the retry rules allow a replay: its method is in
+   * retry.methods and its body could be kept. That is not a retry: retry.retries and the
+   * budget are untouched. A second 401 goes to the client as sent.
+   */
+  #replayUnauthorized (): boolean {
+    const credentials = this.pool.credentials
+    if (credentials === null || !credentials.hasToken || this.#reauthorized) return false
+    this.#reauthorized = true
+    const refreshed = credentials.unauthorized(this.#sentToken)
+    return refreshed && this.route.retry.methods.has(this.request.method) && this.#body!.replayable
   }
 
   /** Out of targets for a retry: the last try's failure stands. */

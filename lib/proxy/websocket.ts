@@ -28,6 +28,7 @@ import { makeFailure, type AttemptRecord, type Failure, type FailureContext } fr
 import { logClientAborted, logFailure } from '../errors/log.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { waitForCredentials } from '../pool/credentials.js'
 
 const kUpgrade = Symbol('fastify-upstream.upgrade')
 
@@ -231,6 +232,8 @@ class Tunnel {
   #upstream: Socket | null = null
   /** Bytes the client sent during the handshake, kept for the upstream. */
   readonly #early: Buffer[] = []
+  /** The token the last try carried (pools.<name>.auth.token). */
+  #sentToken: string | null = null
 
   constructor (
     readonly request: FastifyRequest,
@@ -273,6 +276,18 @@ class Tunnel {
 
   #tryNext (): void {
     this.#try = null
+    const credentials = this.pool.credentials
+    if (credentials !== null && !credentials.ready()) {
+      this.#waitingPhase = 'send'
+      this.#waiting = waitForCredentials(credentials, () => {
+        this.#waiting = null
+        if (!this.#settled) this.#tryNext()
+      }, (details) => {
+        this.#waiting = null
+        this.#fail('proxy_internal_error', details)
+      })
+      return
+    }
     const target = this.#candidates.pick()
     if (target === 'none') {
       this.#giveUp()
@@ -285,11 +300,13 @@ class Tunnel {
     this.#room.reset()
     const handshake = new Handshake(this, target)
     this.#try = handshake
+    const headers: Record<string, unknown> = Object.assign({}, this.#headers, { host: target.hostHeader })
+    if (credentials !== null) this.#sentToken = credentials.apply(headers)
     // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
     sendTry(handshake, handshake as Dispatcher.DispatchHandler, this.route.timeouts, {
       path: this.path,
       method: 'GET',
-      headers: Object.assign({}, this.#headers, { host: target.hostHeader }),
+      headers: headers as Record<string, string>,
       upgrade: 'websocket'
     }, (err) => { this.onTryError(handshake, err) })
   }
@@ -359,6 +376,8 @@ class Tunnel {
   /** The upstream answered the handshake with something else than 101: the client gets it as sent. */
   onRefusal (handshake: Handshake, status: number, rawHeaders: Buffer[], resume: () => void): boolean {
     this.pool.recordResponse(handshake.target, status, handshake.ms)
+    // The client gets the 401 as sent (its handshake is not replayed); the next one carries a new token.
+    if (status === 401) this.pool.credentials?.unauthorized(this.#sentToken)
     this.attempts.push(handshake.record(null, null, 'headers'))
     if (shouldRetryStatus(status, 'GET', this.route.retry, this.#retries, true) && this.#candidates.hasAnother() && this.pool.budget.tryRetry()) {
       handshake.abandon()
