@@ -2,6 +2,8 @@
 // optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
+import type { RateLimitPluginOptions } from '@fastify/rate-limit'
+import type { Cluster, Redis } from 'ioredis'
 
 export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
 
@@ -165,6 +167,24 @@ export interface UpstreamOptions {
   errors?: ErrorsInput
   status?: StatusInput | false
   metrics?: MetricsInput | false
-  rateLimit?: Record<string, unknown>
+  rateLimit?: RateLimitInput
   requestIdHeader?: string
+}
+
+/**
+ * `@fastify/rate-limit`'s options for the proxied routes, plus where the counts live and what
+ * happens when that store fails. (`skipOnError` is `onStoreError`'s business.)
+ */
+export interface RateLimitInput extends Omit<RateLimitPluginOptions, 'redis' | 'skipOnError'> {
+  /**
+   * Counts in Redis, shared by every gateway instance that uses it: a `redis://` or `rediss://`
+   * URL (the gateway opens the connection and closes it with the app) or an ioredis client (yours
+   * to close). [none: each instance counts in its own memory]
+   */
+  redis?: string | Redis | Cluster
+  /**
+   * When the store fails or takes over a second: `'allow'` lets the request through (fail open,
+   * logged once per outage), `'deny'` answers 503 `rate_limit_store_unavailable`. ['allow']
+   */
+  onStoreError?: 'allow' | 'deny'
 }

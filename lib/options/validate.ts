@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, RateLimitConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -53,7 +53,7 @@ export function validateOptions (input: unknown): Config {
     errors: validateErrors(options.errors),
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
-    rateLimit: options.rateLimit === undefined ? null : object('rateLimit', options.rateLimit, Object.keys(options.rateLimit)),
+    rateLimit: validateRateLimit(options.rateLimit),
     requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
   }
 }
@@ -269,6 +269,12 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (r.rateLimit !== undefined && r.rateLimit !== false && !isPlainObject(r.rateLimit)) {
     fail(join(path, 'rateLimit'), '@fastify/rate-limit route options or false', r.rateLimit)
   }
+  for (const key of ['redis', 'onStoreError', 'skipOnError']) {
+    // One store serves every route: where counts live is decided once, at the top level.
+    if (isPlainObject(r.rateLimit) && r.rateLimit[key] !== undefined) {
+      throw new OptionsError(join(join(path, 'rateLimit'), key), `set it once for all routes, as rateLimit.${key === 'skipOnError' ? 'onStoreError' : key}`)
+    }
+  }
   return {
     prefix,
     pool: poolName,
@@ -283,6 +289,35 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
     tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
+}
+
+/**
+ * Everything but `redis` and `onStoreError` is @fastify/rate-limit's and goes to it as it is.
+ * Its `skipOnError` is set from `onStoreError`, so giving both would be two answers to one question.
+ */
+function validateRateLimit (input: unknown): RateLimitConfig | null {
+  if (input === undefined) return null
+  if (!isPlainObject(input)) fail('rateLimit', 'an object', input)
+  const { redis, onStoreError, ...plugin } = input
+  if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
+  if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
+  return {
+    plugin,
+    redis: validateRedis('rateLimit.redis', redis),
+    onStoreError: oneOf('rateLimit.onStoreError', onStoreError, ['allow', 'deny'], 'allow')
+  }
+}
+
+function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+  if (value === undefined) return null
+  if (typeof value === 'string') {
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    return value
+  }
+  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  const client = value as { defineCommand?: unknown, on?: unknown } | null
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  return value as RateLimitConfig['redis']
 }
 
 /** Bodies stream, so none is limited unless the route says so (as HAProxy, Envoy, Caddy). */
