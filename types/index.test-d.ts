@@ -7,6 +7,7 @@ import upstream, {
   type ProbeResult, type StatusReport, type Finding, type RequestStory
 } from 'fastify-upstream'
 import { Registry } from 'prom-client'
+import { Redis } from 'ioredis'
 
 const app = Fastify()
 // The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
@@ -67,6 +68,14 @@ const badType: ProxyErrorType = 'refused'
 const readProblem = (problem: Problem): string => `${problem.status} ${problem.error} ${problem.requestId}`
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
+// Rate limits: @fastify/rate-limit's options, counted in Redis by URL or by a client of one's own.
+const sharedLimit: UpstreamOptions['rateLimit'] = { max: 100, timeWindow: '1 minute', redis: 'redis://127.0.0.1:6379', onStoreError: 'deny', keyGenerator: (request) => String(request.headers['x-api-key'] ?? request.ip) }
+const ownClient: UpstreamOptions['rateLimit'] = { redis: new Redis({ lazyConnect: true }), nameSpace: 'gw-' }
+// @ts-expect-error: a store that fails either allows or denies
+const badStoreError: UpstreamOptions['rateLimit'] = { onStoreError: 'retry' }
+// @ts-expect-error: onStoreError decides what @fastify/rate-limit's skipOnError would
+const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
+const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
 
-export { badKeep, probed, readReport, readStory }
+export { badKeep, probed, readReport, readStory, sharedLimit, ownClient, badStoreError, badSkip, storeState }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
