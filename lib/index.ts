@@ -15,7 +15,7 @@ import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 import { WebSockets } from './proxy/websocket.js'
-import { RateLimiter } from './proxy/rate-limit.js'
+import { RateLimiter, ROUTE_LIMITS_ONLY } from './proxy/rate-limit.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -81,7 +81,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   })
   // The global limiter (and its store); routes with a limit of their own share its store.
   const limited = config.routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)
-  const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
+  const limiter = config.rateLimit !== null || limited ? new RateLimiter(config.rateLimit ?? ROUTE_LIMITS_ONLY, app.log) : null
   app.addHook('onReady', async () => {
     for (const pool of pools.values()) pool.start()
     await limiter?.start()
@@ -110,9 +110,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
   await app.register(async (gateway) => {
-    if (limiter !== null || limited) {
-      await gateway.register(rateLimit, limiter?.pluginOptions() ?? { global: false })
-    }
+    if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
       await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder)
     }

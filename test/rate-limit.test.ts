@@ -84,6 +84,19 @@ t.test('enableDraftSpec: the 429 carries RateLimit-* headers instead', async (t)
   t.equal(res.headers['x-ratelimit-limit'], undefined)
 })
 
+t.test('a route\'s own limit counts its prefix and every path below it as one', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const gw = await startGateway(t, {
+    pools: { shop: { targets: [u.url] } },
+    routes: [{ prefix: '/limited', pool: 'shop', rateLimit: { max: 2, timeWindow: 60000 } }, { prefix: '/other', pool: 'shop', rateLimit: { max: 1, timeWindow: 60000 } }]
+  })
+  const paths = ['/limited', '/limited/x', '/limited/y', '/limited', '/other/z', '/other']
+  const got: number[] = []
+  for (const path of paths) got.push(...await statuses(gw, path, 1))
+  t.same(got, [200, 200, 429, 429, 200, 429], 'two in all under /limited, and /other counts on its own')
+})
+
 t.test('keyGenerator counts by a header: each API key has its own limit', async (t) => {
   const u = await startUpstream('u')
   t.teardown(u.close)
@@ -270,7 +283,7 @@ t.test('a client passed in is used as it is and left open when the app closes', 
     routes: [{ prefix: '/shop', pool: 'shop', rateLimit: { max: 1, timeWindow: 60000 } }],
     rateLimit: { global: false, redis: client, nameSpace: 'mine-' }
   })
-  t.same(await statuses(gw, '/shop/x', 2), [200, 429], 'the route\'s own limit counts in the shared store')
+  t.same([...await statuses(gw, '/shop/x', 1), ...await statuses(gw, '/shop', 1)], [200, 429], 'the route\'s own limit counts in the shared store, prefix and below as one')
   t.ok((await client.keys('mine-*')).length > 0, 'under the given nameSpace')
   await gw.close()
   t.equal(client.status, 'ready', 'the user\'s client is still open')

@@ -137,6 +137,7 @@ export interface RouteInput {
   websocket?: boolean
   timeouts?: TimeoutsInput
   retry?: RetryInput
+  /** This route's own @fastify/rate-limit options, or false to exempt it from the global limit. [the global limit] */
   rateLimit?: Record<string, unknown> | false
   /**
    * The largest request body the route forwards, in bytes; larger ones get 413 before (or as
@@ -167,6 +168,7 @@ export interface UpstreamOptions {
   errors?: ErrorsInput
   status?: StatusInput | false
   metrics?: MetricsInput | false
+  /** A rate limit on every proxied route (not the app's own), in memory or shared through Redis. [none] */
   rateLimit?: RateLimitInput
   requestIdHeader?: string
 }

@@ -120,6 +120,35 @@ export class GuardedStore implements LimitStore {
   }
 }
 
+/**
+ * One count per gateway route. A `routes[]` entry is two Fastify routes (its prefix and what
+ * lies below it), and @fastify/rate-limit gives each Fastify route with a limit of its own a
+ * count of its own: without this, `/shop` and `/shop/x` would each allow `max`.
+ */
+export class PerGatewayRoute implements LimitStore {
+  readonly #children = new Map<string, LimitStore>()
+
+  constructor (private readonly inner: LimitStore) {}
+
+  incr (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
+    this.inner.incr(key, callback, timeWindow, max)
+  }
+
+  child (routeOptions: Record<string, unknown>): LimitStore {
+    const route = routeOptions.routeInfo as { method?: unknown, config?: { upstream?: { prefix?: string } } } | undefined
+    const prefix = route?.config?.upstream?.prefix
+    // A limit made with app.rateLimit() or createRateLimit() belongs to no route of ours.
+    if (route === undefined || prefix === undefined) return this.inner.child(routeOptions)
+    let child = this.#children.get(prefix)
+    if (child === undefined) {
+      // The Redis store names a route's keys after its method and url: the prefix stands for both.
+      child = this.inner.child({ ...routeOptions, routeInfo: { method: route.method, url: prefix } })
+      this.#children.set(prefix, child)
+    }
+    return child
+  }
+}
+
 function describeError (err: unknown): string {
   const code = findCode(err)
   const message = err instanceof Error ? err.message : String(err)

@@ -7,11 +7,18 @@ import { Redis } from 'ioredis'
 import type { Cluster } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { RateLimitConfig } from '../options/config.js'
-import { GuardedStore, STORE_TIMEOUT, StoreHealth, type LimitStore } from './rate-limit-store.js'
+import { GuardedStore, PerGatewayRoute, STORE_TIMEOUT, StoreHealth, type LimitStore } from './rate-limit-store.js'
 
 type RedisStoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis | Cluster, nameSpace?: string) => LimitStore
-// The package has no `exports` map, and exports no store: this is the file its `redis` option uses.
-const RedisStore = createRequire(import.meta.url)('@fastify/rate-limit/store/RedisStore.js') as RedisStoreCtor
+type LocalStoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, cache?: number) => LimitStore
+// The package has no `exports` map and exports no store: these are the files its own `redis`
+// option and its default use.
+const require = createRequire(import.meta.url)
+const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as RedisStoreCtor
+const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as LocalStoreCtor
+
+/** The limit of routes that have their own and no global one. */
+export const ROUTE_LIMITS_ONLY: RateLimitConfig = { plugin: { global: false }, redis: null, onStoreError: 'allow' }
 
 export class RateLimiter {
   /** Null when counts live in memory: nothing there can fail. */
@@ -34,14 +41,17 @@ export class RateLimiter {
 
   /** The options @fastify/rate-limit is registered with. */
   pluginOptions (): Record<string, unknown> {
-    const options: Record<string, unknown> = { ...this.config.plugin, skipOnError: this.config.onStoreError === 'allow' }
+    const { plugin } = this.config
+    const options: Record<string, unknown> = { ...plugin, skipOnError: this.config.onStoreError === 'allow' }
+    // A store of the user's own is used as it is.
+    if (plugin.store !== undefined) return options
     const client = this.#client
     const health = this.health
-    if (client === null || health === null) return options
-    const nameSpace = this.config.plugin.nameSpace as string | undefined
     // @fastify/rate-limit calls `new store(itsSettings)`; a constructor may hand back another object.
-    options.store = function GuardedRedisStore (settings: { continueExceeding: boolean, exponentialBackoff: boolean }) {
-      return new GuardedStore(new RedisStore(settings.continueExceeding, settings.exponentialBackoff, client, nameSpace), health)
+    options.store = function GatewayStore (settings: { continueExceeding: boolean, exponentialBackoff: boolean }) {
+      if (client === null || health === null) return new PerGatewayRoute(new LocalStore(settings.continueExceeding, settings.exponentialBackoff, plugin.cache as number | undefined))
+      const redis = new RedisStore(settings.continueExceeding, settings.exponentialBackoff, client, plugin.nameSpace as string | undefined)
+      return new GuardedStore(new PerGatewayRoute(redis), health)
     }
     return options
   }
