@@ -3,7 +3,7 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { startGateway, waitFor, type Gateway, type LogRecord } from './helpers/gateway.js'
-import { startUpstream } from './helpers/servers.js'
+import { freePort, startUpstream } from './helpers/servers.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { validateOptions } from '../lib/options/validate.js'
 import { OptionsError } from '../lib/options/check.js'
@@ -269,6 +269,18 @@ t.test('a stalled Redis holds no request longer than the store timeout: allowed,
   for (const ms of [openMs, closedMs]) t.ok(ms >= 500 && ms < 4000, `waited for the store's bound, not forever (${ms} ms)`)
   t.equal(open.logs.filter((r) => r.rateLimitStore === 'unreachable').length, 1)
   redis.resume()
+})
+
+t.test('a gateway whose Redis is down at start still starts, and fails open', async (t) => {
+  const u = await startUpstream('u')
+  t.teardown(u.close)
+  const port = await freePort()
+  const started = Date.now()
+  const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop' }], rateLimit: { max: 1, redis: `redis://127.0.0.1:${port}` } })
+  t.ok(Date.now() - started < 5000, 'it did not wait long for Redis')
+  t.same(await statuses(gw, '/shop/x', 3), [200, 200, 200])
+  t.equal(storeRecords(gw, 'unreachable').length, 1, 'one warn for the outage')
+  await gw.close()
 })
 
 t.test('a client passed in is used as it is and left open when the app closes', { skip: noRedis ?? false }, async (t) => {
