@@ -32,7 +32,7 @@ await serve(app, {
   banner: ['fastify-upstream shared rate limit: 5 requests a minute per client IP, counted in Redis'],
   tries: [
     ['for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w "%{http_code}\\n" $GW/api/x; done', 'five 200s, then 429'],
-    ['curl -i $GW/api/x', 'the 429: Retry-After, X-RateLimit-*, Proxy-Status'],
+    ['curl -i $GW/api/x', 'the 429: Retry-After, RateLimit-*, Proxy-Status'],
     ["curl -s '$GW/_upstream?format=json' | grep -o '\"rateLimitStore\":{[^}]*}'", 'the store as the status report sees it']
   ]
 })

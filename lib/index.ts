@@ -15,7 +15,7 @@ import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 import { WebSockets } from './proxy/websocket.js'
-import { RateLimiter, ROUTE_LIMITS_ONLY } from './proxy/rate-limit.js'
+import { RateLimiter } from './proxy/rate-limit.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -80,8 +80,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     done(null, payload)
   })
   // The global limiter (and its store); routes with a limit of their own share its store.
-  const limited = config.routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)
-  const limiter = config.rateLimit !== null || limited ? new RateLimiter(config.rateLimit ?? ROUTE_LIMITS_ONLY, app.log) : null
+  const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async () => {
     for (const pool of pools.values()) pool.start()
     await limiter?.start()

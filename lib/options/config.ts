@@ -102,6 +102,7 @@ export interface Config {
   errors: ErrorsConfig
   status: StatusConfig | null
   metrics: { path: string, registry: Registry | null } | null
+  /** Null: no limit on any route. */
   rateLimit: RateLimitConfig | null
   requestIdHeader: string
 }

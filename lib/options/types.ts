@@ -178,6 +178,8 @@ export interface UpstreamOptions {
  * happens when that store fails. (`skipOnError` is `onStoreError`'s business.)
  */
 export interface RateLimitInput extends Omit<RateLimitPluginOptions, 'redis' | 'skipOnError'> {
+  /** Send the IETF draft's `RateLimit-Limit`/`-Remaining`/`-Reset`; false: `X-RateLimit-*`. [true] */
+  enableDraftSpec?: boolean
   /**
    * Counts in Redis, shared by every gateway instance that uses it: a `redis://` or `rediss://`
    * URL (the gateway opens the connection and closes it with the app) or an ioredis client (yours

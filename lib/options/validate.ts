@@ -53,7 +53,7 @@ export function validateOptions (input: unknown): Config {
     errors: validateErrors(options.errors),
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
-    rateLimit: validateRateLimit(options.rateLimit),
+    rateLimit: validateRateLimit(options.rateLimit, routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)),
     requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
   }
 }
@@ -294,15 +294,18 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
 /**
  * Everything but `redis` and `onStoreError` is @fastify/rate-limit's and goes to it as it is.
  * Its `skipOnError` is set from `onStoreError`, so giving both would be two answers to one question.
+ * Null: no limit anywhere. Routes with a limit of their own and no global one get `global: false`.
  */
-function validateRateLimit (input: unknown): RateLimitConfig | null {
-  if (input === undefined) return null
-  if (!isPlainObject(input)) fail('rateLimit', 'an object', input)
-  const { redis, onStoreError, ...plugin } = input
+function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitConfig | null {
+  if (input === undefined && !routesLimited) return null
+  const given = input === undefined ? { global: false } : input
+  if (!isPlainObject(given)) fail('rateLimit', 'an object', given)
+  const { redis, onStoreError, ...plugin } = given
   if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
   if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
   return {
-    plugin,
+    // The IETF draft's RateLimit-* names rather than the older X-RateLimit-* ones.
+    plugin: { enableDraftSpec: true, ...plugin },
     redis: validateRedis('rateLimit.redis', redis),
     onStoreError: oneOf('rateLimit.onStoreError', onStoreError, ['allow', 'deny'], 'allow')
   }

@@ -17,9 +17,6 @@ const require = createRequire(import.meta.url)
 const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as RedisStoreCtor
 const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as LocalStoreCtor
 
-/** The limit of routes that have their own and no global one. */
-export const ROUTE_LIMITS_ONLY: RateLimitConfig = { plugin: { global: false }, redis: null, onStoreError: 'allow' }
-
 export class RateLimiter {
   /** Null when counts live in memory: nothing there can fail. */
   readonly health: StoreHealth | null
