@@ -15,6 +15,7 @@ import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 import { WebSockets } from './proxy/websocket.js'
+import { RateLimiter } from './proxy/rate-limit.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -78,10 +79,14 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     if (closing) reply.header('connection', 'close')
     done(null, payload)
   })
+  // The global limiter (and its store); routes with a limit of their own share its store.
+  const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async () => {
     for (const pool of pools.values()) pool.start()
+    await limiter?.start()
   })
   app.addHook('onClose', async () => {
+    limiter?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
@@ -98,16 +103,13 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null)
   if (metrics !== null) registerMetrics(app, config.metrics!.path, metrics)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
   await app.register(async (gateway) => {
-    const limited = config.routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)
-    if (config.rateLimit !== null || limited) {
-      await gateway.register(rateLimit, config.rateLimit ?? { global: false })
-    }
+    if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
       await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder)
     }

@@ -7,6 +7,7 @@ import upstream, {
   type ProbeResult, type StatusReport, type Finding, type RequestStory, type AuthToken
 } from 'fastify-upstream'
 import { Registry } from 'prom-client'
+import { Redis } from 'ioredis'
 
 const app = Fastify()
 // The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
@@ -84,5 +85,14 @@ const badRender: UpstreamOptions['errors'] = { render: (problem) => problem.stat
 // @ts-expect-error: render answers with a body, not a status
 const badRenderResult: UpstreamOptions['errors'] = { render: (problem) => problem.status }
 
-export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken }
+// Rate limits: @fastify/rate-limit's options, counted in Redis by URL or by a client of one's own.
+const sharedLimit: UpstreamOptions['rateLimit'] = { max: 100, timeWindow: '1 minute', redis: 'redis://127.0.0.1:6379', onStoreError: 'deny', keyGenerator: (request) => String(request.headers['x-api-key'] ?? request.ip) }
+const ownClient: UpstreamOptions['rateLimit'] = { redis: new Redis({ lazyConnect: true }), nameSpace: 'gw-' }
+// @ts-expect-error: a store that fails either allows or denies
+const badStoreError: UpstreamOptions['rateLimit'] = { onStoreError: 'retry' }
+// @ts-expect-error: onStoreError decides what @fastify/rate-limit's skipOnError would
+const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
+const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
+
+export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

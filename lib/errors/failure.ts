@@ -133,6 +133,7 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
         : `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
       case 'http_request_error': return `The gateway rejected the client's request.${extra}`
       case 'http_request_denied': return `The client exceeded the rate limit (rateLimit option).${extra}`
+      case 'rate_limit_store_unavailable': return `The rate limit store (rateLimit.redis) failed${code}, and rateLimit.onStoreError is "deny", so rate-limited requests are refused until it answers again. Check that Redis is up and reachable from the gateway; set onStoreError "allow" to let requests through unlimited while it is down.`
       case 'upstream_error_status': return `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
     }
   })()

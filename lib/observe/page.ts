@@ -7,6 +7,7 @@ import type { RequestStory } from './recorder.js'
 import type { PoolReport, StatusReport, TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export interface PageOptions {
   /** Where the status page is served (links to request stories hang below it). */
@@ -19,6 +20,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
   const body = [
     `<header><h1>Upstream status</h1><p class="muted">As of <time>${e(report.at)}</time>; refreshes every ${options.refresh} s. <a href="${e(options.base)}?format=json">JSON</a></p></header>`,
     renderDiagnosis(report.diagnosis),
+    renderRateLimitStore(report.rateLimitStore),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -30,6 +32,15 @@ function renderDiagnosis (findings: Finding[]): string {
 <p class="evidence">${Object.entries(f.evidence).map(([k, v]) => `<code>${e(k)}</code> ${e(v)}`).join(' · ')}</p>
 <p class="action">${e(f.action)}</p></li>`).join('\n')
   return `<section class="diagnosis"><h2>Diagnosis</h2><ul>${items}</ul></section>`
+}
+
+function renderRateLimitStore (store: RateLimitStoreSnapshot | null): string {
+  if (store === null) return ''
+  const then = store.onStoreError === 'allow' ? 'failing open: requests pass without a limit' : 'failing closed: rate-limited requests get 503'
+  const state = store.state === 'ok'
+    ? `<strong>reachable</strong> since <time>${e(store.since)}</time>${store.outages > 0 ? ` · ${e(store.outages)} outage(s) since start, the last began with: ${e(store.lastError ?? '?')}` : ''}`
+    : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>, ${e(then)} · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
+  return `<section class="rate-limit-store"><h2>Rate limit store</h2><p>Redis (rateLimit.redis): ${state}</p></section>`
 }
 
 function renderPool (pool: PoolReport, base: string): string {

@@ -8,6 +8,7 @@ import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { diagnose, type Finding, type PoolInput } from './diagnosis.js'
 import type { ErrorExample, Recorder } from './recorder.js'
 import type { RollingStats, WindowStats } from './stats.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export interface Windows {
   '1m': WindowStats
@@ -34,12 +35,14 @@ export interface StatusReport {
   at: string
   diagnosis: Finding[]
   pools: PoolReport[]
+  /** The shared rate limit store (rateLimit.redis); null when there is none. */
+  rateLimitStore: RateLimitStoreSnapshot | null
 }
 
 /** The diagnosis reads the last five minutes: long enough to count, short enough to be news. */
 const DIAGNOSIS_WINDOW = '5m'
 
-export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now()): StatusReport {
+export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null): StatusReport {
   const reports: PoolReport[] = []
   const inputs: PoolInput[] = []
   for (const pool of pools.values()) {
@@ -70,7 +73,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       headersTimeout: headersTimeoutOf(config, pool.name)
     })
   }
-  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis), pools: reports }
+  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore), pools: reports, rateLimitStore }
 }
 
 function finite (n: number): number | null {

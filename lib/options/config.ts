@@ -3,6 +3,7 @@
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
 import type { Registry } from 'prom-client'
+import type { Cluster, Redis } from 'ioredis'
 
 /** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
@@ -107,8 +108,17 @@ export interface Config {
   errors: ErrorsConfig
   status: StatusConfig | null
   metrics: { path: string, registry: Registry | null } | null
-  rateLimit: Record<string, unknown> | null
+  /** Null: no limit on any route. */
+  rateLimit: RateLimitConfig | null
   requestIdHeader: string
+}
+
+export interface RateLimitConfig {
+  /** What goes to @fastify/rate-limit as it is: the options without ours. */
+  plugin: Record<string, unknown>
+  /** A URL the gateway connects to, or the user's own client; null: counts in memory. */
+  redis: string | Redis | Cluster | null
+  onStoreError: 'allow' | 'deny'
 }
 
 export interface DiagnosisConfig {

@@ -3,6 +3,8 @@
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Problem } from '../errors/problem.js'
+import type { RateLimitPluginOptions } from '@fastify/rate-limit'
+import type { Cluster, Redis } from 'ioredis'
 
 /**
  * One upstream target: an http(s) origin (`http://host:port`, no path, query or credentials),
@@ -230,6 +232,7 @@ export interface RouteInput {
   timeouts?: TimeoutsInput
   /** Per-field override of the pool's `retry` (the budget stays the pool's). [the pool's] */
   retry?: RetryInput
+  /** This route's own @fastify/rate-limit options, or false to exempt it from the global limit. [the global limit] */
   rateLimit?: Record<string, unknown> | false
   /**
    * The largest request body the route forwards, in bytes; larger ones get 413 before (or as
@@ -281,7 +284,28 @@ export interface UpstreamOptions {
   status?: StatusInput | false
   /** Prometheus metrics, or `false` to remove the route. [{ path: '/metrics' }] */
   metrics?: MetricsInput | false
-  rateLimit?: Record<string, unknown>
+  /** A rate limit on every proxied route (not the app's own), in memory or shared through Redis. [none] */
+  rateLimit?: RateLimitInput
   /** The header the request id goes upstream in and comes back to the client in. ['x-request-id'] */
   requestIdHeader?: string
+}
+
+/**
+ * `@fastify/rate-limit`'s options for the proxied routes, plus where the counts live and what
+ * happens when that store fails. (`skipOnError` is `onStoreError`'s business.)
+ */
+export interface RateLimitInput extends Omit<RateLimitPluginOptions, 'redis' | 'skipOnError'> {
+  /** Send the IETF draft's `RateLimit-Limit`/`-Remaining`/`-Reset`; false: `X-RateLimit-*`. [true] */
+  enableDraftSpec?: boolean
+  /**
+   * Counts in Redis, shared by every gateway instance that uses it: a `redis://` or `rediss://`
+   * URL (the gateway opens the connection and closes it with the app) or an ioredis client (yours
+   * to close). [none: each instance counts in its own memory]
+   */
+  redis?: string | Redis | Cluster
+  /**
+   * When the store fails or takes over a second: `'allow'` lets the request through (fail open,
+   * logged once per outage), `'deny'` answers 503 `rate_limit_store_unavailable`. ['allow']
+   */
+  onStoreError?: 'allow' | 'deny'
 }

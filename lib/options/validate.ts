@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig, RateLimitConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -53,7 +53,7 @@ export function validateOptions (input: unknown): Config {
     errors: validateErrors(options.errors),
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
-    rateLimit: options.rateLimit === undefined ? null : object('rateLimit', options.rateLimit, Object.keys(options.rateLimit)),
+    rateLimit: validateRateLimit(options.rateLimit, routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)),
     requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
   }
 }
@@ -290,6 +290,12 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (r.rateLimit !== undefined && r.rateLimit !== false && !isPlainObject(r.rateLimit)) {
     fail(join(path, 'rateLimit'), '@fastify/rate-limit route options or false', r.rateLimit)
   }
+  for (const key of ['redis', 'onStoreError', 'skipOnError']) {
+    // One store serves every route: where counts live is decided once, at the top level.
+    if (isPlainObject(r.rateLimit) && r.rateLimit[key] !== undefined) {
+      throw new OptionsError(join(join(path, 'rateLimit'), key), `set it once for all routes, as rateLimit.${key === 'skipOnError' ? 'onStoreError' : key}`)
+    }
+  }
   return {
     prefix,
     pool: poolName,
@@ -304,6 +310,38 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
     tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
+}
+
+/**
+ * Everything but `redis` and `onStoreError` is @fastify/rate-limit's and goes to it as it is.
+ * Its `skipOnError` is set from `onStoreError`, so giving both would be two answers to one question.
+ * Null: no limit anywhere. Routes with a limit of their own and no global one get `global: false`.
+ */
+function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitConfig | null {
+  if (input === undefined && !routesLimited) return null
+  const given = input === undefined ? { global: false } : input
+  if (!isPlainObject(given)) fail('rateLimit', 'an object', given)
+  const { redis, onStoreError, ...plugin } = given
+  if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
+  if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
+  return {
+    // The IETF draft's RateLimit-* names rather than the older X-RateLimit-* ones.
+    plugin: { enableDraftSpec: true, ...plugin },
+    redis: validateRedis('rateLimit.redis', redis),
+    onStoreError: oneOf('rateLimit.onStoreError', onStoreError, ['allow', 'deny'], 'allow')
+  }
+}
+
+function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+  if (value === undefined) return null
+  if (typeof value === 'string') {
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    return value
+  }
+  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  const client = value as { defineCommand?: unknown, on?: unknown } | null
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  return value as RateLimitConfig['redis']
 }
 
 /** Bodies stream, so none is limited unless the route says so (as HAProxy, Envoy, Caddy). */
