@@ -103,6 +103,8 @@ export interface Config {
   metrics: { path: string, registry: Registry | null } | null
   rateLimit: Record<string, unknown> | null
   requestIdHeader: string
+  /** OpenTelemetry spans for tries: on, off, or on when a tracer provider is registered. */
+  tracing: boolean | 'auto'
 }
 
 export interface DiagnosisConfig {

@@ -167,4 +167,6 @@ export interface UpstreamOptions {
   metrics?: MetricsInput | false
   rateLimit?: Record<string, unknown>
   requestIdHeader?: string
+  /** OpenTelemetry spans for each try, and one `traceparent` upstream: `'auto'` (default) is on when @opentelemetry/api is installed and a tracer provider registered. */
+  tracing?: boolean | 'auto'
 }

@@ -19,6 +19,7 @@ import { sendTry } from './try.js'
 import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
+import type { Tracing, TryOutcome } from '../observe/tracing.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -74,14 +75,19 @@ export class Exchange {
   readonly #room = new RoomWait()
   /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
   #waitingPhase: AttemptRecord['phase'] = 'route'
+  /** The context the try spans hang from; null when tracing is off. */
+  readonly #traceParent: object | null
+  #tries = 0
 
   constructor (
     readonly request: FastifyRequest,
     readonly reply: FastifyReply,
     readonly route: RouteConfig,
     readonly pool: UpstreamPool,
-    private readonly events: ExchangeEvents
+    private readonly events: ExchangeEvents,
+    private readonly tracing: Tracing | null = null
   ) {
+    this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
     if (total !== false) {
       this.#totalTimer = setTimeout(() => {
@@ -192,9 +198,32 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
-    sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
-      this.onAttemptError(attempt, err)
-    })
+    const send = (): void => {
+      sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
+        this.onAttemptError(attempt, err)
+      })
+    }
+    this.#tries++
+    if (this.tracing === null) {
+      send()
+      return
+    }
+    attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.#tries)
+    this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, send)
+  }
+
+  /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
+  #endSpan (attempt: Attempt | null, status: number | null, failure?: TryOutcome): void {
+    const span = attempt?.span
+    if (span == null) return
+    attempt!.span = null
+    if (failure !== undefined) {
+      this.tracing!.failed(span, failure)
+    } else if (status !== null) {
+      this.tracing!.answered(span, status)
+    } else {
+      span.end()
+    }
   }
 
   #queue (): void {
@@ -224,6 +253,7 @@ export class Exchange {
     const policy = this.route.retry
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
+      this.#endSpan(attempt, statusCode)
       attempt.abandon()
       attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
       this.#retryLater()
@@ -262,6 +292,7 @@ export class Exchange {
   }
 
   onAttemptEnd (attempt: Attempt, trailers: string[] | null): void {
+    this.#endSpan(attempt, attempt.status)
     this.#settle()
     this.#downstream!.onComplete?.(trailers)
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
@@ -272,6 +303,7 @@ export class Exchange {
     if (this.settled) return
     const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
+    if (this.tracing !== null) this.#endSpan(attempt, null, { error: verdict.error, phase: verdict.phase, cause: verdict.cause, err })
     if (verdict.error === 'client_aborted') {
       this.#aborted(verdict.phase)
       return
@@ -405,6 +437,7 @@ export class Exchange {
     // The rest of an unfinished upload is not read: the connection closes after the answer (as
     // nginx does) instead of draining a body nobody wants, or stalling on one held back.
     if (this.#clientStillSending()) this.reply.header('connection', 'close')
+    if (this.tracing !== null) this.tracing.requestFailed(this.#traceParent!, failure)
     // reply-from's handler is left without an answer on purpose: it would log the error a
     // second time and pick its own status. The gateway answers with the failure record.
     this.events.failed(this, failure)
@@ -431,6 +464,8 @@ export class Exchange {
 
   #settle (): void {
     this.settled = true
+    // A try still open as the exchange ends (left behind by a timeout or an intercepted status).
+    if (this.tracing !== null) this.#endSpan(this.#attempt, this.#attempt?.status ?? null)
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
     this.#upload?.stop()
