@@ -24,6 +24,7 @@ for (const tracing of [undefined, 'auto', true, false] as const) {
 t.test('a bad tracing option fails at registration, naming it', async (t) => {
   const app = Fastify()
   t.teardown(async () => { await app.close() })
-  await t.rejects(app.register(upstream, { pools: { p: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/p', pool: 'p' }], tracing: 'on' as never }).ready(),
+  app.register(upstream, { pools: { p: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/p', pool: 'p' }], tracing: 'on' as never })
+  await t.rejects(async () => await app.ready(),
     { name: 'OptionsError', path: 'tracing', message: /tracing: expected true, false or "auto", got "on"/ })
 })

@@ -76,6 +76,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       reply.raw.destroy()
     },
     aborted (exchange, phase) {
+      recorder?.aborted(pool.name, exchange.target?.hostPort ?? null)
       logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
     },
     recovered (exchange, status) {
@@ -95,7 +96,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, dest, { route, pool, config, answer })
+      websockets.open(request, reply, dest, { route, pool, config, answer, recorder })
       return reply
     }
     const exchange = new Exchange(request, reply, route, pool, events, tracing)
