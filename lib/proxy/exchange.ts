@@ -198,18 +198,20 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
-    const send = (): void => {
-      sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
-        this.onAttemptError(attempt, err)
-      })
-    }
     this.#tries++
     if (this.tracing === null) {
-      send()
+      this.#send(attempt, headers)
       return
     }
     attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.#tries)
-    this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, send)
+    this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, () => { this.#send(attempt, headers) })
+  }
+
+  #send (attempt: Attempt, headers: Record<string, string>): void {
+    const opts = this.#opts!
+    sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
+      this.onAttemptError(attempt, err)
+    })
   }
 
   /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
