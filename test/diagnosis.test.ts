@@ -18,6 +18,7 @@ function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {})
     rate: 100 / 300,
     status5xx: 0,
     retried: 0,
+    aborted: 0,
     errors: {},
     latency: { avg: ms, p50: ms, p95: ms, p99: over.p99 ?? ms },
     ...over

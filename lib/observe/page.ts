@@ -3,7 +3,7 @@
 // outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
 import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
-import type { RequestStory } from './recorder.js'
+import type { RequestStory, TunnelCounts } from './recorder.js'
 import type { PoolReport, StatusReport, TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
@@ -52,6 +52,7 @@ function renderPool (pool: PoolReport, base: string): string {
   return `<section class="pool"><h2>Pool <code>${e(pool.name)}</code></h2>
 <p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} ${pool.maxPending === null ? '(limits.maxPending: no limit)' : `/ ${e(pool.maxPending)} (limits.maxPending)`}</p>
 ${statsTable([['1 min', pool.stats['1m']], ['5 min', pool.stats['5m']], ['15 min', pool.stats['15m']]])}
+${tunnelLine(pool.websockets)}
 <h3>Targets</h3>
 <div class="targets">${pool.targets.map((t) => renderTarget(t, pool.name, base)).join('\n')}</div>
 <h3>Recent errors</h3>
@@ -64,13 +65,19 @@ function renderTarget (t: TargetReport, pool: string, base: string): string {
   return `<article class="target ${e(t.state)}"><p class="name"><span class="state">${e(t.state)}</span> <code>${e(t.url)}</code></p>
 <p class="muted">since <time>${e(t.since)}</time>${t.why !== null ? ` — ${e(t.why)}` : ''}</p>
 <p class="muted">in flight ${e(t.inFlight)} · ejections ${e(t.ejections)}${t.lastError !== null ? ` · last error <code>${e(t.lastError.error)}</code> at <time>${e(t.lastError.at)}</time>` : ''} · <a href="${e(probe)}">probe</a></p>
-${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}</article>`
+${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}${tunnelLine(t.websockets)}</article>`
+}
+
+/** WebSocket tunnels since start; nothing for a pool or target that never had a handshake. */
+function tunnelLine (c: TunnelCounts): string {
+  if (c.opened + c.failed + c.refused === 0) return ''
+  return `<p class="muted tunnels">WebSocket tunnels: <strong>${e(c.open)}</strong> open now · ${e(c.opened)} opened · ${e(c.failed)} failed handshakes · ${e(c.refused)} refused by the upstream (since start)</p>`
 }
 
 function statsTable (rows: Array<[string, WindowStats]>): string {
   const ms = (n: number | undefined): string => n === undefined ? '—' : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`
-  return `<div class="scroll"><table class="stats"><thead><tr><th></th><th>req/s</th><th>5xx</th><th>retried</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>${rows.map(([name, s]) =>
-    `<tr><th>${e(name)}</th><td>${e(s.rate.toFixed(2))}</td><td>${e(s.status5xx)}</td><td>${e(s.retried)}</td><td>${ms(s.latency?.p50)}</td><td>${ms(s.latency?.p95)}</td><td>${ms(s.latency?.p99)}</td></tr>`).join('')}</tbody></table></div>`
+  return `<div class="scroll"><table class="stats"><thead><tr><th></th><th>req/s</th><th>5xx</th><th>retried</th><th title="the client went away before its answer ended">aborted</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>${rows.map(([name, s]) =>
+    `<tr><th>${e(name)}</th><td>${e(s.rate.toFixed(2))}</td><td>${e(s.status5xx)}</td><td>${e(s.retried)}</td><td>${e(s.aborted)}</td><td>${ms(s.latency?.p50)}</td><td>${ms(s.latency?.p95)}</td><td>${ms(s.latency?.p99)}</td></tr>`).join('')}</tbody></table></div>`
 }
 
 export function renderStory (story: RequestStory, options: PageOptions): string {

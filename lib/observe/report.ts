@@ -6,7 +6,7 @@ import type { PoolSnapshot, UpstreamPool } from '../pool/pool.js'
 import type { TargetSnapshot } from '../pool/target.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { diagnose, type Finding, type PoolInput } from './diagnosis.js'
-import type { ErrorExample, Recorder } from './recorder.js'
+import type { ErrorExample, Recorder, TunnelCounts } from './recorder.js'
 import type { RollingStats, WindowStats } from './stats.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
@@ -19,6 +19,8 @@ export interface Windows {
 export interface TargetReport extends TargetSnapshot {
   hostPort: string
   stats: Windows
+  /** WebSocket tunnels to this target since the gateway started. */
+  websockets: TunnelCounts
 }
 
 export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
@@ -27,6 +29,8 @@ export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
   maxPending: number | null
   maxConcurrent: number | null
   stats: Windows
+  /** WebSocket tunnels to this pool since the gateway started. */
+  websockets: TunnelCounts
   errors: Partial<Record<ProxyErrorType, ErrorExample>>
   targets: TargetReport[]
 }
@@ -50,7 +54,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
     const snapshot = pool.snapshot()
     const targets = snapshot.targets.map((t, i): TargetReport => {
       const hostPort = pool.targets[i]!.hostPort
-      return { ...t, hostPort, stats: windows(stats.target(hostPort), now) }
+      return { ...t, hostPort, stats: windows(stats.target(hostPort), now), websockets: { ...stats.targetTunnel(hostPort) } }
     })
     const report: PoolReport = {
       name: snapshot.name,
@@ -60,6 +64,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       maxPending: finite(pool.config.limits.maxPending),
       maxConcurrent: finite(pool.config.limits.maxConcurrent),
       stats: windows(stats.stats, now),
+      websockets: { ...stats.tunnels },
       errors: Object.fromEntries(stats.errors),
       targets
     }

@@ -111,6 +111,8 @@ export interface Config {
   /** Null: no limit on any route. */
   rateLimit: RateLimitConfig | null
   requestIdHeader: string
+  /** OpenTelemetry spans for tries: on, off, or on when a tracer provider is registered. */
+  tracing: boolean | 'auto'
 }
 
 export interface RateLimitConfig {

@@ -288,6 +288,8 @@ export interface UpstreamOptions {
   rateLimit?: RateLimitInput
   /** The header the request id goes upstream in and comes back to the client in. ['x-request-id'] */
   requestIdHeader?: string
+  /** OpenTelemetry spans for each try, and one `traceparent` upstream: `'auto'` (default) is on when @opentelemetry/api is installed and a tracer provider registered. */
+  tracing?: boolean | 'auto'
 }
 
 /**

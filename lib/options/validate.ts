@@ -30,7 +30,7 @@ const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
 export function validateOptions (input: unknown): Config {
-  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader']) as Partial<UpstreamOptions>
+  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader', 'tracing']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])
   if (Object.keys(poolsInput).length === 0) fail('pools', 'at least one pool', options.pools)
@@ -54,8 +54,15 @@ export function validateOptions (input: unknown): Config {
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
     rateLimit: validateRateLimit(options.rateLimit, routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)),
-    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
+    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id'),
+    tracing: validateTracing(options.tracing)
   }
+}
+
+function validateTracing (input: unknown): Config['tracing'] {
+  if (input === undefined) return 'auto'
+  if (input === 'auto' || typeof input === 'boolean') return input
+  fail('tracing', 'true, false or "auto"', input)
 }
 
 function validatePool (name: string, input: unknown): PoolConfig {

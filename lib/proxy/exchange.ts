@@ -20,6 +20,7 @@ import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { waitForCredentials } from '../pool/credentials.js'
+import type { Tracing, TryOutcome } from '../observe/tracing.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -79,14 +80,19 @@ export class Exchange {
   #sentToken: string | null = null
   /** An upstream 401 already made this exchange ask for a new token: a second one goes to the client. */
   #reauthorized = false
+  /** The context the try spans hang from; null when tracing is off. */
+  readonly #traceParent: object | null
+  #tries = 0
 
   constructor (
     readonly request: FastifyRequest,
     readonly reply: FastifyReply,
     readonly route: RouteConfig,
     readonly pool: UpstreamPool,
-    private readonly events: ExchangeEvents
+    private readonly events: ExchangeEvents,
+    private readonly tracing: Tracing | null = null
   ) {
+    this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
     if (total !== false) {
       this.#totalTimer = setTimeout(() => {
@@ -211,9 +217,34 @@ export class Exchange {
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
     if (credentials !== null) this.#sentToken = credentials.apply(headers)
+    this.#tries++
+    if (this.tracing === null) {
+      this.#send(attempt, headers)
+      return
+    }
+    attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.#tries)
+    this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, () => { this.#send(attempt, headers) })
+  }
+
+  #send (attempt: Attempt, headers: Record<string, string>): void {
+    const opts = this.#opts!
     sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
     })
+  }
+
+  /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
+  #endSpan (attempt: Attempt | null, status: number | null, failure?: TryOutcome): void {
+    const span = attempt?.span
+    if (span == null) return
+    attempt!.span = null
+    if (failure !== undefined) {
+      this.tracing!.failed(span, failure)
+    } else if (status !== null) {
+      this.tracing!.answered(span, status)
+    } else {
+      span.end()
+    }
   }
 
   #queue (): void {
@@ -250,6 +281,7 @@ export class Exchange {
     const policy = this.route.retry
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
+      this.#endSpan(attempt, statusCode)
       attempt.abandon()
       attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
       this.#retryLater()
@@ -288,6 +320,7 @@ export class Exchange {
   }
 
   onAttemptEnd (attempt: Attempt, trailers: string[] | null): void {
+    this.#endSpan(attempt, attempt.status)
     this.#settle()
     this.#downstream!.onComplete?.(trailers)
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
@@ -298,6 +331,7 @@ export class Exchange {
     if (this.settled) return
     const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
+    if (this.tracing !== null) this.#endSpan(attempt, null, { error: verdict.error, phase: verdict.phase, cause: verdict.cause, err })
     if (verdict.error === 'client_aborted') {
       this.#aborted(verdict.phase)
       return
@@ -450,6 +484,7 @@ export class Exchange {
     // The rest of an unfinished upload is not read: the connection closes after the answer (as
     // nginx does) instead of draining a body nobody wants, or stalling on one held back.
     if (this.#clientStillSending()) this.reply.header('connection', 'close')
+    if (this.tracing !== null) this.tracing.requestFailed(this.#traceParent!, failure)
     // reply-from's handler is left without an answer on purpose: it would log the error a
     // second time and pick its own status. The gateway answers with the failure record.
     this.events.failed(this, failure)
@@ -476,6 +511,8 @@ export class Exchange {
 
   #settle (): void {
     this.settled = true
+    // A try still open as the exchange ends (left behind by a timeout or an intercepted status).
+    if (this.tracing !== null) this.#endSpan(this.#attempt, this.#attempt?.status ?? null)
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
     this.#upload?.stop()

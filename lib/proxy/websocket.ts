@@ -29,6 +29,7 @@ import { logClientAborted, logFailure } from '../errors/log.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { waitForCredentials } from '../pool/credentials.js'
+import type { Recorder, TunnelEvent } from '../observe/recorder.js'
 
 const kUpgrade = Symbol('fastify-upstream.upgrade')
 
@@ -54,6 +55,8 @@ export interface TunnelRoute {
   config: Config
   /** Logs the failure once and answers it (the route's error responder). */
   answer: (request: FastifyRequest, reply: FastifyReply, failure: Failure) => void
+  /** Counts handshakes and tunnels for the status page, when there is one. */
+  recorder: Recorder | null
 }
 
 /** The gateway's websocket side: the server's 'upgrade' listener and every live tunnel. */
@@ -393,6 +396,7 @@ class Tunnel {
       return false
     }
     this.#settle()
+    this.#count('refused')
     const full = isFullExposure(this.context.config.errors, this.request)
     const headers = forwardResponseHeaders(upstream, this.#settings)
     // A refusal that redirects (to a login page) points through the gateway, as any answer.
@@ -426,6 +430,7 @@ class Tunnel {
     this.#upstream = upstream
     this.#settle(true)
     this.pool.recordResponse(handshake.target, 101, handshake.ms)
+    this.#count('opened')
     upstream.on('error', () => {})
     // From here the gateway writes the socket itself: Fastify must not answer, and the response
     // object built for the handshake lets go of the socket.
@@ -440,7 +445,12 @@ class Tunnel {
     const early = Buffer.concat([this.upgrade.head, ...this.#early])
     if (early.length > 0) upstream.write(early)
     const idle = this.#idleTimer(client, upstream)
+    let ended = false
     const end = (): void => {
+      // Both sockets' 'close' lead here; the tunnel ends once.
+      if (ended) return
+      ended = true
+      this.#count('closed')
       if (idle !== null) clearTimeout(idle)
       client.destroy()
       upstream.destroy()
@@ -524,11 +534,17 @@ class Tunnel {
     this.#settle()
     this.#try?.abandon()
     this.upgrade.socket.destroy()
+    this.context.recorder?.aborted(this.pool.name, this.#try?.target.hostPort ?? null)
     logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
+  }
+
+  #count (event: TunnelEvent): void {
+    this.context.recorder?.tunnel(this.pool.name, this.#try?.target.hostPort ?? null, event)
   }
 
   #fail (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): void {
     this.#settle()
+    this.#count('failed')
     this.context.answer(this.request, this.reply, this.#failure(error, context))
   }
 
