@@ -300,8 +300,10 @@ t.test('no credential value shows in a log line, an error page or the status rep
     errors: { expose: 'full' }
   })
   const pages: string[] = []
+  // The client's own credentials are not echoed either.
+  const client = { authorization: 'Bearer CLIENT-SECRET-1', 'proxy-authorization': 'Basic PROXY-SECRET-2', 'x-api-key': 'CLIENT-SECRET-3' }
   for (const accept of ['application/json', 'text/html', 'text/plain']) {
-    const res = await gw.request('/api/reset', { headers: { accept } })
+    const res = await gw.request('/api/reset', { headers: { accept, ...client } })
     t.equal(res.statusCode, 502)
     pages.push(await res.body.text())
   }
@@ -322,7 +324,7 @@ t.test('no credential value shows in a log line, an error page or the status rep
   }
   const logText = JSON.stringify(gw.logs)
   t.ok(gw.logs.length > 5, 'there were log lines to search')
-  for (const secret of [TOKEN, STATIC_SECRET]) {
+  for (const secret of [TOKEN, STATIC_SECRET, 'CLIENT-SECRET', 'PROXY-SECRET']) {
     t.notOk(logText.includes(secret), `${secret} is in no log line`)
     t.notOk(pages.some((p) => p.includes(secret)), `${secret} is on no page`)
   }
