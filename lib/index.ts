@@ -31,7 +31,7 @@ export type { ProbeResult } from './observe/probe.js'
 export type { StatusReport, PoolReport, TargetReport, Windows } from './observe/report.js'
 export type { WindowStats } from './observe/stats.js'
 export type { Finding, Severity } from './observe/diagnosis.js'
-export type { RequestStory, ErrorExample } from './observe/recorder.js'
+export type { RequestStory, ErrorExample, TunnelCounts } from './observe/recorder.js'
 export { OptionsError }
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 export { requestIdFrom, type RequestIdOptions } from './request-id.js'

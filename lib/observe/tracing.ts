@@ -139,8 +139,8 @@ export class Tracing {
     this.api.propagation.inject(context, fields)
     if (fields.traceparent !== undefined) {
       headers.traceparent = fields.traceparent
-      if (fields.tracestate !== undefined) headers.tracestate = fields.tracestate
-      else delete headers.tracestate
+      // undefined, not deleted: undici skips it, and the object keeps its shape.
+      ;(headers as Record<string, string | undefined>).tracestate = fields.tracestate
     }
     this.api.context.with(context, send)
   }
