@@ -7,7 +7,8 @@
 //           fastify-upstream also the time from the kill to the target's ejection.
 //   slow    one of 3 targets answers 200 ms late: p50/p99 and the slow target's share of the
 //           requests with round-robin, least-request and p2c-ewma, nginx least_conn and HAProxy
-//           leastconn, as ratios to the same pool with no slow target (round-robin).
+//           leastconn, each as a ratio to the same front door over a pool with no slow target
+//           (fastify-upstream's balancers: round-robin over the healthy pool).
 //   budget  every target answers 503 and retries are on for 5xx: upstream requests per client
 //           request with the retry budget and without it.
 //
@@ -23,10 +24,11 @@ import {
   HOST, WARMUP_SECONDS, ask, closeServers, figure, isEntry, portOf, runMain, serveAsChild, sleep, startChild,
   startWatchdog, stopChildren, type Figure, type Settings
 } from './harness.js'
-import { externalPeers, startPeer, type Peer, type PeerBalance, type PeerProcess } from './external.js'
+import { externalPeers, startPeer, type Peer, type PeerProcess } from './external.js'
 
 const CONNECTIONS = 20
 const SLOW_MS = 200
+const HEALTHY = 'all healthy (round-robin)'
 
 // ---------------------------------------------------------------------------------------------
 // Children.
@@ -211,16 +213,21 @@ export async function slow (settings: Settings): Promise<{ figures: Figure[], de
   const peers: PeerProcess[] = []
   try {
     const urls: Record<string, string> = {
-      'all healthy (round-robin)': `${origin(port)}/healthy/x`,
+      [HEALTHY]: `${origin(port)}/healthy/x`,
       'round-robin': `${origin(port)}/round-robin/x`,
       'least-request': `${origin(port)}/least-request/x`,
       'p2c-ewma': `${origin(port)}/p2c-ewma/x`
     }
+    // Each variant's baseline: the same front door and balancer over the all-healthy pool.
+    const baselines: Record<string, string> = { 'round-robin': HEALTHY, 'least-request': HEALTHY, 'p2c-ewma': HEALTHY }
     for (const peer of externalPeers()) {
-      const balance: PeerBalance = 'least-conn'
-      const started = await startPeer(peer, { servers: withSlow, prefix: '/p', balance })
-      peers.push(started)
-      urls[peer === 'nginx' ? 'nginx least_conn' : 'haproxy leastconn'] = `${origin(started.port)}/p/x`
+      const name = peer === 'nginx' ? 'nginx least_conn' : 'haproxy leastconn'
+      for (const [variant, servers] of [[`${name}, all healthy`, [spare, ...rest]], [name, withSlow]] as const) {
+        const started = await startPeer(peer, { servers: [...servers], prefix: '/p', balance: 'least-conn' })
+        peers.push(started)
+        urls[variant] = `${origin(started.port)}/p/x`
+      }
+      baselines[name] = `${name}, all healthy`
     }
     const variants = Object.keys(urls)
     const samples: Record<string, SlowSample[]> = Object.fromEntries(variants.map((v) => [v, []]))
@@ -232,19 +239,19 @@ export async function slow (settings: Settings): Promise<{ figures: Figure[], de
         const after = await served(upstreams.child)
         const delta = after.map((n, i) => n - before[i]!)
         // Indexes: 0 slow, 1 the healthy spare, 2.. the rest; the healthy pool never uses 0.
-        const pool = variant.startsWith('all healthy') ? [1, ...rest.map((_, i) => i + 2)] : [0, ...rest.map((_, i) => i + 2)]
+        const healthy = baselines[variant] === undefined
+        const pool = healthy ? [1, ...rest.map((_, i) => i + 2)] : [0, ...rest.map((_, i) => i + 2)]
         const total = pool.reduce((sum, i) => sum + delta[i]!, 0)
-        const sample: SlowSample = { requests: result.requests.total, p50: result.latency.p50, p99: result.latency.p99, slowShare: variant.startsWith('all healthy') ? 0 : delta[0]! / Math.max(1, total), errors: failed }
+        const sample: SlowSample = { requests: result.requests.total, p50: result.latency.p50, p99: result.latency.p99, slowShare: healthy ? 0 : delta[0]! / Math.max(1, total), errors: failed }
         samples[variant]!.push(sample)
         console.log(`  slow round ${round}/${settings.rounds} ${variant.padEnd(26)} p50 ${sample.p50} ms, p99 ${sample.p99} ms, slow share ${(sample.slowShare * 100).toFixed(1)}%, ${sample.errors} errors`)
       }
     }
-    const healthy = samples['all healthy (round-robin)']!
     const figures: Figure[] = []
     for (const variant of variants) {
       const list = samples[variant]!
-      const base = variant.startsWith('all healthy') ? undefined : 'all healthy (round-robin)'
-      const ratioTo = (pick: (s: SlowSample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: healthy.map(pick) }
+      const base = baselines[variant]
+      const ratioTo = (pick: (s: SlowSample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: samples[base]!.map(pick) }
       figures.push(figure('slow', variant, 'p50', 'ms', list.map((s) => s.p50), ratioTo((s) => s.p50)))
       figures.push(figure('slow', variant, 'p99', 'ms', list.map((s) => s.p99), ratioTo((s) => s.p99)))
       figures.push(figure('slow', variant, 'req/s', 'req/s', list.map((s) => s.requests / settings.seconds), ratioTo((s) => s.requests / settings.seconds)))
@@ -269,7 +276,7 @@ export async function budget (settings: Settings): Promise<{ figures: Figure[], 
     budget: { targets, outlier: false, retry: { ...retry, budget: { ratio: 0.2, minPerSecond: 5 } } }
   })
   const variants: Record<string, string> = { 'no budget': 'none', 'budget 0.2, min 5/s (default)': 'budget' }
-  const amount = settings.quick ? 1000 : 3000
+  const amount = settings.quick ? 300 : 1000
   const samples: Record<string, BudgetSample[]> = Object.fromEntries(Object.keys(variants).map((v) => [v, []]))
   for (let round = 1; round <= settings.rounds; round++) {
     for (const [variant, pool] of Object.entries(variants)) {

@@ -60,11 +60,10 @@ function peerVersions (): Record<string, string> {
     const binary = peerBinary(peer)
     if (binary === null) return [peer, 'not installed']
     try {
-      // nginx prints its version on stderr, HAProxy on stdout.
-      const out = execFileSync(binary, peer === 'nginx' ? ['-v'] : ['-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
-      return [peer, out.split('\n')[0]!.trim()]
+      // nginx prints its version on stderr, HAProxy on stdout: merge them.
+      return [peer, execFileSync('sh', ['-c', '"$0" -v 2>&1', binary], { encoding: 'utf8' }).split('\n')[0]!.trim()]
     } catch (error) {
-      return [peer, String((error as { stderr?: string }).stderr ?? error).split('\n')[0]!.trim()]
+      return [peer, `unknown (${error instanceof Error ? error.message : String(error)})`]
     }
   }))
 }
