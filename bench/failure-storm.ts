@@ -12,8 +12,9 @@
 // than 0.8× the success path's req/s, so a dead service does not take the gateway down with it.
 //
 // Run with `npm run bench:failures` (= `npm run bench -- --only storm`). 50 connections; rounds
-// and seconds per measurement from the run's settings. The gateway logs to a file in the temp
-// directory, which the parent reads after each timed run to count the log lines per failure.
+// and seconds per measurement from the run's settings. The gateway counts the lines it logs (all
+// of them, and its failure records) in pino's logMethod hook. Counts are per response finished
+// in the timed run, so requests in flight at its edges (up to 50 of them) blur them a little.
 //
 // Process layout: autocannon in the parent; the upstreams in one child; the gateway in another,
 // with Fastify's logger on at `info` (the failure record and Fastify's request lines are part
@@ -25,15 +26,12 @@
 // every target refuses. During the storm the upstream child has nothing to do, so the gateway
 // gets more of the machine than during the success run; the CPU time per response (measured in
 // the gateway) is the figure that does not depend on that.
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { subscribe } from 'node:diagnostics_channel'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, ask, closeServers, meterResponses, type CpuReport, closedPorts, figure, getBody, isEntry, portOf,
-  runMain, runUpstreams, serveAsChild, startChild, startWatchdog, type Figure, type Settings
+  HOST, WARMUP_SECONDS, ask, closeServers, meterResponses, type CpuReport, closedPorts, figure, getBody, portOf,
+  runUpstreams, serveAsChild, startChild, scenarioEntry, type Figure, type Settings
 } from './harness.js'
 
 type Role = 'upstreams' | 'gateway'
@@ -76,6 +74,10 @@ interface GatewayMeasures {
   connectsPerResponse: number
   /** Responses the gateway finished, by `status [error type]`. */
   outcomes: Record<string, number>
+  /** Log lines per response: every line the gateway wrote, Fastify's request lines included. */
+  logLinesPerResponse: number
+  /** The gateway's failure records (error level, error connection_refused) per response: 1 per failure is the promise. */
+  failureRecordsPerResponse: number
 }
 
 type GatewayReport = CpuReport & GatewayMeasures
@@ -87,7 +89,24 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
   const { default: Fastify } = await import('fastify')
   const { default: upstream } = await import('fastify-upstream')
   // Fastify's `file` is pino.destination(file): the log path a production gateway has, minus the disk.
-  const app = Fastify({ logger: { level: 'info', file: logFile } })
+  // Every line passes through pino's logMethod hook (disabled levels never reach it): counted
+  // here, exactly, rather than read back from a file that pino writes asynchronously.
+  let logLines = 0
+  let failureRecords = 0
+  const app = Fastify({
+    logger: {
+      level: 'info',
+      file: logFile,
+      hooks: {
+        logMethod (args, method, level) {
+          logLines++
+          const record = args[0] as { error?: unknown } | string
+          if (level >= 50 && typeof record === 'object' && record.error === 'connection_refused') failureRecords++
+          method.apply(this, args)
+        }
+      }
+    }
+  })
 
   const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS })
   loop.enable()
@@ -130,6 +149,8 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
       loop.reset()
       utilizationFrom = performance.eventLoopUtilization()
       connects = 0
+      logLines = 0
+      failureRecords = 0
       outcomes.clear()
     },
     report: (responses) => ({
@@ -137,7 +158,9 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
       loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
       utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
       connectsPerResponse: connects / Math.max(1, responses),
-      outcomes: Object.fromEntries(outcomes)
+      outcomes: Object.fromEntries(outcomes),
+      logLinesPerResponse: logLines / Math.max(1, responses),
+      failureRecordsPerResponse: failureRecords / Math.max(1, responses)
     })
   })
   return { port: portOf(app.server), close: async () => { loop.disable(); await app.close() } }
@@ -216,94 +239,61 @@ async function sanityCheck (port: number, deadPorts: number[]): Promise<void> {
   if (deadTargets.size !== 2) throw new Error(`failure storm: two requests failed on ${[...deadTargets].join(', ')}, expected both dead targets`)
 }
 
-/** Lines the gateway logged since byte `from` of its log file: all of them, and its failure records. */
-function logLines (file: string, from: number): { lines: number, failureRecords: number } {
-  const text = readFileSync(file, 'utf8').slice(from)
-  const lines = text.split('\n').filter((line) => line !== '')
-  return { lines: lines.length, failureRecords: lines.filter((line) => line.includes('"error":"connection_refused"')).length }
-}
+export async function storm (settings: Settings): Promise<{ figures: Figure[], detail: Record<Variant, Sample[]> }> {
+  const logFile = process.env.BENCH_LOG_FILE ?? '/dev/null'
+  const { ports: upstreamPorts } = await startChild(import.meta.url, 'upstreams')
+  const deadPorts = await closedPorts(2)
+  const { child: gateway, ports: [gatewayPort] } = await startChild(import.meta.url, 'gateway', {
+    BENCH_UPSTREAM_PORTS: upstreamPorts.join(','),
+    BENCH_DEAD_PORTS: deadPorts.join(','),
+    BENCH_LOG_FILE: logFile
+  })
+  await sanityCheck(gatewayPort!, deadPorts)
+  const urls = Object.fromEntries(VARIANTS.map((variant) => [variant, `http://${HOST}:${gatewayPort}${PATHS[variant]}`])) as Record<Variant, string>
 
-interface StormSample extends Sample {
-  /** Log lines per response (every line the gateway wrote, Fastify's request lines included). */
-  logLinesPerResponse: number
-  /** The gateway's failure records per response: 1 per failure is the promise. */
-  failureRecordsPerResponse: number
-}
-
-export async function storm (settings: Settings): Promise<{ figures: Figure[], detail: Record<Variant, StormSample[]> }> {
-  const logDir = mkdtempSync(join(tmpdir(), 'bench-storm-'))
-  const logFile = join(logDir, 'gateway.log')
-  try {
-    const { ports: upstreamPorts } = await startChild(import.meta.url, 'upstreams')
-    const deadPorts = await closedPorts(2)
-    const { child: gateway, ports: [gatewayPort] } = await startChild(import.meta.url, 'gateway', {
-      BENCH_UPSTREAM_PORTS: upstreamPorts.join(','),
-      BENCH_DEAD_PORTS: deadPorts.join(','),
-      BENCH_LOG_FILE: logFile
-    })
-    await sanityCheck(gatewayPort!, deadPorts)
-    const urls = Object.fromEntries(VARIANTS.map((variant) => [variant, `http://${HOST}:${gatewayPort}${PATHS[variant]}`])) as Record<Variant, string>
-
-    if (!settings.quick) for (const variant of VARIANTS) await measure(variant, urls[variant], FIRST_WARMUP_SECONDS, CONNECTIONS)
-    const samples: Record<Variant, StormSample[]> = { success: [], 'failure storm': [] }
-    for (let round = 1; round <= settings.rounds; round++) {
-      for (const variant of VARIANTS) {
-        // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
-        await measure(variant, urls[variant], WARMUP_SECONDS, CONNECTIONS)
-        await ask(gateway, { cmd: 'reset' })
-        const logFrom = statSync(logFile).size
-        const result = await measure(variant, urls[variant], settings.seconds, CONNECTIONS)
-        const { cmd: _cmd, responses, ...measures } = await ask<GatewayReport>(gateway, { cmd: 'report' })
-        checkOutcomes(variant, measures.outcomes)
-        // pino.destination writes synchronously: every line of the run is in the file by now.
-        const logged = logLines(logFile, logFrom)
-        const sample: StormSample = {
-          requestsPerSecond: result.requests.average,
-          p50: result.latency.p50,
-          p99: result.latency.p99,
-          total: result.requests.total,
-          statusCodes: statusCounts(result),
-          ...measures,
-          logLinesPerResponse: logged.lines / Math.max(1, responses),
-          failureRecordsPerResponse: logged.failureRecords / Math.max(1, responses)
-        }
-        samples[variant].push(sample)
-        console.log(`  storm round ${round}/${settings.rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +
-          `p99 ${sample.p99} ms, event-loop delay p99 ${sample.loop.p99.toFixed(1)} ms, ${Math.round(sample.cpuPerResponse)} µs CPU/response, ` +
-          `${sample.logLinesPerResponse.toFixed(2)} log lines/response (${sample.failureRecordsPerResponse.toFixed(2)} failure records)`)
-      }
-    }
-
-    const success = samples.success
-    const figures: Figure[] = []
+  if (!settings.quick) for (const variant of VARIANTS) await measure(variant, urls[variant], FIRST_WARMUP_SECONDS, CONNECTIONS)
+  const samples: Record<Variant, Sample[]> = { success: [], 'failure storm': [] }
+  for (let round = 1; round <= settings.rounds; round++) {
     for (const variant of VARIANTS) {
-      const list = samples[variant]
-      const base = variant === 'success' ? undefined : 'success'
-      const ratioTo = (pick: (s: StormSample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: success.map(pick) }
-      const of = (pick: (s: StormSample) => number): number[] => list.map(pick)
-      figures.push(figure('storm', variant, 'req/s', 'req/s', of((s) => s.requestsPerSecond), ratioTo((s) => s.requestsPerSecond)))
-      figures.push(figure('storm', variant, 'p99', 'ms', of((s) => s.p99), ratioTo((s) => s.p99)))
-      figures.push(figure('storm', variant, 'CPU/response', 'µs', of((s) => s.cpuPerResponse), ratioTo((s) => s.cpuPerResponse)))
-      figures.push(figure('storm', variant, 'event-loop delay p99', 'ms', of((s) => s.loop.p99)))
-      figures.push(figure('storm', variant, 'connects/response', '', of((s) => s.connectsPerResponse)))
-      figures.push(figure('storm', variant, 'log lines/response', '', of((s) => s.logLinesPerResponse)))
-      if (variant === 'failure storm') figures.push(figure('storm', variant, 'failure records/failure', '', of((s) => s.failureRecordsPerResponse)))
+      // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
+      await measure(variant, urls[variant], WARMUP_SECONDS, CONNECTIONS)
+      await ask(gateway, { cmd: 'reset' })
+      const result = await measure(variant, urls[variant], settings.seconds, CONNECTIONS)
+      const { cmd: _cmd, responses: _responses, ...measures } = await ask<GatewayReport>(gateway, { cmd: 'report' })
+      checkOutcomes(variant, measures.outcomes)
+      const sample: Sample = {
+        requestsPerSecond: result.requests.average,
+        p50: result.latency.p50,
+        p99: result.latency.p99,
+        total: result.requests.total,
+        statusCodes: statusCounts(result),
+        ...measures
+      }
+      samples[variant].push(sample)
+      console.log(`  storm round ${round}/${settings.rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +
+        `p99 ${sample.p99} ms, event-loop delay p99 ${sample.loop.p99.toFixed(1)} ms, ${Math.round(sample.cpuPerResponse)} µs CPU/response, ` +
+        `${sample.logLinesPerResponse.toFixed(2)} log lines/response (${sample.failureRecordsPerResponse.toFixed(2)} failure records)`)
     }
-    const ratio = figures.find((f) => f.variant === 'failure storm' && f.metric === 'req/s')!.ratio!.median
-    console.log(`  failure storm / success (req/s): ${ratio.toFixed(2)} (goal ≥ ${GOAL.toFixed(2)}: ${ratio >= GOAL ? 'PASS' : 'BELOW'})`)
-    return { figures, detail: samples }
-  } finally {
-    rmSync(logDir, { recursive: true, force: true })
   }
+
+  const success = samples.success
+  const figures: Figure[] = []
+  for (const variant of VARIANTS) {
+    const list = samples[variant]
+    const base = variant === 'success' ? undefined : 'success'
+    const ratioTo = (pick: (s: Sample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: success.map(pick) }
+    const of = (pick: (s: Sample) => number): number[] => list.map(pick)
+    figures.push(figure('storm', variant, 'req/s', 'req/s', of((s) => s.requestsPerSecond), ratioTo((s) => s.requestsPerSecond)))
+    figures.push(figure('storm', variant, 'p99', 'ms', of((s) => s.p99), ratioTo((s) => s.p99)))
+    figures.push(figure('storm', variant, 'CPU/response', 'µs', of((s) => s.cpuPerResponse), ratioTo((s) => s.cpuPerResponse)))
+    figures.push(figure('storm', variant, 'event-loop delay p99', 'ms', of((s) => s.loop.p99)))
+    figures.push(figure('storm', variant, 'connects/response', '', of((s) => s.connectsPerResponse)))
+    figures.push(figure('storm', variant, 'log lines/response', '', of((s) => s.logLinesPerResponse)))
+    if (variant === 'failure storm') figures.push(figure('storm', variant, 'failure records/failure', '', of((s) => s.failureRecordsPerResponse)))
+  }
+  const ratio = figures.find((f) => f.variant === 'failure storm' && f.metric === 'req/s')!.ratio!.median
+  console.log(`  failure storm / success (req/s): ${ratio.toFixed(2)} (goal ≥ ${GOAL.toFixed(2)}: ${ratio >= GOAL ? 'PASS' : 'BELOW'})`)
+  return { figures, detail: samples }
 }
 
-if (isEntry(import.meta.url)) {
-  const role = process.argv[2] as Role | undefined
-  if (role !== undefined) {
-    await runChild(role)
-  } else {
-    // Standalone: `node --import tsx bench/failure-storm.ts`; `npm run bench -- --only storm` prints the table.
-    startWatchdog(600_000)
-    await runMain(async () => { await storm({ rounds: 3, seconds: 5, quick: false }) })
-  }
-}
+await scenarioEntry(import.meta.url, 'storm', async (role) => { await runChild(role as Role) })

@@ -354,3 +354,18 @@ export function cpuMicros (pids: number[]): number {
 export async function sleep (ms: number): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, ms))
 }
+
+/**
+ * The last line of a scenario file. Forked by startChild with a role, it runs that role; started
+ * by hand, it says how to run the scenario (run.ts measures and prints every scenario alike).
+ */
+export async function scenarioEntry (moduleUrl: string, scenarios: string, runRole: (role: string) => Promise<void>): Promise<void> {
+  if (!isEntry(moduleUrl)) return
+  const role = process.argv[2]
+  if (role !== undefined) {
+    await runRole(role)
+    return
+  }
+  console.error(`run with: npm run bench -- --only ${scenarios}`)
+  process.exitCode = 1
+}

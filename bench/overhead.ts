@@ -21,8 +21,8 @@
 // autocannon.
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, closeServers, cpuMicros, figure, getBody, isEntry, portOf, runMain, runUpstreams,
-  serveAsChild, startChild, startWatchdog, type Figure, type Settings
+  HOST, WARMUP_SECONDS, closeServers, cpuMicros, figure, getBody, portOf, runUpstreams,
+  serveAsChild, startChild, scenarioEntry, type Figure, type Settings
 } from './harness.js'
 import { externalPeers, startPeer, type PeerProcess } from './external.js'
 
@@ -176,13 +176,4 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
   }
 }
 
-if (isEntry(import.meta.url)) {
-  const role = process.argv[2] as Role | undefined
-  if (role !== undefined) {
-    await runChild(role)
-  } else {
-    // Standalone: `node --import tsx bench/overhead.ts`; `npm run bench -- --only overhead` prints the table.
-    startWatchdog(600_000)
-    await runMain(async () => { await overhead({ rounds: 3, seconds: 5, quick: false }) })
-  }
-}
+await scenarioEntry(import.meta.url, 'overhead', async (role) => { await runChild(role as Role) })

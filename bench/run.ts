@@ -12,13 +12,14 @@
 import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import {
-  formatSpread, formatTable, runMain, startWatchdog, stopChildren, writeResults, type Figure, type Settings
+  formatTable, runMain, startWatchdog, stopChildren, writeResults, type Figure, type Settings
 } from './harness.js'
 import { PEERS, peerBinary } from './external.js'
 import { overhead } from './overhead.js'
 import { kill, slow, budget } from './resilience.js'
 import { storm } from './failure-storm.js'
 import { timeouts } from './timeouts.js'
+import { FIGURE_HEADER, figureRows } from './table.js'
 
 type Scenario = (settings: Settings) => Promise<{ figures: Figure[], detail: unknown }>
 
@@ -48,11 +49,6 @@ function parseArgs (argv: string[]): { settings: Settings, only: string[] } {
   const unknown = only.filter((name) => SCENARIOS[name] === undefined)
   if (unknown.length > 0) throw new Error(`--only: unknown scenario(s) ${unknown.join(', ')}; known: ${Object.keys(SCENARIOS).join(', ')}`)
   return { settings: { quick, rounds: count('--rounds', quick ? 1 : 3), seconds: count('--seconds', quick ? 2 : 5) }, only }
-}
-
-/** Digits by unit: ratios and milliseconds need decimals, req/s and µs do not. */
-function digits (unit: string): number {
-  return unit === 'ms' ? 1 : unit === 'req/s' || unit === 'µs' || unit === 'requests' || unit === 'lines' ? 0 : 2
 }
 
 function peerVersions (): Record<string, string> {
@@ -97,11 +93,7 @@ async function main (): Promise<void> {
   }
 
   console.log(`\nMedian (min–max) of ${settings.rounds} round(s); ratios are to the baseline measured in the same round.\n`)
-  console.log(formatTable([
-    ['scenario', 'variant', 'figure', 'value', 'ratio', 'ratio to'],
-    ...figures.map((f) => [f.scenario, f.variant, `${f.metric}${f.unit === f.metric || f.unit === '' ? '' : ` (${f.unit})`}`,
-      formatSpread(f.value, digits(f.unit)), f.ratio === null ? '' : formatSpread(f.ratio, 2), f.baseline ?? ''])
-  ]))
+  console.log(formatTable([FIGURE_HEADER, ...figureRows(figures)]))
 
   const report = {
     date: started.toISOString(),
