@@ -68,6 +68,7 @@ async function main (): Promise<void> {
   const { settings, only } = parseArgs(process.argv.slice(2))
   startWatchdog(30 * 60_000)
   const started = new Date()
+  const loadavgAtStart = os.loadavg()
   console.log(`bench: ${only.join(', ')}; ${settings.rounds} round(s), ${settings.seconds} s per measurement${settings.quick ? ' (quick)' : ''}; ` +
     `node ${process.version}, ${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ''}, load average ${os.loadavg().map((n) => n.toFixed(2)).join(' ')}`)
 
@@ -98,7 +99,7 @@ async function main (): Promise<void> {
   const report = {
     date: started.toISOString(),
     durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
-    machine: { node: process.version, platform: `${os.platform()} ${os.release()} ${os.arch()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavgAtEnd: os.loadavg(), peers: peerVersions() },
+    machine: { node: process.version, platform: `${os.platform()} ${os.release()} ${os.arch()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavgAtStart, loadavgAtEnd: os.loadavg(), peers: peerVersions() },
     settings: { ...settings, scenarios: only },
     figures,
     failures,

@@ -10,7 +10,7 @@ export function digits (unit: string): number {
 
 /** One row a figure: scenario, variant, figure (unit), value, ratio, ratio to. */
 export function figureRows (figures: Figure[]): string[][] {
-  return figures.map((f) => [f.scenario, f.variant, f.unit === '' ? f.metric : `${f.metric} (${f.unit})`,
+  return figures.map((f) => [f.scenario, f.variant, f.unit === '' || f.unit === f.metric ? f.metric : `${f.metric} (${f.unit})`,
     formatSpread(f.value, digits(f.unit)), f.ratio === null ? '' : formatSpread(f.ratio, 2), f.baseline ?? ''])
 }
 
