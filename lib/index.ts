@@ -19,6 +19,7 @@ import { WebSockets } from './proxy/websocket.js'
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
 export type { PoolSnapshot } from './pool/pool.js'
+export type { NameStatus } from './pool/discovery.js'
 export type { TargetSnapshot } from './pool/target.js'
 export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
@@ -79,7 +80,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     done(null, payload)
   })
   app.addHook('onReady', async () => {
-    for (const pool of pools.values()) pool.start()
+    // Waits for each target name's first lookup (at most discovery.timeout), not for success.
+    await Promise.all([...pools.values()].map(async (pool) => await pool.start()))
   })
   app.addHook('onClose', async () => {
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))

@@ -7,7 +7,7 @@ import { bucketOf, newCounts, quantile, upperBound } from '../lib/observe/histog
 import type { DiagnosisConfig } from '../lib/options/config.js'
 import type { TargetState } from '../lib/pool/target.js'
 
-const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20 }
+const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200 }
 
 function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {}): WindowStats {
   const ms = over.ms ?? 20

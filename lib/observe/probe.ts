@@ -29,7 +29,7 @@ export interface ProbeResult {
 export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResult> {
   const target = pool.find(url)
   const { timeouts, tls, health } = pool.config
-  const address = new URL(health?.path ?? '/', target.url)
+  const address = new URL(health?.path ?? '/', target.origin)
   const secure = address.protocol === 'https:'
   const started = performance.now()
   const since = (): number => Math.round((performance.now() - started) * 10) / 10

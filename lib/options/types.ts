@@ -3,7 +3,15 @@
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
 
-export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
+export type TargetInput =
+  | string
+  | { url: string, weight?: number, backup?: boolean }
+  /**
+   * A service found by DNS SRV records (Consul `*.service.consul`, Kubernetes headless services):
+   * one target per address of each record, on the record's port with its weight; records of a
+   * priority above the lowest are backups. `protocol` ['http'].
+   */
+  | { srv: string, protocol?: 'http' | 'https', backup?: boolean }
 
 export type BalancerName = 'round-robin' | 'least-request' | 'p2c-ewma' | 'random'
 export type HashKey = 'ip' | `header:${string}` | `cookie:${string}`
@@ -50,6 +58,8 @@ export interface DiagnosisInput {
   outlier?: number
   /** Requests in the window below which rates and latencies are not judged [20]. */
   minRequests?: number
+  /** A DNS lookup of a discovered target name slower than this, in ms, is a finding [200]. */
+  dnsLatency?: number
 }
 
 export interface MetricsInput {
@@ -100,10 +110,18 @@ export interface TlsInput {
   rejectUnauthorized?: boolean
 }
 
+/** How target names (URLs whose host is not an IP) are resolved into one target per address. */
 export interface DiscoveryInput {
+  /** Re-resolve when the answer's TTL runs out ('ttl'), or every so many ms ['ttl']. */
   refresh?: 'ttl' | number
+  /** Shortest time an answer is kept, in ms; also the first retry after a failed lookup [1000]. */
   minTtl?: number
+  /** Longest time an answer is kept, in ms; also the longest wait between retries [60000]. */
   maxTtl?: number
+  /** The longest one lookup may take, in ms; then it fails with ETIMEOUT [2000]. */
+  timeout?: number
+  /** DNS servers to ask, as 'ip' or 'ip:port' (e.g. ['127.0.0.1:5353']) [the system's]. */
+  servers?: string[]
 }
 
 export interface AuthInput {
