@@ -152,7 +152,7 @@ function diagnoseName (pool: string, d: DnsInput, limits: DiagnosisConfig, out: 
           pool,
           title: `${d.name} does not resolve (${d.error ?? 'unknown'} since ${d.failingSince}): requests that need it get ${d.error === 'ETIMEOUT' ? 'dns_timeout' : 'dns_error'}.`,
           evidence,
-          action: `Check the name in pools.${pool}.targets and that the resolver knows it; ${action.charAt(0).toLowerCase()}${action.slice(1)}`
+          action: `Check the name in pools.${pool}.targets and that the resolver (pools.${pool}.discovery.servers, or the system's) knows it; the gateway keeps retrying, at least every discovery.maxTtl.`
         })
   }
   if (d.lookupMs !== null && d.lookupMs > limits.dnsLatency) {

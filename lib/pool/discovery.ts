@@ -261,6 +261,8 @@ export class DiscoveredName {
     this.#stopped = true
     if (this.#timer !== null) clearTimeout(this.#timer)
     this.#timer = null
+    // A lookup under way would hold the resolver's socket open past close.
+    this.resolver.cancel()
   }
 
   async refresh (): Promise<void> {
