@@ -48,6 +48,12 @@ t.test('targets follow A-record changes within the TTL; requests carry the name 
   for (let i = 0; i < 10 && seen.size < 2; i++) seen.add((await json(gw)).body.name)
   t.same([...seen].sort(), ['one', 'two'], 'both addresses take traffic')
 
+  // The configured URL drains every address of the name; enable brings them back.
+  gw.app.upstream.drain('p', `http://api.test:${one.port}`)
+  t.same(targets(gw).map((x) => x.state), ['draining', 'draining'])
+  gw.app.upstream.enable('p', `http://api.test:${one.port}`)
+  t.same(targets(gw).map((x) => x.state), ['healthy', 'healthy'])
+
   dns.set('api.test', { a: ['127.0.0.2'], ttl: 0 })
   await waitFor(() => targets(gw).length === 1, 3000, 'the first address to leave')
   t.equal(targets(gw)[0]!.address, '127.0.0.2')
@@ -160,6 +166,10 @@ t.test('a name that does not resolve at start: the app starts, requests get dns_
   t.ok(report.pools[0]!.dns[0]!.lookupMs >= 200, 'lookup time in the report')
   t.ok(report.diagnosis.some((f) => f.severity === 'critical' && /missing\.test does not resolve \(ENOTFOUND/.test(f.title)), 'a finding says the name does not resolve')
   t.ok(report.diagnosis.some((f) => /Looking up missing\.test took \d+ ms/.test(f.title)), 'a finding for the slow lookup')
+  const metrics = await (await gw.request('/metrics')).body.text()
+  const count = Number(/fastify_upstream_dns_lookup_seconds_count\{pool="p"\} (\d+)/.exec(metrics)?.[1])
+  t.ok(count >= 1, `lookups are in the dns_lookup_seconds histogram (${count})`)
+  t.match(metrics, /fastify_upstream_dns_lookup_seconds_bucket\{le="0.1",pool="p"\} 0/, 'the slow lookups fall above 100 ms')
 
   // Once it resolves, the pool serves.
   const up = await startUpstream('late')
