@@ -58,7 +58,18 @@ const rawRedirects: UpstreamOptions['routes'][number] = { prefix: '/raw', pool: 
 // @ts-expect-error: true is not a duration
 const badOff: UpstreamOptions['pools'][string]['timeouts'] = { total: true }
 
+// Names resolve through discovery; SRV targets name a record, not a URL.
+const discovered: UpstreamOptions['pools'][string] = {
+  targets: ['http://api.internal:8080', { srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }],
+  discovery: { refresh: 'ttl', minTtl: 500, maxTtl: 30000, timeout: 1000, servers: ['127.0.0.1:5353'] }
+}
+// @ts-expect-error: SRV records carry their own weights
+const badSrv: UpstreamOptions['pools'][string]['targets'][number] = { srv: '_http._tcp.api', weight: 2 }
+// @ts-expect-error: servers are 'ip:port' strings
+const badServers: UpstreamOptions['pools'][string]['discovery'] = { servers: '127.0.0.1' }
+
 const pools: PoolSnapshot[] = app.upstream.pools()
+const dnsNames: Array<string | null> = pools.flatMap((p) => p.dns.map((n) => n.lastError?.code ?? n.nextRefresh))
 const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
 const inFlight: number = targets[0]!.inFlight
 const type: ProxyErrorType = 'connection_refused'
@@ -69,4 +80,5 @@ const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
 
 export { badKeep, probed, readReport, readStory }
+export { discovered, badSrv, badServers, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

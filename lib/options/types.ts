@@ -11,7 +11,7 @@ export type TargetInput =
    * one target per address of each record, on the record's port with its weight; records of a
    * priority above the lowest are backups. `protocol` ['http'].
    */
-  | { srv: string, protocol?: 'http' | 'https', backup?: boolean }
+  | { srv: string, protocol?: 'http' | 'https', backup?: boolean, url?: never, weight?: never }
 
 export type BalancerName = 'round-robin' | 'least-request' | 'p2c-ewma' | 'random'
 export type HashKey = 'ip' | `header:${string}` | `cookie:${string}`
