@@ -346,6 +346,11 @@ export class DiscoveredName {
     }
   }
 
+  /** When the next lookup is due (epoch ms), once one is scheduled. */
+  get nextRefresh (): number | null {
+    return this.#nextRefresh
+  }
+
   /** Failing now: since when (epoch ms), else null. */
   get failingSince (): number | null {
     return this.#failingSince

@@ -356,7 +356,7 @@ export class UpstreamPool {
             cause: last.code,
             target: source.kind === 'srv' ? source.name : `${source.hostname}:${source.port}`,
             why: '',
-            retryAfter: Math.max(1, Math.ceil(((name.status().nextRefresh !== null ? Date.parse(name.status().nextRefresh!) : now) - now) / 1000)),
+            retryAfter: Math.max(1, Math.ceil(((name.nextRefresh ?? now) - now) / 1000)),
             note: `no address is known for ${name.label}: its last lookup failed with ${last.code} after ${last.ms} ms at ${new Date(last.at).toISOString()}, failing since ${new Date(name.failingSince ?? last.at).toISOString()}`
           }
         }
