@@ -257,3 +257,14 @@ t.test('an IP-literal target asks no DNS; discovery.servers is checked at regist
   await t.rejects(gateway(t, { targets: [up.url], discovery: { servers: ['dns.example'] } }), { message: /pools\.p\.discovery\.servers\[0\]: expected a DNS server address/ })
   await t.rejects(gateway(t, { targets: [{ srv: '_http._tcp.x', weight: 2 } as never] }), { message: /pools\.p\.targets\[0\]\.weight: not for SRV targets/ })
 })
+
+t.test('refresh: a fixed interval looks names up on its own clock, whatever the TTL', async (t) => {
+  const up = await startUpstream('up')
+  t.teardown(up.close)
+  const dns = await startDns(t, { 'api.test': { a: ['127.0.0.1'], ttl: 3600 } })
+  const gw = await gateway(t, { targets: [`http://api.test:${up.port}`], discovery: { refresh: 100, servers: [dns.address] } })
+  const before = dns.queries.length
+  await waitFor(() => dns.queries.length >= before + 6, 3000, 'three more lookups despite a one-hour TTL')
+  const status = names(gw)[0]!
+  t.ok(Date.parse(status.nextRefresh!) - Date.parse(status.lastResolved!) <= 1000, 'the next lookup is the interval away, not the TTL')
+})
