@@ -6,6 +6,7 @@ import { RollingStats, type WindowStats } from '../lib/observe/stats.js'
 import { bucketOf, newCounts, quantile, upperBound } from '../lib/observe/histogram.js'
 import type { DiagnosisConfig } from '../lib/options/config.js'
 import type { TargetState } from '../lib/pool/target.js'
+import type { RateLimitStoreSnapshot } from '../lib/proxy/rate-limit-store.js'
 
 const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200 }
 
@@ -17,6 +18,7 @@ function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {})
     rate: 100 / 300,
     status5xx: 0,
     retried: 0,
+    aborted: 0,
     errors: {},
     latency: { avg: ms, p50: ms, p95: ms, p99: over.p99 ?? ms },
     ...over
@@ -106,6 +108,24 @@ t.test('a pool with no target in rotation is critical and listed first', async (
   t.equal(findings[0]!.pool, 'dead')
   t.match(findings[0]!.title, /No target of pool "dead" can take traffic/)
   t.same(findings[0]!.evidence, { 'a:1': 'unhealthy', 'b:1': 'ejected' })
+})
+
+t.test('an unreachable rate limit store is a finding: a warning when failing open, critical when closed', async (t) => {
+  const store: RateLimitStoreSnapshot = { state: 'ok', since: '2026-01-01T00:00:00.000Z', onStoreError: 'allow', lastError: null, errors: 0, outages: 0 }
+  t.same(diagnose([pool()], LIMITS, store), [], 'a store that answers says nothing')
+  const down = { ...store, state: 'unreachable' as const, lastError: 'connect ECONNREFUSED 127.0.0.1:6379', errors: 42, outages: 1 }
+  const [open, ...rest] = diagnose([pool()], LIMITS, down)
+  t.same(rest, [])
+  t.match(open, {
+    severity: 'warning',
+    title: 'The rate limit store (Redis) is unreachable since 2026-01-01T00:00:00.000Z: failing open, requests pass without a limit.',
+    evidence: { since: down.since, errors: 42, lastError: down.lastError, onStoreError: 'allow' },
+    action: /rateLimit\.redis.*onStoreError "deny"/
+  })
+  t.equal(open!.pool, undefined, 'it is about the gateway, not a pool')
+  const findings = diagnose([pool({ pool: 'slow', stats: stats({ ms: 2500 }) })], LIMITS, { ...down, onStoreError: 'deny' })
+  t.equal(findings.length, 2)
+  t.match(findings[0], { severity: 'critical', title: /failing closed, rate-limited requests get 503/, action: /onStoreError "allow"/ })
 })
 
 t.test('thresholds are configurable', async (t) => {

@@ -4,12 +4,14 @@
 import type { DiagnosisConfig } from '../options/config.js'
 import type { TargetState } from '../pool/target.js'
 import type { WindowStats } from './stats.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export type Severity = 'critical' | 'warning' | 'info'
 
 export interface Finding {
   severity: Severity
-  pool: string
+  /** The pool it is about; absent for the gateway's own parts (the rate limit store). */
+  pool?: string
   target?: string
   title: string
   /** The numbers the finding rests on. */
@@ -58,8 +60,9 @@ const SEVERITY_ORDER: Record<Severity, number> = { critical: 0, warning: 1, info
 const ms = (n: number): number => Math.round(n)
 const pct = (n: number): string => `${(n * 100).toFixed(1)}%`
 
-export function diagnose (pools: readonly PoolInput[], limits: DiagnosisConfig): Finding[] {
+export function diagnose (pools: readonly PoolInput[], limits: DiagnosisConfig, rateLimitStore: RateLimitStoreSnapshot | null = null): Finding[] {
   const findings: Finding[] = []
+  if (rateLimitStore !== null) diagnoseRateLimitStore(rateLimitStore, findings)
   for (const p of pools) diagnosePool(p, limits, findings)
   return findings.sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity])
 }
@@ -164,6 +167,25 @@ function diagnoseName (pool: string, d: DnsInput, limits: DiagnosisConfig, out: 
       action: 'Lookups run in the background, off the request path, but a slow resolver delays following address changes and the first lookup at start; check the resolver (or set discovery.servers to a nearer one).'
     })
   }
+}
+
+/**
+ * A shared rate limit store that does not answer: limits are off (fail open), or every limited
+ * request is refused (fail closed), until it does.
+ */
+function diagnoseRateLimitStore (store: RateLimitStoreSnapshot, out: Finding[]): void {
+  if (store.state === 'ok') return
+  const open = store.onStoreError === 'allow'
+  out.push({
+    severity: open ? 'warning' : 'critical',
+    title: open
+      ? `The rate limit store (Redis) is unreachable since ${store.since}: failing open, requests pass without a limit.`
+      : `The rate limit store (Redis) is unreachable since ${store.since}: failing closed, rate-limited requests get 503.`,
+    evidence: { since: store.since, errors: store.errors, lastError: store.lastError ?? '?', onStoreError: store.onStoreError },
+    action: open
+      ? 'Bring Redis back or fix the gateway\'s way to it (rateLimit.redis); meanwhile each instance lets every request through. Set rateLimit.onStoreError "deny" if an unlimited request costs more than a refused one.'
+      : 'Bring Redis back or fix the gateway\'s way to it (rateLimit.redis). Set rateLimit.onStoreError "allow" to let requests through while it is down.'
+  })
 }
 
 /** One target much slower, or failing much more, than its peers (the rest of the pool). */

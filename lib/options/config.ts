@@ -3,6 +3,7 @@
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
 import type { Registry } from 'prom-client'
+import type { Cluster, Redis } from 'ioredis'
 
 /** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
@@ -73,8 +74,14 @@ export interface PoolConfig {
   retry: RetryConfig
   tls: Required<Pick<TlsInput, 'rejectUnauthorized'>> & Omit<TlsInput, 'rejectUnauthorized'>
   discovery: DiscoveryConfig
-  auth: AuthInput | null
+  auth: AuthConfig | null
   panic: boolean
+}
+
+export interface AuthConfig {
+  /** Header names lower-cased, as Node gives a request's; empty for none. */
+  headers: Record<string, string>
+  token: NonNullable<AuthInput['token']> | null
 }
 
 export interface RouteConfig {
@@ -113,8 +120,19 @@ export interface Config {
   errors: ErrorsConfig
   status: StatusConfig | null
   metrics: { path: string, registry: Registry | null } | null
-  rateLimit: Record<string, unknown> | null
+  /** Null: no limit on any route. */
+  rateLimit: RateLimitConfig | null
   requestIdHeader: string
+  /** OpenTelemetry spans for tries: on, off, or on when a tracer provider is registered. */
+  tracing: boolean | 'auto'
+}
+
+export interface RateLimitConfig {
+  /** What goes to @fastify/rate-limit as it is: the options without ours. */
+  plugin: Record<string, unknown>
+  /** A URL the gateway connects to, or the user's own client; null: counts in memory. */
+  redis: string | Redis | Cluster | null
+  onStoreError: 'allow' | 'deny'
 }
 
 export interface DiagnosisConfig {

@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig, RateLimitConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -30,7 +30,7 @@ const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
 export function validateOptions (input: unknown): Config {
-  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader']) as Partial<UpstreamOptions>
+  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader', 'tracing']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])
   if (Object.keys(poolsInput).length === 0) fail('pools', 'at least one pool', options.pools)
@@ -53,9 +53,16 @@ export function validateOptions (input: unknown): Config {
     errors: validateErrors(options.errors),
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
-    rateLimit: options.rateLimit === undefined ? null : object('rateLimit', options.rateLimit, Object.keys(options.rateLimit)),
-    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
+    rateLimit: validateRateLimit(options.rateLimit, routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)),
+    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id'),
+    tracing: validateTracing(options.tracing)
   }
+}
+
+function validateTracing (input: unknown): Config['tracing'] {
+  if (input === undefined) return 'auto'
+  if (input === 'auto' || typeof input === 'boolean') return input
+  fail('tracing', 'true, false or "auto"', input)
 }
 
 function validatePool (name: string, input: unknown): PoolConfig {
@@ -255,19 +262,40 @@ function validateRetry (path: string, input: unknown, base: RetryConfig | null):
   }
 }
 
-function validateAuth (path: string, input: unknown): PoolConfig['auth'] {
+/**
+ * Credentials are secrets: no message here repeats a value given under `auth` (a token pasted
+ * where a function belongs, a header value), only its kind.
+ */
+function validateAuth (path: string, input: unknown): AuthConfig | null {
   if (input === undefined) return null
+  if (!isPlainObject(input)) secret(path, '{ headers } or { token }', input)
   const a = object(path, input, ['headers', 'token'])
   if (a.headers === undefined && a.token === undefined) fail(path, '{ headers } or { token }', input)
+  const headers: Record<string, string> = {}
   if (a.headers !== undefined) {
-    const headers = object(join(path, 'headers'), a.headers, Object.keys(a.headers as object))
-    for (const [name, value] of Object.entries(headers)) {
-      headerName(join(join(path, 'headers'), name), name)
-      if (typeof value !== 'string') fail(join(join(path, 'headers'), name), 'a string', value)
+    const headersPath = join(path, 'headers')
+    if (!isPlainObject(a.headers)) secret(headersPath, 'an object of header names and values', a.headers)
+    for (const [name, value] of Object.entries(a.headers)) {
+      const lower = headerName(join(headersPath, name), name)
+      // Framing and routing are the gateway's; a credential is none of these.
+      if (['host', 'content-length', 'transfer-encoding', 'connection'].includes(lower)) fail(join(headersPath, name), 'a header other than Host, Content-Length, Transfer-Encoding and Connection', name)
+      if (typeof value !== 'string' || value === '') secret(join(headersPath, name), 'a non-empty string', value)
+      if (!/^[\t\x20-\x7e\x80-\xff]+$/.test(value)) secret(join(headersPath, name), 'a header value (no line breaks or control characters)', 'a string')
+      if (lower in headers) fail(join(headersPath, name), 'each header once (names are case-insensitive)', name)
+      headers[lower] = value
     }
   }
-  if (a.token !== undefined && typeof a.token !== 'function') fail(join(path, 'token'), 'an async function', a.token)
-  return a as PoolConfig['auth']
+  if (a.token !== undefined && typeof a.token !== 'function') secret(join(path, 'token'), 'an async function () => ({ value, expiresAt })', a.token)
+  if (a.token !== undefined && 'authorization' in headers) {
+    throw new OptionsError(join(join(path, 'headers'), 'authorization'), 'cannot be set beside auth.token, which is sent as Authorization: Bearer <value>')
+  }
+  return { headers, token: (a.token as AuthConfig['token']) ?? null }
+}
+
+/** fail(), saying only what kind of value was given: the value may be a credential. */
+function secret (path: string, expected: string, got: unknown): never {
+  const kind = got === null || got === undefined ? String(got) : Array.isArray(got) ? 'an array' : typeof got === 'object' ? 'an object' : `a ${typeof got}`
+  throw new OptionsError(path, `expected ${expected}, got ${kind} (not shown: it may be a credential)`)
 }
 
 function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {
@@ -290,6 +318,12 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (r.rateLimit !== undefined && r.rateLimit !== false && !isPlainObject(r.rateLimit)) {
     fail(join(path, 'rateLimit'), '@fastify/rate-limit route options or false', r.rateLimit)
   }
+  for (const key of ['redis', 'onStoreError', 'skipOnError']) {
+    // One store serves every route: where counts live is decided once, at the top level.
+    if (isPlainObject(r.rateLimit) && r.rateLimit[key] !== undefined) {
+      throw new OptionsError(join(join(path, 'rateLimit'), key), `set it once for all routes, as rateLimit.${key === 'skipOnError' ? 'onStoreError' : key}`)
+    }
+  }
   return {
     prefix,
     pool: poolName,
@@ -304,6 +338,38 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
     tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
+}
+
+/**
+ * Everything but `redis` and `onStoreError` is @fastify/rate-limit's and goes to it as it is.
+ * Its `skipOnError` is set from `onStoreError`, so giving both would be two answers to one question.
+ * Null: no limit anywhere. Routes with a limit of their own and no global one get `global: false`.
+ */
+function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitConfig | null {
+  if (input === undefined && !routesLimited) return null
+  const given = input === undefined ? { global: false } : input
+  if (!isPlainObject(given)) fail('rateLimit', 'an object', given)
+  const { redis, onStoreError, ...plugin } = given
+  if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
+  if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
+  return {
+    // The IETF draft's RateLimit-* names rather than the older X-RateLimit-* ones.
+    plugin: { enableDraftSpec: true, ...plugin },
+    redis: validateRedis('rateLimit.redis', redis),
+    onStoreError: oneOf('rateLimit.onStoreError', onStoreError, ['allow', 'deny'], 'allow')
+  }
+}
+
+function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+  if (value === undefined) return null
+  if (typeof value === 'string') {
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    return value
+  }
+  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  const client = value as { defineCommand?: unknown, on?: unknown } | null
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  return value as RateLimitConfig['redis']
 }
 
 /** Bodies stream, so none is limited unless the route says so (as HAProxy, Envoy, Caddy). */

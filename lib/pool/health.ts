@@ -6,6 +6,7 @@ import type { HealthConfig, PoolConfig } from '../options/config.js'
 import type { CheckResult, Target } from './target.js'
 import { classify, GATEWAY_CODES } from '../errors/classify.js'
 import { makeFailure } from '../errors/failure.js'
+import type { Credentials } from './credentials.js'
 
 /** How much of a body `expect.body` looks at. */
 const BODY_LIMIT = 64 * 1024
@@ -23,6 +24,8 @@ export class HealthChecker {
   constructor (
     private readonly pool: PoolConfig & { health: HealthConfig },
     private readonly onResult: (target: Target, result: CheckResult) => void,
+    /** The pool's credentials (auth): checks carry them as requests do. */
+    private readonly credentials: Credentials | null = null,
     private readonly random: () => number = Math.random
   ) {}
 
@@ -62,9 +65,9 @@ export class HealthChecker {
   #schedule (target: Target, delay: number): void {
     if (this.#stopped || !this.#targets.has(target)) return
     const timer = setTimeout(() => {
-      this.check(target).then((result) => {
+      this.#round(target).then((result) => {
         if (this.#stopped || !this.#targets.has(target)) return
-        this.onResult(target, result)
+        if (result !== null) this.onResult(target, result)
         const { interval } = this.pool.health
         this.#schedule(target, interval * (1 - JITTER + 2 * JITTER * this.random()))
       }, () => {})
@@ -73,8 +76,28 @@ export class HealthChecker {
     this.#timers.set(target, timer)
   }
 
-  /** One check: GET health.path, then status and body against `expect`. */
-  async check (target: Target): Promise<CheckResult> {
+  /**
+   * One round for a target: its check with the pool's credentials, or null (no verdict) when
+   * no token could be had. That failure is the token function's, logged once by Credentials;
+   * it says nothing of the target.
+   */
+  async #round (target: Target): Promise<CheckResult | null> {
+    let auth: Record<string, string> = {}
+    if (this.credentials !== null) {
+      try {
+        auth = await this.credentials.headers()
+      } catch {
+        return null
+      }
+    }
+    const result = await this.check(target, auth)
+    // A 401 to the gateway's token: have it refreshed, as a request's 401 would.
+    if (result.status === 401 && auth.authorization !== undefined) this.credentials!.unauthorized(auth.authorization.slice('Bearer '.length))
+    return result
+  }
+
+  /** One check: GET health.path (with `auth`, the credential headers), then status and body against `expect`. */
+  async check (target: Target, auth: Record<string, string> = {}): Promise<CheckResult> {
     const { health, timeouts } = this.pool
     const started = performance.now()
     const controller = new AbortController()
@@ -89,7 +112,7 @@ export class HealthChecker {
         origin: target.origin,
         path: health.path,
         method: 'GET',
-        headers: { host: target.hostHeader, 'user-agent': 'fastify-upstream health check' },
+        headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream health check' }, auth),
         signal: controller.signal,
         headersTimeout: health.timeout,
         bodyTimeout: health.timeout

@@ -10,6 +10,7 @@ import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.
 import { RetryBudget } from './budget.js'
 import { DiscoveredName, NameResolver, sourceOf, type Endpoint, type NameStatus } from './discovery.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { Credentials } from './credentials.js'
 
 interface Waiter {
   ready: () => void
@@ -81,6 +82,8 @@ export class UpstreamPool {
   /** Requests waiting for a target with room (limits), oldest first. */
   readonly #waiters: Waiter[] = []
   readonly budget: RetryBudget
+  /** pools.<name>.auth: what every request to a target carries; null without it. */
+  readonly credentials: Credentials | null
   #inPanic = false
   /** Requests in flight a target may have (see hasRoom). */
   readonly #room: number
@@ -96,9 +99,10 @@ export class UpstreamPool {
     this.#log = log
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
     this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
+    this.credentials = config.auth === null ? null : new Credentials(config.name, config.auth, log)
     this.#checker = config.health === null
       ? null
-      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, (target, result) => { this.#onCheck(target, result) })
+      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, (target, result) => { this.#onCheck(target, result) }, this.credentials)
     this.origins = new Set(config.targets.filter((t) => t.srv === null).map((t) => t.url))
     this.#sources = config.targets.map((t) => {
       const source = sourceOf(t)
@@ -479,6 +483,7 @@ export class UpstreamPool {
   async close (): Promise<void> {
     for (const named of this.#names()) named.name.stop()
     this.#checker?.stop()
+    this.credentials?.close()
     for (const waiter of this.#waiters) clearTimeout(waiter.timer)
     this.#waiters.length = 0
     for (const timer of this.#ejections.values()) clearTimeout(timer)
