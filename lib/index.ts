@@ -23,6 +23,7 @@ import { OptionsError } from './options/check.js'
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
 export type { PoolSnapshot } from './pool/pool.js'
+export type { NameStatus } from './pool/discovery.js'
 export type { TargetSnapshot } from './pool/target.js'
 export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
@@ -86,8 +87,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // The global limiter (and its store); routes with a limit of their own share its store.
   const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async () => {
-    for (const pool of pools.values()) pool.start()
-    await limiter?.start()
+    // Waits for each target name's first lookup (at most discovery.timeout), not for success.
+    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start()])
   })
   app.addHook('onClose', async () => {
     limiter?.close()

@@ -1,6 +1,6 @@
 // The classifier on its own, for the rows loopback cannot produce. DNS: this machine's resolver
 // is not on loopback, so a lookup would leave the machine; the DNS rows are checked here, and
-// with a real loopback DNS server once name discovery lands.
+// end to end against a real loopback DNS server in discovery.test.ts.
 import t from 'tap'
 import { GATEWAY_CODES, classify, classifyRequestError, findCode } from '../lib/errors/classify.js'
 import { makeFailure } from '../lib/errors/failure.js'

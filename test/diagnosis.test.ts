@@ -8,7 +8,7 @@ import type { DiagnosisConfig } from '../lib/options/config.js'
 import type { TargetState } from '../lib/pool/target.js'
 import type { RateLimitStoreSnapshot } from '../lib/proxy/rate-limit-store.js'
 
-const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20 }
+const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200 }
 
 function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {}): WindowStats {
   const ms = over.ms ?? 20
@@ -130,6 +130,33 @@ t.test('an unreachable rate limit store is a finding: a warning when failing ope
 
 t.test('thresholds are configurable', async (t) => {
   t.equal(diagnose([pool({ stats: stats({ ms: 600 }) })], { ...LIMITS, avgLatency: 500 }).length, 1)
+})
+
+t.test('a name whose re-resolution fails while a good set serves is a warning with the streak and the set', async (t) => {
+  const findings = diagnose([pool({ dns: [{ name: 'api.internal', addresses: 3, failingSince: '2026-01-01T10:00:00.000Z', error: 'ESERVFAIL', lookupMs: 12 }] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0], {
+    severity: 'warning',
+    pool: 'api',
+    title: 'DNS re-resolution failing for api.internal since 2026-01-01T10:00:00.000Z (ESERVFAIL), serving the last good set of 3 addresses.',
+    evidence: { name: 'api.internal', error: 'ESERVFAIL', addresses: 3, lookupMs: 12 },
+    action: /discovery\.servers.*discovery\.maxTtl/
+  })
+})
+
+t.test('a name that never resolved is critical and names the error clients get', async (t) => {
+  const [nx] = diagnose([pool({ targets: [], dns: [{ name: 'missing.internal', addresses: 0, failingSince: '2026-01-01T10:00:00.000Z', error: 'ENOTFOUND', lookupMs: 3 }] })], LIMITS)
+  t.match(nx, { severity: 'critical', title: /missing\.internal does not resolve \(ENOTFOUND since .*\): requests that need it get dns_error/ })
+  const [timeout] = diagnose([pool({ targets: [], dns: [{ name: 'quiet.internal', addresses: 0, failingSince: '2026-01-01T10:00:00.000Z', error: 'ETIMEOUT', lookupMs: 2000 }] })], { ...LIMITS, dnsLatency: 5000 })
+  t.match(timeout, { severity: 'critical', title: /get dns_timeout/ })
+})
+
+t.test('a DNS lookup slower than status.diagnosis.dnsLatency is a finding; a healthy name is none', async (t) => {
+  const ok = { name: 'api.internal', addresses: 2, failingSince: null, error: null }
+  t.same(diagnose([pool({ dns: [{ ...ok, lookupMs: 150 }] })], LIMITS), [], 'under 200 ms: nothing to say')
+  const [slow] = diagnose([pool({ dns: [{ ...ok, lookupMs: 450 }] })], LIMITS)
+  t.match(slow, { severity: 'info', title: 'Looking up api.internal took 450 ms.', evidence: { lookupMs: 450, thresholdMs: 200 } })
+  t.equal(diagnose([pool({ dns: [{ ...ok, lookupMs: 450 }] })], { ...LIMITS, dnsLatency: 500 }).length, 0, 'the threshold is configurable')
 })
 
 t.test('the histogram reads percentiles within one bucket (9%) above the truth', async (t) => {

@@ -64,7 +64,18 @@ const syncToken: UpstreamOptions['pools'][string]['auth'] = { token: () => ({ va
 // @ts-expect-error: the token function gives { value }, not a bare string
 const badToken: UpstreamOptions['pools'][string]['auth'] = { token: async () => 't' }
 
+// Names resolve through discovery; SRV targets name a record, not a URL.
+const discovered: UpstreamOptions['pools'][string] = {
+  targets: ['http://api.internal:8080', { srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }],
+  discovery: { refresh: 'ttl', minTtl: 500, maxTtl: 30000, timeout: 1000, servers: ['127.0.0.1:5353'] }
+}
+// @ts-expect-error: SRV records carry their own weights
+const badSrv: UpstreamOptions['pools'][string]['targets'][number] = { srv: '_http._tcp.api', weight: 2 }
+// @ts-expect-error: servers are 'ip:port' strings
+const badServers: UpstreamOptions['pools'][string]['discovery'] = { servers: '127.0.0.1' }
+
 const pools: PoolSnapshot[] = app.upstream.pools()
+const dnsNames: Array<string | null> = pools.flatMap((p) => p.dns.map((n) => n.lastError?.code ?? n.nextRefresh))
 const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
 const inFlight: number = targets[0]!.inFlight
 const type: ProxyErrorType = 'connection_refused'
@@ -95,4 +106,5 @@ const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
 const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
 
 export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
+export { discovered, badSrv, badServers, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

@@ -53,11 +53,19 @@ function renderPool (pool: PoolReport, base: string): string {
 <p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} ${pool.maxPending === null ? '(limits.maxPending: no limit)' : `/ ${e(pool.maxPending)} (limits.maxPending)`}</p>
 ${statsTable([['1 min', pool.stats['1m']], ['5 min', pool.stats['5m']], ['15 min', pool.stats['15m']]])}
 ${tunnelLine(pool.websockets)}
-<h3>Targets</h3>
+${renderDns(pool)}<h3>Targets</h3>
 <div class="targets">${pool.targets.map((t) => renderTarget(t, pool.name, base)).join('\n')}</div>
 <h3>Recent errors</h3>
 ${errorRows}
 </section>`
+}
+
+/** Targets given by name: what each resolves to, when it is looked up next, its last failure. */
+function renderDns (pool: PoolReport): string {
+  if (pool.dns.length === 0) return ''
+  const rows = pool.dns.map((d) => `<tr><td><code>${e(d.name)}</code></td><td>${d.addresses.length > 0 ? d.addresses.map((a) => `<code>${e(a)}</code>`).join(' ') : '<strong class="bad">none</strong>'}${d.via === 'system' ? ' (system lookup)' : ''}</td><td>${d.lastResolved !== null ? `<time>${e(d.lastResolved)}</time>` : '—'}</td><td>${d.nextRefresh !== null ? `<time>${e(d.nextRefresh)}</time>` : '—'}</td><td>${d.lookupMs !== null ? `${e(d.lookupMs)} ms` : '—'}</td><td>${d.lastError !== null ? `<code>${e(d.lastError.code)}</code> at <time>${e(d.lastError.at)}</time>${d.failingSince !== null ? ` <strong class="bad">failing since <time>${e(d.failingSince)}</time></strong>` : ''}` : '—'}</td></tr>`).join('')
+  return `<h3>Names</h3><div class="scroll"><table><thead><tr><th>Name</th><th>Addresses</th><th>Resolved</th><th>Next lookup</th><th>Lookup</th><th>Last error</th></tr></thead><tbody>${rows}</tbody></table></div>
+`
 }
 
 function renderTarget (t: TargetReport, pool: string, base: string): string {

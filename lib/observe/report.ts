@@ -60,6 +60,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       name: snapshot.name,
       balancer: snapshot.balancer,
       panic: snapshot.panic,
+      dns: snapshot.dns,
       pending: pool.pending,
       maxPending: finite(pool.config.limits.maxPending),
       maxConcurrent: finite(pool.config.limits.maxConcurrent),
@@ -74,6 +75,13 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       stats: report.stats[DIAGNOSIS_WINDOW],
       targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW] })),
       pending: report.pending,
+      dns: pool.names().map((n) => ({
+        name: n.label,
+        addresses: n.endpoints.length,
+        failingSince: n.failingSince === null ? null : new Date(n.failingSince).toISOString(),
+        error: n.lastError?.code ?? null,
+        lookupMs: n.lookupMs
+      })),
       maxPending: pool.config.limits.maxPending,
       headersTimeout: headersTimeoutOf(config, pool.name)
     })

@@ -14,10 +14,22 @@ export interface Timeouts {
 }
 
 export interface TargetConfig {
-  /** Normalized origin, e.g. `http://127.0.0.1:3001`. */
+  /** Normalized origin, e.g. `http://127.0.0.1:3001`; for SRV, `srv+http://_http._tcp.name`. */
   url: string
   weight: number
   backup: boolean
+  /** An SRV target: the record name and the protocol its addresses speak. */
+  srv: { name: string, protocol: 'http:' | 'https:' } | null
+}
+
+export interface DiscoveryConfig {
+  refresh: 'ttl' | number
+  minTtl: number
+  maxTtl: number
+  /** Bound of one lookup, in ms. */
+  timeout: number
+  /** `host:port` DNS servers; null: the system's. */
+  servers: string[] | null
 }
 
 export type BalancerConfig =
@@ -61,7 +73,7 @@ export interface PoolConfig {
   slowStart: number
   retry: RetryConfig
   tls: Required<Pick<TlsInput, 'rejectUnauthorized'>> & Omit<TlsInput, 'rejectUnauthorized'>
-  discovery: { refresh: 'ttl' | number, minTtl: number, maxTtl: number }
+  discovery: DiscoveryConfig
   auth: AuthConfig | null
   panic: boolean
 }
@@ -130,6 +142,8 @@ export interface DiagnosisConfig {
   errorRate: number
   outlier: number
   minRequests: number
+  /** DNS lookups slower than this (ms) are a finding. */
+  dnsLatency: number
 }
 
 export interface StatusConfig {

@@ -8,7 +8,8 @@ import type { Cluster, Redis } from 'ioredis'
 
 /**
  * One upstream target: an http(s) origin (`http://host:port`, no path, query or credentials),
- * or an object with its `weight` and whether it is a `backup`.
+ * or an object with its `weight` and whether it is a `backup`, or a service found by DNS SRV
+ * records. A host name (not an IP) is resolved by the gateway: see `discovery`.
  */
 export type TargetInput = string | {
   /** The target's http(s) origin; map paths with `routes[].rewritePrefix`. */
@@ -17,6 +18,19 @@ export type TargetInput = string | {
   weight?: number
   /** Takes traffic only while no primary target can. [false] */
   backup?: boolean
+} | {
+  /**
+   * An SRV record name (Consul `*.service.consul`, Kubernetes headless services): one target
+   * per address of each record, on the record's port with its weight; records of a priority
+   * above the lowest are backups.
+   */
+  srv: string
+  /** What the records' addresses speak. ['http'] */
+  protocol?: 'http' | 'https'
+  /** Every target of the records is a backup. [false] */
+  backup?: boolean
+  url?: never
+  weight?: never
 }
 
 /**
@@ -76,6 +90,8 @@ export interface DiagnosisInput {
   outlier?: number
   /** Requests in the window below which rates and latencies are not judged [20]. */
   minRequests?: number
+  /** A DNS lookup of a discovered target name slower than this, in ms, is a finding [200]. */
+  dnsLatency?: number
 }
 
 /** Prometheus metrics in prom-client's text format. */
@@ -165,10 +181,18 @@ export interface TlsInput {
   rejectUnauthorized?: boolean
 }
 
+/** How target names (URLs whose host is not an IP) are resolved into one target per address. */
 export interface DiscoveryInput {
+  /** Re-resolve when the answer's TTL runs out ('ttl'), or every so many ms ['ttl']. */
   refresh?: 'ttl' | number
+  /** Shortest time an answer is kept, in ms; also the first retry after a failed lookup [1000]. */
   minTtl?: number
+  /** Longest time an answer is kept, in ms; also the longest wait between retries [60000]. */
   maxTtl?: number
+  /** The longest one lookup may take, in ms; then it fails with ETIMEOUT [2000]. */
+  timeout?: number
+  /** DNS servers to ask, as 'ip' or 'ip:port' (e.g. ['127.0.0.1:5353']) [the system's]. */
+  servers?: string[]
 }
 
 /** What `auth.token` resolves with. */

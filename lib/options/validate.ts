@@ -80,7 +80,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
   const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive'])
   const limits = optionalObject(join(path, 'limits'), pool.limits, ['maxConcurrent', 'maxPending', 'queueTimeout'])
   const tls = optionalObject(join(path, 'tls'), pool.tls, ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
-  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl'])
+  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers'])
   const minTtl = duration(join(join(path, 'discovery'), 'minTtl'), discovery.minTtl, 1000)
 
   return {
@@ -113,7 +113,9 @@ function validatePool (name: string, input: unknown): PoolConfig {
     discovery: {
       refresh: discovery.refresh === undefined || discovery.refresh === 'ttl' ? 'ttl' : duration(join(join(path, 'discovery'), 'refresh'), discovery.refresh, 0),
       minTtl,
-      maxTtl: duration(join(join(path, 'discovery'), 'maxTtl'), discovery.maxTtl, Math.max(60000, minTtl), minTtl)
+      maxTtl: duration(join(join(path, 'discovery'), 'maxTtl'), discovery.maxTtl, Math.max(60000, minTtl), minTtl),
+      timeout: duration(join(join(path, 'discovery'), 'timeout'), discovery.timeout, 2000),
+      servers: discovery.servers === undefined ? null : dnsServers(join(join(path, 'discovery'), 'servers'), discovery.servers)
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
     panic: boolean(join(path, 'panic'), pool.panic, false)
@@ -121,13 +123,32 @@ function validatePool (name: string, input: unknown): PoolConfig {
 }
 
 function validateTarget (path: string, input: unknown): TargetConfig {
-  const target = typeof input === 'string' ? { url: input } : object(path, input, ['url', 'weight', 'backup'])
+  const target = typeof input === 'string' ? { url: input } : object(path, input, ['url', 'srv', 'protocol', 'weight', 'backup'])
   const urlPath = typeof input === 'string' ? path : join(path, 'url')
-  return {
-    url: targetUrl(urlPath, target.url),
-    weight: integer(join(path, 'weight'), target.weight, 1, 1, 1000),
-    backup: boolean(join(path, 'backup'), target.backup, false)
+  const weight = integer(join(path, 'weight'), target.weight, 1, 1, 1000)
+  const backup = boolean(join(path, 'backup'), target.backup, false)
+  if (target.srv !== undefined) {
+    if (target.url !== undefined) throw new OptionsError(join(path, 'url'), 'give either url or srv, not both')
+    if (target.weight !== undefined) throw new OptionsError(join(path, 'weight'), 'not for SRV targets: each record carries its own weight')
+    const name = string(join(path, 'srv'), target.srv)
+    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$/.test(name)) fail(join(path, 'srv'), 'a DNS name such as "_http._tcp.api.service.consul"', name)
+    const protocol = oneOf(join(path, 'protocol'), target.protocol ?? 'http', ['http', 'https'] as const)
+    return { url: `srv+${protocol}://${name.toLowerCase()}`, weight, backup, srv: { name, protocol: `${protocol}:` } }
   }
+  if (target.protocol !== undefined) throw new OptionsError(join(path, 'protocol'), 'only for SRV targets (give the scheme in url)')
+  return { url: targetUrl(urlPath, target.url), weight, backup, srv: null }
+}
+
+/** DNS servers as `host:port` (or a bare IP): what Resolver.setServers takes. */
+function dnsServers (path: string, input: unknown): string[] {
+  const servers = array(path, input)
+  if (servers.length === 0) fail(path, 'at least one "ip:port"', input)
+  return servers.map((server, i) => {
+    if (typeof server !== 'string' || !/^(\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[0-9A-Fa-f:]+)$/.test(server)) {
+      fail(join(path, i), 'a DNS server address such as "10.0.0.53", "127.0.0.1:5353" or "[::1]:53"', server)
+    }
+    return server
+  })
 }
 
 function targetUrl (path: string, value: unknown): string {
@@ -403,7 +424,7 @@ function validateMetrics (input: unknown): Config['metrics'] {
   return { path: surface.path, registry: (registry as Registry | undefined) ?? null }
 }
 
-const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests']
+const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests', 'dnsLatency']
 
 function validateStatus (input: unknown): StatusConfig | null {
   const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis'])
@@ -422,7 +443,8 @@ function validateStatus (input: unknown): StatusConfig | null {
       queue: ratio('status.diagnosis.queue', d.queue, 0.8),
       errorRate: ratio('status.diagnosis.errorRate', d.errorRate, 0.01),
       outlier,
-      minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1)
+      minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1),
+      dnsLatency: duration('status.diagnosis.dnsLatency', d.dnsLatency, 200)
     }
   }
 }

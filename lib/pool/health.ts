@@ -16,11 +16,13 @@ const JITTER = 0.1
 export class HealthChecker {
   readonly #timers = new Map<Target, NodeJS.Timeout>()
   readonly #inFlight = new Set<AbortController>()
+  /** The targets checked; discovery adds and removes them while the gateway runs. */
+  readonly #targets = new Set<Target>()
+  #started = false
   #stopped = false
 
   constructor (
     private readonly pool: PoolConfig & { health: HealthConfig },
-    private readonly targets: readonly Target[],
     private readonly onResult: (target: Target, result: CheckResult) => void,
     /** The pool's credentials (auth): checks carry them as requests do. */
     private readonly credentials: Credentials | null = null,
@@ -28,9 +30,29 @@ export class HealthChecker {
   ) {}
 
   start (): void {
-    // The first round goes out at once (spread over a tenth of the interval), so targets
-    // leave the `unknown` state quickly.
-    for (const target of this.targets) this.#schedule(target, this.random() * this.pool.health.interval * JITTER)
+    this.#started = true
+    for (const target of this.#targets) this.#first(target)
+  }
+
+  /** A target to check from now on (at once, if checks have started). */
+  add (target: Target): void {
+    this.#targets.add(target)
+    if (this.#started) this.#first(target)
+  }
+
+  /** A target that left the pool: no more checks; a result still under way is dropped. */
+  remove (target: Target): void {
+    this.#targets.delete(target)
+    clearTimeout(this.#timers.get(target))
+    this.#timers.delete(target)
+  }
+
+  /**
+   * The first check goes out at once (spread over a tenth of the interval), so a target
+   * leaves the `unknown` state quickly.
+   */
+  #first (target: Target): void {
+    this.#schedule(target, this.random() * this.pool.health.interval * JITTER)
   }
 
   stop (): void {
@@ -41,10 +63,10 @@ export class HealthChecker {
   }
 
   #schedule (target: Target, delay: number): void {
-    if (this.#stopped) return
+    if (this.#stopped || !this.#targets.has(target)) return
     const timer = setTimeout(() => {
       this.#round(target).then((result) => {
-        if (this.#stopped) return
+        if (this.#stopped || !this.#targets.has(target)) return
         if (result !== null) this.onResult(target, result)
         const { interval } = this.pool.health
         this.#schedule(target, interval * (1 - JITTER + 2 * JITTER * this.random()))
@@ -87,7 +109,7 @@ export class HealthChecker {
     let answered = false
     try {
       const res = await target.client(timeouts.connect === false ? health.timeout : Math.min(timeouts.connect, health.timeout)).request({
-        origin: target.url,
+        origin: target.origin,
         path: health.path,
         method: 'GET',
         headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream health check' }, auth),

@@ -30,7 +30,7 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
 
 /**
  * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
@@ -136,7 +136,7 @@ export class Exchange {
     this.pool.budget.request()
     this.#candidates = new Candidates(this.pool, this.request)
     if (this.#candidates.empty) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     // reply-from passes '' where it has no body to give.
@@ -418,7 +418,7 @@ export class Exchange {
   #giveUp (why: string): void {
     const last = [...this.attempts].reverse().find((a) => a.error !== null)
     if (last === undefined) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })
@@ -476,6 +476,12 @@ export class Exchange {
   #aborted (phase: string): void {
     this.#settle()
     this.events.aborted(this, phase)
+  }
+
+  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
+  #failOutage (): void {
+    const outage = this.pool.outage()
+    this.#fail(outage.error, outage.context)
   }
 
   #fail (error: ProxyErrorType, context: FailureDetails): void {

@@ -60,7 +60,7 @@ export function sendTry (attempt: SendableTry, handler: Dispatcher.DispatchHandl
   }
   const target = attempt.target
   try {
-    target.client(backstop(connect)).dispatch(Object.assign({ origin: target.url, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
+    target.client(backstop(connect)).dispatch(Object.assign({ origin: target.origin, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
   } catch (err) {
     attempt.abandon()
     failed(err)

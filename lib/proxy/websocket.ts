@@ -271,7 +271,7 @@ class Tunnel {
     socket.on('data', this.#onEarlyData)
     socket.once('end', this.#onClientClose)
     if (this.#candidates.empty) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     this.#tryNext()
@@ -372,7 +372,7 @@ class Tunnel {
   /** Out of targets for a retry: the last try's failure stands. */
   #giveUp (): void {
     const last = [...this.attempts].reverse().find((a) => a.error !== null)
-    if (last === undefined) this.#fail('destination_unavailable', this.pool.outage())
+    if (last === undefined) this.#failOutage()
     else this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: 'not retried: no other target can take traffic' })
   }
 
@@ -536,6 +536,12 @@ class Tunnel {
     this.upgrade.socket.destroy()
     this.context.recorder?.aborted(this.pool.name, this.#try?.target.hostPort ?? null)
     logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
+  }
+
+  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
+  #failOutage (): void {
+    const outage = this.pool.outage()
+    this.#fail(outage.error, outage.context)
   }
 
   #count (event: TunnelEvent): void {
