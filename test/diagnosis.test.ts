@@ -8,7 +8,7 @@ import type { DiagnosisConfig } from '../lib/options/config.js'
 import type { TargetState } from '../lib/pool/target.js'
 import type { RateLimitStoreSnapshot } from '../lib/proxy/rate-limit-store.js'
 
-const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200 }
+const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200, tlsLatency: 500 }
 
 function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {}): WindowStats {
   const ms = over.ms ?? 20
@@ -52,6 +52,17 @@ t.test('an average latency above 2 s names timeouts.headers and its value', asyn
   t.match(finding!.title, /2500 ms on average: risk of 504 before timeouts\.headers \(3000 ms\) bites/)
   t.match(finding!.action, /timeouts\.headers \(now 3000 ms\)/)
   t.equal(finding!.evidence.avgMs, 2500)
+})
+
+t.test('TLS handshakes slower than 500 ms on average name the target and connections.keepAlive', async (t) => {
+  const slow = { ...target('b:443'), tlsMs: 740 }
+  const findings = diagnose([pool({ targets: [{ ...target('a:443'), tlsMs: 12 }, slow, { ...target('c:443'), tlsMs: null }] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.equal(findings[0]!.target, 'b:443')
+  t.match(findings[0]!.title, /TLS handshakes with b:443 take 740 ms/)
+  t.match(findings[0]!.action, /pools\.api\.connections\.keepAlive/)
+  t.same(findings[0]!.evidence, { target: 'b:443', tlsMs: 740, thresholdMs: 500 })
+  t.same(diagnose([pool({ targets: [{ ...target('a:443'), tlsMs: 499 }] })], LIMITS), [], 'under the threshold: nothing')
 })
 
 t.test('a p99 above 5 s is a finding of its own', async (t) => {

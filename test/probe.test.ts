@@ -16,6 +16,8 @@ t.test('a healthy target answers with every phase timed, at its health path', as
   t.type(result.ms.connect, 'number')
   t.type(result.ms.firstByte, 'number')
   t.equal(result.ms.tls, null, 'no TLS over http')
+  await (await gw.request('/api/x')).body.text()
+  t.match(gw.app.upstream.pool('api').targets()[0]!.connections, { count: 1, tlsMs: null }, 'a proxied connection is timed, with no TLS over http')
   t.ok(result.ms.connect! <= result.ms.firstByte! && result.ms.firstByte! <= result.ms.total)
 
   const res = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'application/json' } })
@@ -48,6 +50,18 @@ t.test('a TLS target has its handshake timed; a self-signed certificate is a cer
   t.match(ok, { ok: true, status: 200 })
   t.type(ok.ms.tls, 'number')
   t.ok(ok.ms.connect! <= ok.ms.tls! && ok.ms.tls! <= ok.ms.firstByte!)
+
+  // Proxied traffic times its connections too: TCP and the TLS handshake, for the status page
+  // and the diagnosis (a threshold of 1 ms makes any real handshake a finding).
+  const timed = await startGateway(t, { pools: { api: { targets: [target], tls: { ca: cert.cert } } }, routes: [{ prefix: '/api', pool: 'api' }], status: { expose: 'full', diagnosis: { tlsLatency: 1 } } })
+  t.equal((await (await timed.request('/api/x')).body.text()), 'secure')
+  const connections = timed.app.upstream.pool('api').targets()[0]!.connections
+  t.equal(connections.count, 1)
+  t.type(connections.tcpMs, 'number')
+  t.type(connections.tlsMs, 'number')
+  const report = await (await timed.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as { diagnosis: Array<{ title: string, target?: string }> }
+  t.equal(report.diagnosis.some((f) => /^TLS handshakes with 127\.0\.0\.1:\d+ take/.test(f.title)), connections.tlsMs! > 1, 'a handshake over the threshold is a finding')
+  t.match(await (await timed.request('/_upstream')).body.text(), /connections 1, connect [\d.]+ ms, TLS [\d.]+ ms/)
 
   const strict = await startGateway(t, { pools: { api: { targets: [target] } }, routes: [{ prefix: '/api', pool: 'api' }] })
   const bad = await strict.app.upstream.probe('api', target)

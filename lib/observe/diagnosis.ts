@@ -25,6 +25,8 @@ export interface TargetInput {
   target: string
   state: TargetState
   stats: WindowStats
+  /** Recent average TLS handshake of new connections, in ms; absent or null when none was timed. */
+  tlsMs?: number | null
 }
 
 /** A target given by name: how its lookups go. */
@@ -135,6 +137,20 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
   }
   oneSlowNode(p, limits, out)
   for (const name of p.dns ?? []) diagnoseName(pool, name, limits, out)
+  for (const t of p.targets) slowHandshake(pool, t, limits, out)
+}
+
+/** TLS handshakes slow enough that every new connection adds a visible delay. */
+function slowHandshake (pool: string, t: TargetInput, limits: DiagnosisConfig, out: Finding[]): void {
+  if (t.tlsMs == null || t.tlsMs <= limits.tlsLatency) return
+  out.push({
+    severity: 'warning',
+    pool,
+    target: t.target,
+    title: `TLS handshakes with ${t.target} take ${ms(t.tlsMs)} ms: each new connection delays its request by that much.`,
+    evidence: { target: t.target, tlsMs: ms(t.tlsMs), thresholdMs: limits.tlsLatency },
+    action: `Check the target's TLS terminator (CPU, key size, OCSP); keep connections open longer (pools.${pool}.connections.keepAlive) so fewer handshakes are needed.`
+  })
 }
 
 /** A name that stopped resolving (or never did), and lookups slow enough to matter. */

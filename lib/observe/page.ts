@@ -72,8 +72,14 @@ function renderTarget (t: TargetReport, pool: string, base: string): string {
   const probe = `${base}/probe?pool=${encodeURIComponent(pool)}&target=${encodeURIComponent(t.url)}`
   return `<article class="target ${e(t.state)}"><p class="name"><span class="state">${e(t.state)}</span> <code>${e(t.url)}</code></p>
 <p class="muted">since <time>${e(t.since)}</time>${t.why !== null ? ` — ${e(t.why)}` : ''}</p>
-<p class="muted">in flight ${e(t.inFlight)} · ejections ${e(t.ejections)}${t.lastError !== null ? ` · last error <code>${e(t.lastError.error)}</code> at <time>${e(t.lastError.at)}</time>` : ''} · <a href="${e(probe)}">probe</a></p>
+<p class="muted">in flight ${e(t.inFlight)} · ejections ${e(t.ejections)}${connectLine(t.connections)}${t.lastError !== null ? ` · last error <code>${e(t.lastError.error)}</code> at <time>${e(t.lastError.at)}</time>` : ''} · <a href="${e(probe)}">probe</a></p>
 ${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}${tunnelLine(t.websockets)}</article>`
+}
+
+/** New connections since start and what opening them takes lately (TCP, and TLS for https). */
+function connectLine (c: TargetReport['connections']): string {
+  if (c.count === 0) return ''
+  return ` · connections ${e(c.count)}, connect ${e(c.tcpMs ?? '—')} ms${c.tlsMs !== null ? `, TLS ${e(c.tlsMs)} ms` : ''}`
 }
 
 /** WebSocket tunnels since start; nothing for a pool or target that never had a handshake. */

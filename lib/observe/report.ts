@@ -73,7 +73,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
     inputs.push({
       pool: pool.name,
       stats: report.stats[DIAGNOSIS_WINDOW],
-      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW] })),
+      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW], tlsMs: t.connections.tlsMs })),
       pending: report.pending,
       dns: pool.names().map((n) => ({
         name: n.label,

@@ -144,6 +144,7 @@ export interface DiagnosisConfig {
   minRequests: number
   /** DNS lookups slower than this (ms) are a finding. */
   dnsLatency: number
+  tlsLatency: number
 }
 
 export interface StatusConfig {

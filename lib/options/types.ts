@@ -92,6 +92,8 @@ export interface DiagnosisInput {
   minRequests?: number
   /** A DNS lookup of a discovered target name slower than this, in ms, is a finding [200]. */
   dnsLatency?: number
+  /** Average TLS handshake to a target, in ms, above which the diagnosis reports it [500]. */
+  tlsLatency?: number
 }
 
 /** Prometheus metrics in prom-client's text format. */

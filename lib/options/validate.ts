@@ -424,7 +424,7 @@ function validateMetrics (input: unknown): Config['metrics'] {
   return { path: surface.path, registry: (registry as Registry | undefined) ?? null }
 }
 
-const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests', 'dnsLatency']
+const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests', 'dnsLatency', 'tlsLatency']
 
 function validateStatus (input: unknown): StatusConfig | null {
   const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis'])
@@ -444,7 +444,8 @@ function validateStatus (input: unknown): StatusConfig | null {
       errorRate: ratio('status.diagnosis.errorRate', d.errorRate, 0.01),
       outlier,
       minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1),
-      dnsLatency: duration('status.diagnosis.dnsLatency', d.dnsLatency, 200)
+      dnsLatency: duration('status.diagnosis.dnsLatency', d.dnsLatency, 200),
+      tlsLatency: duration('status.diagnosis.tlsLatency', d.tlsLatency, 500)
     }
   }
 }

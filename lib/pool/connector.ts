@@ -7,6 +7,7 @@
 // and a burst of SYNs to the failing host. Waiters fail with a real refusal made while they
 // waited, never a remembered one. A timeout is not shared: a late joiner would be told "timed
 // out" before its own timeouts.connect had run.
+import { EventEmitter } from 'node:events'
 import { buildConnector } from 'undici'
 
 type Connector = buildConnector.connector
@@ -26,6 +27,59 @@ function settle (callback: Callback, error: Error | null, socket: Parameters<Cal
 }
 
 interface Waiter { connect: Connector, options: Options, callback: Callback }
+
+/** How long one new connection took to open: TCP, then the TLS handshake (https targets). */
+export interface ConnectTiming { tcpMs: number, tlsMs: number | null }
+
+/**
+ * `connect` timed: undici's connector returns the socket it creates, whose `connect` event ends
+ * the TCP part; the callback (after `secureConnect` for TLS) ends the whole. Only successful
+ * connections are timed: a failed one is counted as a failure elsewhere.
+ */
+export function timed (connect: Connector, observe: (timing: ConnectTiming) => void): Connector {
+  return (options, callback) => {
+    const started = performance.now()
+    let tcpAt = 0
+    const socket = connect(options, (error, opened) => {
+      if (error === null) {
+        const end = performance.now()
+        const tcpEnd = tcpAt === 0 ? end : tcpAt
+        observe({ tcpMs: tcpEnd - started, tlsMs: options.protocol === 'https:' ? end - tcpEnd : null })
+      }
+      settle(callback, error, opened)
+    }) as unknown
+    if (socket instanceof EventEmitter) socket.once('connect', () => { tcpAt = performance.now() })
+    return socket as ReturnType<Connector>
+  }
+}
+
+/** A connection time average that forgets: each new connection weighs this much. */
+const CONNECT_ALPHA = 0.3
+
+/**
+ * New connections to one target and how long they took to open, as averages that follow the
+ * recent ones (a target behind a slow TLS terminator shows here before its latency does).
+ */
+export class ConnectTimes {
+  count = 0
+  tcpMs: number | null = null
+  tlsMs: number | null = null
+
+  record (timing: ConnectTiming): void {
+    this.count++
+    this.tcpMs = average(this.tcpMs, timing.tcpMs)
+    if (timing.tlsMs !== null) this.tlsMs = average(this.tlsMs, timing.tlsMs)
+  }
+
+  snapshot (): { count: number, tcpMs: number | null, tlsMs: number | null } {
+    const round = (n: number | null): number | null => n === null ? null : Math.round(n * 10) / 10
+    return { count: this.count, tcpMs: round(this.tcpMs), tlsMs: round(this.tlsMs) }
+  }
+}
+
+function average (current: number | null, sample: number): number {
+  return current === null ? sample : current + CONNECT_ALPHA * (sample - current)
+}
 
 /** One per target, shared by all of the target's connectors (one per connect timeout). */
 export class ConnectGate {

@@ -1,7 +1,7 @@
 // One upstream target: its address, weight, live counters, what health checks and passive
 // observation say of it, and its own keep-alive pool.
 import { Pool as UndiciPool, buildConnector } from 'undici'
-import { ConnectGate } from './connector.js'
+import { ConnectGate, ConnectTimes, timed } from './connector.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 import { originOf, type Endpoint } from './discovery.js'
 
@@ -54,6 +54,8 @@ export interface TargetSnapshot {
   consecutiveFailures: number
   lastError: { error: string, cause: string | null, at: string } | null
   latencyMs: { ewma: number | null }
+  /** Connections opened since start, and recent averages of their TCP and TLS set-up (ms). */
+  connections: { count: number, tcpMs: number | null, tlsMs: number | null }
 }
 
 /** Latency average that forgets: each new sample weighs EWMA_ALPHA. */
@@ -120,6 +122,8 @@ export class Target {
   // sets the connect timeout per pool, not per request. Almost always there is exactly one.
   readonly #clients = new Map<number, UndiciPool>()
   readonly #connectGate = new ConnectGate()
+  /** How long new connections took to open (TCP, TLS), for the status page and diagnosis. */
+  readonly connectTimes = new ConnectTimes()
   readonly #pool: PoolConfig
   #configBackup = false
 
@@ -209,7 +213,7 @@ export class Target {
         keepAliveTimeout: connections.keepAlive,
         keepAliveMaxTimeout: connections.keepAlive,
         pipelining: 1,
-        connect: this.#connectGate.wrap(buildConnector({
+        connect: this.#connectGate.wrap(timed(buildConnector({
           timeout: connectTimeout,
           rejectUnauthorized: tls.rejectUnauthorized,
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
@@ -217,7 +221,7 @@ export class Target {
           ...(tls.key !== undefined ? { key: tls.key } : {}),
           // A resolved address is reached under its name (undici takes SNI from Host too).
           ...(tls.servername !== undefined ? { servername: tls.servername } : this.address !== null ? { servername: this.hostHeader.replace(/:\d+$/, '') } : {})
-        }))
+        }), (timing) => this.connectTimes.record(timing)))
       })
       this.#clients.set(connectTimeout, client)
     }
@@ -259,7 +263,8 @@ export class Target {
       failures: this.failures,
       consecutiveFailures: this.consecutiveFailures,
       lastError: this.lastError === null ? null : { error: this.lastError.error, cause: this.lastError.cause, at: iso(this.lastError.at) },
-      latencyMs: { ewma: this.latencyEwma === null ? null : Math.round(this.latencyEwma * 10) / 10 }
+      latencyMs: { ewma: this.latencyEwma === null ? null : Math.round(this.latencyEwma * 10) / 10 },
+      connections: this.connectTimes.snapshot()
     }
   }
 
