@@ -26,6 +26,10 @@ export class Attempt extends TargetTry implements LegacyHandler {
     super(target)
   }
 
+  get awaitingConnection (): boolean {
+    return !this.connected && !this.#ended
+  }
+
   /** The exchange has left this try behind: what undici says of it from now on is ignored. */
   abandon (): void {
     this.#abandoned = true
