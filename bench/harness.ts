@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url'
 
 export const HOST = '127.0.0.1'
 /** How long a child may take to start listening, or to stop, before we give up on it. */
-export const CHILD_START_MS = 15_000
+export const CHILD_START_MS = 60_000
 export const CHILD_STOP_MS = 3_000
 export const WARMUP_SECONDS = 1
 
