@@ -11,10 +11,10 @@
 // gateway opened per response: about 1 without that gate, far fewer with it. The goal is a storm at no less
 // than 0.8× the success path's req/s, so a dead service does not take the gateway down with it.
 //
-// Run with `npm run bench:failures`. Knobs (environment): BENCH_DURATION seconds per
-// measurement [5], BENCH_CONNECTIONS concurrent connections [50], BENCH_ROUNDS repeats of the
-// pair [2], BENCH_LOG_FILE where the gateway's log goes [/dev/null]. Prints a table of medians
-// across rounds and writes bench/results/failure-storm-latest.json.
+// Run with `npm run bench:failures` (= `npm run bench -- --only storm`). 50 connections; rounds
+// and seconds per measurement from the run's settings. The gateway counts the lines it logs (all
+// of them, and its failure records) in pino's logMethod hook. Counts are per response finished
+// in the timed run, so requests in flight at its edges (up to 50 of them) blur them a little.
 //
 // Process layout: autocannon in the parent; the upstreams in one child; the gateway in another,
 // with Fastify's logger on at `info` (the failure record and Fastify's request lines are part
@@ -26,13 +26,12 @@
 // every target refuses. During the storm the upstream child has nothing to do, so the gateway
 // gets more of the machine than during the success run; the CPU time per response (measured in
 // the gateway) is the figure that does not depend on that.
-import os from 'node:os'
 import { subscribe } from 'node:diagnostics_channel'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, ask, closeServers, meterResponses, type CpuReport, closedPorts, formatTable, getBody, median, portOf,
-  positiveInteger, runMain, runUpstreams, serveAsChild, startChild, startWatchdog, writeResults
+  HOST, WARMUP_SECONDS, ask, closeServers, meterResponses, type CpuReport, closedPorts, figure, getBody, portOf,
+  runUpstreams, serveAsChild, startChild, scenarioEntry, type Figure, type Settings
 } from './harness.js'
 
 type Role = 'upstreams' | 'gateway'
@@ -48,6 +47,7 @@ const ABORTED = 'client gone'
 /** Sent on every request: the failure answers are problem+json, as an API client gets them. */
 const HEADERS = { accept: 'application/json' }
 const GOAL = 0.8
+const CONNECTIONS = 50
 /**
  * Before round 1, each variant runs this long unmeasured. The gateway starts cold: without it,
  * round 1's success run (the first load it ever sees) measured about 30% below later rounds
@@ -74,6 +74,10 @@ interface GatewayMeasures {
   connectsPerResponse: number
   /** Responses the gateway finished, by `status [error type]`. */
   outcomes: Record<string, number>
+  /** Log lines per response: every line the gateway wrote, Fastify's request lines included. */
+  logLinesPerResponse: number
+  /** The gateway's failure records (error level, error connection_refused) per response: 1 per failure is the promise. */
+  failureRecordsPerResponse: number
 }
 
 type GatewayReport = CpuReport & GatewayMeasures
@@ -85,7 +89,24 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
   const { default: Fastify } = await import('fastify')
   const { default: upstream } = await import('fastify-upstream')
   // Fastify's `file` is pino.destination(file): the log path a production gateway has, minus the disk.
-  const app = Fastify({ logger: { level: 'info', file: logFile } })
+  // Every line passes through pino's logMethod hook (disabled levels never reach it): counted
+  // here, exactly, rather than read back from a file that pino writes asynchronously.
+  let logLines = 0
+  let failureRecords = 0
+  const app = Fastify({
+    logger: {
+      level: 'info',
+      file: logFile,
+      hooks: {
+        logMethod (args, method, level) {
+          logLines++
+          const record = args[0] as { error?: unknown } | string
+          if (level >= 50 && typeof record === 'object' && record.error === 'connection_refused') failureRecords++
+          method.apply(this, args)
+        }
+      }
+    }
+  })
 
   const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS })
   loop.enable()
@@ -128,6 +149,8 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
       loop.reset()
       utilizationFrom = performance.eventLoopUtilization()
       connects = 0
+      logLines = 0
+      failureRecords = 0
       outcomes.clear()
     },
     report: (responses) => ({
@@ -135,7 +158,9 @@ async function runGateway (upstreamPorts: number[], deadPorts: number[], logFile
       loopRaw: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max), mean: ms(loop.mean) },
       utilization: performance.eventLoopUtilization(utilizationFrom).utilization,
       connectsPerResponse: connects / Math.max(1, responses),
-      outcomes: Object.fromEntries(outcomes)
+      outcomes: Object.fromEntries(outcomes),
+      logLinesPerResponse: logLines / Math.max(1, responses),
+      failureRecordsPerResponse: failureRecords / Math.max(1, responses)
     })
   })
   return { port: portOf(app.server), close: async () => { loop.disable(); await app.close() } }
@@ -214,16 +239,8 @@ async function sanityCheck (port: number, deadPorts: number[]): Promise<void> {
   if (deadTargets.size !== 2) throw new Error(`failure storm: two requests failed on ${[...deadTargets].join(', ')}, expected both dead targets`)
 }
 
-const fixed = (value: number, digits = 1): string => value.toFixed(digits)
-
-async function main (): Promise<void> {
-  const duration = positiveInteger('BENCH_DURATION', 5)
-  const connections = positiveInteger('BENCH_CONNECTIONS', 50)
-  const rounds = positiveInteger('BENCH_ROUNDS', 2)
+export async function storm (settings: Settings): Promise<{ figures: Figure[], detail: Record<Variant, Sample[]> }> {
   const logFile = process.env.BENCH_LOG_FILE ?? '/dev/null'
-
-  startWatchdog((VARIANTS.length * FIRST_WARMUP_SECONDS + rounds * VARIANTS.length * (duration + WARMUP_SECONDS + 5)) * 1000 + 60_000)
-
   const { ports: upstreamPorts } = await startChild(import.meta.url, 'upstreams')
   const deadPorts = await closedPorts(2)
   const { child: gateway, ports: [gatewayPort] } = await startChild(import.meta.url, 'gateway', {
@@ -234,17 +251,14 @@ async function main (): Promise<void> {
   await sanityCheck(gatewayPort!, deadPorts)
   const urls = Object.fromEntries(VARIANTS.map((variant) => [variant, `http://${HOST}:${gatewayPort}${PATHS[variant]}`])) as Record<Variant, string>
 
-  console.log(`bench: ${rounds} round(s) of ${VARIANTS.join(' → ')}, ${duration} s each after ${WARMUP_SECONDS} s warm-up ` +
-    `(${FIRST_WARMUP_SECONDS} s before round 1), ${connections} connections, node ${process.version}, ${os.cpus().length} CPU(s); ` +
-    `gateway logs at info to ${logFile}`)
-  for (const variant of VARIANTS) await measure(variant, urls[variant], FIRST_WARMUP_SECONDS, connections)
+  if (!settings.quick) for (const variant of VARIANTS) await measure(variant, urls[variant], FIRST_WARMUP_SECONDS, CONNECTIONS)
   const samples: Record<Variant, Sample[]> = { success: [], 'failure storm': [] }
-  for (let round = 1; round <= rounds; round++) {
+  for (let round = 1; round <= settings.rounds; round++) {
     for (const variant of VARIANTS) {
       // Warm-up: JIT, keep-alive pools and connection setup happen here, not in the figures.
-      await measure(variant, urls[variant], WARMUP_SECONDS, connections)
+      await measure(variant, urls[variant], WARMUP_SECONDS, CONNECTIONS)
       await ask(gateway, { cmd: 'reset' })
-      const result = await measure(variant, urls[variant], duration, connections)
+      const result = await measure(variant, urls[variant], settings.seconds, CONNECTIONS)
       const { cmd: _cmd, responses: _responses, ...measures } = await ask<GatewayReport>(gateway, { cmd: 'report' })
       checkOutcomes(variant, measures.outcomes)
       const sample: Sample = {
@@ -256,60 +270,30 @@ async function main (): Promise<void> {
         ...measures
       }
       samples[variant].push(sample)
-      console.log(`  round ${round}/${rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +
-        `p99 ${sample.p99} ms, event-loop delay p99 ${fixed(sample.loop.p99)} ms, loop busy ${Math.round(sample.utilization * 100)}%`)
+      console.log(`  storm round ${round}/${settings.rounds} ${variant.padEnd(13)} ${Math.round(sample.requestsPerSecond)} req/s, p50 ${sample.p50} ms, ` +
+        `p99 ${sample.p99} ms, event-loop delay p99 ${sample.loop.p99.toFixed(1)} ms, ${Math.round(sample.cpuPerResponse)} µs CPU/response, ` +
+        `${sample.logLinesPerResponse.toFixed(2)} log lines/response (${sample.failureRecordsPerResponse.toFixed(2)} failure records)`)
     }
   }
 
-  // Medians per variant, each figure on its own: the shared machine makes single runs noisy.
-  const medians = Object.fromEntries(VARIANTS.map((variant) => {
+  const success = samples.success
+  const figures: Figure[] = []
+  for (const variant of VARIANTS) {
     const list = samples[variant]
-    const of = (pick: (s: Sample) => number): number => median(list.map(pick))
-    return [variant, {
-      requestsPerSecond: of((s) => s.requestsPerSecond),
-      p50: of((s) => s.p50),
-      p99: of((s) => s.p99),
-      loop: { p50: of((s) => s.loop.p50), p99: of((s) => s.loop.p99), max: of((s) => s.loop.max), mean: of((s) => s.loop.mean) },
-      utilization: of((s) => s.utilization),
-      cpuPerResponse: of((s) => s.cpuPerResponse),
-      connectsPerResponse: of((s) => s.connectsPerResponse),
-      responses: list.reduce((sum, s) => sum + s.total, 0)
-    }]
-  })) as Record<Variant, { requestsPerSecond: number, p50: number, p99: number, loop: LoopDelay, utilization: number, cpuPerResponse: number, connectsPerResponse: number, responses: number }>
-  const ratio = medians['failure storm'].requestsPerSecond / medians.success.requestsPerSecond
-  const verdict = ratio >= GOAL ? 'PASS' : 'BELOW'
-  const cpuRatio = medians['failure storm'].cpuPerResponse / medians.success.cpuPerResponse
-
-  console.log(`\nMedian of ${rounds} round(s), ${duration} s each, ${connections} connections; ` +
-    `event-loop delay in the gateway (beyond its ${LOOP_RESOLUTION_MS} ms timer), its loop's busy share, its CPU time per response and the TCP connects it opened per response:\n`)
-  console.log(formatTable([
-    ['variant', 'req/s', 'p50 ms', 'p99 ms', 'loop p50 ms', 'loop p99 ms', 'loop max ms', 'loop busy', 'CPU µs/resp', 'connects/resp', 'responses, all rounds'],
-    ...VARIANTS.map((variant) => {
-      const m = medians[variant]
-      return [variant, Math.round(m.requestsPerSecond).toString(), fixed(m.p50), fixed(m.p99),
-        fixed(m.loop.p50, 2), fixed(m.loop.p99, 2), fixed(m.loop.max, 2), `${Math.round(m.utilization * 100)}%`, Math.round(m.cpuPerResponse).toString(), fixed(m.connectsPerResponse, 3),
-        `${m.responses} × ${EXPECTED_STATUS[variant]}`]
-    })
-  ]))
-  console.log(`\nfailure storm / success (req/s): ${ratio.toFixed(2)}  (goal ≥ ${GOAL.toFixed(2)})  ${verdict}`)
-  console.log(`gateway CPU per response, failure storm / success: ${cpuRatio.toFixed(2)}`)
-
-  const report = {
-    date: new Date().toISOString(),
-    node: process.version,
-    platform: `${os.platform()} ${os.arch()}`,
-    cpus: os.cpus().length,
-    settings: { duration, warmup: WARMUP_SECONDS, firstWarmup: FIRST_WARMUP_SECONDS, connections, rounds, logFile, loopResolutionMs: LOOP_RESOLUTION_MS },
-    medians,
-    ratio: { 'failure storm/success': ratio, goal: GOAL, verdict, 'cpu per response, failure storm/success': cpuRatio },
-    rounds: samples
+    const base = variant === 'success' ? undefined : 'success'
+    const ratioTo = (pick: (s: Sample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: success.map(pick) }
+    const of = (pick: (s: Sample) => number): number[] => list.map(pick)
+    figures.push(figure('storm', variant, 'req/s', 'req/s', of((s) => s.requestsPerSecond), ratioTo((s) => s.requestsPerSecond)))
+    figures.push(figure('storm', variant, 'p99', 'ms', of((s) => s.p99), ratioTo((s) => s.p99)))
+    figures.push(figure('storm', variant, 'CPU/response', 'µs', of((s) => s.cpuPerResponse), ratioTo((s) => s.cpuPerResponse)))
+    figures.push(figure('storm', variant, 'event-loop delay p99', 'ms', of((s) => s.loop.p99)))
+    figures.push(figure('storm', variant, 'connects/response', '', of((s) => s.connectsPerResponse)))
+    figures.push(figure('storm', variant, 'log lines/response', '', of((s) => s.logLinesPerResponse)))
+    if (variant === 'failure storm') figures.push(figure('storm', variant, 'failure records/failure', '', of((s) => s.failureRecordsPerResponse)))
   }
-  console.log(`\nwrote ${await writeResults('failure-storm-latest.json', report)}`)
+  const ratio = figures.find((f) => f.variant === 'failure storm' && f.metric === 'req/s')!.ratio!.median
+  console.log(`  failure storm / success (req/s): ${ratio.toFixed(2)} (goal ≥ ${GOAL.toFixed(2)}: ${ratio >= GOAL ? 'PASS' : 'BELOW'})`)
+  return { figures, detail: samples }
 }
 
-const role = process.argv[2] as Role | undefined
-if (role !== undefined) {
-  await runChild(role)
-} else {
-  await runMain(main)
-}
+await scenarioEntry(import.meta.url, 'storm', async (role) => { await runChild(role as Role) })

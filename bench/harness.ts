@@ -10,11 +10,13 @@ import { fork, type ChildProcess, type ForkOptions } from 'node:child_process'
 import { createServer, get, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { mkdir, writeFile } from 'node:fs/promises'
+import { readdirSync, readFileSync } from 'node:fs'
+import { resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const HOST = '127.0.0.1'
 /** How long a child may take to start listening, or to stop, before we give up on it. */
-export const CHILD_START_MS = 60_000
+export const CHILD_START_MS = 30_000
 export const CHILD_STOP_MS = 3_000
 export const WARMUP_SECONDS = 1
 
@@ -131,7 +133,7 @@ export function meterResponses<T extends object = object> (server: Server, extra
 // Parent: start the children, drive the load, report.
 
 /** Sends a command to a child and waits for its answer to that command. */
-export async function ask<T extends { cmd: string }> (child: ChildProcess, command: { cmd: string }): Promise<T> {
+export async function ask<T extends { cmd: string }> (child: ChildProcess, command: { cmd: string, [key: string]: unknown }): Promise<T> {
   return await new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => { done(); reject(new Error(`child: no answer to "${command.cmd}" within 5 s`)) }, 5_000)
     const onMessage = (message: T): void => {
@@ -184,8 +186,9 @@ export async function startChild (script: string, role: string, env: Record<stri
   return { child, ports }
 }
 
+/** Stops every child started so far (a scenario's, at its end; all of them, at the run's end). */
 export async function stopChildren (): Promise<void> {
-  await Promise.all(children.map(async (child) => {
+  await Promise.all(children.splice(0).map(async (child) => {
     if (child.exitCode !== null || child.signalCode !== null) return
     const exited = new Promise<void>((resolve) => child.once('exit', () => { resolve() }))
     child.kill('SIGTERM')
@@ -257,4 +260,119 @@ export async function writeResults (name: string, report: unknown): Promise<stri
   const path = `${resultsDir}${name}`
   await writeFile(path, JSON.stringify(report, null, 2) + '\n')
   return path
+}
+
+// ---------------------------------------------------------------------------------------------
+// What `bench/run.ts` shares with the scenario files: settings, spreads, ratios, CPU time.
+
+/** How long and how often a scenario measures; `npm run bench -- --quick` shrinks them. */
+export interface Settings {
+  /** Repeats of every measurement; figures are the median and min–max across them. */
+  rounds: number
+  /** Seconds of load per timed measurement. */
+  seconds: number
+  quick: boolean
+}
+
+/** The median and the range of one figure across rounds. */
+export interface Spread { median: number, min: number, max: number }
+
+export function spread (values: number[]): Spread {
+  if (values.length === 0) return { median: NaN, min: NaN, max: NaN }
+  return { median: median(values), min: Math.min(...values), max: Math.max(...values) }
+}
+
+/**
+ * One figure of a scenario: its value in every round and, when it has one, its ratio to a
+ * baseline measured in the same round (the machine is shared, so only same-round ratios compare).
+ */
+export interface Figure {
+  scenario: string
+  variant: string
+  metric: string
+  unit: string
+  values: number[]
+  value: Spread
+  /** What the ratio divides by; null when the figure stands alone. */
+  baseline: string | null
+  ratios: number[] | null
+  ratio: Spread | null
+}
+
+export function figure (scenario: string, variant: string, metric: string, unit: string, values: number[],
+  baseline?: { name: string, values: number[] }): Figure {
+  const ratios = baseline === undefined ? null : values.map((value, i) => value / baseline.values[i]!)
+  return {
+    scenario,
+    variant,
+    metric,
+    unit,
+    values,
+    value: spread(values),
+    baseline: baseline?.name ?? null,
+    ratios,
+    ratio: ratios === null ? null : spread(ratios)
+  }
+}
+
+/** `1.23 (1.10–1.31)`: a spread as the table prints it. */
+export function formatSpread (s: Spread, digits: number): string {
+  const f = (n: number): string => Number.isFinite(n) ? n.toFixed(digits) : '-'
+  return s.min === s.max ? f(s.median) : `${f(s.median)} (${f(s.min)}–${f(s.max)})`
+}
+
+/** True in the file node was started with, false where it is imported (by run.ts). */
+export function isEntry (moduleUrl: string): boolean {
+  return process.argv[1] !== undefined && resolvePath(process.argv[1]) === fileURLToPath(moduleUrl)
+}
+
+// Linux counts CPU time in clock ticks of 1/100 s (USER_HZ, the same on every architecture).
+const MICROS_PER_TICK = 10_000
+
+/** `pid` and its children (nginx's workers), from /proc: the processes whose CPU time counts. */
+export function processTree (pid: number): number[] {
+  const children = readdirSync('/proc').filter((name) => /^\d+$/.test(name)).filter((name) => {
+    try {
+      return statFields(Number(name))[1] === String(pid)
+    } catch {
+      return false // gone since readdir
+    }
+  }).map(Number)
+  return [pid, ...children]
+}
+
+/** The fields of /proc/<pid>/stat after the command name (which may hold spaces): [state, ppid, …]. */
+function statFields (pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+}
+
+/**
+ * User + system CPU time of these processes so far, in µs, read from /proc/<pid>/stat (utime
+ * and stime, fields 14 and 15): the same measure for a Node child, nginx and HAProxy.
+ */
+export function cpuMicros (pids: number[]): number {
+  return pids.reduce((sum, pid) => {
+    const fields = statFields(pid)
+    return sum + (Number(fields[11]) + Number(fields[12])) * MICROS_PER_TICK
+  }, 0)
+}
+
+export async function sleep (ms: number): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/**
+ * The last line of a scenario file. Forked by startChild with a role, it runs that role; started
+ * by hand, it says how to run the scenario (run.ts measures and prints every scenario alike).
+ */
+export async function scenarioEntry (moduleUrl: string, scenarios: string, runRole: (role: string) => Promise<void>): Promise<void> {
+  if (!isEntry(moduleUrl)) return
+  const role = process.argv[2]
+  if (role !== undefined) {
+    await runRole(role)
+    return
+  }
+  console.error(`run with: npm run bench -- --only ${scenarios}`)
+  process.exitCode = 1
 }

@@ -1,208 +1,299 @@
-// `npm run bench:resilience`: how the gateway behaves when upstreams misbehave, in one run.
+// Resilience: what each front door does when upstreams misbehave.
 //
-//   kill    3 targets under steady GET load; one is SIGKILLed mid-run. Client-visible errors
-//           with retries off (the baseline) and with the default options, and the time from
-//           the kill to ejection.
-//   slow    one of 3 targets answers 200 ms late: p50/p99 with round-robin, least-request and
-//           p2c-ewma, against the p99 of the same pool with no slow target.
+//   kill    3 targets under steady GET load; one is SIGKILLed a third of the way in. Client-
+//           visible errors and the time from the kill to the last of them, for fastify-upstream
+//           with retries off (the baseline), with its default options, nginx (proxy_next_upstream
+//           error timeout, its default) and HAProxy (retries 3, option redispatch); for
+//           fastify-upstream also the time from the kill to the target's ejection.
+//   slow    one of 3 targets answers 200 ms late: p50/p99 and the slow target's share of the
+//           requests with round-robin, least-request and p2c-ewma, nginx least_conn and HAProxy
+//           leastconn, each as a ratio to the same front door over a pool with no slow target
+//           (fastify-upstream's balancers: round-robin over the healthy pool).
 //   budget  every target answers 503 and retries are on for 5xx: upstream requests per client
 //           request with the retry budget and without it.
 //
-// Process layout: each upstream is a child process of its own (so one can be SIGKILLed); the
-// gateway and autocannon share this process, which lets the bench watch target states and
-// count tries through app.upstream. Latencies therefore include some load-generator time; the
-// comparisons that matter are between variants measured alike in the same run.
-import { createServer } from 'node:http'
+// Process layout: autocannon in the parent; the gateway in a child (as nginx and HAProxy are
+// processes of their own); upstreams in children, for `kill` one process each so that one can be
+// SIGKILLed. The upstreams count what they serve, so shares are measured the same for every
+// front door; the gateway child watches its own target states for the ejection time.
+import { createServer, type Server } from 'node:http'
 import type { ChildProcess } from 'node:child_process'
-import type { AddressInfo } from 'node:net'
 import autocannon from 'autocannon'
-import Fastify, { type FastifyInstance } from 'fastify'
-import upstream, { type PoolInput } from 'fastify-upstream'
+import type { PoolInput } from 'fastify-upstream'
 import {
-  HOST, WARMUP_SECONDS, serveAsChild, startChild, startWatchdog, runMain, positiveInteger,
-  formatTable, writeResults
+  HOST, WARMUP_SECONDS, ask, closeServers, figure, portOf, serveAsChild, sleep, startChild,
+  stopChildren, scenarioEntry, type Figure, type Settings
 } from './harness.js'
+import { externalPeers, startPeer, type Peer, type PeerProcess } from './external.js'
 
-const CONNECTIONS = positiveInteger('BENCH_CONNECTIONS', 20)
-const SECONDS = positiveInteger('BENCH_DURATION', 5)
+const CONNECTIONS = 20
+const SLOW_MS = 200
+const HEALTHY = 'all healthy (round-robin)'
 
 // ---------------------------------------------------------------------------------------------
-// Child: one upstream, answering after DELAY_MS with STATUS.
+// Children.
 
-async function runUpstreamChild (): Promise<void> {
-  const delay = Number(process.env.DELAY_MS ?? 0)
-  const status = Number(process.env.STATUS ?? 200)
+/** Upstreams in one process, one per entry of BENCH_DELAYS (ms), each answering BENCH_STATUS and counting. */
+async function runUpstreamsChild (): Promise<void> {
+  const delays = (process.env.BENCH_DELAYS ?? '0').split(',').map(Number)
+  const status = Number(process.env.BENCH_STATUS ?? 200)
   const body = JSON.stringify({ ok: status < 400 })
-  const server = createServer((_request, response) => {
-    const answer = (): void => {
-      response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
-      response.end(body)
+  const served = delays.map(() => 0)
+  const servers: Server[] = delays.map((delay, i) => {
+    const server = createServer((_request, response) => {
+      served[i]!++
+      const answer = (): void => {
+        response.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+        response.end(body)
+      }
+      if (delay > 0) setTimeout(answer, delay)
+      else answer()
+    })
+    server.keepAliveTimeout = 10_000
+    return server
+  })
+  await Promise.all(servers.map(async (server) => await new Promise<void>((resolve) => server.listen(0, HOST, resolve))))
+  process.on('message', (message: { cmd: string }) => {
+    if (message.cmd === 'served') process.send?.({ cmd: 'served', served })
+  })
+  serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
+}
+
+/**
+ * fastify-upstream with the pools in BENCH_POOLS (JSON), each on the route /<pool name>. Answers
+ * `watch` (start watching the first target of a pool) and `ejected` (when it was ejected, by
+ * Date.now(), the clock the parent shares).
+ */
+async function runGatewayChild (): Promise<void> {
+  const { default: Fastify } = await import('fastify')
+  const { default: upstream } = await import('fastify-upstream')
+  const pools = JSON.parse(process.env.BENCH_POOLS ?? '{}') as Record<string, PoolInput>
+  const app = Fastify({ logger: false })
+  await app.register(upstream, { pools, routes: Object.keys(pools).map((name) => ({ prefix: `/${name}`, pool: name })), errors: { expose: 'full' } })
+  await app.listen({ port: 0, host: HOST })
+  let ejectedAt: number | null = null
+  let watcher: NodeJS.Timeout | undefined
+  process.on('message', (message: { cmd: string, pool?: string }) => {
+    if (message.cmd === 'watch') {
+      ejectedAt = null
+      clearInterval(watcher)
+      watcher = setInterval(() => {
+        if (app.upstream.pool(message.pool!).targets()[0]!.state !== 'ejected') return
+        ejectedAt = Date.now()
+        clearInterval(watcher)
+      }, 2)
+      process.send?.({ cmd: 'watch' })
+    } else if (message.cmd === 'ejected') {
+      clearInterval(watcher)
+      process.send?.({ cmd: 'ejected', at: ejectedAt })
     }
-    if (delay > 0) setTimeout(answer, delay)
-    else answer()
   })
-  server.keepAliveTimeout = 10_000
-  await new Promise<void>((resolve) => server.listen(0, HOST, resolve))
-  serveAsChild([(server.address() as AddressInfo).port], async () => {
-    await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections() })
-  })
+  serveAsChild([portOf(app.server)], async () => { clearInterval(watcher); await app.close() })
 }
 
 // ---------------------------------------------------------------------------------------------
 // Parent.
 
-interface Upstream { child: ChildProcess, url: string }
+const origin = (port: number): string => `http://${HOST}:${port}`
 
-async function upstreams (specs: Array<{ delayMs?: number, status?: number }>): Promise<Upstream[]> {
-  return await Promise.all(specs.map(async (spec) => {
-    const { child, ports } = await startChild(import.meta.url, 'upstream', { DELAY_MS: String(spec.delayMs ?? 0), STATUS: String(spec.status ?? 200) })
-    return { child, url: `http://${HOST}:${ports[0]!}` }
-  }))
+async function startUpstreams (delays: number[], status = 200): Promise<{ child: ChildProcess, ports: number[] }> {
+  return await startChild(import.meta.url, 'upstreams', { BENCH_DELAYS: delays.join(','), BENCH_STATUS: String(status) })
 }
 
-async function stop (list: Upstream[]): Promise<void> {
-  await Promise.all(list.map(async ({ child }) => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
-    child.kill('SIGTERM')
-    await exited
-  }))
+async function startGateway (pools: Record<string, PoolInput>): Promise<{ child: ChildProcess, port: number }> {
+  const { child, ports } = await startChild(import.meta.url, 'gateway', { BENCH_POOLS: JSON.stringify(pools) })
+  return { child, port: ports[0]! }
 }
 
-async function gateway (pool: PoolInput): Promise<{ app: FastifyInstance, url: string }> {
-  const app = Fastify({ logger: false })
-  await app.register(upstream, { pools: { p: pool }, routes: [{ prefix: '/p', pool: 'p' }], errors: { expose: 'full' } })
-  await app.listen({ port: 0, host: HOST })
-  return { app, url: `http://${HOST}:${(app.server.address() as AddressInfo).port}/p/x` }
+async function served (upstreams: ChildProcess): Promise<number[]> {
+  return (await ask<{ cmd: string, served: number[] }>(upstreams, { cmd: 'served' })).served
 }
 
-async function load (url: string, options: { seconds?: number, amount?: number, connections?: number }): Promise<autocannon.Result> {
-  return await autocannon({
-    url,
-    connections: options.connections ?? CONNECTIONS,
-    ...(options.amount !== undefined ? { amount: options.amount } : { duration: options.seconds ?? SECONDS })
+interface LoadResult { result: autocannon.Result, failed: number, lastFailureAt: number | null }
+
+/** autocannon, noting when the last client-visible failure (error or non-2xx) happened. */
+async function load (url: string, options: { seconds?: number, amount?: number, connections?: number }): Promise<LoadResult> {
+  let lastFailureAt: number | null = null
+  const result = await new Promise<autocannon.Result>((resolve, reject) => {
+    const instance = autocannon({
+      url,
+      connections: options.connections ?? CONNECTIONS,
+      ...(options.amount !== undefined ? { amount: options.amount } : { duration: options.seconds ?? 5 })
+    }, (error: unknown, result: autocannon.Result) => { if (error !== null && error !== undefined) reject(error); else resolve(result) })
+    instance.on('response', (_client, status) => { if (status >= 300) lastFailureAt = Date.now() })
+    instance.on('reqError', () => { lastFailureAt = Date.now() })
   })
+  return { result, failed: result.errors + result.timeouts + result.non2xx, lastFailureAt }
 }
 
-const failed = (r: autocannon.Result): number => r.errors + r.timeouts + r.non2xx
+// kill ------------------------------------------------------------------------------------------
 
-interface KillResult { retries: string, requests: number, clientErrors: number, killToEjectionMs: number | null }
+type KillSystem = 'fastify-upstream, retries off' | 'fastify-upstream' | Peer
 
-async function kill (retriesOn: boolean): Promise<KillResult> {
-  const list = await upstreams([{}, {}, {}])
-  // On: the defaults, nothing set (retry.on includes reset for idempotent methods).
-  const { app, url } = await gateway({ targets: list.map((u) => u.url), ...(retriesOn ? {} : { retry: { retries: 0 } }) })
+interface KillSample { requests: number, clientErrors: number, killToLastErrorMs: number, killToEjectionMs: number | null }
+
+async function killOnce (system: KillSystem, seconds: number): Promise<KillSample> {
+  const upstreams = await Promise.all([0, 1, 2].map(async () => await startUpstreams([0])))
+  const ports = upstreams.map((u) => u.ports[0]!)
+  let peer: PeerProcess | null = null
+  let gateway: ChildProcess | null = null
+  let url: string
   try {
+    if (system === 'nginx' || system === 'haproxy') {
+      peer = await startPeer(system, { servers: ports, prefix: '/p' })
+      url = `${origin(peer.port)}/p/x`
+    } else {
+      const started = await startGateway({ p: { targets: ports.map(origin), ...(system === 'fastify-upstream' ? {} : { retry: { retries: 0 } }) } })
+      gateway = started.child
+      url = `${origin(started.port)}/p/x`
+    }
     await load(url, { seconds: WARMUP_SECONDS })
-    const seconds = Math.max(4, SECONDS)
+    if (gateway !== null) await ask(gateway, { cmd: 'watch', pool: 'p' })
     const run = load(url, { seconds })
-    await new Promise((resolve) => setTimeout(resolve, (seconds * 1000) / 3))
-    const victim = list[0]!
-    const killedAt = performance.now()
-    victim.child.kill('SIGKILL')
-    let ejectedAt: number | null = null
-    while (ejectedAt === null && performance.now() - killedAt < seconds * 1000) {
-      if (app.upstream.pool('p').targets()[0]!.state === 'ejected') ejectedAt = performance.now()
-      else await new Promise((resolve) => setTimeout(resolve, 2))
-    }
-    const result = await run
+    await sleep((seconds * 1000) / 3)
+    const killedAt = Date.now()
+    upstreams[0]!.child.kill('SIGKILL')
+    const { result, failed, lastFailureAt } = await run
+    const ejectedAt = gateway === null ? null : (await ask<{ cmd: string, at: number | null }>(gateway, { cmd: 'ejected' })).at
     return {
-      retries: retriesOn ? 'default options' : 'off',
       requests: result.requests.total,
-      clientErrors: failed(result),
-      killToEjectionMs: ejectedAt === null ? null : Math.round(ejectedAt - killedAt)
+      clientErrors: failed,
+      killToLastErrorMs: lastFailureAt === null ? 0 : Math.max(0, lastFailureAt - killedAt),
+      killToEjectionMs: ejectedAt === null ? null : ejectedAt - killedAt
     }
   } finally {
-    await app.close()
-    await stop(list)
+    await peer?.stop()
+    // This round's upstreams and gateway: the next round starts fresh.
+    await stopChildren()
   }
 }
 
-interface SlowResult { variant: string, requests: number, p50: number, p99: number, slowShare: number, errors: number }
-
-async function slow (variant: string, balancer: 'round-robin' | 'least-request' | 'p2c-ewma', slowMs: number): Promise<SlowResult> {
-  const list = await upstreams([{ delayMs: slowMs }, {}, {}])
-  const { app, url } = await gateway({ targets: list.map((u) => u.url), balancer })
-  try {
-    await load(url, { seconds: WARMUP_SECONDS })
-    const before = app.upstream.pool('p').targets().map((t) => t.requests)
-    const result = await load(url, { seconds: SECONDS })
-    const after = app.upstream.pool('p').targets().map((t) => t.requests)
-    const served = after.map((n, i) => n - before[i]!)
-    return {
-      variant,
-      requests: result.requests.total,
-      p50: result.latency.p50,
-      p99: result.latency.p99,
-      slowShare: served[0]! / Math.max(1, served.reduce((a, b) => a + b, 0)),
-      errors: failed(result)
+export async function kill (settings: Settings): Promise<{ figures: Figure[], detail: Record<string, KillSample[]> }> {
+  const seconds = Math.max(3, settings.seconds)
+  const systems: KillSystem[] = ['fastify-upstream, retries off', 'fastify-upstream', ...externalPeers()]
+  const samples: Record<string, KillSample[]> = Object.fromEntries(systems.map((s) => [s, []]))
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const system of systems) {
+      const sample = await killOnce(system, seconds)
+      samples[system]!.push(sample)
+      console.log(`  kill round ${round}/${settings.rounds} ${system.padEnd(29)} ${sample.requests} requests, ${sample.clientErrors} client errors, ` +
+        `last ${sample.killToLastErrorMs} ms after the kill` + (sample.killToEjectionMs === null ? '' : `, ejected after ${sample.killToEjectionMs} ms`))
     }
-  } finally {
-    await app.close()
-    await stop(list)
   }
+  const baseline = 'fastify-upstream, retries off'
+  const figures: Figure[] = []
+  for (const system of systems) {
+    const list = samples[system]!
+    const errors = list.map((s) => s.clientErrors)
+    figures.push(figure('kill', system, 'client errors', 'requests', errors, system === baseline ? undefined : { name: baseline, values: samples[baseline]!.map((s) => s.clientErrors) }))
+    figures.push(figure('kill', system, 'errors per 10k requests', '', list.map((s) => (s.clientErrors / Math.max(1, s.requests)) * 10_000)))
+    figures.push(figure('kill', system, 'kill → last error', 'ms', list.map((s) => s.killToLastErrorMs)))
+    if (system === 'fastify-upstream') {
+      figures.push(figure('kill', system, 'kill → ejection', 'ms', list.map((s) => s.killToEjectionMs ?? NaN)))
+    }
+  }
+  return { figures, detail: samples }
 }
 
-interface BudgetResult { budget: string, clientRequests: number, upstreamRequests: number, perClientRequest: number }
+// slow ------------------------------------------------------------------------------------------
 
-async function budget (withBudget: boolean): Promise<BudgetResult> {
-  const list = await upstreams([{ status: 503 }, { status: 503 }, { status: 503 }])
-  const { app, url } = await gateway({
-    targets: list.map((u) => u.url),
-    outlier: false,
-    retry: { retries: 2, on: ['5xx'], budget: withBudget ? { ratio: 0.2, minPerSecond: 5 } : { ratio: 1, minPerSecond: 1_000_000 } }
+interface SlowSample { requests: number, p50: number, p99: number, slowShare: number, errors: number }
+
+export async function slow (settings: Settings): Promise<{ figures: Figure[], detail: Record<string, SlowSample[]> }> {
+  // Upstreams: the slow one, then three healthy; the all-healthy pool uses healthy[0] in its place.
+  const upstreams = await startUpstreams([SLOW_MS, 0, 0, 0])
+  const [slowPort, spare, ...rest] = upstreams.ports as [number, number, ...number[]]
+  const withSlow = [slowPort, ...rest]
+  const { port } = await startGateway({
+    healthy: { targets: [spare, ...rest].map(origin), balancer: 'round-robin' },
+    'round-robin': { targets: withSlow.map(origin), balancer: 'round-robin' },
+    'least-request': { targets: withSlow.map(origin), balancer: 'least-request' },
+    'p2c-ewma': { targets: withSlow.map(origin), balancer: 'p2c-ewma' }
   })
+  const peers: PeerProcess[] = []
   try {
-    const amount = 3000
-    const result = await load(url, { amount })
-    const tries = app.upstream.pool('p').targets().reduce((sum, t) => sum + t.requests, 0)
-    return {
-      budget: withBudget ? 'ratio 0.2, min 5/s (default)' : 'none',
-      clientRequests: result.requests.total,
-      upstreamRequests: tries,
-      perClientRequest: Math.round((tries / Math.max(1, result.requests.total)) * 100) / 100
+    const urls: Record<string, string> = {
+      [HEALTHY]: `${origin(port)}/healthy/x`,
+      'round-robin': `${origin(port)}/round-robin/x`,
+      'least-request': `${origin(port)}/least-request/x`,
+      'p2c-ewma': `${origin(port)}/p2c-ewma/x`
     }
+    // Each variant's baseline: the same front door and balancer over the all-healthy pool.
+    const baselines: Record<string, string> = { 'round-robin': HEALTHY, 'least-request': HEALTHY, 'p2c-ewma': HEALTHY }
+    for (const peer of externalPeers()) {
+      const name = peer === 'nginx' ? 'nginx least_conn' : 'haproxy leastconn'
+      for (const [variant, servers] of [[`${name}, all healthy`, [spare, ...rest]], [name, withSlow]] as const) {
+        const started = await startPeer(peer, { servers: [...servers], prefix: '/p', balance: 'least-conn' })
+        peers.push(started)
+        urls[variant] = `${origin(started.port)}/p/x`
+      }
+      baselines[name] = `${name}, all healthy`
+    }
+    const variants = Object.keys(urls)
+    const samples: Record<string, SlowSample[]> = Object.fromEntries(variants.map((v) => [v, []]))
+    for (let round = 1; round <= settings.rounds; round++) {
+      for (const variant of variants) {
+        await load(urls[variant]!, { seconds: WARMUP_SECONDS })
+        const before = await served(upstreams.child)
+        const { result, failed } = await load(urls[variant]!, { seconds: settings.seconds })
+        const after = await served(upstreams.child)
+        const delta = after.map((n, i) => n - before[i]!)
+        // Indexes: 0 slow, 1 the healthy spare, 2.. the rest; the healthy pool never uses 0.
+        const healthy = baselines[variant] === undefined
+        const pool = healthy ? [1, ...rest.map((_, i) => i + 2)] : [0, ...rest.map((_, i) => i + 2)]
+        const total = pool.reduce((sum, i) => sum + delta[i]!, 0)
+        const sample: SlowSample = { requests: result.requests.total, p50: result.latency.p50, p99: result.latency.p99, slowShare: healthy ? 0 : delta[0]! / Math.max(1, total), errors: failed }
+        samples[variant]!.push(sample)
+        console.log(`  slow round ${round}/${settings.rounds} ${variant.padEnd(26)} p50 ${sample.p50} ms, p99 ${sample.p99} ms, slow share ${(sample.slowShare * 100).toFixed(1)}%, ${sample.errors} errors`)
+      }
+    }
+    const figures: Figure[] = []
+    for (const variant of variants) {
+      const list = samples[variant]!
+      const base = baselines[variant]
+      const ratioTo = (pick: (s: SlowSample) => number): { name: string, values: number[] } | undefined => base === undefined ? undefined : { name: base, values: samples[base]!.map(pick) }
+      figures.push(figure('slow', variant, 'p50', 'ms', list.map((s) => s.p50), ratioTo((s) => s.p50)))
+      figures.push(figure('slow', variant, 'p99', 'ms', list.map((s) => s.p99), ratioTo((s) => s.p99)))
+      figures.push(figure('slow', variant, 'req/s', 'req/s', list.map((s) => s.requests / settings.seconds), ratioTo((s) => s.requests / settings.seconds)))
+      if (base !== undefined) figures.push(figure('slow', variant, 'slow target share', '%', list.map((s) => s.slowShare * 100)))
+    }
+    return { figures, detail: samples }
   } finally {
-    await app.close()
-    await stop(list)
+    for (const peer of peers) await peer.stop()
   }
 }
 
-async function main (): Promise<void> {
-  startWatchdog((SECONDS + WARMUP_SECONDS) * 1000 * 12 + 120_000)
-  console.log(`fastify-upstream resilience bench: ${CONNECTIONS} connections, ${SECONDS} s per run\n`)
+// budget ----------------------------------------------------------------------------------------
 
-  const kills = [await kill(false), await kill(true)]
-  console.log('kill: one of 3 targets SIGKILLed under GET load')
-  console.log(formatTable([
-    ['retries', 'requests', 'client errors', 'kill → ejection ms'],
-    ...kills.map((k) => [k.retries, String(k.requests), String(k.clientErrors), k.killToEjectionMs === null ? 'never' : String(k.killToEjectionMs)])
-  ]))
+interface BudgetSample { clientRequests: number, upstreamRequests: number, perClientRequest: number }
 
-  const healthy = await slow('all healthy (round-robin)', 'round-robin', 0)
-  const slows = [healthy, await slow('round-robin', 'round-robin', 200), await slow('least-request', 'least-request', 200), await slow('p2c-ewma', 'p2c-ewma', 200)]
-  const p2c = slows[3]!
-  const ratio = p2c.p99 / Math.max(1, healthy.p99)
-  console.log('\nslow: one of 3 targets answers 200 ms late')
-  console.log(formatTable([
-    ['variant', 'requests', 'p50 ms', 'p99 ms', 'slow share', 'errors'],
-    ...slows.map((s) => [s.variant, String(s.requests), String(s.p50), String(s.p99), `${(s.slowShare * 100).toFixed(1)}%`, String(s.errors)])
-  ]))
-  console.log(`p2c-ewma p99 / all-healthy p99 = ${ratio.toFixed(2)} (goal ≤ 1.5: ${ratio <= 1.5 ? 'PASS' : 'BELOW'})`)
-
-  const budgets = [await budget(false), await budget(true)]
-  console.log('\nbudget: every target answers 503; retries on 5xx, 2 retries')
-  console.log(formatTable([
-    ['budget', 'client requests', 'upstream requests', 'per client request'],
-    ...budgets.map((b) => [b.budget, String(b.clientRequests), String(b.upstreamRequests), String(b.perClientRequest)])
-  ]))
-
-  const path = await writeResults('resilience-latest.json', { connections: CONNECTIONS, seconds: SECONDS, kills, slows, p2cP99Ratio: ratio, budgets })
-  console.log(`\nresults: ${path}`)
+export async function budget (settings: Settings): Promise<{ figures: Figure[], detail: Record<string, BudgetSample[]> }> {
+  const upstreams = await startUpstreams([0, 0, 0], 503)
+  const targets = upstreams.ports.map(origin)
+  const retry = { retries: 2, on: ['5xx' as const] }
+  const { port } = await startGateway({
+    none: { targets, outlier: false, retry: { ...retry, budget: { ratio: 1, minPerSecond: 1_000_000 } } },
+    budget: { targets, outlier: false, retry: { ...retry, budget: { ratio: 0.2, minPerSecond: 5 } } }
+  })
+  const variants: Record<string, string> = { 'no budget': 'none', 'budget 0.2, min 5/s (default)': 'budget' }
+  // Failed tries are retried after a backoff, so a client request takes a while: a few hundred are enough.
+  const amount = settings.quick ? 100 : 300
+  const samples: Record<string, BudgetSample[]> = Object.fromEntries(Object.keys(variants).map((v) => [v, []]))
+  for (let round = 1; round <= settings.rounds; round++) {
+    for (const [variant, pool] of Object.entries(variants)) {
+      const before = await served(upstreams.child)
+      const { result } = await load(`${origin(port)}/${pool}/x`, { amount })
+      const after = await served(upstreams.child)
+      const tries = after.reduce((sum, n, i) => sum + n - before[i]!, 0)
+      const sample = { clientRequests: result.requests.total, upstreamRequests: tries, perClientRequest: tries / Math.max(1, result.requests.total) }
+      samples[variant]!.push(sample)
+      console.log(`  budget round ${round}/${settings.rounds} ${variant.padEnd(29)} ${sample.upstreamRequests} upstream requests for ${sample.clientRequests} client requests`)
+    }
+  }
+  const none = samples['no budget']!.map((s) => s.perClientRequest)
+  const figures = Object.keys(variants).map((variant) => figure('budget', variant, 'upstream requests per client request', '',
+    samples[variant]!.map((s) => s.perClientRequest), variant === 'no budget' ? undefined : { name: 'no budget', values: none }))
+  return { figures, detail: samples }
 }
 
-if (process.argv[2] === 'upstream') {
-  await runUpstreamChild()
-} else {
-  await runMain(main)
-}
+await scenarioEntry(import.meta.url, 'kill,slow,budget', async (role) => { await (role === 'gateway' ? runGatewayChild() : runUpstreamsChild()) })

@@ -6,19 +6,23 @@
 //           /users/events streams Server-Sent Events, /users/upload takes a body of any size
 //   orders  one instance, faulty on purpose on a few paths (see `faultyOrders`)
 //   billing a pool whose only target is a port where nothing listens
+//   reports one instance that answers every request, correctly, after 2.5 s: slow, not broken,
+//           which the status page's diagnosis points out
 //
 // Logs are Fastify's plain JSON lines (pipe through `pino-pretty` if you have it); the
 // upstreams print one `[upstream …]` line each on stderr, with the request id the gateway
 // sent them, so a gateway log line and an upstream log line can be matched.
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import Fastify from 'fastify'
-import upstream, { frameworkErrors, clientErrorHandler } from 'fastify-upstream'
+import upstream, { frameworkErrors, clientErrorHandler, requestIdFrom } from 'fastify-upstream'
 import { startUpstream, freePort, sendJson } from './lib/upstream.js'
 import { serve } from './lib/gateway.js'
 
 /** The orders route's `timeouts.headers`: /orders/slow answers well after it. */
 const ORDERS_HEADERS_TIMEOUT = 1000
 const SLOW_ANSWER_MS = 5000
+/** Every answer of the reports service: slow enough for the diagnosis (over 2 s on average). */
+const REPORTS_ANSWER_MS = 2500
 
 /**
  * The orders service, which sees the whole path (its route keeps the prefix):
@@ -88,39 +92,55 @@ function usersTraffic (req: IncomingMessage, res: ServerResponse, name: string):
   return false
 }
 
+/** The reports service: every answer is right, and 2.5 s late. */
+function slowReports (req: IncomingMessage, res: ServerResponse, name: string): boolean {
+  const timer = setTimeout(() => { sendJson(res, 200, { instance: name, path: req.url, ms: REPORTS_ANSWER_MS }) }, REPORTS_ANSWER_MS)
+  res.once('close', () => { clearTimeout(timer) })
+  return true
+}
+
 const usersA = await startUpstream('users-a', { log: true, handler: usersTraffic })
 const usersB = await startUpstream('users-b', { log: true, handler: usersTraffic })
 const orders = await startUpstream('orders-1', { log: true, handler: faultyOrders })
+const reports = await startUpstream('reports-1', { log: true, handler: slowReports })
 const billingUrl = `http://127.0.0.1:${await freePort()}`
 
-// `requestIdHeader` lets a caller pass its own id (curl -H 'x-request-id: …'), as the README
-// recommends; without it Fastify numbers requests itself (req-1, req-2, …). `frameworkErrors`
-// and `clientErrorHandler` make the errors Fastify and Node answer before any route (a URL that
-// cannot be decoded, oversized headers) speak the gateway's format too.
-const app = Fastify({ logger: true, requestIdHeader: 'x-request-id', frameworkErrors, clientErrorHandler })
+// `requestIdFrom` lets a caller pass its own id (curl -H 'x-request-id: …') when it is
+// well-formed, and generates one otherwise. `frameworkErrors` and `clientErrorHandler` make the
+// errors Fastify and Node answer before any route (a URL that cannot be decoded, oversized
+// headers) speak the gateway's format too.
+const app = Fastify({ logger: true, genReqId: requestIdFrom('x-request-id'), frameworkErrors, clientErrorHandler })
 await app.register(upstream, {
   pools: {
     users: { targets: [usersA.url, usersB.url] },
     orders: { targets: [orders.url] },
-    billing: { targets: [billingUrl] }
+    billing: { targets: [billingUrl] },
+    reports: { targets: [reports.url] }
   },
   routes: [
     { prefix: '/users', pool: 'users' },
     { prefix: '/orders', pool: 'orders', rewritePrefix: '/orders', timeouts: { headers: ORDERS_HEADERS_TIMEOUT } },
-    { prefix: '/billing', pool: 'billing' }
-  ]
+    { prefix: '/billing', pool: 'billing' },
+    { prefix: '/reports', pool: 'reports' }
+  ],
+  // A demo sees a handful of requests, not a production pool's hundreds: let the diagnosis
+  // judge a pool from 3 requests (20 by default).
+  status: { diagnosis: { minRequests: 3 } }
 })
 
 await serve(app, {
-  upstreams: [usersA, usersB, orders],
+  upstreams: [usersA, usersB, orders, reports],
   banner: [
     'fastify-upstream demo: a gateway at $GW in front of',
     `  users    ${usersA.url} (${usersA.name}), ${usersB.url} (${usersB.name}): round-robin, healthy`,
     `  orders   ${orders.url} (${orders.name}): faulty on purpose; its route has timeouts.headers = ${ORDERS_HEADERS_TIMEOUT} ms`,
     `  billing  ${billingUrl}: nothing listens there`,
+    `  reports  ${reports.url} (${reports.name}): answers everything, ${REPORTS_ANSWER_MS} ms late`,
     '',
     'Each failed request writes one log line (level 50): error, blame, phase, pool, target, cause, attempts, ms.',
-    'The dashboard: $GW/_upstream (pools, targets, recent errors with their stories, a diagnosis in words); metrics at $GW/metrics.'
+    '',
+    'Status page: $GW/_upstream  (open it in a browser: pools, targets, recent errors with their stories, a diagnosis in words)',
+    'Metrics:     $GW/metrics'
   ],
   tries: [
     ['curl -s $GW/users/42', 'run it twice: users-a, then users-b'],
@@ -133,6 +153,7 @@ await serve(app, {
     ['curl -s $GW/orders/partial', 'the answer had started: the client connection is cut, the log says why'],
     ['curl -i $GW/orders/oops', "the service's own 500 passes through; Proxy-Status says received-status=500"],
     ["curl -i -H 'accept: application/json' $GW/billing/invoices", '502 connection_refused'],
+    ['for r in daily weekly monthly; do curl -s $GW/reports/$r & done; wait', `three slow answers at once (${REPORTS_ANSWER_MS / 1000} s each): then see the diagnosis`],
     ["curl -s -H 'accept: application/json' $GW/_upstream", 'the status report: every pool and target, rates, percentiles, and what is wrong in words'],
     ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"],
     ["curl -i -H \"cookie: $(head -c 20000 /dev/zero | tr '\\0' a)\" $GW/users/1", '431: headers too large, said in the gateway\'s words']

@@ -15,10 +15,15 @@ import { kReplacedRequestId, type ReplacedRequestId } from './request-id.js'
 import rateLimit from '@fastify/rate-limit'
 import { createApi, type UpstreamApi } from './api.js'
 import { WebSockets } from './proxy/websocket.js'
+import { RateLimiter } from './proxy/rate-limit.js'
+import { createTracing, type Tracing } from './observe/tracing.js'
+import type { Config } from './options/config.js'
+import { OptionsError } from './options/check.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
 export type { PoolSnapshot } from './pool/pool.js'
+export type { NameStatus } from './pool/discovery.js'
 export type { TargetSnapshot } from './pool/target.js'
 export type { Failure, AttemptRecord } from './errors/failure.js'
 export type { Problem } from './errors/problem.js'
@@ -27,8 +32,8 @@ export type { ProbeResult } from './observe/probe.js'
 export type { StatusReport, PoolReport, TargetReport, Windows } from './observe/report.js'
 export type { WindowStats } from './observe/stats.js'
 export type { Finding, Severity } from './observe/diagnosis.js'
-export type { RequestStory, ErrorExample } from './observe/recorder.js'
-export { OptionsError } from './options/check.js'
+export type { RequestStory, ErrorExample, TunnelCounts } from './observe/recorder.js'
+export { OptionsError }
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 export { requestIdFrom, type RequestIdOptions } from './request-id.js'
 
@@ -47,6 +52,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     if (!pool.tls.rejectUnauthorized) app.log.warn({ pool: name }, `pools.${name}.tls.rejectUnauthorized is false: the certificates of its https targets are not verified`)
   }
   const appErrors = createErrorHandlers(config, null)
+  const tracing = tracingFor(config)
 
   app.decorate('upstream', createApi(pools))
   // Finished requests are counted only where something reads the counts.
@@ -78,10 +84,14 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     if (closing) reply.header('connection', 'close')
     done(null, payload)
   })
+  // The global limiter (and its store); routes with a limit of their own share its store.
+  const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async () => {
-    for (const pool of pools.values()) pool.start()
+    // Waits for each target name's first lookup (at most discovery.timeout), not for success.
+    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start()])
   })
   app.addHook('onClose', async () => {
+    limiter?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
@@ -98,20 +108,27 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null)
   if (metrics !== null) registerMetrics(app, config.metrics!.path, metrics)
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
   await app.register(async (gateway) => {
-    const limited = config.routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)
-    if (config.rateLimit !== null || limited) {
-      await gateway.register(rateLimit, config.rateLimit ?? { global: false })
-    }
+    if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder)
+      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing)
     }
   })
+}
+
+/** Spans for tries, or null: off, or 'auto' without @opentelemetry/api and a tracer provider. */
+function tracingFor (config: Config): Tracing | null {
+  const origins = [...config.pools.values()].flatMap((pool) => pool.targets.map((target) => new URL(target.url).origin))
+  try {
+    return createTracing(config.tracing, origins)
+  } catch (err) {
+    throw new OptionsError('tracing', (err as Error).message)
+  }
 }
 
 const plugin = fp(fastifyUpstream, { fastify: '5.x', name: 'fastify-upstream' })

@@ -1,8 +1,8 @@
 // The classifier on its own, for the rows loopback cannot produce. DNS: this machine's resolver
 // is not on loopback, so a lookup would leave the machine; the DNS rows are checked here, and
-// with a real loopback DNS server once name discovery lands.
+// end to end against a real loopback DNS server in discovery.test.ts.
 import t from 'tap'
-import { classify, classifyRequestError, findCode } from '../lib/errors/classify.js'
+import { GATEWAY_CODES, classify, classifyRequestError, findCode } from '../lib/errors/classify.js'
 import { makeFailure } from '../lib/errors/failure.js'
 import { TAXONOMY } from '../lib/errors/taxonomy.js'
 
@@ -51,6 +51,7 @@ t.test('Fastify errors: 429 is denied, other 4xx are the client\'s, the rest the
   t.same(classifyRequestError(413), { error: 'http_request_error', status: 413 })
   t.same(classifyRequestError(503), { error: 'proxy_internal_error', status: 500 })
   t.same(classifyRequestError(undefined), { error: 'proxy_internal_error', status: 500 })
+  t.same(classifyRequestError(undefined, GATEWAY_CODES.rateLimitStore), { error: 'rate_limit_store_unavailable', status: 503 }, 'the rate limit store failing, with onStoreError "deny"')
 })
 
 t.test('every type has its status, blame and words, and a hint that names what to change', async (t) => {

@@ -6,8 +6,9 @@ import { RollingStats, type WindowStats } from '../lib/observe/stats.js'
 import { bucketOf, newCounts, quantile, upperBound } from '../lib/observe/histogram.js'
 import type { DiagnosisConfig } from '../lib/options/config.js'
 import type { TargetState } from '../lib/pool/target.js'
+import type { RateLimitStoreSnapshot } from '../lib/proxy/rate-limit-store.js'
 
-const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20 }
+const LIMITS: DiagnosisConfig = { avgLatency: 2000, p99Latency: 5000, queue: 0.8, errorRate: 0.01, outlier: 3, minRequests: 20, dnsLatency: 200 }
 
 function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {}): WindowStats {
   const ms = over.ms ?? 20
@@ -17,6 +18,7 @@ function stats (over: Partial<WindowStats> & { ms?: number, p99?: number } = {})
     rate: 100 / 300,
     status5xx: 0,
     retried: 0,
+    aborted: 0,
     errors: {},
     latency: { avg: ms, p50: ms, p95: ms, p99: over.p99 ?? ms },
     ...over
@@ -108,8 +110,53 @@ t.test('a pool with no target in rotation is critical and listed first', async (
   t.same(findings[0]!.evidence, { 'a:1': 'unhealthy', 'b:1': 'ejected' })
 })
 
+t.test('an unreachable rate limit store is a finding: a warning when failing open, critical when closed', async (t) => {
+  const store: RateLimitStoreSnapshot = { state: 'ok', since: '2026-01-01T00:00:00.000Z', onStoreError: 'allow', lastError: null, errors: 0, outages: 0 }
+  t.same(diagnose([pool()], LIMITS, store), [], 'a store that answers says nothing')
+  const down = { ...store, state: 'unreachable' as const, lastError: 'connect ECONNREFUSED 127.0.0.1:6379', errors: 42, outages: 1 }
+  const [open, ...rest] = diagnose([pool()], LIMITS, down)
+  t.same(rest, [])
+  t.match(open, {
+    severity: 'warning',
+    title: 'The rate limit store (Redis) is unreachable since 2026-01-01T00:00:00.000Z: failing open, requests pass without a limit.',
+    evidence: { since: down.since, errors: 42, lastError: down.lastError, onStoreError: 'allow' },
+    action: /rateLimit\.redis.*onStoreError "deny"/
+  })
+  t.equal(open!.pool, undefined, 'it is about the gateway, not a pool')
+  const findings = diagnose([pool({ pool: 'slow', stats: stats({ ms: 2500 }) })], LIMITS, { ...down, onStoreError: 'deny' })
+  t.equal(findings.length, 2)
+  t.match(findings[0], { severity: 'critical', title: /failing closed, rate-limited requests get 503/, action: /onStoreError "allow"/ })
+})
+
 t.test('thresholds are configurable', async (t) => {
   t.equal(diagnose([pool({ stats: stats({ ms: 600 }) })], { ...LIMITS, avgLatency: 500 }).length, 1)
+})
+
+t.test('a name whose re-resolution fails while a good set serves is a warning with the streak and the set', async (t) => {
+  const findings = diagnose([pool({ dns: [{ name: 'api.internal', addresses: 3, failingSince: '2026-01-01T10:00:00.000Z', error: 'ESERVFAIL', lookupMs: 12 }] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0], {
+    severity: 'warning',
+    pool: 'api',
+    title: 'DNS re-resolution failing for api.internal since 2026-01-01T10:00:00.000Z (ESERVFAIL), serving the last good set of 3 addresses.',
+    evidence: { name: 'api.internal', error: 'ESERVFAIL', addresses: 3, lookupMs: 12 },
+    action: /discovery\.servers.*discovery\.maxTtl/
+  })
+})
+
+t.test('a name that never resolved is critical and names the error clients get', async (t) => {
+  const [nx] = diagnose([pool({ targets: [], dns: [{ name: 'missing.internal', addresses: 0, failingSince: '2026-01-01T10:00:00.000Z', error: 'ENOTFOUND', lookupMs: 3 }] })], LIMITS)
+  t.match(nx, { severity: 'critical', title: /missing\.internal does not resolve \(ENOTFOUND since .*\): requests that need it get dns_error/ })
+  const [timeout] = diagnose([pool({ targets: [], dns: [{ name: 'quiet.internal', addresses: 0, failingSince: '2026-01-01T10:00:00.000Z', error: 'ETIMEOUT', lookupMs: 2000 }] })], { ...LIMITS, dnsLatency: 5000 })
+  t.match(timeout, { severity: 'critical', title: /get dns_timeout/ })
+})
+
+t.test('a DNS lookup slower than status.diagnosis.dnsLatency is a finding; a healthy name is none', async (t) => {
+  const ok = { name: 'api.internal', addresses: 2, failingSince: null, error: null }
+  t.same(diagnose([pool({ dns: [{ ...ok, lookupMs: 150 }] })], LIMITS), [], 'under 200 ms: nothing to say')
+  const [slow] = diagnose([pool({ dns: [{ ...ok, lookupMs: 450 }] })], LIMITS)
+  t.match(slow, { severity: 'info', title: 'Looking up api.internal took 450 ms.', evidence: { lookupMs: 450, thresholdMs: 200 } })
+  t.equal(diagnose([pool({ dns: [{ ...ok, lookupMs: 450 }] })], { ...LIMITS, dnsLatency: 500 }).length, 0, 'the threshold is configurable')
 })
 
 t.test('the histogram reads percentiles within one bucket (9%) above the truth', async (t) => {

@@ -46,6 +46,13 @@ const cases: Array<[string, unknown, string]> = [
   ['errors.proxyName not a token', { ...ok, errors: { proxyName: 'my gateway' } }, 'errors.proxyName: expected a structured-field token (letters, digits, "-", ".", ...), got "my gateway"'],
   ['errors.intercept status', { ...ok, errors: { intercept: [502, 999] } }, 'errors.intercept[1]: expected an integer from 100 to 599, got 999'],
   ['requestIdHeader not a header name', { ...ok, requestIdHeader: 'x request id' }, 'requestIdHeader: expected an HTTP header name, got "x request id"'],
+  ['discovery.servers not addresses', { ...ok, pools: { users: { targets: ['http://a:1'], discovery: { servers: ['dns.example:53'] } } } }, 'pools.users.discovery.servers[0]: expected a DNS server address such as "10.0.0.53", "127.0.0.1:5353" or "[::1]:53", got "dns.example:53"'],
+  ['discovery.servers empty', { ...ok, pools: { users: { targets: ['http://a:1'], discovery: { servers: [] } } } }, 'pools.users.discovery.servers: expected at least one "ip:port", got an array'],
+  ['discovery.timeout zero', { ...ok, pools: { users: { targets: ['http://a:1'], discovery: { timeout: 0 } } } }, 'pools.users.discovery.timeout: expected a duration in milliseconds >= 1, got 0'],
+  ['srv target with a url', { ...ok, pools: { users: { targets: [{ srv: '_http._tcp.a', url: 'http://a:1' }] } } }, 'pools.users.targets[0].url: give either url or srv, not both'],
+  ['srv target protocol', { ...ok, pools: { users: { targets: [{ srv: '_http._tcp.a', protocol: 'ftp' }] } } }, 'pools.users.targets[0].protocol: expected one of "http", "https", got "ftp"'],
+  ['srv name', { ...ok, pools: { users: { targets: [{ srv: 'not a name' }] } } }, 'pools.users.targets[0].srv: expected a DNS name such as "_http._tcp.api.service.consul", got "not a name"'],
+  ['status.diagnosis.dnsLatency', { ...ok, status: { diagnosis: { dnsLatency: -1 } } }, 'status.diagnosis.dnsLatency: expected a duration in milliseconds >= 1, got -1'],
   ['hash balancer key', { ...ok, pools: { users: { targets: ['http://a:1'], balancer: { hash: 'query:id' } } } }, 'pools.users.balancer.hash: expected "ip", "header:NAME" or "cookie:NAME", got "query:id"']
 ]
 
@@ -71,7 +78,11 @@ t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   t.same(pool.connections, { perTarget: Infinity, keepAlive: 4000 }, 'no cap on open connections, as nginx and HAProxy')
   t.same([...pool.retry.on], ['connect-failure', 'refused-stream', 'reset'])
   t.same(pool.balancer, { kind: 'round-robin' })
-  t.same(pool.targets, [{ url: 'http://127.0.0.1:3001', weight: 1, backup: false }])
+  t.same(pool.targets, [{ url: 'http://127.0.0.1:3001', weight: 1, backup: false, srv: null }])
+  t.same(pool.discovery, { refresh: 'ttl', minTtl: 1000, maxTtl: 60000, timeout: 2000, servers: null }, 'names follow their TTL, within 1 s to 60 s, asking the system resolver')
+  t.equal(config.status!.diagnosis.dnsLatency, 200)
+  const srv = validateOptions({ ...ok, pools: { users: { targets: [{ srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }] } } }).pools.get('users')!
+  t.same(srv.targets, [{ url: 'srv+https://_http._tcp.api.service.consul', weight: 1, backup: true, srv: { name: '_http._tcp.api.service.consul', protocol: 'https:' } }])
   t.equal(pool.tls.rejectUnauthorized, true, 'upstream certificates are verified by default')
   t.same(pool.outlier, { consecutiveFailures: 5, ejectFor: 30000, maxEjectFor: 300000, maxEjectedPercent: 50 })
   t.same([...pool.retry.methods], ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])

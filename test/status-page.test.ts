@@ -1,7 +1,7 @@
 // The status page and request lookup on a real gateway: JSON and HTML, the diagnosis for a slow
 // and a dead target, exposure, escaping, and the ring of kept requests staying bounded.
 import t from 'tap'
-import { startGateway } from './helpers/gateway.js'
+import { startGateway, waitFor } from './helpers/gateway.js'
 import { startUpstream, freePort } from './helpers/servers.js'
 import type { StatusReport } from '../lib/observe/report.js'
 import type { RequestStory } from '../lib/observe/recorder.js'
@@ -153,4 +153,29 @@ t.test('the ring of kept requests stays bounded after 10 000 failures', async (t
   t.equal(recorder.story('r9000')!.id, 'r9000')
   t.equal(recorder.pool('p').errors.get('connection_refused')!.count, 10_000)
   t.equal(recorder.pool('p').stats.window(Date.now(), 1).requests, 10_000)
+})
+
+t.test('a request the client abandoned is counted apart: aborted, not a 5xx, not an error, not the target\'s fault', async (t) => {
+  const silent = await startUpstream('silent', () => {})
+  t.teardown(silent.close)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [silent.url] } },
+    routes: [{ prefix: '/p', pool: 'p' }],
+    errors: { expose: 'full' }
+  })
+  const controller = new AbortController()
+  const pending = gw.request('/p/x', { signal: controller.signal }).catch(() => null)
+  await waitFor(() => silent.hits === 1, 5000, 'the request to reach the upstream')
+  controller.abort()
+  await pending
+  await waitFor(() => gw.logs.some((r) => r.error === 'client_aborted'), 5000, 'the abort to be seen')
+  const report = await (await gw.request('/_upstream', JSON_ACCEPT)).body.json() as StatusReport
+  const pool = report.pools[0]!
+  t.match(pool.stats['1m'], { aborted: 1, requests: 0, status5xx: 0, errors: {} })
+  t.equal(pool.stats['15m'].aborted, 1)
+  t.match(pool.targets[0]!.stats['1m'], { aborted: 1, requests: 0 }, 'on the target it was waiting for')
+  t.equal(pool.targets[0]!.consecutiveFailures, 0, 'not a failure of the target')
+  t.same(report.diagnosis, [], 'nothing to diagnose')
+  const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
+  t.match(page, /<th title="[^"]*">aborted<\/th>/)
 })

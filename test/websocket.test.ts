@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url'
 import WebSocket, { WebSocketServer, type ServerOptions } from 'ws'
 import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
 import { startUpstream, startTcp, freePort, startBlackhole, selfSignedCert } from './helpers/servers.js'
+import type { PoolReport, StatusReport } from '../lib/observe/report.js'
 
 interface WsUpstream {
   url: string
@@ -486,4 +487,35 @@ t.test('plain HTTP on a websocket route is still proxied', async (t) => {
   const gw = await startGateway(t, { pools: { live: { targets: [up.url] } }, routes: [route('/live', 'live')] })
   const res = await gw.request('/live/x')
   t.equal(await res.body.text(), 'plain from up')
+})
+
+t.test('the status report counts tunnels per pool and target: opened, open now, failed and refused handshakes', async (t) => {
+  const a = await wsUpstream(t, 'a')
+  const b = await wsUpstream(t, 'b')
+  const no = await refusingUpstream(t, 403, 'no')
+  const gw = await startGateway(t, {
+    pools: { live: { targets: [a.url, b.url] }, dead: { targets: [`http://127.0.0.1:${await freePort()}`] }, refusing: { targets: [no.url] } },
+    routes: [route('/live', 'live'), route('/dead', 'dead'), route('/refusing', 'refusing')],
+    errors: { expose: 'full' }
+  })
+  const report = async (): Promise<StatusReport> => await (await gw.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as StatusReport
+  const pool = (r: StatusReport, name: string): PoolReport => r.pools.find((p) => p.name === name)!
+  const sockets = [await connect(t, gw, '/live/x'), await connect(t, gw, '/live/y')]
+  t.equal((await refusal(gw, '/dead/x')).status, 502)
+  t.equal((await refusal(gw, '/refusing/x')).status, 403)
+  let now = await report()
+  t.same(pool(now, 'live').websockets, { opened: 2, open: 2, failed: 0, refused: 0 })
+  t.same(pool(now, 'live').targets.map((target) => target.websockets), [{ opened: 1, open: 1, failed: 0, refused: 0 }, { opened: 1, open: 1, failed: 0, refused: 0 }])
+  t.same(pool(now, 'dead').websockets, { opened: 0, open: 0, failed: 1, refused: 0 })
+  t.same(pool(now, 'refusing').websockets, { opened: 0, open: 0, failed: 0, refused: 1 })
+  t.equal(pool(now, 'live').stats['1m'].status5xx, 0, 'tunnels are counted apart from the request stats')
+
+  sockets[0]!.close()
+  await waitFor(() => gw.app.upstream.pool('live').targets()[0]!.inFlight === 0, 5000, 'the first tunnel to end')
+  now = await report()
+  t.same(pool(now, 'live').websockets, { opened: 2, open: 1, failed: 0, refused: 0 }, 'a closed tunnel is no longer open, once')
+  t.same(pool(now, 'live').targets[0]!.websockets.open, 0)
+
+  const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
+  t.match(page, /WebSocket tunnels: <strong>1<\/strong> open now · 2 opened · 0 failed handshakes/)
 })

@@ -4,9 +4,10 @@ import Fastify from 'fastify'
 import upstream, {
   fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler, requestIdFrom,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure,
-  type ProbeResult, type StatusReport, type Finding, type RequestStory
+  type ProbeResult, type StatusReport, type Finding, type RequestStory, type AuthToken
 } from 'fastify-upstream'
 import { Registry } from 'prom-client'
+import { Redis } from 'ioredis'
 
 const app = Fastify()
 // The package's frameworkErrors and clientErrorHandler fit Fastify's options as they are.
@@ -57,8 +58,24 @@ const longLived: UpstreamOptions['pools'][string] = { targets: ['http://127.0.0.
 const rawRedirects: UpstreamOptions['routes'][number] = { prefix: '/raw', pool: 'users', rewriteLocation: false }
 // @ts-expect-error: true is not a duration
 const badOff: UpstreamOptions['pools'][string]['timeouts'] = { total: true }
+// Credentials: static headers and a token function, sync or async, expiresAt as epoch ms or a Date.
+const withAuth: UpstreamOptions['pools'][string]['auth'] = { headers: { 'x-api-key': 'k' }, token: async (): Promise<AuthToken> => ({ value: 't', expiresAt: new Date() }) }
+const syncToken: UpstreamOptions['pools'][string]['auth'] = { token: () => ({ value: 't', expiresAt: Date.now() + 60_000 }) }
+// @ts-expect-error: the token function gives { value }, not a bare string
+const badToken: UpstreamOptions['pools'][string]['auth'] = { token: async () => 't' }
+
+// Names resolve through discovery; SRV targets name a record, not a URL.
+const discovered: UpstreamOptions['pools'][string] = {
+  targets: ['http://api.internal:8080', { srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }],
+  discovery: { refresh: 'ttl', minTtl: 500, maxTtl: 30000, timeout: 1000, servers: ['127.0.0.1:5353'] }
+}
+// @ts-expect-error: SRV records carry their own weights
+const badSrv: UpstreamOptions['pools'][string]['targets'][number] = { srv: '_http._tcp.api', weight: 2 }
+// @ts-expect-error: servers are 'ip:port' strings
+const badServers: UpstreamOptions['pools'][string]['discovery'] = { servers: '127.0.0.1' }
 
 const pools: PoolSnapshot[] = app.upstream.pools()
+const dnsNames: Array<string | null> = pools.flatMap((p) => p.dns.map((n) => n.lastError?.code ?? n.nextRefresh))
 const targets: TargetSnapshot[] = app.upstream.pool('users').targets()
 const inFlight: number = targets[0]!.inFlight
 const type: ProxyErrorType = 'connection_refused'
@@ -67,6 +84,27 @@ const badType: ProxyErrorType = 'refused'
 const readProblem = (problem: Problem): string => `${problem.status} ${problem.error} ${problem.requestId}`
 const readFailure = (failure: Failure): number => failure.attempts.length
 const isOptionsError = (err: unknown): boolean => err instanceof OptionsError && err.path.length > 0
+// errors.render receives the gateway's Problem, typed: its members need no casts.
+const renders: UpstreamOptions['errors'] = {
+  render: (problem: Problem, request) => problem.blame === 'client'
+    ? `<h1>${problem.status} ${problem.title}</h1><p>${request.id}</p>`
+    : { ...problem, support: 'https://status.example' }
+}
+const passesThrough: UpstreamOptions['errors'] = { render: (problem) => problem }
+// @ts-expect-error: a Problem's status is a number
+const badRender: UpstreamOptions['errors'] = { render: (problem) => problem.status.toUpperCase() }
+// @ts-expect-error: render answers with a body, not a status
+const badRenderResult: UpstreamOptions['errors'] = { render: (problem) => problem.status }
 
-export { badKeep, probed, readReport, readStory }
+// Rate limits: @fastify/rate-limit's options, counted in Redis by URL or by a client of one's own.
+const sharedLimit: UpstreamOptions['rateLimit'] = { max: 100, timeWindow: '1 minute', redis: 'redis://127.0.0.1:6379', onStoreError: 'deny', keyGenerator: (request) => String(request.headers['x-api-key'] ?? request.ip) }
+const ownClient: UpstreamOptions['rateLimit'] = { redis: new Redis({ lazyConnect: true }), nameSpace: 'gw-' }
+// @ts-expect-error: a store that fails either allows or denies
+const badStoreError: UpstreamOptions['rateLimit'] = { onStoreError: 'retry' }
+// @ts-expect-error: onStoreError decides what @fastify/rate-limit's skipOnError would
+const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
+const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
+
+export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
+export { discovered, badSrv, badServers, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

@@ -54,12 +54,16 @@ export const GATEWAY_CODES = {
   // to give (nginx's proxy_send_timeout).
   sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
   // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
-  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST'
+  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST',
+  // pools.<name>.auth.token gave no usable token: nothing was sent to the upstream.
+  credentials: 'FST_UPSTREAM_CREDENTIALS',
+  // The rate limit store failed or was too slow, and rateLimit.onStoreError is 'deny'.
+  rateLimitStore: 'FST_UPSTREAM_RATE_LIMIT_STORE'
 } as const
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
 export class GatewayError extends Error {
-  constructor (readonly code: string, message: string) { super(message) }
+  constructor (readonly code: string, message: string, options?: ErrorOptions) { super(message, options) }
 }
 
 export function classify (err: unknown, progress: Progress): Classified {
@@ -146,9 +150,11 @@ export function classifyClientFault (code: string | null | undefined): { error: 
 
 /**
  * Fastify's own errors (and plugins' on the request path, such as @fastify/rate-limit) carry
- * an HTTP status: a 4xx is the client's doing, anything else the gateway's.
+ * an HTTP status: a 4xx is the client's doing, anything else the gateway's. The rate limiter's
+ * store failing (when that denies) is told by its code.
  */
-export function classifyRequestError (statusCode: unknown): { error: ProxyErrorType, status: number } {
+export function classifyRequestError (statusCode: unknown, code?: unknown): { error: ProxyErrorType, status: number } {
+  if (code === GATEWAY_CODES.rateLimitStore) return { error: 'rate_limit_store_unavailable', status: 503 }
   const status = typeof statusCode === 'number' ? statusCode : 500
   if (status === 429) return { error: 'http_request_denied', status }
   if (status >= 400 && status < 500) return { error: 'http_request_error', status }

@@ -3,6 +3,7 @@
 // record, counters and the dashboard.
 import { TAXONOMY, type Blame, type Phase, type ProxyErrorType, type Sent } from './taxonomy.js'
 import type { Timeouts } from '../options/config.js'
+import { GATEWAY_CODES } from './classify.js'
 
 export interface AttemptRecord {
   /** `host:port` of the target tried. */
@@ -66,6 +67,8 @@ export interface FailureContext {
   queueMs?: number
   /** Overrides the public detail (e.g. Fastify's message for a client error). */
   detail?: string
+  /** Overrides the taxonomy's `temporary` (a failed token call is; other internal errors are not). */
+  temporary?: boolean
 }
 
 export function makeFailure (error: ProxyErrorType, ctx: FailureContext): Failure {
@@ -79,7 +82,7 @@ export function makeFailure (error: ProxyErrorType, ctx: FailureContext): Failur
     hint: hintFor(error, ctx),
     blame: kind.blame,
     phase: ctx.phase,
-    temporary: kind.temporary,
+    temporary: ctx.temporary ?? kind.temporary,
     sent: kind.sent,
     cause: ctx.cause ?? null,
     pool: ctx.pool ?? null,
@@ -125,9 +128,12 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'connection_limit_reached': return `${pool} is at its limits (limits.maxConcurrent or connections.perTarget per target, limits.maxPending queued, limits.queueTimeout).${extra}`
       case 'proxy_loop_detected': return `The request already carried this gateway instance's Via pseudonym, so it came back: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
       case 'destination_not_found': return `No route or target matches this request.${extra}`
-      case 'proxy_internal_error': return `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
+      case 'proxy_internal_error': return ctx.cause === GATEWAY_CODES.credentials
+        ? `${extra.trim()} Requests to ${pool} need a token and get this answer while none can be had; auth.token is called again on the next request (at most once a second while it fails).`
+        : `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
       case 'http_request_error': return `The gateway rejected the client's request.${extra}`
       case 'http_request_denied': return `The client exceeded the rate limit (rateLimit option).${extra}`
+      case 'rate_limit_store_unavailable': return `The rate limit store (rateLimit.redis) failed${code}, and rateLimit.onStoreError is "deny", so rate-limited requests are refused until it answers again. Check that Redis is up and reachable from the gateway; set onStoreError "allow" to let requests through unlimited while it is down.`
       case 'upstream_error_status': return `${target} answered ${ctx.receivedStatus ?? '?'}; its body was replaced because errors.intercept lists that status. The service's own log has the reason (match it with the request id).`
     }
   })()

@@ -1,7 +1,7 @@
 // Fastify's own errors on the gateway's routes (a bad URL, a rate limit, a route with no such
 // method, an unknown path) go through the same record, page, header and log as upstream ones.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { classifyRequestError } from './classify.js'
+import { classifyRequestError, findCode } from './classify.js'
 import { makeFailure, type Failure } from './failure.js'
 import { logFailure } from './log.js'
 import { retryAfterOf, sendFailure, type ResponderSettings } from './respond.js'
@@ -15,6 +15,9 @@ export interface ErrorHandlers {
   settings: ResponderSettings
 }
 
+/** Seconds a client refused for a failed rate limit store waits: Redis reconnects within one. */
+const STORE_RETRY_AFTER = 1
+
 export function createErrorHandlers (settings: ResponderSettings, pool: string | null): ErrorHandlers {
   const answer = (request: FastifyRequest, reply: FastifyReply, failure: Failure): void => {
     logFailure(request, failure)
@@ -24,20 +27,22 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
     answer,
     settings,
     errorHandler (error, request, reply) {
-      const { error: type, status } = classifyRequestError(error.statusCode)
+      const { error: type, status } = classifyRequestError(error.statusCode, error.code)
       const client = status < 500
+      const store = type === 'rate_limit_store_unavailable'
       answer(request, reply, makeFailure(type, {
         phase: 'route',
         pool,
         status,
         ms: reply.elapsedTime,
-        cause: error.code ?? null,
+        // The store's own failure (ECONNREFUSED, a timeout) says more than the wrapper's code.
+        cause: store ? findCode(error.cause) ?? error.code : error.code ?? null,
         // A client error's message is Fastify's (or a plugin's) words about the request: safe
         // to show. Anything else may carry internals: the record keeps it, the public gets the
         // taxonomy's words.
         ...(client && error.message !== '' ? { detail: ensureSentence(error.message) } : {}),
         why: client ? `Fastify said: ${error.message}` : `The error was: ${error.message}`,
-        retryAfter: retryAfterOf(reply)
+        retryAfter: store ? STORE_RETRY_AFTER : retryAfterOf(reply)
       }))
     },
     notFoundHandler (request, reply) {

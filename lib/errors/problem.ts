@@ -3,7 +3,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { ErrorsConfig } from '../options/config.js'
 import type { Failure, AttemptRecord } from './failure.js'
-import type { Blame, Phase, ProxyErrorType } from './taxonomy.js'
+import { PROXY_STATUS_ERROR, type Blame, type Phase, type ProxyErrorType } from './taxonomy.js'
 
 export interface Problem {
   type: string
@@ -77,7 +77,8 @@ export function proxyStatusMember (failure: Failure | null, proxyName: string, f
   let member = proxyName
   if (failure !== null) {
     // An intercepted upstream status is not a failure of ours: no `error` parameter.
-    if (failure.error !== 'upstream_error_status') member += `; error=${failure.error}`
+    const error = PROXY_STATUS_ERROR[failure.error] === undefined ? failure.error : PROXY_STATUS_ERROR[failure.error]
+    if (error !== null) member += `; error=${error}`
     const details = full ? `${failure.phase} ${failure.cause ?? failure.error}${failure.note !== null ? `; ${failure.note}` : ''}` : failure.title
     member += `; details=${sfString(details)}`
     if (full && failure.target !== null) member += `; next-hop=${sfString(failure.target)}`

@@ -61,7 +61,7 @@ type Format = 'problem' | 'html' | 'text'
 function render (problem: Problem, request: FastifyRequest, settings: ResponderSettings, full: boolean): { type: string, body: string, html?: boolean } {
   const format = negotiate(request.headers.accept)
   if (settings.errors.render !== null) {
-    const custom = settings.errors.render(problem as unknown as Record<string, unknown>, request)
+    const custom = settings.errors.render(problem, request)
     if (typeof custom === 'string') return { type: format === 'html' ? 'text/html; charset=utf-8' : 'text/plain; charset=utf-8', body: custom }
     if (Buffer.isBuffer(custom)) return { type: 'application/octet-stream', body: custom.toString() }
     return { type: 'application/problem+json; charset=utf-8', body: JSON.stringify(custom) }

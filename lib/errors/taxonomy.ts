@@ -27,6 +27,10 @@ export type ProxyErrorType =
   // Not an RFC 9209 type: an upstream answered with a status listed in errors.intercept, and
   // the gateway replaced its body. It never appears as Proxy-Status `error` (we did not fail).
   | 'upstream_error_status'
+  // Not an RFC 9209 type: the rate limit store failed and rateLimit.onStoreError is 'deny'.
+  // Proxy-Status says `proxy_internal_error` (PROXY_STATUS_ERROR), RFC 9209's word for an
+  // intermediary's own failure; the body names which one.
+  | 'rate_limit_store_unavailable'
 
 export type Blame = 'client' | 'gateway' | 'network' | 'upstream'
 export type Phase = 'route' | 'queue' | 'dns' | 'connect' | 'tls' | 'send' | 'headers' | 'body'
@@ -219,7 +223,24 @@ export const TAXONOMY: Readonly<Record<ProxyErrorType, ErrorKind>> = {
     sent: 'yes',
     title: 'Service reported an error',
     detail: 'The service behind this gateway could not complete this request.'
+  },
+  rate_limit_store_unavailable: {
+    status: 503,
+    blame: 'gateway',
+    temporary: true,
+    sent: 'no',
+    title: 'Temporarily unavailable',
+    detail: 'The gateway cannot check its request limits right now, so it does not take requests; try again shortly.'
   }
+}
+
+/**
+ * The `error` parameter Proxy-Status carries for the types that are not RFC 9209's: an RFC type
+ * to say instead, or null for none (the gateway itself did not fail). Any other type is its own.
+ */
+export const PROXY_STATUS_ERROR: Readonly<Partial<Record<ProxyErrorType, ProxyErrorType | null>>> = {
+  upstream_error_status: null,
+  rate_limit_store_unavailable: 'proxy_internal_error'
 }
 
 /**
@@ -237,3 +258,14 @@ export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detai
   duplicateHost: { status: 400, detail: 'The request has more than one Host header.' },
   malformed: { status: 400, detail: 'The request is not valid HTTP.' }
 }
+
+/**
+ * The gateway could not get the upstream credentials of a pool (its `auth.token` failed): a
+ * `proxy_internal_error` the gateway answers as a bad gateway, not a bug: nothing reached the
+ * service, and the next request calls the token function again.
+ */
+export const CREDENTIALS_FAILURE = {
+  status: 502,
+  temporary: true,
+  detail: 'The gateway could not authenticate to the service behind it.'
+} as const

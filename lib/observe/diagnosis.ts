@@ -4,12 +4,14 @@
 import type { DiagnosisConfig } from '../options/config.js'
 import type { TargetState } from '../pool/target.js'
 import type { WindowStats } from './stats.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export type Severity = 'critical' | 'warning' | 'info'
 
 export interface Finding {
   severity: Severity
-  pool: string
+  /** The pool it is about; absent for the gateway's own parts (the rate limit store). */
+  pool?: string
   target?: string
   title: string
   /** The numbers the finding rests on. */
@@ -25,10 +27,26 @@ export interface TargetInput {
   stats: WindowStats
 }
 
+/** A target given by name: how its lookups go. */
+export interface DnsInput {
+  /** The name looked up (host name or SRV name). */
+  name: string
+  /** Addresses in use: the last good set while lookups fail. */
+  addresses: number
+  /** ISO time the current streak of failed lookups began; null while lookups succeed. */
+  failingSince: string | null
+  /** The last failed lookup's code (`ENOTFOUND`, `ETIMEOUT`...). */
+  error: string | null
+  /** How long the last lookup took. */
+  lookupMs: number | null
+}
+
 export interface PoolInput {
   pool: string
   stats: WindowStats
   targets: TargetInput[]
+  /** Targets given by name; absent or empty when every target is an IP. */
+  dns?: DnsInput[]
   /** Requests waiting for room now, and the pool's limits. */
   pending: number
   maxPending: number
@@ -42,8 +60,9 @@ const SEVERITY_ORDER: Record<Severity, number> = { critical: 0, warning: 1, info
 const ms = (n: number): number => Math.round(n)
 const pct = (n: number): string => `${(n * 100).toFixed(1)}%`
 
-export function diagnose (pools: readonly PoolInput[], limits: DiagnosisConfig): Finding[] {
+export function diagnose (pools: readonly PoolInput[], limits: DiagnosisConfig, rateLimitStore: RateLimitStoreSnapshot | null = null): Finding[] {
   const findings: Finding[] = []
+  if (rateLimitStore !== null) diagnoseRateLimitStore(rateLimitStore, findings)
   for (const p of pools) diagnosePool(p, limits, findings)
   return findings.sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity])
 }
@@ -115,6 +134,58 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
     })
   }
   oneSlowNode(p, limits, out)
+  for (const name of p.dns ?? []) diagnoseName(pool, name, limits, out)
+}
+
+/** A name that stopped resolving (or never did), and lookups slow enough to matter. */
+function diagnoseName (pool: string, d: DnsInput, limits: DiagnosisConfig, out: Finding[]): void {
+  if (d.failingSince !== null) {
+    const evidence = { name: d.name, error: d.error ?? 'unknown', since: d.failingSince, addresses: d.addresses, ...(d.lookupMs !== null ? { lookupMs: d.lookupMs } : {}) }
+    const action = `Check that the resolver answers for ${d.name} (pools.${pool}.discovery.servers, or the system's); the gateway keeps retrying, at least every discovery.maxTtl.`
+    out.push(d.addresses > 0
+      ? {
+          severity: 'warning',
+          pool,
+          title: `DNS re-resolution failing for ${d.name} since ${d.failingSince} (${d.error ?? 'unknown'}), serving the last good set of ${d.addresses} addresses.`,
+          evidence,
+          action
+        }
+      : {
+          severity: 'critical',
+          pool,
+          title: `${d.name} does not resolve (${d.error ?? 'unknown'} since ${d.failingSince}): requests that need it get ${d.error === 'ETIMEOUT' ? 'dns_timeout' : 'dns_error'}.`,
+          evidence,
+          action: `Check the name in pools.${pool}.targets and that the resolver (pools.${pool}.discovery.servers, or the system's) knows it; the gateway keeps retrying, at least every discovery.maxTtl.`
+        })
+  }
+  if (d.lookupMs !== null && d.lookupMs > limits.dnsLatency) {
+    out.push({
+      severity: 'info',
+      pool,
+      title: `Looking up ${d.name} took ${ms(d.lookupMs)} ms.`,
+      evidence: { name: d.name, lookupMs: ms(d.lookupMs), thresholdMs: limits.dnsLatency },
+      action: 'Lookups run in the background, off the request path, but a slow resolver delays following address changes and the first lookup at start; check the resolver (or set discovery.servers to a nearer one).'
+    })
+  }
+}
+
+/**
+ * A shared rate limit store that does not answer: limits are off (fail open), or every limited
+ * request is refused (fail closed), until it does.
+ */
+function diagnoseRateLimitStore (store: RateLimitStoreSnapshot, out: Finding[]): void {
+  if (store.state === 'ok') return
+  const open = store.onStoreError === 'allow'
+  out.push({
+    severity: open ? 'warning' : 'critical',
+    title: open
+      ? `The rate limit store (Redis) is unreachable since ${store.since}: failing open, requests pass without a limit.`
+      : `The rate limit store (Redis) is unreachable since ${store.since}: failing closed, rate-limited requests get 503.`,
+    evidence: { since: store.since, errors: store.errors, lastError: store.lastError ?? '?', onStoreError: store.onStoreError },
+    action: open
+      ? 'Bring Redis back or fix the gateway\'s way to it (rateLimit.redis); meanwhile each instance lets every request through. Set rateLimit.onStoreError "deny" if an unlimited request costs more than a refused one.'
+      : 'Bring Redis back or fix the gateway\'s way to it (rateLimit.redis). Set rateLimit.onStoreError "allow" to let requests through while it is down.'
+  })
 }
 
 /** One target much slower, or failing much more, than its peers (the rest of the pool). */

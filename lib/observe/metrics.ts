@@ -149,6 +149,17 @@ export class Metrics {
         }
       })
     })
+    const lookups = new Histogram({
+      name: `${PREFIX}dns_lookup_seconds`,
+      help: 'Time DNS lookups of target names took (failed ones too), by pool.',
+      labelNames: ['pool'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers
+    })
+    for (const pool of pools.values()) {
+      const child = lookups.labels(pool.name)
+      pool.lookupObservers.push((ms) => { child.observe(ms / 1000) })
+    }
     // A counter read from the targets at scrape time: it only ever grows, as Prometheus expects
     // of a _total (rate() and increase() work on it).
     new Counter({ // eslint-disable-line no-new

@@ -3,10 +3,11 @@
 // outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
 import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
-import type { RequestStory } from './recorder.js'
+import type { RequestStory, TunnelCounts } from './recorder.js'
 import type { PoolReport, StatusReport, TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export interface PageOptions {
   /** Where the status page is served (links to request stories hang below it). */
@@ -19,6 +20,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
   const body = [
     `<header><h1>Upstream status</h1><p class="muted">As of <time>${e(report.at)}</time>; refreshes every ${options.refresh} s. <a href="${e(options.base)}?format=json">JSON</a></p></header>`,
     renderDiagnosis(report.diagnosis),
+    renderRateLimitStore(report.rateLimitStore),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -32,6 +34,15 @@ function renderDiagnosis (findings: Finding[]): string {
   return `<section class="diagnosis"><h2>Diagnosis</h2><ul>${items}</ul></section>`
 }
 
+function renderRateLimitStore (store: RateLimitStoreSnapshot | null): string {
+  if (store === null) return ''
+  const then = store.onStoreError === 'allow' ? 'failing open: requests pass without a limit' : 'failing closed: rate-limited requests get 503'
+  const state = store.state === 'ok'
+    ? `<strong>reachable</strong> since <time>${e(store.since)}</time>${store.outages > 0 ? ` · ${e(store.outages)} outage(s) since start, the last began with: ${e(store.lastError ?? '?')}` : ''}`
+    : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>, ${e(then)} · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
+  return `<section class="rate-limit-store"><h2>Rate limit store</h2><p>Redis (rateLimit.redis): ${state}</p></section>`
+}
+
 function renderPool (pool: PoolReport, base: string): string {
   const errors = Object.entries(pool.errors)
   const errorRows = errors.length === 0
@@ -41,11 +52,20 @@ function renderPool (pool: PoolReport, base: string): string {
   return `<section class="pool"><h2>Pool <code>${e(pool.name)}</code></h2>
 <p class="muted">Balancer ${e(pool.balancer)}${pool.panic ? ' · <strong class="bad">panic: every target is out</strong>' : ''} · queue ${e(pool.pending)} ${pool.maxPending === null ? '(limits.maxPending: no limit)' : `/ ${e(pool.maxPending)} (limits.maxPending)`}</p>
 ${statsTable([['1 min', pool.stats['1m']], ['5 min', pool.stats['5m']], ['15 min', pool.stats['15m']]])}
-<h3>Targets</h3>
+${tunnelLine(pool.websockets)}
+${renderDns(pool)}<h3>Targets</h3>
 <div class="targets">${pool.targets.map((t) => renderTarget(t, pool.name, base)).join('\n')}</div>
 <h3>Recent errors</h3>
 ${errorRows}
 </section>`
+}
+
+/** Targets given by name: what each resolves to, when it is looked up next, its last failure. */
+function renderDns (pool: PoolReport): string {
+  if (pool.dns.length === 0) return ''
+  const rows = pool.dns.map((d) => `<tr><td><code>${e(d.name)}</code></td><td>${d.addresses.length > 0 ? d.addresses.map((a) => `<code>${e(a)}</code>`).join(' ') : '<strong class="bad">none</strong>'}${d.via === 'system' ? ' (system lookup)' : ''}</td><td>${d.lastResolved !== null ? `<time>${e(d.lastResolved)}</time>` : '—'}</td><td>${d.nextRefresh !== null ? `<time>${e(d.nextRefresh)}</time>` : '—'}</td><td>${d.lookupMs !== null ? `${e(d.lookupMs)} ms` : '—'}</td><td>${d.lastError !== null ? `<code>${e(d.lastError.code)}</code> at <time>${e(d.lastError.at)}</time>${d.failingSince !== null ? ` <strong class="bad">failing since <time>${e(d.failingSince)}</time></strong>` : ''}` : '—'}</td></tr>`).join('')
+  return `<h3>Names</h3><div class="scroll"><table><thead><tr><th>Name</th><th>Addresses</th><th>Resolved</th><th>Next lookup</th><th>Lookup</th><th>Last error</th></tr></thead><tbody>${rows}</tbody></table></div>
+`
 }
 
 function renderTarget (t: TargetReport, pool: string, base: string): string {
@@ -53,13 +73,19 @@ function renderTarget (t: TargetReport, pool: string, base: string): string {
   return `<article class="target ${e(t.state)}"><p class="name"><span class="state">${e(t.state)}</span> <code>${e(t.url)}</code></p>
 <p class="muted">since <time>${e(t.since)}</time>${t.why !== null ? ` — ${e(t.why)}` : ''}</p>
 <p class="muted">in flight ${e(t.inFlight)} · ejections ${e(t.ejections)}${t.lastError !== null ? ` · last error <code>${e(t.lastError.error)}</code> at <time>${e(t.lastError.at)}</time>` : ''} · <a href="${e(probe)}">probe</a></p>
-${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}</article>`
+${statsTable([['1 min', t.stats['1m']], ['5 min', t.stats['5m']], ['15 min', t.stats['15m']]])}${tunnelLine(t.websockets)}</article>`
+}
+
+/** WebSocket tunnels since start; nothing for a pool or target that never had a handshake. */
+function tunnelLine (c: TunnelCounts): string {
+  if (c.opened + c.failed + c.refused === 0) return ''
+  return `<p class="muted tunnels">WebSocket tunnels: <strong>${e(c.open)}</strong> open now · ${e(c.opened)} opened · ${e(c.failed)} failed handshakes · ${e(c.refused)} refused by the upstream (since start)</p>`
 }
 
 function statsTable (rows: Array<[string, WindowStats]>): string {
   const ms = (n: number | undefined): string => n === undefined ? '—' : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`
-  return `<div class="scroll"><table class="stats"><thead><tr><th></th><th>req/s</th><th>5xx</th><th>retried</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>${rows.map(([name, s]) =>
-    `<tr><th>${e(name)}</th><td>${e(s.rate.toFixed(2))}</td><td>${e(s.status5xx)}</td><td>${e(s.retried)}</td><td>${ms(s.latency?.p50)}</td><td>${ms(s.latency?.p95)}</td><td>${ms(s.latency?.p99)}</td></tr>`).join('')}</tbody></table></div>`
+  return `<div class="scroll"><table class="stats"><thead><tr><th></th><th>req/s</th><th>5xx</th><th>retried</th><th title="the client went away before its answer ended">aborted</th><th>p50</th><th>p95</th><th>p99</th></tr></thead><tbody>${rows.map(([name, s]) =>
+    `<tr><th>${e(name)}</th><td>${e(s.rate.toFixed(2))}</td><td>${e(s.status5xx)}</td><td>${e(s.retried)}</td><td>${e(s.aborted)}</td><td>${ms(s.latency?.p50)}</td><td>${ms(s.latency?.p95)}</td><td>${ms(s.latency?.p99)}</td></tr>`).join('')}</tbody></table></div>`
 }
 
 export function renderStory (story: RequestStory, options: PageOptions): string {

@@ -9,6 +9,7 @@ import type { TLSSocket } from 'node:tls'
 import type { UpstreamPool } from '../pool/pool.js'
 import { classify, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { ProxyErrorType, Phase } from '../errors/taxonomy.js'
+import { credentialsFailure } from '../pool/credentials.js'
 
 export interface ProbeResult {
   pool: string
@@ -29,13 +30,23 @@ export interface ProbeResult {
 export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResult> {
   const target = pool.find(url)
   const { timeouts, tls, health } = pool.config
-  const address = new URL(health?.path ?? '/', target.url)
+  const address = new URL(health?.path ?? '/', target.origin)
+  const at = new Date().toISOString()
+  // The probe carries the pool's credentials, as requests do; without them it tells nothing.
+  let auth: Record<string, string> = {}
+  if (pool.credentials !== null) {
+    try {
+      auth = await pool.credentials.headers()
+    } catch (err) {
+      const failed = credentialsFailure(err)
+      return { pool: pool.name, target: target.url, url: address.href, at, ok: false, status: null, error: 'proxy_internal_error', phase: failed.phase, cause: failed.cause, ms: { dns: null, connect: null, tls: null, firstByte: null, total: 0 } }
+    }
+  }
   const secure = address.protocol === 'https:'
   const started = performance.now()
   const since = (): number => Math.round((performance.now() - started) * 10) / 10
   const ms: ProbeResult['ms'] = { dns: null, connect: null, tls: null, firstByte: null, total: 0 }
   const progress = { connected: false, requestSent: false, responseStarted: false }
-  const at = new Date().toISOString()
 
   return await new Promise<ProbeResult>((resolve) => {
     let done = false
@@ -50,7 +61,7 @@ export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResu
     const options = {
       method: 'GET',
       agent: false as const,
-      headers: { host: target.hostHeader, 'user-agent': 'fastify-upstream-probe', connection: 'close' },
+      headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream-probe', connection: 'close' }, auth),
       ...(secure
         ? {
             rejectUnauthorized: tls.rejectUnauthorized,

@@ -56,13 +56,47 @@ export function entry<K, V> (map: Map<K, V>, key: K, make: () => V): V {
   return value
 }
 
+/** WebSocket tunnels of a pool or a target, since the gateway started. */
+export interface TunnelCounts {
+  /** Handshakes the upstream accepted (101): tunnels opened. */
+  opened: number
+  /** Tunnels open now. */
+  open: number
+  /** Handshakes that failed: the gateway answered with a failure (no target, refused, timeout…). */
+  failed: number
+  /** Handshakes the upstream answered with something else than 101 (its refusal went to the client). */
+  refused: number
+}
+
+/** What becomes of a WebSocket handshake or tunnel. */
+export type TunnelEvent = 'opened' | 'closed' | 'failed' | 'refused'
+
+const newTunnelCounts = (): TunnelCounts => ({ opened: 0, open: 0, failed: 0, refused: 0 })
+
+function countTunnel (counts: TunnelCounts, event: TunnelEvent): void {
+  if (event === 'opened') {
+    counts.opened++
+    counts.open++
+  } else if (event === 'closed') {
+    counts.open--
+  } else {
+    counts[event]++
+  }
+}
+
 export class PoolStats {
   readonly stats = new RollingStats()
   readonly targets = new Map<string, RollingStats>()
   readonly errors = new Map<ProxyErrorType, ErrorExample>()
+  readonly tunnels = newTunnelCounts()
+  readonly targetTunnels = new Map<string, TunnelCounts>()
 
   target (hostPort: string): RollingStats {
     return entry(this.targets, hostPort, () => new RollingStats())
+  }
+
+  targetTunnel (hostPort: string): TunnelCounts {
+    return entry(this.targetTunnels, hostPort, newTunnelCounts)
   }
 }
 
@@ -111,6 +145,25 @@ export class Recorder {
       example.cause = failure.cause
     }
     this.#keep(ending, failure, now)
+  }
+
+  /**
+   * The client went away before its answer ended: counted apart from the answered requests
+   * (not a 5xx, not the target's fault). `target`: the last one tried, if any.
+   */
+  aborted (pool: string, target: string | null, now = Date.now()): void {
+    if (!this.stats) return
+    const stats = this.pool(pool)
+    stats.stats.recordAborted(now)
+    if (target !== null) stats.target(target).recordAborted(now)
+  }
+
+  /** A WebSocket handshake or tunnel of `pool`, on `target` (null: none was tried). */
+  tunnel (pool: string, target: string | null, event: TunnelEvent): void {
+    if (!this.stats) return
+    const stats = this.pool(pool)
+    countTunnel(stats.tunnels, event)
+    if (target !== null) countTunnel(stats.targetTunnel(target), event)
   }
 
   story (id: string): RequestStory | null {

@@ -6,8 +6,9 @@ import type { PoolSnapshot, UpstreamPool } from '../pool/pool.js'
 import type { TargetSnapshot } from '../pool/target.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { diagnose, type Finding, type PoolInput } from './diagnosis.js'
-import type { ErrorExample, Recorder } from './recorder.js'
+import type { ErrorExample, Recorder, TunnelCounts } from './recorder.js'
 import type { RollingStats, WindowStats } from './stats.js'
+import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
 
 export interface Windows {
   '1m': WindowStats
@@ -18,6 +19,8 @@ export interface Windows {
 export interface TargetReport extends TargetSnapshot {
   hostPort: string
   stats: Windows
+  /** WebSocket tunnels to this target since the gateway started. */
+  websockets: TunnelCounts
 }
 
 export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
@@ -26,6 +29,8 @@ export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
   maxPending: number | null
   maxConcurrent: number | null
   stats: Windows
+  /** WebSocket tunnels to this pool since the gateway started. */
+  websockets: TunnelCounts
   errors: Partial<Record<ProxyErrorType, ErrorExample>>
   targets: TargetReport[]
 }
@@ -34,12 +39,14 @@ export interface StatusReport {
   at: string
   diagnosis: Finding[]
   pools: PoolReport[]
+  /** The shared rate limit store (rateLimit.redis); null when there is none. */
+  rateLimitStore: RateLimitStoreSnapshot | null
 }
 
 /** The diagnosis reads the last five minutes: long enough to count, short enough to be news. */
 const DIAGNOSIS_WINDOW = '5m'
 
-export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now()): StatusReport {
+export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null): StatusReport {
   const reports: PoolReport[] = []
   const inputs: PoolInput[] = []
   for (const pool of pools.values()) {
@@ -47,16 +54,18 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
     const snapshot = pool.snapshot()
     const targets = snapshot.targets.map((t, i): TargetReport => {
       const hostPort = pool.targets[i]!.hostPort
-      return { ...t, hostPort, stats: windows(stats.target(hostPort), now) }
+      return { ...t, hostPort, stats: windows(stats.target(hostPort), now), websockets: { ...stats.targetTunnel(hostPort) } }
     })
     const report: PoolReport = {
       name: snapshot.name,
       balancer: snapshot.balancer,
       panic: snapshot.panic,
+      dns: snapshot.dns,
       pending: pool.pending,
       maxPending: finite(pool.config.limits.maxPending),
       maxConcurrent: finite(pool.config.limits.maxConcurrent),
       stats: windows(stats.stats, now),
+      websockets: { ...stats.tunnels },
       errors: Object.fromEntries(stats.errors),
       targets
     }
@@ -66,11 +75,18 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       stats: report.stats[DIAGNOSIS_WINDOW],
       targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW] })),
       pending: report.pending,
+      dns: pool.names().map((n) => ({
+        name: n.label,
+        addresses: n.endpoints.length,
+        failingSince: n.failingSince === null ? null : new Date(n.failingSince).toISOString(),
+        error: n.lastError?.code ?? null,
+        lookupMs: n.lookupMs
+      })),
       maxPending: pool.config.limits.maxPending,
       headersTimeout: headersTimeoutOf(config, pool.name)
     })
   }
-  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis), pools: reports }
+  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore), pools: reports, rateLimitStore }
 }
 
 function finite (n: number): number | null {

@@ -11,10 +11,11 @@ import { renderProbe, renderStatus, renderStory } from './page.js'
 import { probe } from './probe.js'
 import type { Recorder } from './recorder.js'
 import type { Metrics } from './metrics.js'
+import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
 const REFRESH_SECONDS = 10
 
-export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder): void {
+export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, rateLimitStore: StoreHealth | null = null): void {
   const { notFoundHandler } = createErrorHandlers(config, null)
   const errors = status.expose === null ? config.errors : { ...config.errors, expose: status.expose }
   const base = status.path === '/' ? '' : status.path.replace(/\/$/, '')
@@ -29,7 +30,7 @@ export function registerStatus (app: FastifyInstance, config: Config, status: St
 
   app.get(base === '' ? '/' : base, (request, reply) => {
     if (!allowed(request, reply)) return reply
-    const report = buildReport(pools, recorder, config, status)
+    const report = buildReport(pools, recorder, config, status, Date.now(), rateLimitStore?.snapshot() ?? null)
     reply.header('cache-control', 'no-store')
     if (wantsJson(request)) return reply.send(report)
     return reply.type('text/html; charset=utf-8').send(renderStatus(report, pageOptions))

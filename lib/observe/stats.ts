@@ -12,6 +12,7 @@ interface Slot {
   requests: number
   status5xx: number
   retried: number
+  aborted: number
   sumMs: number
   errors: Map<ProxyErrorType, number>
   latency: Uint32Array
@@ -28,6 +29,11 @@ export interface WindowStats {
   status5xx: number
   /** Requests that needed more than one try. */
   retried: number
+  /**
+   * Requests the client abandoned before its answer ended (client_aborted): not the target's
+   * fault, and counted apart: not in `requests`, `status5xx`, `errors` or `latency`.
+   */
+  aborted: number
   errors: Partial<Record<ProxyErrorType, number>>
   /** Milliseconds from arrival to the end of the answer; null without requests. */
   latency: { avg: number, p50: number, p95: number, p99: number } | null
@@ -46,6 +52,11 @@ export class RollingStats {
     if (error !== null) slot.errors.set(error, (slot.errors.get(error) ?? 0) + 1)
   }
 
+  /** A request the client abandoned before its answer ended. */
+  recordAborted (now: number): void {
+    this.#slot(Math.floor(now / MINUTE)).aborted++
+  }
+
   /** The last `minutes` minutes, this one included. */
   window (now: number, minutes: 1 | 5 | 15): WindowStats {
     const current = Math.floor(now / MINUTE)
@@ -54,12 +65,14 @@ export class RollingStats {
     let requests = 0
     let status5xx = 0
     let retried = 0
+    let aborted = 0
     let sumMs = 0
     for (const slot of this.#slots) {
       if (slot.minute <= current - minutes || slot.minute > current) continue
       requests += slot.requests
       status5xx += slot.status5xx
       retried += slot.retried
+      aborted += slot.aborted
       sumMs += slot.sumMs
       for (let i = 0; i < latency.length; i++) latency[i]! += slot.latency[i]!
       for (const [type, n] of slot.errors) errors[type] = (errors[type] ?? 0) + n
@@ -72,6 +85,7 @@ export class RollingStats {
       rate: requests / Math.max(seconds, 1),
       status5xx,
       retried,
+      aborted,
       errors,
       latency: requests === 0
         ? null
@@ -85,7 +99,7 @@ export class RollingStats {
     const found = this.#slots.find((s) => s.minute === minute)
     if (found !== undefined) return found
     if (this.#slots.length < SLOTS) {
-      const slot: Slot = { minute, requests: 0, status5xx: 0, retried: 0, sumMs: 0, errors: new Map(), latency: newCounts() }
+      const slot: Slot = { minute, requests: 0, status5xx: 0, retried: 0, aborted: 0, sumMs: 0, errors: new Map(), latency: newCounts() }
       this.#slots.push(slot)
       return slot
     }
@@ -94,7 +108,7 @@ export class RollingStats {
     for (let i = 1; i < this.#slots.length; i++) if (this.#slots[i]!.minute < this.#slots[oldest]!.minute) oldest = i
     const slot = this.#slots.splice(oldest, 1)[0]!
     slot.minute = minute
-    slot.requests = slot.status5xx = slot.retried = slot.sumMs = 0
+    slot.requests = slot.status5xx = slot.retried = slot.aborted = slot.sumMs = 0
     slot.errors.clear()
     slot.latency.fill(0)
     this.#slots.push(slot)

@@ -3,6 +3,7 @@
 import type { HTTPMethods } from 'fastify'
 import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
 import type { Registry } from 'prom-client'
+import type { Cluster, Redis } from 'ioredis'
 
 /** Milliseconds; `false`: that timeout is off. */
 export interface Timeouts {
@@ -13,10 +14,22 @@ export interface Timeouts {
 }
 
 export interface TargetConfig {
-  /** Normalized origin, e.g. `http://127.0.0.1:3001`. */
+  /** Normalized origin, e.g. `http://127.0.0.1:3001`; for SRV, `srv+http://_http._tcp.name`. */
   url: string
   weight: number
   backup: boolean
+  /** An SRV target: the record name and the protocol its addresses speak. */
+  srv: { name: string, protocol: 'http:' | 'https:' } | null
+}
+
+export interface DiscoveryConfig {
+  refresh: 'ttl' | number
+  minTtl: number
+  maxTtl: number
+  /** Bound of one lookup, in ms. */
+  timeout: number
+  /** `host:port` DNS servers; null: the system's. */
+  servers: string[] | null
 }
 
 export type BalancerConfig =
@@ -60,9 +73,15 @@ export interface PoolConfig {
   slowStart: number
   retry: RetryConfig
   tls: Required<Pick<TlsInput, 'rejectUnauthorized'>> & Omit<TlsInput, 'rejectUnauthorized'>
-  discovery: { refresh: 'ttl' | number, minTtl: number, maxTtl: number }
-  auth: AuthInput | null
+  discovery: DiscoveryConfig
+  auth: AuthConfig | null
   panic: boolean
+}
+
+export interface AuthConfig {
+  /** Header names lower-cased, as Node gives a request's; empty for none. */
+  headers: Record<string, string>
+  token: NonNullable<AuthInput['token']> | null
 }
 
 export interface RouteConfig {
@@ -101,8 +120,19 @@ export interface Config {
   errors: ErrorsConfig
   status: StatusConfig | null
   metrics: { path: string, registry: Registry | null } | null
-  rateLimit: Record<string, unknown> | null
+  /** Null: no limit on any route. */
+  rateLimit: RateLimitConfig | null
   requestIdHeader: string
+  /** OpenTelemetry spans for tries: on, off, or on when a tracer provider is registered. */
+  tracing: boolean | 'auto'
+}
+
+export interface RateLimitConfig {
+  /** What goes to @fastify/rate-limit as it is: the options without ours. */
+  plugin: Record<string, unknown>
+  /** A URL the gateway connects to, or the user's own client; null: counts in memory. */
+  redis: string | Redis | Cluster | null
+  onStoreError: 'allow' | 'deny'
 }
 
 export interface DiagnosisConfig {
@@ -112,6 +142,8 @@ export interface DiagnosisConfig {
   errorRate: number
   outlier: number
   minRequests: number
+  /** DNS lookups slower than this (ms) are a finding. */
+  dnsLatency: number
 }
 
 export interface StatusConfig {

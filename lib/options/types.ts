@@ -2,11 +2,46 @@
 // optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
+import type { Problem } from '../errors/problem.js'
+import type { RateLimitPluginOptions } from '@fastify/rate-limit'
+import type { Cluster, Redis } from 'ioredis'
 
-export type TargetInput = string | { url: string, weight?: number, backup?: boolean }
+/**
+ * One upstream target: an http(s) origin (`http://host:port`, no path, query or credentials),
+ * or an object with its `weight` and whether it is a `backup`, or a service found by DNS SRV
+ * records. A host name (not an IP) is resolved by the gateway: see `discovery`.
+ */
+export type TargetInput = string | {
+  /** The target's http(s) origin; map paths with `routes[].rewritePrefix`. */
+  url: string
+  /** Its share of traffic relative to the pool's other targets, 1–1000. [1] */
+  weight?: number
+  /** Takes traffic only while no primary target can. [false] */
+  backup?: boolean
+} | {
+  /**
+   * An SRV record name (Consul `*.service.consul`, Kubernetes headless services): one target
+   * per address of each record, on the record's port with its weight; records of a priority
+   * above the lowest are backups.
+   */
+  srv: string
+  /** What the records' addresses speak. ['http'] */
+  protocol?: 'http' | 'https'
+  /** Every target of the records is a backup. [false] */
+  backup?: boolean
+  url?: never
+  weight?: never
+}
 
+/**
+ * `round-robin`: smooth weighted, as nginx. `least-request`: fewest requests in flight per
+ * weight. `p2c-ewma`: two random picks by weight, the lower latency × (in flight + 1) wins.
+ * `random`: weighted random.
+ */
 export type BalancerName = 'round-robin' | 'least-request' | 'p2c-ewma' | 'random'
+/** What consistent hashing keys on: the client address, a request header or a cookie. */
 export type HashKey = 'ip' | `header:${string}` | `cookie:${string}`
+/** A balancer by name, or consistent hashing with bounded loads. ['round-robin'] */
 export type BalancerInput = BalancerName | { hash: HashKey }
 
 /** Milliseconds; `false` turns a timeout off. */
@@ -28,12 +63,17 @@ export interface ConnectionsInput {
   keepAlive?: number
 }
 
+/** Past these limits a request gets `503 connection_limit_reached` with `Retry-After: 1`. */
 export interface LimitsInput {
+  /** Requests in flight per target, at most; more wait in the pool's queue. [unlimited] */
   maxConcurrent?: number
+  /** Requests waiting in the pool's queue, at most; past it they are refused at once. [unlimited] */
   maxPending?: number
+  /** How long a request may wait in the queue for a free target, in ms. [1000] */
   queueTimeout?: number
 }
 
+/** A status class (`'2xx'`), a code, a list of codes or an inclusive range. */
 export type StatusExpectation = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | number | number[] | { from: number, to: number }
 
 /** Thresholds at which the status page's diagnosis reports a finding. */
@@ -50,91 +90,173 @@ export interface DiagnosisInput {
   outlier?: number
   /** Requests in the window below which rates and latencies are not judged [20]. */
   minRequests?: number
+  /** A DNS lookup of a discovered target name slower than this, in ms, is a finding [200]. */
+  dnsLatency?: number
 }
 
+/** Prometheus metrics in prom-client's text format. */
 export interface MetricsInput {
+  /** Where the metrics are served. ['/metrics'] */
   path?: string
   /** A prom-client registry of the app's, so the gateway's metrics join its own; by default one of the gateway's. */
   registry?: Registry
 }
 
+/** The status page (HTML or JSON) and the lookup of a failed request by its id. */
 export interface StatusInput {
+  /** Where the status page is served; request stories live under `<path>/requests/<id>`. ['/_upstream'] */
   path?: string
+  /** Who may see the page (the forms of `errors.expose`); anyone else gets a 404. [errors.expose] */
   expose?: ExposeInput
   /** How many failed or retried requests to keep for lookup by id [1000]. */
   keep?: number
+  /** The thresholds of the diagnosis shown on top of the page. */
   diagnosis?: DiagnosisInput
 }
 
+/** Active health checks: a target failing them is taken out of rotation before requests reach it. */
 export interface HealthInput {
+  /** The path checked with a GET on each target; setting it turns checks on. */
   path: string
+  /** Time between two checks of a target, in ms, ±10% so gateways do not probe in step. [5000] */
   interval?: number
+  /** How long one check may take, in ms. [2000, or interval if shorter] */
   timeout?: number
+  /** What a passing check answers: its status [`'2xx'`] and, optionally, a string or RegExp its body must match. */
   expect?: { status?: StatusExpectation, body?: string | RegExp }
+  /** Passed checks in a row that bring a target back (HAProxy's `rise`). [2] */
   healthyAfter?: number
+  /** Failed checks in a row that take a target out (HAProxy's `fall`). [3] */
   unhealthyAfter?: number
 }
 
+/** Passive ejection from real traffic (on unless `outlier: false`), as Envoy's outlier detection. */
 export interface OutlierInput {
+  /** Failures in a row (connect failures, timeouts, resets, upstream 502/503/504) that eject a target. [5] */
   consecutiveFailures?: number
+  /** How long the first ejection lasts, in ms; each new one doubles it. [30000] */
   ejectFor?: number
+  /** The longest an ejection may last, in ms. [300000] */
   maxEjectFor?: number
+  /** The largest share of a pool ejected at once, in percent; one target always may be. [50] */
   maxEjectedPercent?: number
 }
 
+/**
+ * Which failed tries may be tried again: `connect-failure` (refused, connect timeout, DNS, TLS),
+ * `refused-stream` (closed while the request was going out), `reset` (closed before any
+ * response byte), `timeout` (no headers in time, or the upstream stopped taking the body),
+ * `5xx` (an upstream 5xx, or a status in `retry.statuses`).
+ */
 export type RetryCondition = 'connect-failure' | 'refused-stream' | 'reset' | 'timeout' | '5xx'
 
+/** Retries go to another target when one can take traffic, and only while the response has not started. */
 export interface RetryInput {
+  /** Retries after the first try, 0–10. [2] */
   retries?: number
+  /** The kinds of failure retried. [['connect-failure', 'refused-stream', 'reset']] */
   on?: RetryCondition[]
+  /** Upstream statuses retried as `5xx` failures are (the client never sees them). [[]] */
   statuses?: number[]
+  /** Methods retried when the upstream may have acted on the request; one that never reached it is retried whatever its method. [GET HEAD OPTIONS TRACE PUT DELETE] */
   methods?: string[]
+  /**
+   * Retries may add at most `ratio` of the pool's requests in the last second [0.2], and at
+   * least `minPerSecond` [5], so a failing pool is not hammered by a retry storm.
+   */
   budget?: { ratio?: number, minPerSecond?: number }
 }
 
+/** TLS to https targets. Certificates are verified by default. */
 export interface TlsInput {
+  /** CA certificates to trust instead of Node's bundled ones (a private CA). [Node's CAs] */
   ca?: string | Buffer | Array<string | Buffer>
+  /** Client certificate for mutual TLS. [none] */
   cert?: string | Buffer
+  /** Private key of `cert`. [none] */
   key?: string | Buffer
+  /** The name sent as SNI and checked against the certificate. [the target's host name] */
   servername?: string
+  /** Verify the target's certificate; `false` is logged once as a warning at registration. [true] */
   rejectUnauthorized?: boolean
 }
 
+/** How target names (URLs whose host is not an IP) are resolved into one target per address. */
 export interface DiscoveryInput {
+  /** Re-resolve when the answer's TTL runs out ('ttl'), or every so many ms ['ttl']. */
   refresh?: 'ttl' | number
+  /** Shortest time an answer is kept, in ms; also the first retry after a failed lookup [1000]. */
   minTtl?: number
+  /** Longest time an answer is kept, in ms; also the longest wait between retries [60000]. */
   maxTtl?: number
+  /** The longest one lookup may take, in ms; then it fails with ETIMEOUT [2000]. */
+  timeout?: number
+  /** DNS servers to ask, as 'ip' or 'ip:port' (e.g. ['127.0.0.1:5353']) [the system's]. */
+  servers?: string[]
 }
 
+/** What `auth.token` resolves with. */
+export interface AuthToken {
+  /** Sent as `Authorization: Bearer <value>`. */
+  value: string
+  /** When it stops being valid: epoch milliseconds or a Date. [none: valid until an upstream 401] */
+  expiresAt?: number | Date
+}
+
+/** Credentials the gateway adds to every request to the pool's targets (clients cannot override them). */
 export interface AuthInput {
+  /** Static headers sent to the targets, replacing a client's field of the same name. [none] */
   headers?: Record<string, string>
-  token?: () => Promise<{ value: string, expiresAt?: number | Date }>
+  /** Called for a bearer token before the first request, shortly before it expires and once after an upstream 401; one call at a time. [none] */
+  token?: () => Promise<AuthToken> | AuthToken
 }
 
+/** A pool: the targets one or more routes send traffic to, and how. */
 export interface PoolInput {
+  /** The pool's targets, at least one (required). */
   targets: TargetInput[]
+  /** How a request's target is chosen. ['round-robin'] */
   balancer?: BalancerInput
+  /** Per-phase timeouts of a request to this pool. [connect 2000, headers 30000, body 60000, total false] */
   timeouts?: TimeoutsInput
+  /** Connections to each target. [no cap, keepAlive 4000] */
   connections?: ConnectionsInput
+  /** Requests in flight per target and waiting per pool. [unlimited, queueTimeout 1000] */
   limits?: LimitsInput
+  /** Active health checks. [off] */
   health?: HealthInput
+  /** Passive ejection of failing targets, or `false` to turn it off. [on, with its defaults] */
   outlier?: OutlierInput | false
+  /** A recovered or re-enabled target's share of its weight ramps from 10% to 100% over this many ms. [0: at once] */
   slowStart?: number
+  /** When a failed try is tried again on another target. [2 retries on connect failures and resets] */
   retry?: RetryInput
+  /** TLS settings for https targets. [certificates verified] */
   tls?: TlsInput
   discovery?: DiscoveryInput
+  /** Credentials for the pool's targets: `{ headers }` and/or `{ token }`. [none] */
   auth?: AuthInput
+  /** When every target is out of rotation, send traffic to all but drained ones instead of answering 503. [false] */
   panic?: boolean
 }
 
+/** A route: a path prefix of the app proxied to a pool. */
 export interface RouteInput {
+  /** Path prefix, starting with `/`, unique across routes (required). */
   prefix: string
+  /** The name of the pool that serves it (required). */
   pool: string
+  /** What the prefix becomes upstream: by default it is stripped (`/users/7` → `/7`). [''] */
   rewritePrefix?: string
+  /** The methods routed; others answer 404. [DELETE GET HEAD PATCH POST PUT OPTIONS] */
   methods?: HTTPMethods[]
+  /** Tunnel WebSocket upgrades on this route to its pool. [false] */
   websocket?: boolean
+  /** Per-field override of the pool's `timeouts`. [the pool's] */
   timeouts?: TimeoutsInput
+  /** Per-field override of the pool's `retry` (the budget stays the pool's). [the pool's] */
   retry?: RetryInput
+  /** This route's own @fastify/rate-limit options, or false to exempt it from the global limit. [the global limit] */
   rateLimit?: Record<string, unknown> | false
   /**
    * The largest request body the route forwards, in bytes; larger ones get 413 before (or as
@@ -148,23 +270,68 @@ export interface RouteInput {
   rewriteLocation?: boolean
 }
 
+/**
+ * How much an error answer shows: `'public'` (safe for the internet: nothing internal),
+ * `'full'` (operators: pool, target, tries, causes, hints), `'auto'` (full unless
+ * `NODE_ENV=production`, decided at registration) or a function of the request.
+ */
 export type ExposeInput = 'public' | 'full' | 'auto' | ((request: FastifyRequest) => boolean)
 
+/** How failures are answered. */
 export interface ErrorsInput {
+  /** How much an error answer shows, and to whom. ['auto'] */
   expose?: ExposeInput
+  /** The gateway's name in `Via` and `Proxy-Status`; a structured-field token. ['fastify-upstream'] */
   proxyName?: string
+  /** Prefix of the problem `type` URI, followed by the error type. ['urn:fastify-upstream:error:'] */
   typeBase?: string
+  /** Who to tell, shown to visitors on error pages ("tell the site's operators (…)"). [none] */
   contact?: string
-  render?: (problem: Record<string, unknown>, request: FastifyRequest) => string | Buffer | Record<string, unknown>
+  /**
+   * Replaces the answer's body: a string is sent as HTML to browsers and text otherwise, a
+   * Buffer as it is, an object as problem+json. Status and headers stay the gateway's. [none]
+   */
+  render?: (problem: Problem, request: FastifyRequest) => string | Buffer | Problem | Record<string, unknown>
+  /** Upstream statuses whose body the gateway replaces with its own page (same status). [[]] */
   intercept?: number[]
 }
 
+/** The plugin's options. */
 export interface UpstreamOptions {
+  /** The pools of targets, by name (required). */
   pools: Record<string, PoolInput>
+  /** The routes proxied to those pools (required). */
   routes: RouteInput[]
+  /** How failures are answered. [expose 'auto'] */
   errors?: ErrorsInput
+  /** The status page and request lookup, or `false` to remove them. [{ path: '/_upstream', keep: 1000 }] */
   status?: StatusInput | false
+  /** Prometheus metrics, or `false` to remove the route. [{ path: '/metrics' }] */
   metrics?: MetricsInput | false
-  rateLimit?: Record<string, unknown>
+  /** A rate limit on every proxied route (not the app's own), in memory or shared through Redis. [none] */
+  rateLimit?: RateLimitInput
+  /** The header the request id goes upstream in and comes back to the client in. ['x-request-id'] */
   requestIdHeader?: string
+  /** OpenTelemetry spans for each try, and one `traceparent` upstream: `'auto'` (default) is on when @opentelemetry/api is installed and a tracer provider registered. */
+  tracing?: boolean | 'auto'
+}
+
+/**
+ * `@fastify/rate-limit`'s options for the proxied routes, plus where the counts live and what
+ * happens when that store fails. (`skipOnError` is `onStoreError`'s business.)
+ */
+export interface RateLimitInput extends Omit<RateLimitPluginOptions, 'redis' | 'skipOnError'> {
+  /** Send the IETF draft's `RateLimit-Limit`/`-Remaining`/`-Reset`; false: `X-RateLimit-*`. [true] */
+  enableDraftSpec?: boolean
+  /**
+   * Counts in Redis, shared by every gateway instance that uses it: a `redis://` or `rediss://`
+   * URL (the gateway opens the connection and closes it with the app) or an ioredis client (yours
+   * to close). [none: each instance counts in its own memory]
+   */
+  redis?: string | Redis | Cluster
+  /**
+   * When the store fails or takes over a second: `'allow'` lets the request through (fail open,
+   * logged once per outage), `'deny'` answers 503 `rate_limit_store_unavailable`. ['allow']
+   */
+  onStoreError?: 'allow' | 'deny'
 }

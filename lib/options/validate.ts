@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig, RateLimitConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -30,7 +30,7 @@ const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
 export function validateOptions (input: unknown): Config {
-  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader']) as Partial<UpstreamOptions>
+  const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader', 'tracing']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])
   if (Object.keys(poolsInput).length === 0) fail('pools', 'at least one pool', options.pools)
@@ -53,9 +53,16 @@ export function validateOptions (input: unknown): Config {
     errors: validateErrors(options.errors),
     status: validateStatus(options.status),
     metrics: validateMetrics(options.metrics),
-    rateLimit: options.rateLimit === undefined ? null : object('rateLimit', options.rateLimit, Object.keys(options.rateLimit)),
-    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id')
+    rateLimit: validateRateLimit(options.rateLimit, routes.some((route) => route.rateLimit !== null && route.rateLimit !== false)),
+    requestIdHeader: headerName('requestIdHeader', options.requestIdHeader, 'x-request-id'),
+    tracing: validateTracing(options.tracing)
   }
+}
+
+function validateTracing (input: unknown): Config['tracing'] {
+  if (input === undefined) return 'auto'
+  if (input === 'auto' || typeof input === 'boolean') return input
+  fail('tracing', 'true, false or "auto"', input)
 }
 
 function validatePool (name: string, input: unknown): PoolConfig {
@@ -73,7 +80,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
   const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive'])
   const limits = optionalObject(join(path, 'limits'), pool.limits, ['maxConcurrent', 'maxPending', 'queueTimeout'])
   const tls = optionalObject(join(path, 'tls'), pool.tls, ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
-  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl'])
+  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers'])
   const minTtl = duration(join(join(path, 'discovery'), 'minTtl'), discovery.minTtl, 1000)
 
   return {
@@ -106,7 +113,9 @@ function validatePool (name: string, input: unknown): PoolConfig {
     discovery: {
       refresh: discovery.refresh === undefined || discovery.refresh === 'ttl' ? 'ttl' : duration(join(join(path, 'discovery'), 'refresh'), discovery.refresh, 0),
       minTtl,
-      maxTtl: duration(join(join(path, 'discovery'), 'maxTtl'), discovery.maxTtl, Math.max(60000, minTtl), minTtl)
+      maxTtl: duration(join(join(path, 'discovery'), 'maxTtl'), discovery.maxTtl, Math.max(60000, minTtl), minTtl),
+      timeout: duration(join(join(path, 'discovery'), 'timeout'), discovery.timeout, 2000),
+      servers: discovery.servers === undefined ? null : dnsServers(join(join(path, 'discovery'), 'servers'), discovery.servers)
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
     panic: boolean(join(path, 'panic'), pool.panic, false)
@@ -114,13 +123,32 @@ function validatePool (name: string, input: unknown): PoolConfig {
 }
 
 function validateTarget (path: string, input: unknown): TargetConfig {
-  const target = typeof input === 'string' ? { url: input } : object(path, input, ['url', 'weight', 'backup'])
+  const target = typeof input === 'string' ? { url: input } : object(path, input, ['url', 'srv', 'protocol', 'weight', 'backup'])
   const urlPath = typeof input === 'string' ? path : join(path, 'url')
-  return {
-    url: targetUrl(urlPath, target.url),
-    weight: integer(join(path, 'weight'), target.weight, 1, 1, 1000),
-    backup: boolean(join(path, 'backup'), target.backup, false)
+  const weight = integer(join(path, 'weight'), target.weight, 1, 1, 1000)
+  const backup = boolean(join(path, 'backup'), target.backup, false)
+  if (target.srv !== undefined) {
+    if (target.url !== undefined) throw new OptionsError(join(path, 'url'), 'give either url or srv, not both')
+    if (target.weight !== undefined) throw new OptionsError(join(path, 'weight'), 'not for SRV targets: each record carries its own weight')
+    const name = string(join(path, 'srv'), target.srv)
+    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$/.test(name)) fail(join(path, 'srv'), 'a DNS name such as "_http._tcp.api.service.consul"', name)
+    const protocol = oneOf(join(path, 'protocol'), target.protocol ?? 'http', ['http', 'https'] as const)
+    return { url: `srv+${protocol}://${name.toLowerCase()}`, weight, backup, srv: { name, protocol: `${protocol}:` } }
   }
+  if (target.protocol !== undefined) throw new OptionsError(join(path, 'protocol'), 'only for SRV targets (give the scheme in url)')
+  return { url: targetUrl(urlPath, target.url), weight, backup, srv: null }
+}
+
+/** DNS servers as `host:port` (or a bare IP): what Resolver.setServers takes. */
+function dnsServers (path: string, input: unknown): string[] {
+  const servers = array(path, input)
+  if (servers.length === 0) fail(path, 'at least one "ip:port"', input)
+  return servers.map((server, i) => {
+    if (typeof server !== 'string' || !/^(\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[0-9A-Fa-f:]+)$/.test(server)) {
+      fail(join(path, i), 'a DNS server address such as "10.0.0.53", "127.0.0.1:5353" or "[::1]:53"', server)
+    }
+    return server
+  })
 }
 
 function targetUrl (path: string, value: unknown): string {
@@ -234,19 +262,40 @@ function validateRetry (path: string, input: unknown, base: RetryConfig | null):
   }
 }
 
-function validateAuth (path: string, input: unknown): PoolConfig['auth'] {
+/**
+ * Credentials are secrets: no message here repeats a value given under `auth` (a token pasted
+ * where a function belongs, a header value), only its kind.
+ */
+function validateAuth (path: string, input: unknown): AuthConfig | null {
   if (input === undefined) return null
+  if (!isPlainObject(input)) secret(path, '{ headers } or { token }', input)
   const a = object(path, input, ['headers', 'token'])
   if (a.headers === undefined && a.token === undefined) fail(path, '{ headers } or { token }', input)
+  const headers: Record<string, string> = {}
   if (a.headers !== undefined) {
-    const headers = object(join(path, 'headers'), a.headers, Object.keys(a.headers as object))
-    for (const [name, value] of Object.entries(headers)) {
-      headerName(join(join(path, 'headers'), name), name)
-      if (typeof value !== 'string') fail(join(join(path, 'headers'), name), 'a string', value)
+    const headersPath = join(path, 'headers')
+    if (!isPlainObject(a.headers)) secret(headersPath, 'an object of header names and values', a.headers)
+    for (const [name, value] of Object.entries(a.headers)) {
+      const lower = headerName(join(headersPath, name), name)
+      // Framing and routing are the gateway's; a credential is none of these.
+      if (['host', 'content-length', 'transfer-encoding', 'connection'].includes(lower)) fail(join(headersPath, name), 'a header other than Host, Content-Length, Transfer-Encoding and Connection', name)
+      if (typeof value !== 'string' || value === '') secret(join(headersPath, name), 'a non-empty string', value)
+      if (!/^[\t\x20-\x7e\x80-\xff]+$/.test(value)) secret(join(headersPath, name), 'a header value (no line breaks or control characters)', 'a string')
+      if (lower in headers) fail(join(headersPath, name), 'each header once (names are case-insensitive)', name)
+      headers[lower] = value
     }
   }
-  if (a.token !== undefined && typeof a.token !== 'function') fail(join(path, 'token'), 'an async function', a.token)
-  return a as PoolConfig['auth']
+  if (a.token !== undefined && typeof a.token !== 'function') secret(join(path, 'token'), 'an async function () => ({ value, expiresAt })', a.token)
+  if (a.token !== undefined && 'authorization' in headers) {
+    throw new OptionsError(join(join(path, 'headers'), 'authorization'), 'cannot be set beside auth.token, which is sent as Authorization: Bearer <value>')
+  }
+  return { headers, token: (a.token as AuthConfig['token']) ?? null }
+}
+
+/** fail(), saying only what kind of value was given: the value may be a credential. */
+function secret (path: string, expected: string, got: unknown): never {
+  const kind = got === null || got === undefined ? String(got) : Array.isArray(got) ? 'an array' : typeof got === 'object' ? 'an object' : `a ${typeof got}`
+  throw new OptionsError(path, `expected ${expected}, got ${kind} (not shown: it may be a credential)`)
 }
 
 function validateRoute (path: string, input: unknown, pools: Map<string, PoolConfig>): RouteConfig {
@@ -269,6 +318,12 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (r.rateLimit !== undefined && r.rateLimit !== false && !isPlainObject(r.rateLimit)) {
     fail(join(path, 'rateLimit'), '@fastify/rate-limit route options or false', r.rateLimit)
   }
+  for (const key of ['redis', 'onStoreError', 'skipOnError']) {
+    // One store serves every route: where counts live is decided once, at the top level.
+    if (isPlainObject(r.rateLimit) && r.rateLimit[key] !== undefined) {
+      throw new OptionsError(join(join(path, 'rateLimit'), key), `set it once for all routes, as rateLimit.${key === 'skipOnError' ? 'onStoreError' : key}`)
+    }
+  }
   return {
     prefix,
     pool: poolName,
@@ -283,6 +338,38 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
     tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
   }
+}
+
+/**
+ * Everything but `redis` and `onStoreError` is @fastify/rate-limit's and goes to it as it is.
+ * Its `skipOnError` is set from `onStoreError`, so giving both would be two answers to one question.
+ * Null: no limit anywhere. Routes with a limit of their own and no global one get `global: false`.
+ */
+function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitConfig | null {
+  if (input === undefined && !routesLimited) return null
+  const given = input === undefined ? { global: false } : input
+  if (!isPlainObject(given)) fail('rateLimit', 'an object', given)
+  const { redis, onStoreError, ...plugin } = given
+  if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
+  if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
+  return {
+    // The IETF draft's RateLimit-* names rather than the older X-RateLimit-* ones.
+    plugin: { enableDraftSpec: true, ...plugin },
+    redis: validateRedis('rateLimit.redis', redis),
+    onStoreError: oneOf('rateLimit.onStoreError', onStoreError, ['allow', 'deny'], 'allow')
+  }
+}
+
+function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+  if (value === undefined) return null
+  if (typeof value === 'string') {
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    return value
+  }
+  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  const client = value as { defineCommand?: unknown, on?: unknown } | null
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  return value as RateLimitConfig['redis']
 }
 
 /** Bodies stream, so none is limited unless the route says so (as HAProxy, Envoy, Caddy). */
@@ -337,7 +424,7 @@ function validateMetrics (input: unknown): Config['metrics'] {
   return { path: surface.path, registry: (registry as Registry | undefined) ?? null }
 }
 
-const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests']
+const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests', 'dnsLatency']
 
 function validateStatus (input: unknown): StatusConfig | null {
   const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis'])
@@ -356,7 +443,8 @@ function validateStatus (input: unknown): StatusConfig | null {
       queue: ratio('status.diagnosis.queue', d.queue, 0.8),
       errorRate: ratio('status.diagnosis.errorRate', d.errorRate, 0.01),
       outlier,
-      minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1)
+      minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1),
+      dnsLatency: duration('status.diagnosis.dnsLatency', d.dnsLatency, 200)
     }
   }
 }

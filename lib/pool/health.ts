@@ -6,6 +6,7 @@ import type { HealthConfig, PoolConfig } from '../options/config.js'
 import type { CheckResult, Target } from './target.js'
 import { classify, GATEWAY_CODES } from '../errors/classify.js'
 import { makeFailure } from '../errors/failure.js'
+import type { Credentials } from './credentials.js'
 
 /** How much of a body `expect.body` looks at. */
 const BODY_LIMIT = 64 * 1024
@@ -15,19 +16,43 @@ const JITTER = 0.1
 export class HealthChecker {
   readonly #timers = new Map<Target, NodeJS.Timeout>()
   readonly #inFlight = new Set<AbortController>()
+  /** The targets checked; discovery adds and removes them while the gateway runs. */
+  readonly #targets = new Set<Target>()
+  #started = false
   #stopped = false
 
   constructor (
     private readonly pool: PoolConfig & { health: HealthConfig },
-    private readonly targets: readonly Target[],
     private readonly onResult: (target: Target, result: CheckResult) => void,
+    /** The pool's credentials (auth): checks carry them as requests do. */
+    private readonly credentials: Credentials | null = null,
     private readonly random: () => number = Math.random
   ) {}
 
   start (): void {
-    // The first round goes out at once (spread over a tenth of the interval), so targets
-    // leave the `unknown` state quickly.
-    for (const target of this.targets) this.#schedule(target, this.random() * this.pool.health.interval * JITTER)
+    this.#started = true
+    for (const target of this.#targets) this.#first(target)
+  }
+
+  /** A target to check from now on (at once, if checks have started). */
+  add (target: Target): void {
+    this.#targets.add(target)
+    if (this.#started) this.#first(target)
+  }
+
+  /** A target that left the pool: no more checks; a result still under way is dropped. */
+  remove (target: Target): void {
+    this.#targets.delete(target)
+    clearTimeout(this.#timers.get(target))
+    this.#timers.delete(target)
+  }
+
+  /**
+   * The first check goes out at once (spread over a tenth of the interval), so a target
+   * leaves the `unknown` state quickly.
+   */
+  #first (target: Target): void {
+    this.#schedule(target, this.random() * this.pool.health.interval * JITTER)
   }
 
   stop (): void {
@@ -38,11 +63,11 @@ export class HealthChecker {
   }
 
   #schedule (target: Target, delay: number): void {
-    if (this.#stopped) return
+    if (this.#stopped || !this.#targets.has(target)) return
     const timer = setTimeout(() => {
-      this.check(target).then((result) => {
-        if (this.#stopped) return
-        this.onResult(target, result)
+      this.#round(target).then((result) => {
+        if (this.#stopped || !this.#targets.has(target)) return
+        if (result !== null) this.onResult(target, result)
         const { interval } = this.pool.health
         this.#schedule(target, interval * (1 - JITTER + 2 * JITTER * this.random()))
       }, () => {})
@@ -51,8 +76,28 @@ export class HealthChecker {
     this.#timers.set(target, timer)
   }
 
-  /** One check: GET health.path, then status and body against `expect`. */
-  async check (target: Target): Promise<CheckResult> {
+  /**
+   * One round for a target: its check with the pool's credentials, or null (no verdict) when
+   * no token could be had. That failure is the token function's, logged once by Credentials;
+   * it says nothing of the target.
+   */
+  async #round (target: Target): Promise<CheckResult | null> {
+    let auth: Record<string, string> = {}
+    if (this.credentials !== null) {
+      try {
+        auth = await this.credentials.headers()
+      } catch {
+        return null
+      }
+    }
+    const result = await this.check(target, auth)
+    // A 401 to the gateway's token: have it refreshed, as a request's 401 would.
+    if (result.status === 401 && auth.authorization !== undefined) this.credentials!.unauthorized(auth.authorization.slice('Bearer '.length))
+    return result
+  }
+
+  /** One check: GET health.path (with `auth`, the credential headers), then status and body against `expect`. */
+  async check (target: Target, auth: Record<string, string> = {}): Promise<CheckResult> {
     const { health, timeouts } = this.pool
     const started = performance.now()
     const controller = new AbortController()
@@ -64,10 +109,10 @@ export class HealthChecker {
     let answered = false
     try {
       const res = await target.client(timeouts.connect === false ? health.timeout : Math.min(timeouts.connect, health.timeout)).request({
-        origin: target.url,
+        origin: target.origin,
         path: health.path,
         method: 'GET',
-        headers: { host: target.hostHeader, 'user-agent': 'fastify-upstream health check' },
+        headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream health check' }, auth),
         signal: controller.signal,
         headersTimeout: health.timeout,
         bodyTimeout: health.timeout

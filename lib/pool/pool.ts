@@ -8,6 +8,9 @@ import { createBalancer, type Balancer } from './balancer/index.js'
 import { HealthChecker } from './health.js'
 import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.js'
 import { RetryBudget } from './budget.js'
+import { DiscoveredName, NameResolver, sourceOf, type Endpoint, type NameStatus } from './discovery.js'
+import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { Credentials } from './credentials.js'
 
 interface Waiter {
   ready: () => void
@@ -20,15 +23,33 @@ export interface PoolSnapshot {
   /** Every target is out and `panic` sends traffic to all of them anyway. */
   panic: boolean
   targets: TargetSnapshot[]
+  /** Targets given by name (or SRV): how each resolves. Empty when every target is an IP. */
+  dns: NameStatus[]
 }
 
-/** Why a pool has no target for a request: the details of its destination_unavailable record. */
+/** Why a pool has no target for a request: the details of its failure record. */
 export interface Outage {
-  phase: 'route'
-  /** Per target, why it is out, one line each. */
-  why: string
-  /** Seconds until a target may be back, when known. */
-  retryAfter: number | null
+  /** destination_unavailable; dns_error or dns_timeout when no name of the pool resolved yet. */
+  error: Extract<ProxyErrorType, 'destination_unavailable' | 'dns_error' | 'dns_timeout'>
+  context: {
+    phase: 'route' | 'dns'
+    /** Per target, why it is out, one line each. */
+    why: string
+    /** Seconds until a target may be back, when known. */
+    retryAfter: number | null
+    cause?: string | null
+    /** The name that does not resolve (`host:port`), for dns_error and dns_timeout. */
+    target?: string
+    /** The last lookup: its code and how long it took. */
+    note?: string
+  }
+}
+
+/** One target of the configuration: a fixed address, or a name and the targets it resolves to. */
+interface Named {
+  name: DiscoveredName
+  /** By endpoint key; targets that left the answer stay here while they drain. */
+  targets: Map<string, Target>
 }
 
 /** The latency sample a failed try counts as (see recordFailure). */
@@ -42,13 +63,27 @@ const OUT_STATES = new Set<TargetState>(['unhealthy', 'ejected', 'draining'])
 export class UpstreamPool {
   readonly name: string
   readonly config: PoolConfig
-  readonly targets: Target[]
+  /** The targets now; a new array whenever discovery changes the set (never changed in place). */
+  #targets: Target[] = []
+  /** Per configured target: a fixed Target, or a discovered name. */
+  readonly #sources: Array<Target | Named>
+  /** Targets that left their name's answer and still have requests in flight. */
+  readonly #leaving = new Set<Target>()
+  /** Connection pools of removed targets still closing (awaited on close). */
+  readonly #closing = new Set<Promise<void>>()
+  /** The configured origins, for rewriting Location (names included). */
+  readonly origins: ReadonlySet<string>
+  /** Told how long each DNS lookup took (the metrics). */
+  readonly lookupObservers: Array<(ms: number) => void> = []
+  #started = false
   readonly #balancer: Balancer
   readonly #log: FastifyBaseLogger
   readonly #checker: HealthChecker | null
   /** Requests waiting for a target with room (limits), oldest first. */
   readonly #waiters: Waiter[] = []
   readonly budget: RetryBudget
+  /** pools.<name>.auth: what every request to a target carries; null without it. */
+  readonly credentials: Credentials | null
   #inPanic = false
   /** Requests in flight a target may have (see hasRoom). */
   readonly #room: number
@@ -60,14 +95,40 @@ export class UpstreamPool {
   constructor (config: PoolConfig, log: FastifyBaseLogger) {
     this.name = config.name
     this.config = config
-    this.targets = config.targets.map((t) => new Target(t, config))
     this.#balancer = createBalancer(config.balancer)
     this.#log = log
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
     this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
+    this.credentials = config.auth === null ? null : new Credentials(config.name, config.auth, log)
     this.#checker = config.health === null
       ? null
-      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, this.targets, (target, result) => { this.#onCheck(target, result) })
+      : new HealthChecker(config as PoolConfig & { health: HealthConfig }, (target, result) => { this.#onCheck(target, result) }, this.credentials)
+    this.origins = new Set(config.targets.filter((t) => t.srv === null).map((t) => t.url))
+    this.#sources = config.targets.map((t) => {
+      const source = sourceOf(t)
+      if (source === null) {
+        const target = new Target(t, config)
+        this.#checker?.add(target)
+        return target
+      }
+      // One resolver per name: a lookup cancelled at its timeout cancels no other name's.
+      const named: Named = {
+        targets: new Map(),
+        name: new DiscoveredName(t, source, new NameResolver(config.discovery), this.name, {
+          resolved: (endpoints) => { this.#apply(named, endpoints) },
+          looked: (ms) => { for (const observe of this.lookupObservers) observe(ms) },
+          warn: (record, msg) => { this.#log.warn(record, msg) },
+          info: (record, msg) => { this.#log.info(record, msg) }
+        })
+      }
+      return named
+    })
+    this.#rebuild()
+  }
+
+  /** The targets now: fixed ones and the addresses of names, those draining out included. */
+  get targets (): readonly Target[] {
+    return this.#targets
   }
 
   /** Requests waiting in line for room now (limits.maxPending bounds it). */
@@ -75,9 +136,93 @@ export class UpstreamPool {
     return this.#waiters.length
   }
 
-  /** Starts active health checks (once the app is ready). */
-  start (): void {
+  /**
+   * Starts active health checks and discovery (once the app is ready). Resolves when each name's
+   * first lookup is over, whatever its outcome (at most discovery.timeout): a name that does
+   * not resolve does not keep the app from starting; it is retried.
+   */
+  async start (): Promise<void> {
     this.#checker?.start()
+    await Promise.all(this.#names().map(async (n) => await n.name.start()))
+    this.#started = true
+  }
+
+  #names (): Named[] {
+    return this.#sources.filter((s): s is Named => !(s instanceof Target))
+  }
+
+  /**
+   * A name's new answer: addresses that stay keep their Target (health, ejection, counters),
+   * new ones join (unknown while health checks have not judged them, warming up under slow
+   * start), gone ones drain and leave once their requests in flight end.
+   */
+  #apply (named: Named, endpoints: readonly Endpoint[]): void {
+    const now = Date.now()
+    const seen = new Set<string>()
+    const added: string[] = []
+    const removed: string[] = []
+    for (const endpoint of endpoints) {
+      seen.add(endpoint.key)
+      const known = named.targets.get(endpoint.key)
+      if (known !== undefined) {
+        known.update(endpoint)
+        if (known.removed) {
+          // Back in the answer before it finished draining: it stays, state and all.
+          this.#leaving.delete(known)
+          this.#change(known, `is in the DNS answer for ${named.name.label} again`, () => {
+            known.removed = false
+            known.draining = false
+          })
+        }
+        continue
+      }
+      const target = new Target(named.name.target, this.config, endpoint)
+      // Not the first answer: a new address ramps up under slow start, as a recovered one does.
+      if (this.#started) target.warmingSince = now
+      named.targets.set(endpoint.key, target)
+      this.#checker?.add(target)
+      added.push(endpoint.ip)
+    }
+    for (const [key, target] of named.targets) {
+      if (seen.has(key) || target.removed) continue
+      removed.push(target.address!)
+      this.#change(target, `left the DNS answer for ${named.name.label}: no new requests, those in flight finish`, () => {
+        target.removed = true
+        target.draining = true
+      })
+      this.#leaving.add(target)
+    }
+    if (added.length > 0 || removed.length > 0) {
+      this.#log.info({ pool: this.name, name: named.name.label, added, removed, addresses: endpoints.map((e) => e.ip) },
+        `${this.name}: ${named.name.label} now resolves to ${endpoints.map((e) => e.ip).join(', ')}${added.length > 0 ? `; added ${added.join(', ')}` : ''}${removed.length > 0 ? `; removed ${removed.join(', ')}` : ''}`)
+    }
+    this.#rebuild()
+    this.#sweep()
+  }
+
+  /** Removed targets whose last request ended leave the pool; their connections close. */
+  #sweep (): void {
+    let gone = false
+    for (const target of this.#leaving) {
+      if (target.inFlight > 0) continue
+      this.#leaving.delete(target)
+      for (const named of this.#names()) {
+        for (const [key, t] of named.targets) if (t === target) named.targets.delete(key)
+      }
+      this.#checker?.remove(target)
+      clearTimeout(this.#ejections.get(target))
+      this.#ejections.delete(target)
+      if (this.#trial?.target === target) this.#trial = null
+      const closing = target.close()
+      this.#closing.add(closing)
+      void closing.finally(() => this.#closing.delete(closing))
+      gone = true
+    }
+    if (gone) this.#rebuild()
+  }
+
+  #rebuild (): void {
+    this.#targets = this.#sources.flatMap((s) => s instanceof Target ? [s] : [...s.targets.values()])
   }
 
   /**
@@ -87,6 +232,8 @@ export class UpstreamPool {
    */
   candidates (request: FastifyRequest): Target[] {
     const now = Date.now()
+    // No target at all: a pool whose names have not resolved yet (see outage).
+    if (this.#targets.length === 0) return []
     // The common case, every target a healthy primary, needs no filtering.
     if (this.targets.every((t) => !t.backup && t.health === 'healthy' && t.isAvailable(now))) {
       this.#setPanic(false)
@@ -180,6 +327,7 @@ export class UpstreamPool {
 
   /** A request to one of this pool's targets ended: the oldest waiter may go. */
   released (): void {
+    if (this.#leaving.size > 0) this.#sweep()
     const waiter = this.#waiters.shift()
     if (waiter === undefined) return
     clearTimeout(waiter.timer)
@@ -192,9 +340,32 @@ export class UpstreamPool {
     if (i >= 0) this.#waiters.splice(i, 1)
   }
 
-  /** Why nothing can take traffic: one line per target, and when one may be back. */
+  /**
+   * Why nothing can take traffic: one line per target, and when one may be back. With no
+   * target at all because no name has resolved yet: the lookup's failure (dns_error, or
+   * dns_timeout when the resolver did not answer), with its code and how long it took.
+   */
   outage (): Outage {
     const now = Date.now()
+    if (this.#targets.length === 0) {
+      const failing = this.#names().find((n) => n.name.lastError !== null)
+      if (failing !== undefined) {
+        const name = failing.name
+        const last = name.lastError!
+        const source = name.source
+        return {
+          error: last.code === 'ETIMEOUT' ? 'dns_timeout' : 'dns_error',
+          context: {
+            phase: 'dns',
+            cause: last.code,
+            target: source.kind === 'srv' ? source.name : `${source.hostname}:${source.port}`,
+            why: '',
+            retryAfter: Math.max(1, Math.ceil(((name.nextRefresh ?? now) - now) / 1000)),
+            note: `no address is known for ${name.label}: its last lookup failed with ${last.code} after ${last.ms} ms at ${new Date(last.at).toISOString()}, failing since ${new Date(name.failingSince ?? last.at).toISOString()}`
+          }
+        }
+      }
+    }
     const lines = this.targets.map((t) => `${t.hostPort}${t.backup ? ' (backup)' : ''}: ${t.why(t.state(now)) ?? 'available'}`)
     const waits = this.targets.flatMap((t) => {
       // An ejected primary gets a half-open trial within a second (see #trialTarget).
@@ -203,9 +374,12 @@ export class UpstreamPool {
       return []
     })
     return {
-      phase: 'route',
-      why: lines.map((line) => `\n- ${line}`).join(''),
-      retryAfter: waits.length > 0 ? Math.max(1, Math.ceil(Math.min(...waits))) : null
+      error: 'destination_unavailable',
+      context: {
+        phase: 'route',
+        why: lines.map((line) => `\n- ${line}`).join(''),
+        retryAfter: waits.length > 0 ? Math.max(1, Math.ceil(Math.min(...waits))) : null
+      }
     }
   }
 
@@ -270,18 +444,23 @@ export class UpstreamPool {
     }, 'ejected')
   }
 
+  /** Drains a target; a name's URL drains every address it resolves to now. */
   drain (url: string): void {
-    const target = this.find(url)
-    if (target.draining) return
-    this.#change(target, 'drained by an operator: no new requests, those in flight finish', () => { target.draining = true })
+    for (const target of this.findAll(url)) {
+      if (target.draining) continue
+      this.#change(target, 'drained by an operator: no new requests, those in flight finish', () => { target.draining = true })
+    }
   }
 
   enable (url: string): void {
-    const target = this.find(url)
-    this.#change(target, 'enabled by an operator', () => {
-      target.draining = false
-      target.readmit()
-    })
+    for (const target of this.findAll(url)) {
+      // An address that left the DNS answer is on its way out; no operator brings it back.
+      if (target.removed) continue
+      this.#change(target, 'enabled by an operator', () => {
+        target.draining = false
+        target.readmit()
+      })
+    }
   }
 
   snapshot (): PoolSnapshot {
@@ -291,17 +470,25 @@ export class UpstreamPool {
       name: this.name,
       balancer: balancer.kind === 'hash' ? `hash(${balancer.key})` : balancer.kind,
       panic: this.#inPanic,
-      targets: this.targets.map((t) => t.snapshot(now))
+      targets: this.targets.map((t) => t.snapshot(now)),
+      dns: this.#names().map((n) => n.name.status())
     }
   }
 
+  /** How each discovered name stands (for the report and its diagnosis). */
+  names (): DiscoveredName[] {
+    return this.#names().map((n) => n.name)
+  }
+
   async close (): Promise<void> {
+    for (const named of this.#names()) named.name.stop()
     this.#checker?.stop()
+    this.credentials?.close()
     for (const waiter of this.#waiters) clearTimeout(waiter.timer)
     this.#waiters.length = 0
     for (const timer of this.#ejections.values()) clearTimeout(timer)
     this.#ejections.clear()
-    await Promise.all(this.targets.map(async (t) => await t.close()))
+    await Promise.all([...this.targets.map(async (t) => await t.close()), ...this.#closing])
   }
 
   #onCheck (target: Target, result: CheckResult): void {
@@ -362,9 +549,20 @@ export class UpstreamPool {
 
   /** The target with this URL (or origin); throws, naming the targets, for one not in the pool. */
   find (url: string): Target {
-    const target = this.targets.find((t) => t.url === url || t.url === safeOrigin(url))
-    if (target === undefined) throw new Error(`fastify-upstream: pool "${this.name}" has no target "${url}" (targets: ${this.targets.map((t) => t.url).join(', ')})`)
-    return target
+    return this.findAll(url)[0]!
+  }
+
+  /**
+   * The targets a URL names: the one with that URL (or origin), or every address of a name
+   * given as its configured URL. Throws, naming the targets, when none matches.
+   */
+  findAll (url: string): Target[] {
+    const origin = safeOrigin(url)
+    const exact = this.targets.find((t) => t.url === url || t.url === origin)
+    if (exact !== undefined) return [exact]
+    const named = this.targets.filter((t) => t.address !== null && (t.source === url || t.source === origin))
+    if (named.length > 0) return named
+    throw new Error(`fastify-upstream: pool "${this.name}" has no target "${url}" (targets: ${this.targets.map((t) => t.url).join(', ')})`)
   }
 }
 

@@ -3,6 +3,7 @@
 import { Pool as UndiciPool, buildConnector } from 'undici'
 import { ConnectGate } from './connector.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
+import { originOf, type Endpoint } from './discovery.js'
 
 /** How a target stands, most decisive first (see `state()`). */
 export type TargetState = 'healthy' | 'unhealthy' | 'unknown' | 'ejected' | 'draining' | 'backup'
@@ -30,7 +31,10 @@ export interface CheckResult {
 }
 
 export interface TargetSnapshot {
+  /** The target's URL; for an address of a name, e.g. `http://api.internal:8080 (10.0.0.5)`. */
   url: string
+  /** The address a target given by name (or SRV) resolved to; null for a URL with an IP. */
+  address: string | null
   weight: number
   backup: boolean
   state: TargetState
@@ -58,14 +62,29 @@ const EWMA_ALPHA = 0.2
 const LATENCY_DECAY_MS = 10_000
 /** A target warming up under slow start never gets less than this share of its weight. */
 const MIN_WARM_SHARE = 0.1
+/** SRV weights (0..65535) are kept within the weights targets may have. */
+const MAX_WEIGHT = 1000
 
 export class Target {
+  /**
+   * The target's name in the API, logs and status page: its URL, or for an address a name
+   * resolved to, the name's URL and the address, `http://api.internal:8080 (10.0.0.5)`.
+   */
   readonly url: string
-  readonly weight: number
-  readonly backup: boolean
-  /** `host:port`, as an operator reads it in logs and `next-hop`. */
+  /** Where connections go: the URL, or for a resolved address, `http://10.0.0.5:8080`. */
+  readonly origin: string
+  /** The configured target this one comes from (its `url`): the name, for resolved addresses. */
+  readonly source: string
+  /** The IP a name resolved to; null for a target whose URL has an IP. */
+  readonly address: string | null
+  /** SRV records may change a target's weight and priority between lookups. */
+  weight: number
+  backup: boolean
+  /** `host:port` (with ` (ip)` for a resolved address), as an operator reads it in logs and `next-hop`. */
   readonly hostPort: string
   readonly hostHeader: string
+  /** Left the DNS answer: drains, then leaves the pool once its requests in flight end. */
+  removed = false
 
   inFlight = 0
   requests = 0
@@ -102,17 +121,40 @@ export class Target {
   readonly #clients = new Map<number, UndiciPool>()
   readonly #connectGate = new ConnectGate()
   readonly #pool: PoolConfig
+  #configBackup = false
 
-  constructor (config: TargetConfig, pool: PoolConfig) {
-    const url = new URL(config.url)
-    this.url = config.url
-    this.weight = config.weight
-    this.backup = config.backup
-    this.hostHeader = url.host
-    this.hostPort = `${url.hostname}:${url.port !== '' ? url.port : (url.protocol === 'https:' ? '443' : '80')}`
+  constructor (config: TargetConfig, pool: PoolConfig, endpoint: Endpoint | null = null) {
+    this.source = config.url
     this.#pool = pool
+    if (endpoint === null) {
+      const url = new URL(config.url)
+      this.url = this.origin = config.url
+      this.address = null
+      this.weight = config.weight
+      this.backup = config.backup
+      this.hostHeader = url.host
+      this.hostPort = `${url.hostname}:${url.port !== '' ? url.port : (url.protocol === 'https:' ? '443' : '80')}`
+    } else {
+      const protocol = config.srv?.protocol ?? new URL(config.url).protocol
+      const defaultPort = protocol === 'https:' ? 443 : 80
+      // Host (and so TLS SNI and the certificate check) carry the name, never the address.
+      this.hostHeader = endpoint.port === defaultPort ? endpoint.hostname : `${endpoint.hostname}:${endpoint.port}`
+      this.origin = originOf(protocol, endpoint.ip, endpoint.port)
+      this.address = endpoint.ip
+      this.url = `${protocol}//${this.hostHeader} (${endpoint.ip})`
+      this.hostPort = `${endpoint.hostname}:${endpoint.port} (${endpoint.ip})`
+      this.weight = config.weight
+      this.backup = this.#configBackup = config.backup
+      this.update(endpoint)
+    }
     // Without active checks nothing will ever pass a verdict: a target is presumed healthy.
     this.health = pool.health === null ? 'healthy' : 'unknown'
+  }
+
+  /** What a new lookup says of this address (SRV weight and priority may change). */
+  update (endpoint: Endpoint): void {
+    if (endpoint.weight !== null) this.weight = Math.min(MAX_WEIGHT, Math.max(1, endpoint.weight))
+    this.backup = this.#configBackup || endpoint.backup
   }
 
   state (now = Date.now()): TargetState {
@@ -160,7 +202,7 @@ export class Target {
     let client = this.#clients.get(connectTimeout)
     if (client === undefined) {
       const { connections, tls } = this.#pool
-      client = new UndiciPool(this.url, {
+      client = new UndiciPool(this.origin, {
         // The gateway keeps within connections.perTarget itself (pool.hasRoom), so a request
         // never waits in undici's queue with its connect timer running.
         connections: Number.isFinite(connections.perTarget) ? connections.perTarget : null,
@@ -173,7 +215,8 @@ export class Target {
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
           ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
           ...(tls.key !== undefined ? { key: tls.key } : {}),
-          ...(tls.servername !== undefined ? { servername: tls.servername } : {})
+          // A resolved address is reached under its name (undici takes SNI from Host too).
+          ...(tls.servername !== undefined ? { servername: tls.servername } : this.address !== null ? { servername: this.hostHeader.replace(/:\d+$/, '') } : {})
         }))
       })
       this.#clients.set(connectTimeout, client)
@@ -200,6 +243,7 @@ export class Target {
     const state = this.state(now)
     return {
       url: this.url,
+      address: this.address,
       weight: this.weight,
       backup: this.backup,
       state,
@@ -223,7 +267,9 @@ export class Target {
   why (state = this.state()): string | null {
     const since = new Date(this.since).toISOString()
     switch (state) {
-      case 'draining': return `drained by an operator since ${since}`
+      case 'draining': return this.removed
+        ? `no longer in the DNS answer for ${this.source} since ${since}; leaves the pool when its ${this.inFlight} requests in flight end`
+        : `drained by an operator since ${since}`
       case 'ejected': return `${this.ejectedReason ?? 'ejected'}; back at ${new Date(this.ejectedUntil!).toISOString()}`
       case 'unhealthy': return `failing health checks since ${since}: ${this.healthReason ?? 'no detail'}`
       case 'unknown': return 'no health check has passed a verdict yet'

@@ -6,6 +6,7 @@ import type { Target } from '../pool/target.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { Exchange, LegacyHandler } from './exchange.js'
 import { TargetTry } from './try.js'
+import type { Span } from '../observe/tracing.js'
 
 /** One try on one target; undici calls it as the request progresses. */
 export class Attempt extends TargetTry implements LegacyHandler {
@@ -15,6 +16,8 @@ export class Attempt extends TargetTry implements LegacyHandler {
   /** undici has written the whole request, body included, to the socket. */
   requestSent = false
   responseStarted = false
+  /** This try's span while it is open; null when tracing is off. */
+  span: Span | null = null
   #abandoned = false
   #ended = false
   #connectTimer: NodeJS.Timeout | null = null

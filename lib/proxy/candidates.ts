@@ -62,7 +62,8 @@ export class Candidates {
   }
 
   #mayTry (target: Target): boolean {
-    return this.#unreachable?.has(target) !== true && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
+    // A target that left its name's DNS answer since the list was made may be closed already.
+    return this.#unreachable?.has(target) !== true && !target.removed && (target.isAvailable() || this.pool.inPanic || this.#mayTrial(target))
   }
 
   /** The pool's half-open trial gets one try: a failed one is no reason to knock again at once. */

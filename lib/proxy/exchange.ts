@@ -19,6 +19,8 @@ import { sendTry } from './try.js'
 import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
+import { waitForCredentials } from '../pool/credentials.js'
+import type { Tracing, TryOutcome } from '../observe/tracing.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -28,7 +30,7 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail'>
+type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
 
 /**
  * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
@@ -74,14 +76,23 @@ export class Exchange {
   readonly #room = new RoomWait()
   /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
   #waitingPhase: AttemptRecord['phase'] = 'route'
+  /** The token the last try carried (pools.<name>.auth.token), to tell a 401 which one it refused. */
+  #sentToken: string | null = null
+  /** An upstream 401 already made this exchange ask for a new token: a second one goes to the client. */
+  #reauthorized = false
+  /** The context the try spans hang from; null when tracing is off. */
+  readonly #traceParent: object | null
+  #tries = 0
 
   constructor (
     readonly request: FastifyRequest,
     readonly reply: FastifyReply,
     readonly route: RouteConfig,
     readonly pool: UpstreamPool,
-    private readonly events: ExchangeEvents
+    private readonly events: ExchangeEvents,
+    private readonly tracing: Tracing | null = null
   ) {
+    this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
     if (total !== false) {
       this.#totalTimer = setTimeout(() => {
@@ -125,7 +136,7 @@ export class Exchange {
     this.pool.budget.request()
     this.#candidates = new Candidates(this.pool, this.request)
     if (this.#candidates.empty) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     // reply-from passes '' where it has no body to give.
@@ -175,6 +186,19 @@ export class Exchange {
   /** The next try: the next candidate that may take traffic and has room, else wait in line. */
   #tryNext (): void {
     this.#attempt = null
+    const credentials = this.pool.credentials
+    if (credentials !== null && !credentials.ready()) {
+      // No token yet, or it expired, or a 401 retired it: wait for the one call in flight.
+      this.#waitingPhase = 'send'
+      this.#waiting = waitForCredentials(credentials, () => {
+        this.#waiting = null
+        if (!this.settled) this.#tryNext()
+      }, (details) => {
+        this.#waiting = null
+        if (!this.settled) this.#fail('proxy_internal_error', details)
+      })
+      return
+    }
     const target = this.#candidates!.pick()
     if (target === 'none') {
       this.#giveUp('no other target can take traffic')
@@ -192,9 +216,35 @@ export class Exchange {
     // reply-from made this headers object for this request alone: set the try's Host in place.
     const headers = opts.headers as Record<string, string>
     headers.host = target.hostHeader
+    if (credentials !== null) this.#sentToken = credentials.apply(headers)
+    this.#tries++
+    if (this.tracing === null) {
+      this.#send(attempt, headers)
+      return
+    }
+    attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.#tries)
+    this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, () => { this.#send(attempt, headers) })
+  }
+
+  #send (attempt: Attempt, headers: Record<string, string>): void {
+    const opts = this.#opts!
     sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
     })
+  }
+
+  /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
+  #endSpan (attempt: Attempt | null, status: number | null, failure?: TryOutcome): void {
+    const span = attempt?.span
+    if (span == null) return
+    attempt!.span = null
+    if (failure !== undefined) {
+      this.tracing!.failed(span, failure)
+    } else if (status !== null) {
+      this.tracing!.answered(span, status)
+    } else {
+      span.end()
+    }
   }
 
   #queue (): void {
@@ -221,9 +271,17 @@ export class Exchange {
     attempt.status = statusCode
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.attempts.push(attempt.record(null, null, 'headers'))
+    if (statusCode === 401 && this.#replayUnauthorized()) {
+      // The upstream refused the gateway's token: the client never sees this answer.
+      attempt.abandon()
+      attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', 'sending again with a new token after 401'))
+      this.#tryAfter(0, 'send')
+      return false
+    }
     const policy = this.route.retry
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
+      this.#endSpan(attempt, statusCode)
       attempt.abandon()
       attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
       this.#retryLater()
@@ -262,6 +320,7 @@ export class Exchange {
   }
 
   onAttemptEnd (attempt: Attempt, trailers: string[] | null): void {
+    this.#endSpan(attempt, attempt.status)
     this.#settle()
     this.#downstream!.onComplete?.(trailers)
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
@@ -272,6 +331,7 @@ export class Exchange {
     if (this.settled) return
     const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
+    if (this.tracing !== null) this.#endSpan(attempt, null, { error: verdict.error, phase: verdict.phase, cause: verdict.cause, err })
     if (verdict.error === 'client_aborted') {
       this.#aborted(verdict.phase)
       return
@@ -326,20 +386,39 @@ export class Exchange {
   /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */
   #retryLater (immediate = false): void {
     this.#retries++
+    this.#tryAfter(immediate ? 0 : backoff(this.#retries), 'connect')
+  }
+
+  #tryAfter (ms: number, phase: AttemptRecord['phase']): void {
     this.#attempt = null
-    this.#waitingPhase = 'connect'
+    this.#waitingPhase = phase
     const timer = setTimeout(() => {
       this.#waiting = null
       if (!this.settled) this.#tryNext()
-    }, immediate ? 0 : backoff(this.#retries))
+    }, ms)
     this.#waiting = { cancel: () => clearTimeout(timer) }
+  }
+
+  /**
+   * An upstream 401 to a request that carried the pool's token. The first in an exchange has
+   * the token refreshed (see Credentials.unauthorized, which bounds how often), and the request
+   * is sent again with the new one when the retry rules allow a replay: its method is in
+   * retry.methods and its body could be kept. That is not a retry: retry.retries and the
+   * budget are untouched. A second 401 goes to the client as sent.
+   */
+  #replayUnauthorized (): boolean {
+    const credentials = this.pool.credentials
+    if (credentials === null || !credentials.hasToken || this.#reauthorized) return false
+    this.#reauthorized = true
+    const refreshed = credentials.unauthorized(this.#sentToken)
+    return refreshed && this.route.retry.methods.has(this.request.method) && this.#body!.replayable
   }
 
   /** Out of targets for a retry: the last try's failure stands. */
   #giveUp (why: string): void {
     const last = [...this.attempts].reverse().find((a) => a.error !== null)
     if (last === undefined) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })
@@ -399,12 +478,19 @@ export class Exchange {
     this.events.aborted(this, phase)
   }
 
+  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
+  #failOutage (): void {
+    const outage = this.pool.outage()
+    this.#fail(outage.error, outage.context)
+  }
+
   #fail (error: ProxyErrorType, context: FailureDetails): void {
     const failure = this.#failure(error, context)
     this.#settle()
     // The rest of an unfinished upload is not read: the connection closes after the answer (as
     // nginx does) instead of draining a body nobody wants, or stalling on one held back.
     if (this.#clientStillSending()) this.reply.header('connection', 'close')
+    if (this.tracing !== null) this.tracing.requestFailed(this.#traceParent!, failure)
     // reply-from's handler is left without an answer on purpose: it would log the error a
     // second time and pick its own status. The gateway answers with the failure record.
     this.events.failed(this, failure)
@@ -431,6 +517,8 @@ export class Exchange {
 
   #settle (): void {
     this.settled = true
+    // A try still open as the exchange ends (left behind by a timeout or an intercepted status).
+    if (this.tracing !== null) this.#endSpan(this.#attempt, this.#attempt?.status ?? null)
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
     this.#upload?.stop()

@@ -18,7 +18,7 @@ export function rewriteLocations (headers: Record<string, unknown>, request: Fas
   if (typeof location !== 'string' && typeof contentLocation !== 'string') return
   const host = request.host
   const context: LocationContext = {
-    origins: new Set(pool.targets.map((target) => target.url)),
+    origins: pool.origins,
     prefix: route.prefix,
     rewritePrefix: route.rewritePrefix,
     clientOrigin: host !== '' ? `${request.protocol}://${host}` : null

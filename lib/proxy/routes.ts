@@ -16,6 +16,7 @@ import { makeFailure } from '../errors/failure.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
+import type { Tracing } from '../observe/tracing.js'
 
 /**
  * A request's exchange rides on the request itself, not in a WeakMap: a WeakMap entry lives
@@ -59,7 +60,7 @@ function flushStarted (): void {
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
 const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
@@ -92,6 +93,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       reply.raw.destroy()
     },
     aborted (exchange, phase) {
+      recorder?.aborted(pool.name, exchange.target?.hostPort ?? null)
       logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
     },
     recovered (exchange, status) {
@@ -111,10 +113,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, dest, { route, pool, config, answer })
+      websockets.open(request, reply, dest, { route, pool, config, answer, recorder })
       return reply
     }
-    const exchange = new Exchange(request, reply, route, pool, events)
+    const exchange = new Exchange(request, reply, route, pool, events, tracing)
     ;(request as RequestWithExchange)[kExchange] = exchange
     try {
       return reply.from(dest, options)

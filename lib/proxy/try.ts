@@ -56,7 +56,7 @@ export function sendTry (attempt: SendableTry, handler: Dispatcher.DispatchHandl
   const { connect, headers, body } = timeouts
   const target = attempt.target
   try {
-    target.client(backstop(connect)).dispatch(Object.assign({ origin: target.url, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
+    target.client(backstop(connect)).dispatch(Object.assign({ origin: target.origin, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
   } catch (err) {
     attempt.abandon()
     failed(err)

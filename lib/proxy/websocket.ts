@@ -28,6 +28,8 @@ import { makeFailure, type AttemptRecord, type Failure, type FailureContext } fr
 import { logClientAborted, logFailure } from '../errors/log.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { waitForCredentials } from '../pool/credentials.js'
+import type { Recorder, TunnelEvent } from '../observe/recorder.js'
 
 const kUpgrade = Symbol('fastify-upstream.upgrade')
 
@@ -53,6 +55,8 @@ export interface TunnelRoute {
   config: Config
   /** Logs the failure once and answers it (the route's error responder). */
   answer: (request: FastifyRequest, reply: FastifyReply, failure: Failure) => void
+  /** Counts handshakes and tunnels for the status page, when there is one. */
+  recorder: Recorder | null
 }
 
 /** The gateway's websocket side: the server's 'upgrade' listener and every live tunnel. */
@@ -235,6 +239,8 @@ class Tunnel {
   #upstream: Socket | null = null
   /** Bytes the client sent during the handshake, kept for the upstream. */
   readonly #early: Buffer[] = []
+  /** The token the last try carried (pools.<name>.auth.token). */
+  #sentToken: string | null = null
 
   constructor (
     readonly request: FastifyRequest,
@@ -269,7 +275,7 @@ class Tunnel {
     socket.on('data', this.#onEarlyData)
     socket.once('end', this.#onClientClose)
     if (this.#candidates.empty) {
-      this.#fail('destination_unavailable', this.pool.outage())
+      this.#failOutage()
       return
     }
     this.#tryNext()
@@ -277,6 +283,18 @@ class Tunnel {
 
   #tryNext (): void {
     this.#try = null
+    const credentials = this.pool.credentials
+    if (credentials !== null && !credentials.ready()) {
+      this.#waitingPhase = 'send'
+      this.#waiting = waitForCredentials(credentials, () => {
+        this.#waiting = null
+        if (!this.#settled) this.#tryNext()
+      }, (details) => {
+        this.#waiting = null
+        this.#fail('proxy_internal_error', details)
+      })
+      return
+    }
     const target = this.#candidates.pick()
     if (target === 'none') {
       this.#giveUp()
@@ -289,11 +307,13 @@ class Tunnel {
     this.#room.reset()
     const handshake = new Handshake(this, target)
     this.#try = handshake
+    const headers: Record<string, unknown> = Object.assign({}, this.#headers, { host: target.hostHeader })
+    if (credentials !== null) this.#sentToken = credentials.apply(headers)
     // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
     sendTry(handshake, handshake as Dispatcher.DispatchHandler, this.route.timeouts, {
       path: this.path,
       method: 'GET',
-      headers: Object.assign({}, this.#headers, { host: target.hostHeader }),
+      headers: headers as Record<string, string>,
       upgrade: 'websocket'
     }, (err) => { this.onTryError(handshake, err) })
   }
@@ -356,13 +376,15 @@ class Tunnel {
   /** Out of targets for a retry: the last try's failure stands. */
   #giveUp (): void {
     const last = [...this.attempts].reverse().find((a) => a.error !== null)
-    if (last === undefined) this.#fail('destination_unavailable', this.pool.outage())
+    if (last === undefined) this.#failOutage()
     else this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: 'not retried: no other target can take traffic' })
   }
 
   /** The upstream answered the handshake with something else than 101: the client gets it as sent. */
   onRefusal (handshake: Handshake, status: number, rawHeaders: Buffer[], resume: () => void): boolean {
     this.pool.recordResponse(handshake.target, status, handshake.ms)
+    // The client gets the 401 as sent (its handshake is not replayed); the next one carries a new token.
+    if (status === 401) this.pool.credentials?.unauthorized(this.#sentToken)
     this.attempts.push(handshake.record(null, null, 'headers'))
     if (shouldRetryStatus(status, 'GET', this.route.retry, this.#retries, true) && this.#candidates.hasAnother() && this.pool.budget.tryRetry()) {
       handshake.abandon()
@@ -378,6 +400,7 @@ class Tunnel {
       return false
     }
     this.#settle()
+    this.#count('refused')
     const full = isFullExposure(this.context.config.errors, this.request)
     const headers = forwardResponseHeaders(upstream, this.#settings)
     // A refusal that redirects (to a login page) points through the gateway, as any answer.
@@ -411,6 +434,7 @@ class Tunnel {
     this.#upstream = upstream
     this.#settle(true)
     this.pool.recordResponse(handshake.target, 101, handshake.ms)
+    this.#count('opened')
     upstream.on('error', () => {})
     // From here the gateway writes the socket itself: Fastify must not answer, and the response
     // object built for the handshake lets go of the socket.
@@ -425,7 +449,12 @@ class Tunnel {
     const early = Buffer.concat([this.upgrade.head, ...this.#early])
     if (early.length > 0) upstream.write(early)
     const idle = this.#idleTimer(client, upstream)
+    let ended = false
     const end = (): void => {
+      // Both sockets' 'close' lead here; the tunnel ends once.
+      if (ended) return
+      ended = true
+      this.#count('closed')
       if (idle !== null) clearTimeout(idle)
       client.destroy()
       upstream.destroy()
@@ -509,11 +538,23 @@ class Tunnel {
     this.#settle()
     this.#try?.abandon()
     this.upgrade.socket.destroy()
+    this.context.recorder?.aborted(this.pool.name, this.#try?.target.hostPort ?? null)
     logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
+  }
+
+  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
+  #failOutage (): void {
+    const outage = this.pool.outage()
+    this.#fail(outage.error, outage.context)
+  }
+
+  #count (event: TunnelEvent): void {
+    this.context.recorder?.tunnel(this.pool.name, this.#try?.target.hostPort ?? null, event)
   }
 
   #fail (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): void {
     this.#settle()
+    this.#count('failed')
     this.context.answer(this.request, this.reply, this.#failure(error, context))
   }
 

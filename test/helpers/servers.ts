@@ -21,7 +21,7 @@ interface Closable {
 }
 
 /** Tracks sockets so close() ends keep-alive connections too (nothing outlives a test). */
-async function listen<S extends Closable & { listen: (port: number, host: string, cb: () => void) => unknown }> (server: S): Promise<Running> {
+async function listen<S extends Closable & { listen: (port: number, host: string, cb: () => void) => unknown }> (server: S, at: ListenAt = {}): Promise<Running> {
   const sockets = new Set<net.Socket>()
   let running: Running | undefined
   server.on('connection', (socket) => {
@@ -29,10 +29,11 @@ async function listen<S extends Closable & { listen: (port: number, host: string
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const host = at.host ?? '127.0.0.1'
+  await new Promise<void>((resolve) => server.listen(at.port ?? 0, host, resolve))
   const port = (server.address() as AddressInfo).port
   running = {
-    url: `http://127.0.0.1:${port}`,
+    url: `http://${host}:${port}`,
     port,
     hits: 0,
     connections: 0,
@@ -46,15 +47,18 @@ async function listen<S extends Closable & { listen: (port: number, host: string
 
 export type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void
 
+/** Where a server listens: 127.0.0.1 and a free port unless given (e.g. 127.0.0.2, a port in use on 127.0.0.1). */
+export interface ListenAt { host?: string, port?: number }
+
 /** An HTTP upstream; the default handler answers JSON describing the request it got. */
-export async function startUpstream (name: string, handler?: Handler): Promise<Running> {
+export async function startUpstream (name: string, handler?: Handler, at?: ListenAt): Promise<Running> {
   let running: Running | undefined
   const server = http.createServer((req, res) => {
     running!.hits++
     if (handler !== undefined) return handler(req, res)
     echo(name)(req, res)
   })
-  running = await listen(server)
+  running = await listen(server, at)
   return running
 }
 

@@ -1,0 +1,89 @@
+// Rate limits on the proxied routes: @fastify/rate-limit with the user's options, counting in
+// memory or, with rateLimit.redis, in Redis shared by every gateway instance. The Redis store is
+// @fastify/rate-limit's own (its Lua script), guarded so a dead Redis never holds a request up.
+import { createRequire } from 'node:module'
+import { once } from 'node:events'
+import { Redis } from 'ioredis'
+import type { Cluster } from 'ioredis'
+import type { FastifyBaseLogger } from 'fastify'
+import type { RateLimitConfig } from '../options/config.js'
+import { GuardedStore, PerGatewayRoute, STORE_TIMEOUT, StoreHealth, type LimitStore } from './rate-limit-store.js'
+
+type RedisStoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, redis: Redis | Cluster, nameSpace?: string) => LimitStore
+type LocalStoreCtor = new (continueExceeding: boolean, exponentialBackoff: boolean, cache?: number) => LimitStore
+// The package has no `exports` map and exports no store: these are the files its own `redis`
+// option and its default use.
+const require = createRequire(import.meta.url)
+const RedisStore = require('@fastify/rate-limit/store/RedisStore.js') as RedisStoreCtor
+const LocalStore = require('@fastify/rate-limit/store/LocalStore.js') as LocalStoreCtor
+
+export class RateLimiter {
+  /** Null when counts live in memory: nothing there can fail. */
+  readonly health: StoreHealth | null
+  /** A client the gateway opened from a URL (closed with the app); a user's client is not ours. */
+  readonly #own: Redis | null
+  readonly #client: Redis | Cluster | null
+
+  constructor (private readonly config: RateLimitConfig, log: FastifyBaseLogger) {
+    this.#own = typeof config.redis === 'string' ? connect(config.redis) : null
+    this.#client = this.#own ?? (config.redis as Redis | Cluster | null)
+    this.health = this.#client === null ? null : new StoreHealth(log, config.onStoreError)
+    if (this.#own !== null && this.health !== null) {
+      const health = this.health
+      // ioredis reports each failed reconnection here; without a listener it prints them all.
+      this.#own.on('error', (err: Error) => health.failed(err))
+      this.#own.on('ready', () => health.worked())
+    }
+  }
+
+  /** The options @fastify/rate-limit is registered with. */
+  pluginOptions (): Record<string, unknown> {
+    const { plugin } = this.config
+    const options: Record<string, unknown> = { ...plugin, skipOnError: this.config.onStoreError === 'allow' }
+    // A store of the user's own is used as it is.
+    if (plugin.store !== undefined) return options
+    const client = this.#client
+    const health = this.health
+    // @fastify/rate-limit calls `new store(itsSettings)`; a constructor may hand back another object.
+    options.store = function GatewayStore (settings: { continueExceeding: boolean, exponentialBackoff: boolean }) {
+      if (client === null || health === null) return new PerGatewayRoute(new LocalStore(settings.continueExceeding, settings.exponentialBackoff, plugin.cache as number | undefined))
+      const redis = new RedisStore(settings.continueExceeding, settings.exponentialBackoff, client, plugin.nameSpace as string | undefined)
+      return new GuardedStore(new PerGatewayRoute(redis), health)
+    }
+    return options
+  }
+
+  /**
+   * Connects the gateway's own client, waiting at most STORE_TIMEOUT: a Redis that is down at
+   * start is an outage like any other (logged, and the gateway starts anyway).
+   */
+  async start (): Promise<void> {
+    const client = this.#own
+    if (client === null) return
+    const gaveUp = new AbortController()
+    const timer = setTimeout(() => gaveUp.abort(), STORE_TIMEOUT)
+    // The 'error' listener has already counted a failure; ioredis keeps reconnecting.
+    client.connect().catch(() => {})
+    await once(client, 'ready', { signal: gaveUp.signal }).catch(() => {})
+    clearTimeout(timer)
+  }
+
+  close (): void {
+    this.#own?.disconnect()
+  }
+}
+
+function connect (url: string): Redis {
+  return new Redis(url, {
+    // Nothing connects before the app is ready (`start`), so a failed registration leaves no socket.
+    lazyConnect: true,
+    // While disconnected, a command fails at once instead of waiting in a queue; one in flight
+    // when the connection drops fails then, and a stalled one after commandTimeout.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: STORE_TIMEOUT,
+    commandTimeout: STORE_TIMEOUT,
+    // Try again every second at most, forever: recovery is noticed within a second.
+    retryStrategy: (times: number) => Math.min(times * 100, 1000)
+  })
+}

@@ -1,0 +1,89 @@
+// A real redis-server on a free port of 127.0.0.1, with no persistence, that a test can stop,
+// stall and start again on the same port. Tests skip when the machine has no redis-server.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import net from 'node:net'
+import { once } from 'node:events'
+import { freePort } from './servers.js'
+
+/** Why Redis tests cannot run here, or null when they can. */
+export function redisMissing (): string | null {
+  const found = spawnSync('redis-server', ['--version'], { stdio: 'ignore' })
+  return found.error === undefined && found.status === 0 ? null : 'redis-server is not installed (apt-get install redis-server)'
+}
+
+export interface RedisServer {
+  url: string
+  port: number
+  /** Kills the server (SIGKILL: as a crash, no goodbye to clients) and waits for it to exit. */
+  stop: () => Promise<void>
+  /** Starts it again on the same port (empty: nothing is saved) and waits until it answers PING. */
+  start: () => Promise<void>
+  /** SIGSTOP: the connections stay open and nothing answers. `resume` is SIGCONT. */
+  stall: () => void
+  resume: () => void
+  close: () => Promise<void>
+}
+
+export async function startRedis (): Promise<RedisServer> {
+  const port = await freePort()
+  let child: ChildProcess | null = null
+  let stalled = false
+  const start = async (): Promise<void> => {
+    const started = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    child = started
+    await waitForPong(port, 5000)
+  }
+  const stop = async (): Promise<void> => {
+    const running = child
+    child = null
+    if (running === null || running.exitCode !== null || running.signalCode !== null) return
+    const exited = once(running, 'exit')
+    if (stalled) resume()
+    running.kill('SIGKILL')
+    await exited
+  }
+  const resume = (): void => {
+    stalled = false
+    child?.kill('SIGCONT')
+  }
+  await start()
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    stop,
+    start,
+    stall: () => {
+      stalled = true
+      child?.kill('SIGSTOP')
+    },
+    resume,
+    close: stop
+  }
+}
+
+async function waitForPong (port: number, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await ping(port)) return
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  throw new Error(`redis-server on port ${port} did not answer PING within ${ms} ms`)
+}
+
+function ping (port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let answer = ''
+    const end = (ok: boolean): void => {
+      socket.destroy()
+      resolve(ok)
+    }
+    socket.setTimeout(500, () => end(false))
+    socket.on('connect', () => socket.write('PING\r\n'))
+    socket.on('data', (chunk) => {
+      answer += chunk.toString()
+      if (answer.includes('\r\n')) end(answer.startsWith('+PONG'))
+    })
+    socket.on('error', () => end(false))
+  })
+}
