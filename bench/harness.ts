@@ -6,7 +6,7 @@
 // Process layout, and why: autocannon runs in the parent; each server runs in a child process.
 // In one process the load generator and the server under test would share one event loop and
 // one core, so every variant would measure mostly autocannon.
-import { fork, type ChildProcess } from 'node:child_process'
+import { fork, type ChildProcess, type ForkOptions } from 'node:child_process'
 import { createServer, get, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { mkdir, writeFile } from 'node:fs/promises'
@@ -163,16 +163,23 @@ export function positiveInteger (name: string, fallback: number): number {
 
 const children: ChildProcess[] = []
 
+/** How a child starts: another executable in front of node (valgrind), a longer start-up. */
+export interface ChildOptions extends Pick<ForkOptions, 'execPath' | 'execArgv'> {
+  /** How long it may take to listen [CHILD_START_MS]. */
+  startMs?: number
+}
+
 /**
  * Starts `script` (a bench file's `import.meta.url`) again in a child process as `role` and
  * waits for the ports it listens on.
  */
-export async function startChild (script: string, role: string, env: Record<string, string> = {}): Promise<{ child: ChildProcess, ports: number[] }> {
+export async function startChild (script: string, role: string, env: Record<string, string> = {}, options: ChildOptions = {}): Promise<{ child: ChildProcess, ports: number[] }> {
+  const { startMs = CHILD_START_MS, ...forkOptions } = options
   // fork() reuses process.execArgv (`--import tsx`), so the child runs the TypeScript file too.
-  const child = fork(fileURLToPath(script), [role], { env: { ...process.env, ...env }, stdio: 'inherit' })
+  const child = fork(fileURLToPath(script), [role], { env: { ...process.env, ...env }, stdio: 'inherit', ...forkOptions })
   children.push(child)
   const ports = await new Promise<number[]>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`${role}: not listening after ${CHILD_START_MS} ms`)) }, CHILD_START_MS)
+    const timer = setTimeout(() => { reject(new Error(`${role}: not listening after ${startMs} ms`)) }, startMs)
     child.once('message', (message: Ready) => { clearTimeout(timer); resolve(message.ports) })
     child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`${role}: exited early with code ${code}`)) })
   })

@@ -1,8 +1,12 @@
 // Prometheus metrics with prom-client, in a registry of the gateway's own unless the app gives
 // its own (so they join its existing /metrics). Labels stay bounded: pool, target (`host:port`
-// from the configuration), error type, blame, status class; never the URL. Each target's label
-// children are looked up once and kept, so a request costs no label hashing.
-import { Counter, Gauge, Histogram, Registry } from 'prom-client'
+// from the configuration), error type, blame, status class; never the URL.
+//
+// The success path counts into plain numbers kept per pool and target (`Series`), and the
+// metrics read them at scrape time: prom-client's own label children validate and hash their
+// labels on every inc() and observe(), three times per request. Failures and retries are rare
+// and go through prom-client as they happen.
+import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending } from './recorder.js'
@@ -12,29 +16,108 @@ const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 /** Seconds: from a cache hit to a request that waits out a long timeouts.headers. */
 const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
+/** Observations of one histogram series: a count per bucket of BUCKETS (+Inf last), their sum. */
+class Observed {
+  readonly counts = new Float64Array(BUCKETS.length + 1)
+  sum = 0
+  count = 0
+
+  reset (): void {
+    this.counts.fill(0)
+    this.sum = 0
+    this.count = 0
+  }
+
+  observe (value: number): void {
+    let i = 0
+    while (i < BUCKETS.length && value > BUCKETS[i]!) i++
+    this.counts[i]!++
+    this.sum += value
+    this.count++
+  }
+}
+
+/** What one pool and target have recorded, read at scrape time. */
 interface Series {
-  requests: Counter.Internal[]
-  total: Histogram.Internal<string>
-  headers: Histogram.Internal<string>
+  labels: { pool: string, target: string }
+  /** Requests per status class, 1xx to 5xx. */
+  requests: Float64Array
+  total: Observed
+  headers: Observed
+}
+
+/**
+ * A prom-client Histogram whose values are read from the series at scrape time; its output is
+ * prom-client's own (the same lines, `le` buckets cumulative, then _sum and _count).
+ */
+class SeriesHistogram extends Histogram<string> {
+  readonly #name: string
+  readonly #help: string
+
+  constructor (name: string, help: string, registers: Registry[], private readonly each: () => Iterable<Series>, private readonly of: (series: Series) => Observed) {
+    super({ name, help, labelNames: ['pool', 'target'], buckets: BUCKETS, registers })
+    this.#name = name
+    this.#help = help
+  }
+
+  // What the registry reads for its text output (prom-client's typings leave it out).
+  async getForPromString (): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+    const values: Array<MetricValueWithName<string>> = []
+    const bucket = `${this.#name}_bucket`
+    for (const series of this.each()) {
+      const observed = this.of(series)
+      if (observed.count === 0) continue
+      let cumulative = 0
+      for (let i = 0; i < BUCKETS.length; i++) {
+        cumulative += observed.counts[i]!
+        values.push({ labels: { le: BUCKETS[i]!, ...series.labels }, value: cumulative, metricName: bucket })
+      }
+      values.push({ labels: { le: '+Inf', ...series.labels }, value: observed.count, metricName: bucket })
+      values.push({ labels: { ...series.labels }, value: observed.sum, metricName: `${this.#name}_sum` })
+      values.push({ labels: { ...series.labels }, value: observed.count, metricName: `${this.#name}_count` })
+    }
+    // As prom-client's own Histogram returns it; its typings say `type` is an enum, its code a string.
+    return { name: this.#name, help: this.#help, type: 'histogram', values, aggregator: 'sum' } as unknown as MetricObjectWithValues<MetricValueWithName<string>>
+  }
+
+  override async get (): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+    return await this.getForPromString()
+  }
+
+  /** registry.resetMetrics() starts the series' observations over, as prom-client's would. */
+  override reset (): void {
+    // prom-client's constructor calls reset() too, before this class has its fields.
+    if (this.each === undefined) return
+    for (const series of this.each()) this.of(series).reset()
+  }
 }
 
 export class Metrics {
   readonly registry: Registry
-  readonly #requests: Counter<string>
   readonly #failures: Counter<string>
   readonly #retries: Counter<string>
-  readonly #total: Histogram<string>
-  readonly #headers: Histogram<string>
   readonly #series = new Map<string, Map<string, Series>>()
 
   constructor (pools: ReadonlyMap<string, UpstreamPool>, registry: Registry | null) {
     this.registry = registry ?? new Registry()
     const registers = [this.registry]
-    this.#requests = new Counter({ name: `${PREFIX}requests_total`, help: 'Requests answered, by pool, last target tried and status class.', labelNames: ['pool', 'target', 'status_class'], registers })
+    const series = (): Iterable<Series> => this.#each()
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}requests_total`,
+      help: 'Requests answered, by pool, last target tried and status class.',
+      labelNames: ['pool', 'target', 'status_class'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const { labels, requests } of series()) {
+          for (let i = 0; i < CLASSES.length; i++) if (requests[i]! > 0) this.inc({ ...labels, status_class: CLASSES[i]! }, requests[i])
+        }
+      }
+    })
     this.#failures = new Counter({ name: `${PREFIX}failures_total`, help: 'Failed requests, by pool, target, error type and blame.', labelNames: ['pool', 'target', 'error', 'blame'], registers })
     this.#retries = new Counter({ name: `${PREFIX}retries_total`, help: 'Tries after the first, by pool.', labelNames: ['pool'], registers })
-    this.#total = new Histogram({ name: `${PREFIX}request_duration_seconds`, help: 'From arrival to the end of the answer, by pool and target.', labelNames: ['pool', 'target'], buckets: BUCKETS, registers })
-    this.#headers = new Histogram({ name: `${PREFIX}headers_duration_seconds`, help: "From the last try's start to the upstream's response headers, by pool and target.", labelNames: ['pool', 'target'], buckets: BUCKETS, registers })
+    new SeriesHistogram(`${PREFIX}request_duration_seconds`, 'From arrival to the end of the answer, by pool and target.', registers, series, (s) => s.total) // eslint-disable-line no-new
+    new SeriesHistogram(`${PREFIX}headers_duration_seconds`, "From the last try's start to the upstream's response headers, by pool and target.", registers, series, (s) => s.headers) // eslint-disable-line no-new
     // State read at scrape time: nothing to keep up to date on the request path.
     const each = (read: (gauge: Gauge<string>) => void) => function (this: Gauge<string>) { read(this) }
     new Gauge({ // eslint-disable-line no-new
@@ -96,7 +179,7 @@ export class Metrics {
     const target = ending.target ?? 'none'
     const series = this.#of(ending.pool, target)
     const klass = Math.floor(ending.status / 100) - 1
-    series.requests[klass >= 0 && klass < 5 ? klass : 4]!.inc()
+    series.requests[klass >= 0 && klass < 5 ? klass : 4]!++
     series.total.observe(ending.ms / 1000)
     const last = ending.attempts[ending.attempts.length - 1]
     if (last?.status !== undefined) series.headers.observe(last.ms / 1000)
@@ -106,9 +189,14 @@ export class Metrics {
 
   #of (pool: string, target: string): Series {
     return entry(entry(this.#series, pool, () => new Map<string, Series>()), target, () => ({
-      requests: CLASSES.map((c) => this.#requests.labels(pool, target, c)),
-      total: this.#total.labels(pool, target),
-      headers: this.#headers.labels(pool, target)
+      labels: { pool, target },
+      requests: new Float64Array(CLASSES.length),
+      total: new Observed(),
+      headers: new Observed()
     }))
+  }
+
+  * #each (): Iterable<Series> {
+    for (const targets of this.#series.values()) yield * targets.values()
   }
 }

@@ -1,6 +1,7 @@
 // One try of an exchange on one target: undici calls it (a callback-style handler) as the
 // request goes out and the answer comes back, and it keeps the try's own timers: connect,
 // headers and body idle, each to the millisecond.
+import { performance } from 'node:perf_hooks'
 import type { Target } from '../pool/target.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { Exchange, LegacyHandler } from './exchange.js'
@@ -19,14 +20,24 @@ export class Attempt extends TargetTry implements LegacyHandler {
   span: Span | null = null
   #abandoned = false
   #ended = false
-  #headersTimer: NodeJS.Timeout | null = null
   #connectTimer: NodeJS.Timeout | null = null
-  #bodyTimer: NodeJS.Timeout | null = null
+  /**
+   * One timer for timeouts.headers, then timeouts.body: the headers' timer goes on as the
+   * body's whenever it is due no later than the body's would be (see onTimer), so a try
+   * usually sets one timer, not two.
+   */
+  #timer: NodeJS.Timeout | null = null
+  /** When body data last came (performance.now()): timeouts.body counts the silence since. */
+  #lastData = 0
   /** The client side paused the body (backpressure): silence then is not the upstream's. */
   #paused = false
 
   constructor (private readonly exchange: Exchange, target: Target) {
     super(target)
+  }
+
+  get awaitingConnection (): boolean {
+    return !this.connected && !this.#ended
   }
 
   /** The exchange has left this try behind: what undici says of it from now on is ignored. */
@@ -62,15 +73,30 @@ export class Attempt extends TargetTry implements LegacyHandler {
     this.requestSent = true
     const ms = this.exchange.route.timeouts.headers
     if (ms === false) return
-    const abort = this.abortTry!
-    this.#headersTimer = setTimeout(() => {
-      abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${ms} ms`))
-    }, ms)
+    this.#timer = setTimeout(onTimer, ms, this)
   }
 
-  #clearHeadersTimer (): void {
-    if (this.#headersTimer !== null) clearTimeout(this.#headersTimer)
-    this.#headersTimer = null
+  #clearTimer (): void {
+    if (this.#timer !== null) clearTimeout(this.#timer)
+    this.#timer = null
+  }
+
+  /** The try's timer fired: headers late, or the body silent for timeouts.body. */
+  onTimer (): void {
+    this.#timer = null
+    const { headers, body } = this.exchange.route.timeouts
+    if (!this.responseStarted) {
+      this.abortTry!(new GatewayError(GATEWAY_CODES.headersTimeout, `no response headers within ${headers as number} ms`))
+      return
+    }
+    // A pause the client side asked for does not count: the timer stays off until resume.
+    if (this.#paused || body === false) return
+    const left = (body as number) - (performance.now() - this.#lastData)
+    if (left >= 1) {
+      this.#timer = setTimeout(onTimer, Math.ceil(left), this)
+      return
+    }
+    this.abortTry!(new GatewayError(GATEWAY_CODES.bodyTimeout, `no body data for ${body} ms`))
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
@@ -86,11 +112,11 @@ export class Attempt extends TargetTry implements LegacyHandler {
       return true
     }
     this.responseStarted = true
-    this.#clearHeadersTimer()
     this.#startBodyTimer()
     const go = this.exchange.onAttemptResponse(this, statusCode, rawHeaders, () => {
       this.#paused = false
-      this.#bodyTimer?.refresh()
+      this.#lastData = performance.now()
+      if (this.#timer === null && this.exchange.route.timeouts.body !== false) this.#timer = setTimeout(onTimer, this.exchange.route.timeouts.body, this)
       resume()
     }, statusMessage)
     if (!go) this.#paused = true
@@ -100,17 +126,22 @@ export class Attempt extends TargetTry implements LegacyHandler {
   // timeouts.body: the longest silence while the body streams. A pause the client side asked
   // for does not count: the timer goes quiet and starts over on resume (as undici's does).
   #startBodyTimer (): void {
-    const ms = this.exchange.route.timeouts.body
-    if (ms === false) return
-    const abort = this.abortTry!
-    this.#bodyTimer = setTimeout(() => {
-      if (!this.#paused) abort(new GatewayError(GATEWAY_CODES.bodyTimeout, `no body data for ${ms} ms`))
-    }, ms)
+    const { headers, body } = this.exchange.route.timeouts
+    if (body === false) {
+      this.#clearTimer()
+      return
+    }
+    this.#lastData = performance.now()
+    // The headers' timer, if running, is due within `headers` ms of now: when that is no later
+    // than the body's deadline, it fires first and onTimer re-arms it for the silence left.
+    if (this.#timer !== null && headers !== false && headers <= body) return
+    this.#clearTimer()
+    this.#timer = setTimeout(onTimer, body, this)
   }
 
   onData (chunk: Buffer): boolean {
     if (this.#abandoned) return false
-    this.#bodyTimer?.refresh()
+    this.#lastData = performance.now()
     const go = this.exchange.onAttemptData(chunk)
     if (!go) this.#paused = true
     return go
@@ -129,12 +160,15 @@ export class Attempt extends TargetTry implements LegacyHandler {
   #end (): void {
     if (this.#ended) return
     this.#ended = true
-    this.#clearHeadersTimer()
+    this.#clearTimer()
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null
-    if (this.#bodyTimer !== null) clearTimeout(this.#bodyTimer)
-    this.#bodyTimer = null
     this.target.inFlight--
     this.exchange.pool.released()
   }
+}
+
+/** One function for every try's timer (setTimeout hands it the try): no closure per try. */
+function onTimer (attempt: Attempt): void {
+  attempt.onTimer()
 }

@@ -13,7 +13,7 @@ import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
-import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
@@ -33,11 +33,28 @@ type RequestWithExchange = FastifyRequest & { [kExchange]?: Exchange | null }
  */
 function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
   // 'pipe': Fastify has set the reply's headers on `res` and starts streaming the body.
-  res.once('pipe', () => {
-    setImmediate(() => {
-      if (!res.headersSent && !res.destroyed) res.flushHeaders()
-    })
-  })
+  res.once('pipe', onPipe)
+}
+
+/**
+ * The responses that started streaming in this turn of the event loop. One setImmediate looks
+ * at all of them: under load many responses start in one turn, and each needs no timer and no
+ * closure of its own.
+ */
+let streaming: ServerResponse[] = []
+
+function onPipe (this: ServerResponse): void {
+  if (streaming.length === 0) setImmediate(flushStarted)
+  streaming.push(this)
+}
+
+function flushStarted (): void {
+  const started = streaming
+  streaming = []
+  for (let i = 0; i < started.length; i++) {
+    const res = started[i]!
+    if (!res.headersSent && !res.destroyed) res.flushHeaders()
+  }
 }
 
 /** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
@@ -112,7 +129,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders): IncomingHttpHeaders {
-    const headers = forwardRequestHeaders(request, incoming, settings)
+    // reply-from made `incoming` for this request alone (and stripped Connection already).
+    const headers = forwardRequestHeaders(request, incoming, settings, true)
     ;(headers as Record<symbol, unknown>)[kExchange] = (request as RequestWithExchange)[kExchange]
     return headers
   }
@@ -121,6 +139,18 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     const forwarded = forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
     rewriteLocations(forwarded, request, route, pool)
     return forwarded
+  }
+
+  // A delivered response's Proxy-Status member depends on its status alone (exposure only
+  // shapes a failure's details): made once per status, not per response.
+  const receivedMembers = new Map<number, string>()
+  const receivedMember = (status: number): string => {
+    let member = receivedMembers.get(status)
+    if (member === undefined) {
+      member = proxyStatusMember(null, settings.proxyName, false, status)
+      receivedMembers.set(status, member)
+    }
+    return member
   }
 
   function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void, on: (event: 'error', listener: () => void) => unknown } }): void {
@@ -145,14 +175,15 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       answer(request, reply, failure)
       return
     }
-    const full = isFullExposure(config.errors, request)
-    reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, proxyStatusMember(null, settings.proxyName, full, res.statusCode)))
+    reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, receivedMember(res.statusCode)))
     flushHeadersUnlessBodyFollows(reply.raw)
     reply.send(res.stream)
   }
 
   const proxyOptions = {
-    upstream: '',
+    // A fixed placeholder rather than a getUpstream: with getUpstream, http-proxy copies its
+    // reply options and makes a closure on every request.
+    upstream: PLACEHOLDER_ORIGIN,
     rewritePrefix: route.rewritePrefix,
     httpMethods: route.methods,
     // The gateway rewrites Location itself (location.ts): http-proxy's own would prefix every
@@ -163,7 +194,6 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
     handler,
     replyOptions: {
-      getUpstream: () => PLACEHOLDER_ORIGIN,
       rewriteRequestHeaders,
       rewriteHeaders,
       onResponse: onResponse as never,

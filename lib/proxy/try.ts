@@ -37,6 +37,8 @@ export function backstop (ms: number | false): number {
 
 /** A try that keeps its own connect timer and can be left behind (an attempt, a handshake). */
 export interface SendableTry extends TargetTry {
+  /** Still waiting for its connection: not connected, not ended. */
+  readonly awaitingConnection: boolean
   startConnectTimer: (ms: number, onTimeout: () => void) => void
   abandon: () => void
 }
@@ -52,17 +54,21 @@ export type TryRequest = Omit<Dispatcher.DispatchOptions, 'origin' | 'headersTim
  */
 export function sendTry (attempt: SendableTry, handler: Dispatcher.DispatchHandler, timeouts: Timeouts, request: TryRequest, failed: (err: unknown) => void): void {
   const { connect, headers, body } = timeouts
-  if (connect !== false) {
-    attempt.startConnectTimer(connect, () => {
-      attempt.abandon()
-      failed(new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
-    })
-  }
   const target = attempt.target
   try {
     target.client(backstop(connect)).dispatch(Object.assign({ origin: target.origin, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
   } catch (err) {
     attempt.abandon()
     failed(err)
+    return
+  }
+  // undici puts a try on an idle keep-alive connection within dispatch() (onConnect has run
+  // by now): only a try still waiting for its connection needs the connect timer, so the
+  // common case sets and clears no timer at all.
+  if (connect !== false && attempt.awaitingConnection) {
+    attempt.startConnectTimer(connect, () => {
+      attempt.abandon()
+      failed(new GatewayError(GATEWAY_CODES.connectTimeout, `no connection within ${connect} ms`))
+    })
   }
 }

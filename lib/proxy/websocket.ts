@@ -128,6 +128,10 @@ class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'o
     super(target)
   }
 
+  get awaitingConnection (): boolean {
+    return !this.progress.connected && !this.#released
+  }
+
   /** timeouts.connect, to the millisecond (undici's own timer ticks about once a second). */
   startConnectTimer (ms: number, onTimeout: () => void): void {
     this.#timer = setTimeout(onTimeout, ms)

@@ -9,21 +9,32 @@ export class RoundRobin implements Balancer {
 
   order (targets: readonly Target[]): Target[] {
     const now = Date.now()
+    const count = targets.length
+    // Scores in a local array: the ordering below reads them without a WeakMap lookup each.
+    const scores = new Array<number>(count)
     let total = 0
-    let best: Target | undefined
-    let bestScore = -Infinity
-    for (const target of targets) {
+    let best = 0
+    for (let i = 0; i < count; i++) {
+      const target = targets[i]!
       const weight = target.effectiveWeight(now)
       const score = (this.#score.get(target) ?? 0) + weight
-      this.#score.set(target, score)
+      scores[i] = score
       total += weight
-      if (score > bestScore) {
-        best = target
-        bestScore = score
-      }
+      if (score > scores[best]!) best = i
     }
-    this.#score.set(best!, bestScore - total)
-    // Fallbacks in the order they would be picked next.
-    return [...targets].sort((a, b) => a === best ? -1 : b === best ? 1 : this.#score.get(b)! - this.#score.get(a)!)
+    scores[best]! -= total
+    for (let i = 0; i < count; i++) this.#score.set(targets[i]!, scores[i]!)
+    // The pick first, then the fallbacks in the order they would be picked next: highest score
+    // first, ties in list order (an insertion sort, stable; pools are small).
+    const ordered: Target[] = [targets[best]!]
+    const orderedScores: number[] = [Infinity]
+    for (let i = 0; i < count; i++) {
+      if (i === best) continue
+      let at = ordered.length
+      while (orderedScores[at - 1]! < scores[i]!) at--
+      ordered.splice(at, 0, targets[i]!)
+      orderedScores.splice(at, 0, scores[i]!)
+    }
+    return ordered
   }
 }
