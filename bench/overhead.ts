@@ -31,8 +31,8 @@ const CONNECTIONS = 50
 /** Unmeasured load before round 1: the front doors start cold (JIT, connection pools). */
 const FIRST_WARMUP_SECONDS = 2
 
-type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream-all'
-type Variant = 'direct' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream (all)' | 'nginx' | 'haproxy'
+type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream-off' | 'fastify-upstream-all'
+type Variant = 'direct' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream (observe off)' | 'fastify-upstream (all)' | 'nginx' | 'haproxy'
 
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
@@ -44,11 +44,13 @@ async function runFrontDoor (role: Exclude<Role, 'upstreams'>, upstreamPorts: nu
   if (role === 'http-proxy') {
     const { default: httpProxy } = await import('@fastify/http-proxy')
     await app.register(httpProxy, { upstream: origins[0]!, prefix: PREFIX })
-  } else if (role === 'fastify-upstream') {
+  } else if (role === 'fastify-upstream' || role === 'fastify-upstream-off') {
+    // The defaults, and the defaults without metrics and status page: what observing costs.
     const { default: upstream } = await import('fastify-upstream')
     await app.register(upstream, {
       pools: { svc: { targets: origins.slice(0, 2), balancer: 'round-robin' } },
-      routes: [{ prefix: PREFIX, pool: 'svc' }]
+      routes: [{ prefix: PREFIX, pool: 'svc' }],
+      ...(role === 'fastify-upstream-off' ? { metrics: false, status: false } : {})
     })
   } else {
     const { default: upstream } = await import('fastify-upstream')
@@ -131,7 +133,7 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
   const script = import.meta.url
   const { ports: upstreamPorts } = await startChild(script, 'upstreams')
   const env = { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }
-  const roles: Array<[Variant, Role]> = [['http-proxy', 'http-proxy'], ['fastify-upstream', 'fastify-upstream'], ['fastify-upstream (all)', 'fastify-upstream-all']]
+  const roles: Array<[Variant, Role]> = [['http-proxy', 'http-proxy'], ['fastify-upstream', 'fastify-upstream'], ['fastify-upstream (observe off)', 'fastify-upstream-off'], ['fastify-upstream (all)', 'fastify-upstream-all']]
   const doors: Door[] = [{ variant: 'direct', url: `http://${HOST}:${upstreamPorts[0]!}${PREFIX}/hello`, pids: [] }]
   for (const [variant, role] of roles) {
     const { child, ports } = await startChild(script, role, env)
@@ -170,6 +172,10 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
           variant === 'http-proxy' ? undefined : { name: 'http-proxy', values: of('http-proxy', (s) => s.cpuPerResponse) }))
       }
     }
+    // What metrics and the status page's rolling stats cost on the success path, same rounds.
+    const off = 'fastify-upstream (observe off)'
+    figures.push(figure('overhead', 'fastify-upstream', 'req/s vs observe off', 'req/s', of('fastify-upstream', (s) => s.requestsPerSecond), { name: off, values: of(off, (s) => s.requestsPerSecond) }))
+    figures.push(figure('overhead', 'fastify-upstream', 'CPU/response vs observe off', 'µs', of('fastify-upstream', (s) => s.cpuPerResponse), { name: off, values: of(off, (s) => s.cpuPerResponse) }))
     return { figures, detail: samples }
   } finally {
     for (const peer of peers) await peer.stop()
