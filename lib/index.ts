@@ -58,6 +58,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // Finished requests are counted only where something reads the counts.
   const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
   const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null) : null
+  if (recorder !== null) for (const pool of pools.values()) pool.onTargetRemoved((target) => recorder.forget(pool.name, target.hostPort))
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request.
   app.addHook('onRequest', (request, reply, done) => {

@@ -97,6 +97,12 @@ t.test('an address that leaves the answer drains: its in-flight request finishes
   t.equal(targets(gw)[0]!.address, '127.0.0.2')
   await waitFor(() => closedSockets.length > 0, 3000, "the old address's connection to close")
   t.pass('its keep-alive connection was closed with its dispatcher')
+  // Nothing is kept per address once it has left: under churn the series would only grow.
+  const metricsText = await (await gw.request('/metrics')).body.text()
+  t.notMatch(metricsText, /target="api\.test:\d+ \(127\.0\.0\.1\)"/, 'the metrics no longer export the old address')
+  t.match(metricsText, /target="api\.test:\d+ \(127\.0\.0\.2\)"/, 'the new one is exported')
+  const report = await (await gw.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as { pools: Array<{ stats: { '15m': { requests: number } } }> }
+  t.ok(report.pools[0]!.stats['15m'].requests >= 2, "the pool's totals keep the old address's requests")
 })
 
 t.test('an address that stays across refreshes keeps its Target: ejection and counters', async (t) => {

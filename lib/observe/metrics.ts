@@ -187,6 +187,15 @@ export class Metrics {
     if (failure !== null) this.#failures.labels(ending.pool, target, failure.error, failure.blame).inc()
   }
 
+  /** A target left its pool for good: its series stop being exported. */
+  forget (pool: string, target: string): void {
+    this.#series.get(pool)?.delete(target)
+    // Failures carry error and blame labels too: remove every combination seen for the target.
+    void this.#failures.get().then((metric) => {
+      for (const { labels } of metric.values) if (labels.pool === pool && labels.target === target) this.#failures.remove(labels)
+    })
+  }
+
   #of (pool: string, target: string): Series {
     return entry(entry(this.#series, pool, () => new Map<string, Series>()), target, () => ({
       labels: { pool, target },

@@ -37,7 +37,7 @@ export interface Ending {
   method: string
   route: string
   pool: string
-  /** `host:port` of the last target tried, if any. */
+  /** `host:port` of the last target tried, if any (null for an address that has left its pool). */
   target: string | null
   status: number
   ms: number
@@ -98,6 +98,12 @@ export class PoolStats {
   targetTunnel (hostPort: string): TunnelCounts {
     return entry(this.targetTunnels, hostPort, newTunnelCounts)
   }
+
+  /** A target left the pool for good: its series go (the pool's own totals keep its requests). */
+  forget (hostPort: string): void {
+    this.targets.delete(hostPort)
+    this.targetTunnels.delete(hostPort)
+  }
 }
 
 export class Recorder {
@@ -112,6 +118,12 @@ export class Recorder {
    */
   constructor (readonly keep: number, readonly metrics: Metrics | null = null, readonly stats = true) {
     this.#ring = new Array(keep)
+  }
+
+  /** A target left its pool for good (see UpstreamPool.onTargetRemoved). */
+  forget (pool: string, hostPort: string): void {
+    this.pools.get(pool)?.forget(hostPort)
+    this.metrics?.forget(pool, hostPort)
   }
 
   pool (name: string): PoolStats {

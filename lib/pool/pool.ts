@@ -69,6 +69,8 @@ export class UpstreamPool {
   readonly #sources: Array<Target | Named>
   /** Targets that left their name's answer and still have requests in flight. */
   readonly #leaving = new Set<Target>()
+  /** Told when a removed target has left for good, so per-target series can go with it. */
+  readonly #onRemoved: Array<(target: Target) => void> = []
   /** Connection pools of removed targets still closing (awaited on close). */
   readonly #closing = new Set<Promise<void>>()
   /** The configured origins, for rewriting Location (names included). */
@@ -216,9 +218,19 @@ export class UpstreamPool {
       const closing = target.close()
       this.#closing.add(closing)
       void closing.finally(() => this.#closing.delete(closing))
+      for (const listener of this.#onRemoved) listener(target)
       gone = true
     }
     if (gone) this.#rebuild()
+  }
+
+  /**
+   * Calls `listener` with each discovered address that has left the pool for good (drained
+   * after it left the DNS answer): what is kept per target must not grow with every address a
+   * name ever had.
+   */
+  onTargetRemoved (listener: (target: Target) => void): void {
+    this.#onRemoved.push(listener)
   }
 
   #rebuild (): void {

@@ -70,7 +70,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     method: exchange.request.method,
     route: route.prefix,
     pool: pool.name,
-    target: exchange.target?.hostPort ?? null,
+    // An address that has left the DNS answer counts in its pool's totals only: its own series
+    // are dropped when it leaves (UpstreamPool.onTargetRemoved) and must not be made again.
+    target: exchange.target !== null && !exchange.target.removed ? exchange.target.hostPort : null,
     status,
     ms: exchange.ms,
     attempts: exchange.attempts,
