@@ -430,7 +430,7 @@ export class UpstreamPool {
     const ms = ejectionTime(outlier, ejection)
     const streak = target.probation
       ? 'failed again on its first request back'
-      : `${target.consecutiveFailures} failures in a row (outlier.consecutiveFailures = ${outlier.consecutiveFailures})`
+      : `${target.consecutiveFailures} ${target.consecutiveFailures === 1 ? 'failure' : 'failures'} in a row (outlier.consecutiveFailures = ${outlier.consecutiveFailures})`
     const last = words ?? `${error}${cause !== null ? ` (${cause})` : ''}`
     this.#change(target, `ejected for ${ms} ms after ${streak}, the last: ${last}${ejection > 1 ? `; ejection ${ejection}, time doubled` : ''}`, () => {
       target.ejections = ejection
