@@ -1,7 +1,8 @@
 // The one classifier: an error (undici, Node system error, our own timeouts) and where the
 // exchange had got to become one RFC 9209 error type, a phase and a cause. `failure.ts` turns
 // that into the immutable record every response, header, log line and counter reads.
-import { CLIENT_FAULTS, type ClientFault, type Phase, type ProxyErrorType } from './taxonomy.js'
+import { CLIENT_FAULTS, CREDENTIALS_FAILURE, type ClientFault, type Phase, type ProxyErrorType } from './taxonomy.js'
+import type { FailureContext } from './failure.js'
 
 export interface Classified {
   error: ProxyErrorType | 'client_aborted'
@@ -159,4 +160,25 @@ export function classifyRequestError (statusCode: unknown, code?: unknown): { er
   if (status === 429) return { error: 'http_request_denied', status }
   if (status >= 400 && status < 500) return { error: 'http_request_error', status }
   return { error: 'proxy_internal_error', status: 500 }
+}
+
+/**
+ * A request that could not get its pool's credentials (`auth.token` failed): a
+ * `proxy_internal_error` answered as a bad gateway, temporary, in the send phase (nothing
+ * reached the service). The details of its failure record.
+ */
+export function classifyCredentialsFailure (err: unknown): Required<Pick<FailureContext, 'phase' | 'cause' | 'status' | 'temporary' | 'detail' | 'why'>> {
+  return {
+    phase: 'send',
+    cause: GATEWAY_CODES.credentials,
+    status: CREDENTIALS_FAILURE.status,
+    temporary: CREDENTIALS_FAILURE.temporary,
+    detail: CREDENTIALS_FAILURE.detail,
+    why: err instanceof Error ? ensureSentence(err.message) : 'The token function failed.'
+  }
+}
+
+/** Ends `text` with a full stop unless it already ends a sentence (or is clipped with an ellipsis). */
+export function ensureSentence (text: string): string {
+  return /[.!?…]$/.test(text) ? text : `${text}.`
 }

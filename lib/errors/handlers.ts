@@ -1,7 +1,7 @@
 // Fastify's own errors on the gateway's routes (a bad URL, a rate limit, a route with no such
 // method, an unknown path) go through the same record, page, header and log as upstream ones.
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { classifyRequestError, findCode } from './classify.js'
+import { classifyRequestError, ensureSentence, findCode } from './classify.js'
 import { makeFailure, type Failure } from './failure.js'
 import { logFailure } from './log.js'
 import { retryAfterOf, sendFailure, type ResponderSettings } from './respond.js'
@@ -58,8 +58,4 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
       }))
     }
   }
-}
-
-function ensureSentence (text: string): string {
-  return /[.!?]$/.test(text) ? text : `${text}.`
 }

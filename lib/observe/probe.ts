@@ -7,9 +7,8 @@ import https from 'node:https'
 import { performance } from 'node:perf_hooks'
 import type { TLSSocket } from 'node:tls'
 import type { UpstreamPool } from '../pool/pool.js'
-import { classify, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import { classify, classifyCredentialsFailure, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { ProxyErrorType, Phase } from '../errors/taxonomy.js'
-import { credentialsFailure } from '../pool/credentials.js'
 
 export interface ProbeResult {
   pool: string
@@ -38,7 +37,7 @@ export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResu
     try {
       auth = await pool.credentials.headers()
     } catch (err) {
-      const failed = credentialsFailure(err)
+      const failed = classifyCredentialsFailure(err)
       return { pool: pool.name, target: target.url, url: address.href, at, ok: false, status: null, error: 'proxy_internal_error', phase: failed.phase, cause: failed.cause, ms: { dns: null, connect: null, tls: null, firstByte: null, total: 0 } }
     }
   }

@@ -6,9 +6,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { AuthConfig } from '../options/config.js'
 import type { AuthToken } from '../options/types.js'
-import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
-import type { FailureContext } from '../errors/failure.js'
-import { CREDENTIALS_FAILURE } from '../errors/taxonomy.js'
+import { GatewayError, GATEWAY_CODES, classifyCredentialsFailure } from '../errors/classify.js'
 
 /** How long `auth.token` may take before the requests waiting on it get their 502. */
 export const TOKEN_TIMEOUT_MS = 5000
@@ -246,28 +244,12 @@ function describeResult (result: unknown): string {
  * there, `failed` with the failure's details when none can be had. `cancel` drops both (the
  * client left, a timeout ended the request).
  */
-export function waitForCredentials (credentials: Credentials, ready: () => void, failed: (details: ReturnType<typeof credentialsFailure>) => void): { cancel: () => void } {
+export function waitForCredentials (credentials: Credentials, ready: () => void, failed: (details: ReturnType<typeof classifyCredentialsFailure>) => void): { cancel: () => void } {
   let waiting = true
   credentials.wait().then(() => {
     if (waiting) ready()
   }, (err: unknown) => {
-    if (waiting) failed(credentialsFailure(err))
+    if (waiting) failed(classifyCredentialsFailure(err))
   })
   return { cancel: () => { waiting = false } }
-}
-
-/** What a request that got no credentials fails with (a `proxy_internal_error` record's details). */
-export function credentialsFailure (err: unknown): Required<Pick<FailureContext, 'phase' | 'cause' | 'status' | 'temporary' | 'detail' | 'why'>> {
-  return {
-    phase: 'send',
-    cause: GATEWAY_CODES.credentials,
-    status: CREDENTIALS_FAILURE.status,
-    temporary: CREDENTIALS_FAILURE.temporary,
-    detail: CREDENTIALS_FAILURE.detail,
-    why: err instanceof Error ? ensureStop(err.message) : 'The token function failed.'
-  }
-}
-
-function ensureStop (text: string): string {
-  return /[.!?…]$/.test(text) ? text : `${text}.`
 }
