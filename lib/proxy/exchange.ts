@@ -233,6 +233,13 @@ export class Exchange {
     })
   }
 
+  /** A try's answer the client will not see (another try follows): its span ends, its body is not read. */
+  #dropAnswer (attempt: Attempt, status: number, why: string): void {
+    this.#endSpan(attempt, status)
+    attempt.abandon()
+    attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', why))
+  }
+
   /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
   #endSpan (attempt: Attempt | null, status: number | null, failure?: TryOutcome): void {
     const span = attempt?.span
@@ -273,17 +280,14 @@ export class Exchange {
     this.attempts.push(attempt.record(null, null, 'headers'))
     if (statusCode === 401 && this.#replayUnauthorized()) {
       // The upstream refused the gateway's token: the client never sees this answer.
-      attempt.abandon()
-      attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', 'sending again with a new token after 401'))
+      this.#dropAnswer(attempt, statusCode, 'sending again with a new token after 401')
       this.#tryAfter(0, 'send')
       return false
     }
     const policy = this.route.retry
     if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
-      this.#endSpan(attempt, statusCode)
-      attempt.abandon()
-      attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', `retrying after status ${statusCode}`))
+      this.#dropAnswer(attempt, statusCode, `retrying after status ${statusCode}`)
       this.#retryLater()
       return false
     }
