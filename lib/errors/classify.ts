@@ -182,3 +182,11 @@ export function classifyCredentialsFailure (err: unknown): Required<Pick<Failure
 export function ensureSentence (text: string): string {
   return /[.!?…]$/.test(text) ? text : `${text}.`
 }
+
+/**
+ * A target name's lookup that failed in the gateway's own resolver (discovery): the resolver
+ * not answering in time is `dns_timeout`, anything else (NXDOMAIN, SERVFAIL, refused) `dns_error`.
+ */
+export function classifyLookupFailure (code: string | null): 'dns_error' | 'dns_timeout' {
+  return code === 'ETIMEOUT' || code === 'EAI_AGAIN' ? 'dns_timeout' : 'dns_error'
+}

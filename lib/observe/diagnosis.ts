@@ -5,6 +5,7 @@ import type { DiagnosisConfig } from '../options/config.js'
 import type { TargetState } from '../pool/target.js'
 import type { WindowStats } from './stats.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
+import { classifyLookupFailure } from '../errors/classify.js'
 
 export type Severity = 'critical' | 'warning' | 'info'
 
@@ -169,7 +170,7 @@ function diagnoseName (pool: string, d: DnsInput, limits: DiagnosisConfig, out: 
       : {
           severity: 'critical',
           pool,
-          title: `${d.name} does not resolve (${d.error ?? 'unknown'} since ${d.failingSince}): requests that need it get ${d.error === 'ETIMEOUT' ? 'dns_timeout' : 'dns_error'}.`,
+          title: `${d.name} does not resolve (${d.error ?? 'unknown'} since ${d.failingSince}): requests that need it get ${classifyLookupFailure(d.error)}.`,
           evidence,
           action: `Check the name in pools.${pool}.targets and that the resolver (pools.${pool}.discovery.servers, or the system's) knows it; the gateway keeps retrying, at least every discovery.maxTtl.`
         })

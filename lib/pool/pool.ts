@@ -11,6 +11,7 @@ import { RetryBudget } from './budget.js'
 import { DiscoveredName, NameResolver, sourceOf, type Endpoint, type NameStatus } from './discovery.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { Credentials } from './credentials.js'
+import { classifyLookupFailure } from '../errors/classify.js'
 
 interface Waiter {
   ready: () => void
@@ -366,7 +367,7 @@ export class UpstreamPool {
         const last = name.lastError!
         const source = name.source
         return {
-          error: last.code === 'ETIMEOUT' ? 'dns_timeout' : 'dns_error',
+          error: classifyLookupFailure(last.code),
           context: {
             phase: 'dns',
             cause: last.code,
