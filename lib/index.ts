@@ -52,7 +52,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     if (!pool.tls.rejectUnauthorized) app.log.warn({ pool: name }, `pools.${name}.tls.rejectUnauthorized is false: the certificates of its https targets are not verified`)
   }
   const appErrors = createErrorHandlers(config, null)
-  const tracing = tracingFor(config)
+  const tracing = tracingFor(config, pools)
 
   app.decorate('upstream', createApi(pools))
   // Finished requests are counted only where something reads the counts.
@@ -92,6 +92,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start()])
   })
   app.addHook('onClose', async () => {
+    tracing?.close()
     limiter?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
@@ -123,10 +124,14 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 }
 
 /** Spans for tries, or null: off, or 'auto' without @opentelemetry/api and a tracer provider. */
-function tracingFor (config: Config): Tracing | null {
-  const origins = [...config.pools.values()].flatMap((pool) => pool.targets.map((target) => new URL(target.url).origin))
+function tracingFor (config: Config, pools: ReadonlyMap<string, UpstreamPool>): Tracing | null {
+  // Asked per undici request while tracing is on: the origins discovery connects to change.
+  const isTarget = (origin: string): boolean => {
+    for (const pool of pools.values()) for (const target of pool.targets) if (target.origin === origin) return true
+    return false
+  }
   try {
-    return createTracing(config.tracing, origins)
+    return createTracing(config.tracing, isTarget)
   } catch (err) {
     throw new OptionsError('tracing', (err as Error).message)
   }

@@ -12,6 +12,7 @@ import { FastifyOtelInstrumentation } from '@fastify/otel'
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import { startGateway, waitFor } from './helpers/gateway.js'
 import { startUpstream, freePort, type Running } from './helpers/servers.js'
+import { startDns } from './helpers/dns.js'
 import { keepLastTraceFields } from '../lib/observe/tracing.js'
 
 const exporter = new InMemorySpanExporter()
@@ -97,6 +98,22 @@ t.test('the upstream gets exactly one traceparent, continuing the client\'s trac
   const client = spans().find((s) => s.kind === SpanKind.CLIENT)!
   t.equal(parentOf(client), attempt.spanContext().spanId, 'undici\'s client span is the try\'s child')
   t.equal(parentId, client.spanContext().spanId, 'and the upstream\'s parent is that client span')
+})
+
+t.test('a target given by name: the address it resolved to gets exactly one traceparent too', async (t) => {
+  const upstream = await traceEcho('a')
+  teardown(t, upstream)
+  // Discovery connects to the address (http://127.0.0.1:port), not to the name the options gave.
+  const dns = await startDns(t, { 'api.test': { a: ['127.0.0.1'], ttl: 60 } })
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [`http://api.test:${upstream.port}`], outlier: false, discovery: { servers: [dns.address] } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  }, {}, async (app) => { await app.register(fastifyOtel.plugin()) })
+  const res = await get(`${gw.url}/p/x`, { traceparent: TRACEPARENT })
+  t.equal(res.status, 200)
+  const parents = (JSON.parse(res.body) as Array<[string, string]>).filter(([name]) => name === 'traceparent')
+  t.equal(parents.length, 1, 'one traceparent field line')
+  t.equal(parents[0]![1].split('-')[1], TRACE_ID, "the client's trace goes on")
 })
 
 t.test('without a client traceparent, the upstream still gets one (a new trace)', async (t) => {

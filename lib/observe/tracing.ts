@@ -83,7 +83,7 @@ function hasTracerProvider (api: OtelApi): boolean {
  * What `tracing` resolves to at registration: a Tracing, or null for off. `true` without
  * @opentelemetry/api installed throws (the caller names the option).
  */
-export function createTracing (mode: TracingMode, origins: readonly string[]): Tracing | null {
+export function createTracing (mode: TracingMode, isTarget: (origin: string) => boolean): Tracing | null {
   if (mode === false) return null
   const api = loadApi()
   if (api === null) {
@@ -91,7 +91,7 @@ export function createTracing (mode: TracingMode, origins: readonly string[]): T
     return null
   }
   if (mode === 'auto' && !hasTracerProvider(api)) return null
-  return new Tracing(api, origins)
+  return new Tracing(api, isTarget)
 }
 
 /** What a try span is told of a try that failed. */
@@ -106,9 +106,17 @@ export interface TryOutcome {
 export class Tracing {
   readonly #tracer: Tracer
 
-  constructor (private readonly api: OtelApi, origins: readonly string[]) {
+  readonly #isTarget: (origin: string) => boolean
+
+  constructor (private readonly api: OtelApi, isTarget: (origin: string) => boolean) {
     this.#tracer = api.trace.getTracer('fastify-upstream')
-    guardTraceFields(origins)
+    this.#isTarget = isTarget
+    guardTraceFields(isTarget)
+  }
+
+  /** The app closed: its targets' requests need no more guarding. */
+  close (): void {
+    targetGuards.delete(this.#isTarget)
   }
 
   /**
@@ -182,8 +190,11 @@ export class Tracing {
 // ---------------------------------------------------------------------------------------------
 // At most one traceparent and tracestate on a request to a target.
 
-/** Origins of the gateway's targets, whose undici requests are kept to one of each field. */
-const guardedOrigins = new Set<string>()
+/**
+ * One per gateway with tracing on: whether an origin is one of its targets' (asked each time:
+ * discovery changes the addresses a pool connects to while it runs).
+ */
+const targetGuards = new Set<(origin: string) => boolean>()
 let subscribed = false
 
 interface UndiciRequest {
@@ -192,12 +203,12 @@ interface UndiciRequest {
   addHeader: (key: string, value: string) => UndiciRequest
 }
 
-function guardTraceFields (origins: readonly string[]): void {
-  for (const origin of origins) guardedOrigins.add(origin)
+function guardTraceFields (isTarget: (origin: string) => boolean): void {
+  targetGuards.add(isTarget)
   if (subscribed) return
   subscribed = true
   // For as long as the process lives: a subscriber cannot be told apart from another app's
-  // after it closes, and it costs a set lookup on each undici request.
+  // after it closes, and it costs a lookup per gateway on each undici request.
   subscribe('undici:request:create', onRequestCreate)
 }
 
@@ -208,7 +219,7 @@ function guardTraceFields (origins: readonly string[]): void {
  */
 function onRequestCreate (message: unknown): void {
   const request = (message as { request: UndiciRequest }).request
-  if (!guardedOrigins.has(String(request.origin)) || !Array.isArray(request.headers)) return
+  if (!Array.isArray(request.headers) || !isTargetOrigin(String(request.origin))) return
   keepLastTraceFields(request.headers as string[])
   const addHeader = request.addHeader
   request.addHeader = function (key, value) {
@@ -216,6 +227,11 @@ function onRequestCreate (message: unknown): void {
     if (TRACE_FIELDS.has(name)) dropField(this.headers as string[], name)
     return addHeader.call(this, key, value)
   }
+}
+
+function isTargetOrigin (origin: string): boolean {
+  for (const isTarget of targetGuards) if (isTarget(origin)) return true
+  return false
 }
 
 /** Drops every earlier copy of a trace field that appears more than once. */
