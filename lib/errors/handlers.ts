@@ -42,7 +42,7 @@ export function createErrorHandlers (settings: ResponderSettings, pool: string |
         // taxonomy's words.
         ...(client && error.message !== '' ? { detail: ensureSentence(error.message) } : {}),
         why: client ? `Fastify said: ${error.message}` : `The error was: ${error.message}`,
-        retryAfter: store ? STORE_RETRY_AFTER : retryAfterOf(reply)
+        retryAfter: store ? STORE_RETRY_AFTER : retryAfterOf(reply.getHeader('retry-after'))
       }))
     },
     notFoundHandler (request, reply) {

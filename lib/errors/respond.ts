@@ -43,9 +43,9 @@ export function failureAnswer (request: FastifyRequest, failure: Failure, settin
   return { headers, body: request.method === 'HEAD' ? undefined : body }
 }
 
-/** A Retry-After (in seconds) already on the reply, set by a plugin or copied from the upstream. */
-export function retryAfterOf (reply: FastifyReply): number | null {
-  const seconds = Number(reply.getHeader('retry-after'))
+/** A Retry-After value in seconds (a plugin's on the reply, or the upstream's); null when it is none. */
+export function retryAfterOf (value: unknown): number | null {
+  const seconds = Number(value)
   return Number.isFinite(seconds) && seconds > 0 ? seconds : null
 }
 

@@ -302,6 +302,9 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   const r = object(path, input, ROUTE_KEYS)
   const prefix = string(join(path, 'prefix'), r.prefix)
   if (!prefix.startsWith('/')) fail(join(path, 'prefix'), 'a path starting with "/"', prefix)
+  // The prefix is matched literally and swapped for rewritePrefix: a route parameter or a
+  // wildcard in it would match paths the swap cannot map.
+  if (/[:*?#]/.test(prefix)) fail(join(path, 'prefix'), 'a literal path, without ":" parameters, "*", "?" or "#"', prefix)
   const poolName = string(join(path, 'pool'), r.pool)
   const pool = pools.get(poolName)
   if (pool === undefined) {

@@ -52,7 +52,7 @@ export class Attempt extends TargetTry implements LegacyHandler {
     this.#connectTimer = setTimeout(onTimeout, ms)
   }
 
-  onConnect (abort: (err?: Error) => void, context?: object): void {
+  onConnect (abort: (err?: Error) => void): void {
     this.abortTry = abort
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null
@@ -61,7 +61,6 @@ export class Attempt extends TargetTry implements LegacyHandler {
       return
     }
     this.connected = true
-    this.exchange.onAttemptStart(context)
   }
 
   // timeouts.headers counts from the request sent, as undici reports it: for a streamed body,
@@ -99,7 +98,7 @@ export class Attempt extends TargetTry implements LegacyHandler {
     this.abortTry!(new GatewayError(GATEWAY_CODES.bodyTimeout, `no body data for ${body} ms`))
   }
 
-  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     if (this.#abandoned) return false
     if (statusCode < 100 || statusCode > 599) {
       this.abortTry!(new GatewayError(GATEWAY_CODES.invalidStatus, `the upstream answered with status ${statusCode}, which HTTP does not have`))
@@ -118,7 +117,7 @@ export class Attempt extends TargetTry implements LegacyHandler {
       this.#lastData = performance.now()
       if (this.#timer === null && this.exchange.route.timeouts.body !== false) this.#timer = setTimeout(onTimer, this.exchange.route.timeouts.body, this)
       resume()
-    }, statusMessage)
+    })
     if (!go) this.#paused = true
     return go
   }
@@ -147,9 +146,9 @@ export class Attempt extends TargetTry implements LegacyHandler {
     return go
   }
 
-  onComplete (trailers: string[] | null): void {
+  onComplete (): void {
     this.#end()
-    if (!this.#abandoned) this.exchange.onAttemptEnd(this, trailers)
+    if (!this.#abandoned) this.exchange.onAttemptEnd(this)
   }
 
   onError (err: Error): void {

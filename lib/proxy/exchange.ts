@@ -21,6 +21,7 @@ import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { waitForCredentials } from '../pool/credentials.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
+import { Relay, type RelayRoute, type ResponseHeaders } from './relay.js'
 
 export const kExchange = Symbol('fastify-upstream.exchange')
 
@@ -33,9 +34,9 @@ function hasBody (raw: IncomingMessage): boolean {
 type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
 
 /**
- * undici's callback-style handler, the kind reply-from gives the dispatcher. The gateway keeps
- * to it end to end so response headers pass through raw: undici's newer controller-style API
- * would parse them into an object and back into raw buffers for reply-from on every response.
+ * undici's callback-style handler, which each try is. Its response headers come raw, and go
+ * to the client's reply in one pass (relay.ts): undici's newer controller-style API would
+ * parse them into an object first.
  */
 export type LegacyHandler = Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError'>
 
@@ -51,6 +52,8 @@ export interface ExchangeEvents {
   recovered: (exchange: Exchange, status: number) => void
   /** The response was delivered at the first try (for stats; nothing to log). */
   completed: (exchange: Exchange, status: number) => void
+  /** The upstream answered with a status errors.intercept names: the gateway answers instead. */
+  intercepted: (exchange: Exchange, status: number, headers: ResponseHeaders) => void
 }
 
 export class Exchange {
@@ -63,10 +66,13 @@ export class Exchange {
   #candidates: Candidates | null = null
   #retries = 0
   #attempt: Attempt | null = null
-  #opts: Dispatcher.DispatchOptions | null = null
+  /** The upstream request-target (routes.ts maps the client's path through rewritePrefix). */
+  #path = ''
+  /** The request headers every try sends; each sets its own Host (and credentials) in place. */
+  #headers: Record<string, string> | null = null
   #body: PreparedBody | null = null
-  #downstream: LegacyHandler | null = null
-  #downstreamStarted = false
+  /** The answer on its way to the client, once a try has one to deliver. */
+  #relay: Relay | null = null
   #totalTimer: NodeJS.Timeout | null = null
   /** Watches the client's upload for a stall (timeouts.body); null without a body to watch. */
   #upload: UploadWatch | null = null
@@ -90,6 +96,7 @@ export class Exchange {
     readonly route: RouteConfig,
     readonly pool: UpstreamPool,
     private readonly events: ExchangeEvents,
+    private readonly relayRoute: RelayRoute,
     private readonly tracing: Tracing | null = null
   ) {
     this.#traceParent = tracing?.requestContext(request) ?? null
@@ -123,11 +130,13 @@ export class Exchange {
     return performance.now() - this.startedAt
   }
 
-  /** Called by the dispatcher with reply-from's request and its handler. */
-  start (opts: Dispatcher.DispatchOptions, downstream: LegacyHandler): void {
-    this.#opts = opts
-    this.#downstream = downstream
-    const headers = opts.headers as Record<string, string | undefined>
+  /**
+   * Sends the request upstream: `path` is the request-target, `headers` this exchange's own copy
+   * (forwarding.ts), `body` the client's body stream when Fastify handed one over.
+   */
+  start (path: string, headers: Record<string, string>, body: IncomingMessage | undefined): void {
+    this.#path = path
+    this.#headers = headers
     const limit = this.route.bodyLimit
     if (limit !== null && headers['content-length'] !== undefined && Number(headers['content-length']) > limit) {
       this.#refuseBody(`declares ${headers['content-length']} bytes (Content-Length)`)
@@ -139,8 +148,7 @@ export class Exchange {
       this.#failOutage()
       return
     }
-    // reply-from passes '' where it has no body to give.
-    const sent = opts.body === '' || opts.body == null ? this.#unparsedBody() : opts.body
+    const sent = body ?? this.#unparsedBody()
     const ready = bodyWithoutReading(sent)
     if (ready !== null) {
       this.#body = ready
@@ -212,9 +220,8 @@ export class Exchange {
     this.#room.reset()
     const attempt = new Attempt(this, target)
     this.#attempt = attempt
-    const opts = this.#opts!
-    // reply-from made this headers object for this request alone: set the try's Host in place.
-    const headers = opts.headers as Record<string, string>
+    // The headers object is this exchange's own: set the try's Host in place.
+    const headers = this.#headers!
     headers.host = target.hostHeader
     if (credentials !== null) this.#sentToken = credentials.apply(headers)
     this.#tries++
@@ -227,8 +234,7 @@ export class Exchange {
   }
 
   #send (attempt: Attempt, headers: Record<string, string>): void {
-    const opts = this.#opts!
-    sendTry(attempt, attempt, this.route.timeouts, { path: opts.path, method: opts.method, headers, body: this.#body!.body }, (err) => {
+    sendTry(attempt, attempt, this.route.timeouts, { path: this.#path, method: this.request.method as Dispatcher.HttpMethod, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
     })
   }
@@ -265,16 +271,7 @@ export class Exchange {
     })
   }
 
-  onAttemptStart (context: unknown): void {
-    if (!this.#downstreamStarted) {
-      this.#downstreamStarted = true
-      // undici's types omit the context argument its handlers receive; pass it on regardless.
-      const onConnect = this.#downstream!.onConnect as ((abort: (err?: Error) => void, context?: unknown) => void) | undefined
-      onConnect?.call(this.#downstream, (reason) => { this.cancel(reason) }, context)
-    }
-  }
-
-  onAttemptResponse (attempt: Attempt, statusCode: number, rawHeaders: Buffer[], resume: () => void, statusMessage?: string): boolean {
+  onAttemptResponse (attempt: Attempt, statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     attempt.status = statusCode
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.attempts.push(attempt.record(null, null, 'headers'))
@@ -291,9 +288,20 @@ export class Exchange {
       this.#retryLater()
       return false
     }
-    // Backpressure passes straight through: reply-from's return value pauses the try, and
-    // the resume it calls later is the try's own.
-    return this.#downstream!.onHeaders?.(statusCode, rawHeaders, resume, statusMessage ?? '') !== false
+    // Backpressure passes straight through: the relay's return value pauses the try, and the
+    // resume it calls later is the try's own.
+    this.#relay = new Relay(this, this.relayRoute)
+    return this.#relay.headers(statusCode, rawHeaders, resume)
+  }
+
+  /** The answer's status is one errors.intercept names: the gateway answers with its own page. */
+  intercept (status: number, headers: ResponseHeaders): void {
+    const attempt = this.#attempt!
+    this.#settle()
+    // Its body is not read: the try is cut, and not taken for a client abort (settled).
+    attempt.abandon()
+    attempt.abortTry?.(new GatewayError('FST_UPSTREAM_INTERCEPTED', `status ${status} is answered by the gateway (errors.intercept)`))
+    this.events.intercepted(this, status, headers)
   }
 
   /**
@@ -320,13 +328,13 @@ export class Exchange {
   }
 
   onAttemptData (chunk: Buffer): boolean {
-    return this.#downstream!.onData?.(chunk) !== false
+    return this.#relay!.data(chunk)
   }
 
-  onAttemptEnd (attempt: Attempt, trailers: string[] | null): void {
+  onAttemptEnd (attempt: Attempt): void {
     this.#endSpan(attempt, attempt.status)
     this.#settle()
-    this.#downstream!.onComplete?.(trailers)
+    this.#relay!.complete()
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
     else this.events.completed(this, attempt.status!)
   }
@@ -495,8 +503,6 @@ export class Exchange {
     // nginx does) instead of draining a body nobody wants, or stalling on one held back.
     if (this.#clientStillSending()) this.reply.header('connection', 'close')
     if (this.tracing !== null) this.tracing.requestFailed(this.#traceParent!, failure)
-    // reply-from's handler is left without an answer on purpose: it would log the error a
-    // second time and pick its own status. The gateway answers with the failure record.
     this.events.failed(this, failure)
   }
 
@@ -531,7 +537,7 @@ export class Exchange {
     this.#waiting = null
   }
 
-  /** reply-from's handler gave up on the response (its body stream was destroyed). */
+  /** The client side gave up on the response (its body stream was destroyed). */
   cancel (reason: Error | undefined): void {
     this.abort(new GatewayError(GATEWAY_CODES.clientAborted, reason?.message ?? 'aborted'))
   }

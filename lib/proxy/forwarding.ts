@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto'
  * Hop-by-hop fields (RFC 9110 §7.6.1), besides those the `Connection` field names. Never
  * forwarded, in either direction.
  */
-const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade'])
+export const HOP_BY_HOP: ReadonlySet<string> = new Set(['connection', 'proxy-connection', 'keep-alive', 'te', 'transfer-encoding', 'upgrade'])
 
 /**
  * What never goes to a target: the hop-by-hop fields, and `Expect`. `Expect: 100-continue` is
@@ -33,11 +33,9 @@ type Headers = IncomingHttpHeaders | OutgoingHttpHeaders
  * says is kept and extended; otherwise an incoming value is the client's claim, not a fact, and
  * is replaced. A field with nothing to say (no Host from an HTTP/1.0 client) is left out.
  */
-export function forwardRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders, settings: ForwardingSettings, owned = false): IncomingHttpHeaders {
-  // `owned`: the caller made `incoming` for this request alone (reply-from copies the client's
-  // headers for each request), so it is changed in place when nothing needs dropping: one copy
-  // of the headers per request instead of two.
-  const headers = owned && !hasAny(incoming, NOT_FORWARDED_UPSTREAM) ? incoming : endToEnd(incoming, NOT_FORWARDED_UPSTREAM) as IncomingHttpHeaders
+export function forwardRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders, settings: ForwardingSettings): IncomingHttpHeaders {
+  // The one copy of the client's headers this request makes: each try changes it in place.
+  const headers = endToEnd(incoming, NOT_FORWARDED_UPSTREAM) as IncomingHttpHeaders
   // Fastify's `ips` is the trusted part of the X-Forwarded-For chain, nearest hop first.
   const ips = request.ips
   const peer = request.socket.remoteAddress ?? request.ip
@@ -104,13 +102,6 @@ export function endToEnd (headers: Headers, dropped: ReadonlySet<string> = HOP_B
     kept[name] = headers[name]
   }
   return kept
-}
-
-/** Whether `headers` has a field that `endToEnd` would drop with `dropped`. */
-function hasAny (headers: Headers, dropped: ReadonlySet<string>): boolean {
-  if (headers.connection !== undefined) return true
-  for (const name in headers) if (dropped.has(name)) return true
-  return false
 }
 
 /** The field names a `Connection` field lists, beyond the usual `keep-alive` or `close`. */

@@ -1,14 +1,16 @@
-// Each `routes[]` entry becomes a @fastify/http-proxy registration (so it is a real Fastify
-// route: it shows in printRoutes() and runs hooks). Target choice happens in our dispatcher.
+// Each `routes[]` entry becomes a pair of Fastify routes, `<prefix>` and `<prefix>/*`, in a
+// scope of their own: real routes, shown by printRoutes(), running the app's hooks. Their
+// handler maps the path, copies the headers once and hands the request to an Exchange, which
+// sends it upstream on undici and relays the answer (relay.ts).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import httpProxy from '@fastify/http-proxy'
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { UpstreamDispatcher } from './dispatcher.js'
-import { Exchange, kExchange, type ExchangeEvents } from './exchange.js'
+import { Exchange, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
-import { forwardRequestHeaders, forwardResponseHeaders, viaContains, viaPseudonym, appendList } from './forwarding.js'
+import { forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { PathMapper, type RouterMatching } from './path.js'
+import type { RelayRoute } from './relay.js'
 import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
@@ -17,48 +19,6 @@ import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
-
-/**
- * A request's exchange rides on the request itself, not in a WeakMap: a WeakMap entry lives
- * until a full GC once its key has been promoted, and under load that kept every finished
- * exchange alive through many young-generation collections, each costlier than the last.
- */
-type RequestWithExchange = FastifyRequest & { [kExchange]?: Exchange | null }
-
-/**
- * Response headers reach the client as soon as the upstream's do, before any body byte: an
- * EventSource or a long-poll client waits on them. Fastify writes a streamed reply's headers
- * with its first body chunk; when no chunk follows in the same turn of the event loop, they go
- * out on their own. A body already there still leaves in one write with its headers.
- */
-function flushHeadersUnlessBodyFollows (res: ServerResponse): void {
-  // 'pipe': Fastify has set the reply's headers on `res` and starts streaming the body.
-  res.once('pipe', onPipe)
-}
-
-/**
- * The responses that started streaming in this turn of the event loop. One setImmediate looks
- * at all of them: under load many responses start in one turn, and each needs no timer and no
- * closure of its own.
- */
-let streaming: ServerResponse[] = []
-
-function onPipe (this: ServerResponse): void {
-  if (streaming.length === 0) setImmediate(flushStarted)
-  streaming.push(this)
-}
-
-function flushStarted (): void {
-  const started = streaming
-  streaming = []
-  for (let i = 0; i < started.length; i++) {
-    const res = started[i]!
-    if (!res.headersSent && !res.destroyed) res.flushHeaders()
-  }
-}
-
-/** reply-from needs a syntactically valid base; the dispatcher replaces origin and host per try. */
-const PLACEHOLDER_ORIGIN = 'http://fastify-upstream.invalid'
 
 export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
@@ -104,43 +64,22 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     },
     completed (exchange, status) {
       recorder?.completed(ending(exchange, status))
+    },
+    intercepted (exchange, status, headers) {
+      // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
+      const failure = makeFailure('upstream_error_status', {
+        phase: 'headers',
+        pool: pool.name,
+        target: exchange.target?.hostPort ?? null,
+        attempts: exchange.attempts,
+        ms: exchange.ms,
+        status,
+        receivedStatus: status,
+        retryAfter: retryAfterOf(headers['retry-after'])
+      })
+      recorder?.failed(ending(exchange, failure.status), failure)
+      answer(exchange.request, exchange.reply, failure)
     }
-  }
-
-  function handler (request: FastifyRequest, reply: FastifyReply, dest: string, options: object): FastifyReply {
-    if (viaContains(request.headers.via, settings.via)) {
-      const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
-      answer(request, reply, failure)
-      return reply
-    }
-    // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
-    if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, dest, { route, pool, config, answer, recorder })
-      return reply
-    }
-    const exchange = new Exchange(request, reply, route, pool, events, tracing)
-    ;(request as RequestWithExchange)[kExchange] = exchange
-    try {
-      return reply.from(dest, options)
-    } catch (err) {
-      // reply-from refuses some paths (a `..` segment after `;`) before any try: the exchange
-      // never starts, and its total timer must not outlive the 400 the error handler gives.
-      exchange.end()
-      throw err
-    }
-  }
-
-  function rewriteRequestHeaders (request: FastifyRequest, incoming: IncomingHttpHeaders): IncomingHttpHeaders {
-    // reply-from made `incoming` for this request alone (and stripped Connection already).
-    const headers = forwardRequestHeaders(request, incoming, settings, true)
-    ;(headers as Record<symbol, unknown>)[kExchange] = (request as RequestWithExchange)[kExchange]
-    return headers
-  }
-
-  function rewriteHeaders (headers: IncomingHttpHeaders, request: FastifyRequest): IncomingHttpHeaders {
-    const forwarded = forwardResponseHeaders(headers, settings) as IncomingHttpHeaders
-    rewriteLocations(forwarded, request, route, pool)
-    return forwarded
   }
 
   // A delivered response's Proxy-Status member depends on its status alone (exposure only
@@ -155,66 +94,57 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     return member
   }
 
-  function onResponse (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream & { destroy: () => void, on: (event: 'error', listener: () => void) => unknown } }): void {
-    if (config.errors.intercept.has(res.statusCode)) {
-      // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
-      // The exchange ends here, so dropping the upstream body is not taken for a client abort.
-      const exchange = (request as RequestWithExchange)[kExchange]!
-      exchange.end()
-      res.stream.on('error', () => {})
-      res.stream.destroy()
-      const failure = makeFailure('upstream_error_status', {
-        phase: 'headers',
-        pool: pool.name,
-        target: exchange.target?.hostPort ?? null,
-        attempts: exchange.attempts,
-        ms: exchange.ms,
-        status: res.statusCode,
-        receivedStatus: res.statusCode,
-        retryAfter: retryAfterOf(reply)
-      })
-      recorder?.failed(ending(exchange, failure.status), failure)
+  const relayRoute: RelayRoute = {
+    via: `1.1 ${settings.proxyName}`,
+    intercepts: (status) => config.errors.intercept.has(status),
+    proxyStatus: receivedMember,
+    rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null
+  }
+
+  const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
+
+  function handler (request: FastifyRequest, reply: FastifyReply): void {
+    if (viaContains(request.headers.via, settings.via)) {
+      const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
       return
     }
-    reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, receivedMember(res.statusCode)))
-    flushHeadersUnlessBodyFollows(reply.raw)
-    reply.send(res.stream)
-  }
-
-  const proxyOptions = {
-    // A fixed placeholder rather than a getUpstream: with getUpstream, http-proxy copies its
-    // reply options and makes a closure on every request.
-    upstream: PLACEHOLDER_ORIGIN,
-    rewritePrefix: route.rewritePrefix,
-    httpMethods: route.methods,
-    // The gateway rewrites Location itself (location.ts): http-proxy's own would prefix every
-    // relative one and replace rewritePrefix wherever it appears in the value.
-    internalRewriteLocationHeader: false,
-    undici: new UpstreamDispatcher() as unknown as { request: never },
-    disableRequestLogging: true,
-    config: { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) },
-    handler,
-    replyOptions: {
-      rewriteRequestHeaders,
-      rewriteHeaders,
-      onResponse: onResponse as never,
-      // Retries are the exchange's business; reply-from's own would retry 503s on its own.
-      retryDelay: () => null
+    // Refused here, before an exchange (and its timers) exists: the error handler answers 400.
+    const path = paths.map(request.url)
+    // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
+    if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
+      websockets.open(request, reply, path, { route, pool, config, answer, recorder })
+      return
     }
+    const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string>
+    const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
+    exchange.start(path, headers, request.body as IncomingMessage | undefined)
   }
 
   // Each route lives in a scope of its own, so Fastify's errors on it (and a method it does
   // not serve) are answered in the gateway's format without touching the rest of the app.
   await app.register(async (scope) => {
-    // Declared up front so every request object keeps one shape.
-    scope.decorateRequest(kExchange, null)
     scope.setErrorHandler(errorHandler)
     scope.setNotFoundHandler(notFoundHandler)
-    // Bodies reach the upstream byte for byte, whatever their type: without this, Fastify's
-    // own text/plain parser would decode and re-encode a text body (and apply its bodyLimit).
-    // http-proxy then adds the parsers that hand the raw stream on.
+    // Bodies reach the upstream byte for byte, whatever their type: Fastify hands the raw
+    // request stream over instead of parsing it (or applying its bodyLimit; routes[].bodyLimit
+    // is the gateway's own).
     scope.removeAllContentTypeParsers()
-    await scope.register(httpProxy, proxyOptions as never)
+    scope.addContentTypeParser('*', passBodyThrough)
+    const routeConfig = { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
+    for (const url of ['/', '/*']) scope.route({ method: route.methods, url, handler, config: routeConfig })
   }, { prefix: route.prefix })
+}
+
+function passBodyThrough (_request: FastifyRequest, body: IncomingMessage, done: (err: null, body: IncomingMessage) => void): void {
+  done(null, body)
+}
+
+/** How the app's router compares paths: a prefix sent escaped or in other case still maps. */
+function routerMatching (app: FastifyInstance): RouterMatching {
+  const initial = app.initialConfig as { caseSensitive?: boolean, ignoreDuplicateSlashes?: boolean, routerOptions?: { caseSensitive?: boolean, ignoreDuplicateSlashes?: boolean } }
+  return {
+    caseSensitive: initial.routerOptions?.caseSensitive ?? initial.caseSensitive ?? true,
+    ignoreDuplicateSlashes: initial.routerOptions?.ignoreDuplicateSlashes ?? initial.ignoreDuplicateSlashes ?? false
+  }
 }

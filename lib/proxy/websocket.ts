@@ -83,11 +83,8 @@ export class WebSockets {
   }
 
   /** Starts a tunnel for a handshake that reached a websocket route. */
-  open (request: FastifyRequest, reply: FastifyReply, dest: string, context: TunnelRoute): void {
-    // `dest` is the route's path rewritten (rewritePrefix); the query goes on as the client sent it.
-    const url = request.raw.url ?? ''
-    const query = url.indexOf('?')
-    const path = query >= 0 ? dest + url.slice(query) : dest
+  open (request: FastifyRequest, reply: FastifyReply, path: string, context: TunnelRoute): void {
+    // `path`: the route's path rewritten (rewritePrefix), with the query as the client sent it.
     const tunnel = new Tunnel(request, reply, (request.raw as UpgradeRequest)[kUpgrade]!, path, context, () => this.#tunnels.delete(tunnel))
     this.#tunnels.add(tunnel)
     tunnel.start()
