@@ -2,7 +2,7 @@
 // waiting for a target with room, retries under the policy and the pool's budget, the total
 // timeout across tries, and how it ends (a streamed response, or one failure record).
 import { performance } from 'node:perf_hooks'
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { RouteConfig } from '../options/config.js'
@@ -23,7 +23,12 @@ import { waitForCredentials } from '../pool/credentials.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
 import { Relay, type RelayRoute, type ResponseHeaders } from './relay.js'
 
-export const kExchange = Symbol('fastify-upstream.exchange')
+const kExchange = Symbol('fastify-upstream.exchange')
+type ExchangeResponse = ServerResponse & { [kExchange]?: Exchange }
+
+function onResponseClose (this: ExchangeResponse): void {
+  this[kExchange]!.onResponseClose()
+}
 
 /** Whether the client's request has a body, by its framing. */
 function hasBody (raw: IncomingMessage): boolean {
@@ -119,11 +124,16 @@ export class Exchange {
         sending: () => this.#attempt?.connected === true
       })
     }
-    reply.raw.once('close', () => {
-      if (!reply.raw.writableFinished && !this.settled) {
-        this.abort(new GatewayError(GATEWAY_CODES.clientAborted, 'client closed the connection'))
-      }
-    })
+    // One shared listener, the exchange found on the response: no closure per request.
+    ;(reply.raw as ExchangeResponse)[kExchange] = this
+    reply.raw.on('close', onResponseClose)
+  }
+
+  /** The client's response closed: unless it was delivered whole, the client went away. */
+  onResponseClose (): void {
+    if (!this.reply.raw.writableFinished && !this.settled) {
+      this.abort(new GatewayError(GATEWAY_CODES.clientAborted, 'client closed the connection'))
+    }
   }
 
   get ms (): number {

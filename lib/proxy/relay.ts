@@ -154,10 +154,6 @@ class BodyStream extends Readable {
   }
 }
 
-/** Characters Node refuses in a header value: dropped, so one bad field cannot fail the answer. */
-const INVALID_VALUE = /[^\t\x20-\x7E\x80-\xFF]/
-const INVALID_VALUES = /[^\t\x20-\x7E\x80-\xFF]/g
-
 /**
  * The upstream's raw header list as the client gets it: names in lower case, repeated fields
  * as arrays, hop-by-hop fields and those `Connection` names dropped, this hop added to `Via`.
@@ -167,14 +163,15 @@ export function responseHeaders (raw: Buffer[], via: string): ResponseHeaders {
   let connection: string | null = null
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = undiciUtil.headerNameToString(raw[i]!)
-    let value = raw[i + 1]!.toString('latin1')
+    // undici's parser refuses an answer with a character Node would refuse in a header value
+    // (a failed try, classified as such), so each value passes as it came.
+    const value = raw[i + 1]!.toString('latin1')
     if (HOP_BY_HOP.has(name)) {
       if (name === 'connection') connection = connection === null ? value : `${connection}, ${value}`
       continue
     }
     // Not a field any server means; as an object key it would set the prototype.
     if (name === '__proto__') continue
-    if (INVALID_VALUE.test(value)) value = value.replace(INVALID_VALUES, '')
     const existing = headers[name]
     if (existing === undefined) headers[name] = value
     else if (typeof existing === 'string') headers[name] = [existing, value]
