@@ -172,6 +172,11 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
           variant === 'http-proxy' ? undefined : { name: 'http-proxy', values: of('http-proxy', (s) => s.cpuPerResponse) }))
       }
     }
+    // The goal: at least bare http-proxy's req/s, with the defaults and with everything on.
+    const bare = { name: 'http-proxy', values: of('http-proxy', (s) => s.requestsPerSecond) }
+    for (const variant of ['fastify-upstream', 'fastify-upstream (all)']) {
+      figures.push(figure('overhead', variant, 'req/s vs http-proxy', 'req/s', of(variant, (s) => s.requestsPerSecond), bare))
+    }
     // What metrics and the status page's rolling stats cost on the success path, same rounds.
     const off = 'fastify-upstream (observe off)'
     figures.push(figure('overhead', 'fastify-upstream', 'req/s vs observe off', 'req/s', of('fastify-upstream', (s) => s.requestsPerSecond), { name: off, values: of(off, (s) => s.requestsPerSecond) }))

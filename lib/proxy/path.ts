@@ -24,9 +24,10 @@ export class PathMapper {
   readonly #rewritePrefix: string
 
   constructor (prefix: string, rewritePrefix: string, private readonly matching: RouterMatching) {
-    // A prefix given as '/api/' matches '/api' too: the slash is not part of what is replaced.
-    this.#prefix = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix
-    this.#rewritePrefix = rewritePrefix.endsWith('/') && !prefix.endsWith('/') ? rewritePrefix.slice(0, -1) : rewritePrefix
+    // Both without a trailing slash: the slash after the prefix is part of the rest, so
+    // '/api/' → '/v2/' and '/api' → '/v2' map '/api/x' alike, to '/v2/x'.
+    this.#prefix = withoutTrailingSlash(prefix)
+    this.#rewritePrefix = withoutTrailingSlash(rewritePrefix)
   }
 
   /** The upstream request-target for the client's raw `url`; throws UnsafePathError. */
@@ -50,6 +51,10 @@ export class PathMapper {
     // case, or with doubled slashes. Rare; found by decoding the url up to each '/'.
     return encodedPrefixEnd(url, prefix, this.matching)
   }
+}
+
+function withoutTrailingSlash (path: string): string {
+  return path.endsWith('/') ? path.slice(0, -1) : path
 }
 
 /**
