@@ -30,6 +30,11 @@ function onResponseClose (this: ExchangeResponse): void {
   this[kExchange]!.onResponseClose()
 }
 
+/** One function for every exchange's total timer (setTimeout hands it the exchange). */
+function onTotalTimeout (exchange: Exchange): void {
+  exchange.onTotalTimeout()
+}
+
 /** Whether the client's request has a body, by its framing. */
 function hasBody (raw: IncomingMessage): boolean {
   const length = raw.headers['content-length']
@@ -107,11 +112,7 @@ export class Exchange {
     this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
     if (total !== false) {
-      this.#totalTimer = setTimeout(() => {
-        this.abort(this.#clientStillSending()
-          ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
-          : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${total} ms) passed`))
-      }, total)
+      this.#totalTimer = setTimeout(onTotalTimeout, total, this)
     }
     if (body !== false && this.#clientStillSending()) {
       this.#upload = watchUpload(request.raw, body, {
@@ -138,6 +139,14 @@ export class Exchange {
 
   get ms (): number {
     return performance.now() - this.startedAt
+  }
+
+  /** timeouts.total passed: the client was still uploading, or the exchange took too long. */
+  onTotalTimeout (): void {
+    const total = this.route.timeouts.total as number
+    this.abort(this.#clientStillSending()
+      ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
+      : new GatewayError(GATEWAY_CODES.totalTimeout, `timeouts.total (${total} ms) passed`))
   }
 
   /**

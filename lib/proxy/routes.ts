@@ -9,12 +9,13 @@ import type { UpstreamPool } from '../pool/pool.js'
 import { Exchange, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
 import { forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
-import { PathMapper, type RouterMatching } from './path.js'
+import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
 import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
+import { ensureSentence } from '../errors/classify.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
@@ -103,14 +104,33 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
 
+  /** The path the upstream gets; null when it is refused (answered 400 here, before any exchange). */
+  function upstreamPath (request: FastifyRequest, reply: FastifyReply): string | null {
+    try {
+      return paths.map(request.url)
+    } catch (err) {
+      if (!(err instanceof UnsafePathError)) throw err
+      answer(request, reply, makeFailure('http_request_error', {
+        phase: 'route',
+        pool: pool.name,
+        status: 400,
+        ms: reply.elapsedTime,
+        cause: err.code,
+        detail: 'This path is not one the gateway forwards.',
+        why: `${ensureSentence(err.message)} The gateway refuses a path an upstream could resolve outside the route's rewritePrefix ("${route.rewritePrefix === '' ? '/' : route.rewritePrefix}"); the client should send it without dot segments or escapes that make one.`
+      }))
+      return null
+    }
+  }
+
   function handler (request: FastifyRequest, reply: FastifyReply): void {
     if (viaContains(request.headers.via, settings.via)) {
       const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
       return
     }
-    // Refused here, before an exchange (and its timers) exists: the error handler answers 400.
-    const path = paths.map(request.url)
+    const path = upstreamPath(request, reply)
+    if (path === null) return
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
       websockets.open(request, reply, path, { route, pool, config, answer, recorder })
