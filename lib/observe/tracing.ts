@@ -6,7 +6,7 @@
 // when it is missing, or no tracer provider is registered, tracing is off and costs nothing per
 // request (the exchange holds `null` and never touches a span or a context).
 //
-// The two-traceparent problem: reply-from forwards the client's `traceparent`, and
+// The two-traceparent problem: the gateway forwards the client's `traceparent` like any header, and
 // @opentelemetry/instrumentation-undici appends one of its own with `request.addHeader()` without
 // looking for one already there, so the upstream would get two, which W3C parsers reject. The
 // gateway replaces the client's fields with its try span's own (so the trace continues even

@@ -471,8 +471,8 @@ export class Exchange {
   }
 
   /**
-   * A body Fastify does not hand over: it parses none for GET or HEAD, and reply-from refuses to
-   * send one with them. Elasticsearch's `GET _search` and its kind carry one; it goes as sent.
+   * A body Fastify does not hand over: it runs no content-type parser for GET or HEAD.
+   * Elasticsearch's `GET _search` and its kind carry one; it goes as sent.
    */
   #unparsedBody (): IncomingMessage | null {
     const raw = this.request.raw
