@@ -19,6 +19,7 @@ import { RateLimiter } from './proxy/rate-limit.js'
 import { createTracing, type Tracing } from './observe/tracing.js'
 import type { Config } from './options/config.js'
 import { OptionsError } from './options/check.js'
+import { closeConnectionAfter } from './proxy/forwarding.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -82,7 +83,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     websockets?.close()
   })
   app.addHook('onSend', (_request, reply, payload, done) => {
-    if (closing) reply.header('connection', 'close')
+    if (closing) closeConnectionAfter(reply)
     done(null, payload)
   })
   // The global limiter (and its store); routes with a limit of their own share its store.

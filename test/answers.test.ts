@@ -2,9 +2,11 @@
 // sent (framing aside), and how the app's onSend hooks see them.
 import t from 'tap'
 import net from 'node:net'
+import http2 from 'node:http2'
+import type { FastifyServerOptions } from 'fastify'
 import type { Readable } from 'node:stream'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, startTcp } from './helpers/servers.js'
+import { echo, startUpstream, startTcp } from './helpers/servers.js'
 
 t.test('HEAD keeps the Content-Length of the GET; 204 and 304 pass without a body or a made-up length', async (t) => {
   const u = await startUpstream('u', (req, res) => {
@@ -106,4 +108,45 @@ t.test('a small answer leaves in one write: headers and body in the first chunk 
   })
   t.match(first, /^HTTP\/1\.1 200 OK\r\n/)
   t.ok(first.endsWith('\r\n\r\n{"ok":true}'), 'the body is in the same chunk as the headers')
+})
+
+t.test('HTTP/2 clients: their pseudo-header fields stay on their hop; answers, bodies both ways and failures work', async (t) => {
+  const big = Buffer.alloc(2 * 1024 * 1024, 'z')
+  const u = await startUpstream('u', (req, res) => {
+    if (req.url === '/long') {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      res.write(big.subarray(0, 1024))
+      setTimeout(() => res.end(big.subarray(1024)), 30)
+      return
+    }
+    echo('u')(req, res)
+  })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { p: { targets: [u.url] }, down: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/a', pool: 'p' }, { prefix: '/down', pool: 'down' }] }, { http2: true } as FastifyServerOptions)
+  const client = http2.connect(gw.url)
+  t.teardown(() => { client.close() })
+  const ask = async (headers: http2.OutgoingHttpHeaders, body?: Buffer): Promise<{ headers: http2.IncomingHttpHeaders, body: Buffer }> => await new Promise((resolve, reject) => {
+    const stream = client.request(headers)
+    const chunks: Buffer[] = []
+    let answer: http2.IncomingHttpHeaders = {}
+    stream.on('response', (h) => { answer = h })
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+    stream.on('end', () => { resolve({ headers: answer, body: Buffer.concat(chunks) }) })
+    stream.on('error', reject)
+    stream.end(body)
+  })
+  const get = await ask({ ':path': '/a/x?y=1', accept: 'application/json' })
+  t.equal(get.headers[':status'], 200)
+  const seen = JSON.parse(get.body.toString()) as { url: string, headers: Record<string, string> }
+  t.equal(seen.url, '/x?y=1')
+  t.notOk(Object.keys(seen.headers).some((name) => name.startsWith(':')), 'no pseudo-header field reached the upstream')
+  t.equal(seen.headers['x-forwarded-proto'], 'http')
+  const upload = Buffer.alloc(256 * 1024, 'u')
+  const post = await ask({ ':method': 'POST', ':path': '/a/up', 'content-type': 'application/octet-stream' }, upload)
+  t.equal((JSON.parse(post.body.toString()) as { bytes: number }).bytes, upload.length, 'the upload arrived whole')
+  const long = await ask({ ':path': '/a/long' })
+  t.ok(long.body.equals(big), 'a streamed answer arrives whole')
+  const failed = await ask({ ':path': '/down/x', accept: 'application/json' })
+  t.equal(failed.headers[':status'], 502)
+  t.match(failed.headers['proxy-status'], /error=connection_refused/)
 })

@@ -12,6 +12,7 @@ import { classifyClientFault, GATEWAY_CODES } from './classify.js'
 import { makeFailure } from './failure.js'
 import { logFailure } from './log.js'
 import { failureAnswer } from './respond.js'
+import { closeConnectionAfter } from '../proxy/forwarding.js'
 
 const kGateway = Symbol('fastify-upstream.frameworkErrors')
 
@@ -118,7 +119,7 @@ export function hasDuplicateHost (rawHeaders: readonly string[]): boolean {
 /** Answers a duplicate Host as Node's parser would answer malformed HTTP: 400, then close. */
 export function rejectDuplicateHost (request: FastifyRequest, reply: FastifyReply, gateway: Pick<ErrorHandlers, 'answer'>): void {
   const { error: type, status, detail } = classifyClientFault(GATEWAY_CODES.duplicateHost)
-  reply.header('connection', 'close')
+  closeConnectionAfter(reply)
   gateway.answer(request, reply, makeFailure(type, {
     phase: 'route',
     status,

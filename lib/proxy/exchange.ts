@@ -10,7 +10,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt } from './attempt.js'
 import { Candidates } from './candidates.js'
-import { endToEnd } from './forwarding.js'
+import { closeConnectionAfter, endToEnd } from './forwarding.js'
 import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
@@ -461,7 +461,7 @@ export class Exchange {
    */
   #refuseClient (code: string, why: string): void {
     const { error, status, detail } = classifyClientFault(code)
-    this.reply.header('connection', 'close')
+    closeConnectionAfter(this.reply)
     this.#fail(error, { phase: 'send', status, detail, why })
   }
 
@@ -520,7 +520,7 @@ export class Exchange {
     this.#settle()
     // The rest of an unfinished upload is not read: the connection closes after the answer (as
     // nginx does) instead of draining a body nobody wants, or stalling on one held back.
-    if (this.#clientStillSending()) this.reply.header('connection', 'close')
+    if (this.#clientStillSending()) closeConnectionAfter(this.reply)
     if (this.tracing !== null) this.tracing.requestFailed(this.#traceParent!, failure)
     this.events.failed(this, failure)
   }

@@ -1,5 +1,5 @@
 // What a well-behaved proxy does to headers on the way through (RFC 9110 §7.6).
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
 import { randomBytes } from 'node:crypto'
 
@@ -98,7 +98,8 @@ export function endToEnd (headers: Headers, dropped: ReadonlySet<string> = HOP_B
   const names = Object.keys(headers)
   for (let i = 0; i < names.length; i++) {
     const name = names[i]!
-    if (dropped.has(name) || (named !== null && named.includes(name))) continue
+    // ':method', ':path' and the like come from an HTTP/2 client: they are not fields.
+    if (dropped.has(name) || name.charCodeAt(0) === 58 || (named !== null && named.includes(name))) continue
     kept[name] = headers[name]
   }
   return kept
@@ -141,4 +142,12 @@ export function viaContains (via: string | string[] | undefined, pseudonym: stri
 export function appendList (existing: string | string[] | number | undefined, value: string): string {
   if (existing === undefined || existing === '') return value
   return `${Array.isArray(existing) ? existing.join(', ') : String(existing)}, ${value}`
+}
+
+/**
+ * Ends the client's connection after this answer. HTTP/1 only: HTTP/2 has no Connection field
+ * (RFC 9113 §8.2.2, Node refuses one) and its streams end on their own.
+ */
+export function closeConnectionAfter (reply: FastifyReply): void {
+  if (reply.request.raw.httpVersionMajor < 2) reply.header('connection', 'close')
 }

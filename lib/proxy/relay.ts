@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import type { ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { util as undiciUtil } from 'undici'
-import { appendList, HOP_BY_HOP } from './forwarding.js'
+import { appendList, closeConnectionAfter, HOP_BY_HOP } from './forwarding.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
 export interface RelayRoute {
@@ -69,7 +69,7 @@ export class Relay {
     reply.header('proxy-status', appendList(reply.getHeader('proxy-status') as string | undefined, this.route.proxyStatus(status)))
     // An HTTP/1 connection is reusable only once its request body has been read: the upstream
     // answered before the client finished sending, so this connection ends with the answer.
-    if (!reply.request.raw.complete) reply.header('connection', 'close')
+    if (!reply.request.raw.complete) closeConnectionAfter(reply)
     this.#resume = resume
     this.#chunks = []
     if (unfinished.length === 0) queueMicrotask(streamUnfinished)
