@@ -105,3 +105,21 @@ t.test('an ejection counts in fastify_upstream_ejections_total, which only grows
   t.equal(await scrape(), 1)
   t.equal(await scrape(), 1, 'a second scrape reads the same total')
 })
+
+t.test('a client that leaves before its answer counts in client_aborts_total, not in requests_total', async (t) => {
+  const u = await startUpstream('u', (_req, res) => { setTimeout(() => { if (!res.destroyed) res.end('late') }, 300) })
+  t.teardown(u.close)
+  const gw = await startGateway(t, { pools: { api: { targets: [u.url] } }, routes: [{ prefix: '/api', pool: 'api' }] })
+  const controller = new AbortController()
+  const pending = gw.request('/api/slow', { signal: controller.signal })
+  setTimeout(() => { controller.abort() }, 50)
+  await t.rejects(pending)
+  let samples: Sample[] = []
+  for (let i = 0; i < 50; i++) {
+    samples = parse(await (await gw.request('/metrics')).body.text())
+    if (value(samples, 'fastify_upstream_client_aborts_total', { pool: 'api' }) !== undefined) break
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  t.equal(value(samples, 'fastify_upstream_client_aborts_total', { pool: 'api', target: `127.0.0.1:${new URL(u.url).port}` }), 1)
+  t.equal(value(samples, 'fastify_upstream_requests_total', { pool: 'api' }), undefined, 'the abort is not an answered request')
+})

@@ -518,4 +518,15 @@ t.test('the status report counts tunnels per pool and target: opened, open now, 
 
   const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
   t.match(page, /WebSocket tunnels: <strong>1<\/strong> open now · 2 opened · 0 failed handshakes/)
+
+  // The same events in Prometheus, per pool, target and event (open now = opened - closed).
+  const metrics = await (await gw.request('/metrics')).body.text()
+  const count = (labels: string): number => Number(new RegExp(`^fastify_upstream_websocket_tunnels_total\\{${labels}\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0)
+  t.equal(count(`pool="live",target="127.0.0.1:${a.port}",event="opened"`), 1)
+  t.equal(count(`pool="live",target="127.0.0.1:${a.port}",event="closed"`), 1)
+  t.equal(count(`pool="live",target="127.0.0.1:${b.port}",event="opened"`), 1)
+  t.equal(count(`pool="live",target="127.0.0.1:${b.port}",event="closed"`), 0)
+  t.equal(count('pool="dead",target="none",event="failed"'), 0, 'a failed handshake names the target it tried')
+  t.match(metrics, /^fastify_upstream_websocket_tunnels_total\{pool="dead",target="127\.0\.0\.1:\d+",event="failed"\} 1$/m)
+  t.match(metrics, /^fastify_upstream_websocket_tunnels_total\{pool="refusing",target="127\.0\.0\.1:\d+",event="refused"\} 1$/m)
 })

@@ -9,7 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { entry, type Ending } from './recorder.js'
+import { entry, type Ending, type TunnelEvent } from './recorder.js'
 
 const PREFIX = 'fastify_upstream_'
 const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
@@ -96,6 +96,8 @@ export class Metrics {
   readonly registry: Registry
   readonly #failures: Counter<string>
   readonly #retries: Counter<string>
+  readonly #aborts: Counter<string>
+  readonly #tunnels: Counter<string>
   readonly #series = new Map<string, Map<string, Series>>()
 
   constructor (pools: ReadonlyMap<string, UpstreamPool>, registry: Registry | null) {
@@ -116,6 +118,19 @@ export class Metrics {
     })
     this.#failures = new Counter({ name: `${PREFIX}failures_total`, help: 'Failed requests, by pool, target, error type and blame.', labelNames: ['pool', 'target', 'error', 'blame'], registers })
     this.#retries = new Counter({ name: `${PREFIX}retries_total`, help: 'Tries after the first, by pool.', labelNames: ['pool'], registers })
+    // Rare events, through prom-client as they happen (a client leaving, a tunnel's life).
+    this.#aborts = new Counter({
+      name: `${PREFIX}client_aborts_total`,
+      help: 'Requests the client gave up on before its answer was complete (not in requests_total), by pool and target.',
+      labelNames: ['pool', 'target'],
+      registers
+    })
+    this.#tunnels = new Counter({
+      name: `${PREFIX}websocket_tunnels_total`,
+      help: 'WebSocket tunnels by event: opened, closed, failed (no target answered the handshake), refused (the target answered it with a status). Open now: opened - closed.',
+      labelNames: ['pool', 'target', 'event'],
+      registers
+    })
     new SeriesHistogram(`${PREFIX}request_duration_seconds`, 'From arrival to the end of the answer, by pool and target.', registers, series, (s) => s.total) // eslint-disable-line no-new
     new SeriesHistogram(`${PREFIX}headers_duration_seconds`, "From the last try's start to the upstream's response headers, by pool and target.", registers, series, (s) => s.headers) // eslint-disable-line no-new
     // State read at scrape time: nothing to keep up to date on the request path.
@@ -187,13 +202,25 @@ export class Metrics {
     if (failure !== null) this.#failures.labels(ending.pool, target, failure.error, failure.blame).inc()
   }
 
+  /** The client went away before its answer was complete. */
+  aborted (pool: string, target: string | null): void {
+    this.#aborts.labels(pool, target ?? 'none').inc()
+  }
+
+  /** A WebSocket tunnel's event. */
+  tunnel (pool: string, target: string | null, event: TunnelEvent): void {
+    this.#tunnels.labels(pool, target ?? 'none', event).inc()
+  }
+
   /** A target left its pool for good: its series stop being exported. */
   forget (pool: string, target: string): void {
     this.#series.get(pool)?.delete(target)
-    // Failures carry error and blame labels too: remove every combination seen for the target.
-    void this.#failures.get().then((metric) => {
-      for (const { labels } of metric.values) if (labels.pool === pool && labels.target === target) this.#failures.remove(labels)
-    })
+    // Counters with more labels than pool and target: remove every combination seen for it.
+    for (const counter of [this.#failures, this.#aborts, this.#tunnels]) {
+      void counter.get().then((metric) => {
+        for (const { labels } of metric.values) if (labels.pool === pool && labels.target === target) counter.remove(labels)
+      })
+    }
   }
 
   #of (pool: string, target: string): Series {

@@ -164,6 +164,7 @@ export class Recorder {
    * (not a 5xx, not the target's fault). `target`: the last one tried, if any.
    */
   aborted (pool: string, target: string | null, now = Date.now()): void {
+    this.metrics?.aborted(pool, target)
     if (!this.stats) return
     const stats = this.pool(pool)
     stats.stats.recordAborted(now)
@@ -172,6 +173,7 @@ export class Recorder {
 
   /** A WebSocket handshake or tunnel of `pool`, on `target` (null: none was tried). */
   tunnel (pool: string, target: string | null, event: TunnelEvent): void {
+    this.metrics?.tunnel(pool, target, event)
     if (!this.stats) return
     const stats = this.pool(pool)
     countTunnel(stats.tunnels, event)
