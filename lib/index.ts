@@ -112,7 +112,11 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   answerExpectContinue(app, config.routes)
   if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null)
-  if (metrics !== null) registerMetrics(app, config.metrics!.path, metrics)
+  if (metrics !== null) {
+    // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
+    if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
+    registerMetrics(app, config.metrics!.path, metrics)
+  }
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.

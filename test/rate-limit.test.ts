@@ -211,6 +211,9 @@ t.test('two gateways share one Redis count; when Redis dies they fail open, say 
   const healthy = await (await a.request('/_upstream', { headers: JSON_ACCEPT })).body.json() as StatusReport
   t.match(healthy.rateLimitStore, { state: 'ok', outages: 1 })
   t.notOk(healthy.diagnosis.some((f) => f.title.includes('rate limit store')), 'no finding once it answers')
+  const metrics = await (await a.request('/metrics')).body.text()
+  t.match(metrics, /^fastify_upstream_rate_limit_store_up 1$/m)
+  t.ok(Number(/^fastify_upstream_rate_limit_store_errors_total (\d+)$/m.exec(metrics)?.[1]) >= 10, 'the errors of the outage stay counted')
 })
 
 t.test('onStoreError "deny": a dead Redis gets a fast 503 in the gateway format', { skip: noRedis ?? false }, async (t) => {
@@ -282,6 +285,10 @@ t.test('a gateway whose Redis is down at start still starts, and fails open', as
   t.ok(Date.now() - started < 5000, 'it did not wait long for Redis')
   t.same(await statuses(gw, '/shop/x', 3), [200, 200, 200])
   t.equal(storeRecords(gw, 'unreachable').length, 1, 'one warn for the outage')
+  const metrics = await (await gw.request('/metrics')).body.text()
+  t.match(metrics, /^fastify_upstream_rate_limit_store_up 0$/m, 'Prometheus sees the store down')
+  const errors = Number(/^fastify_upstream_rate_limit_store_errors_total (\d+)$/m.exec(metrics)?.[1])
+  t.ok(errors >= 3, `and counts its failed counts (${errors})`)
   await gw.close()
 })
 

@@ -10,6 +10,7 @@ import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type 
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending, type TunnelEvent } from './recorder.js'
+import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
 const PREFIX = 'fastify_upstream_'
 const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
@@ -185,6 +186,26 @@ export class Metrics {
       collect (this: Counter<string>) {
         this.reset()
         for (const pool of pools.values()) for (const t of pool.targets) this.inc({ pool: pool.name, target: t.hostPort }, t.ejectionsTotal)
+      }
+    })
+  }
+
+  /** The shared rate limit store (rateLimit.redis): whether it answers, and its failed counts. */
+  watchRateLimitStore (health: StoreHealth): void {
+    const registers = [this.registry]
+    new Gauge({ // eslint-disable-line no-new
+      name: `${PREFIX}rate_limit_store_up`,
+      help: 'Whether the rate limit store (Redis) answers (1) or the gateway is failing open or closed without it (0).',
+      registers,
+      collect (this: Gauge<string>) { this.set(health.up ? 1 : 0) }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}rate_limit_store_errors_total`,
+      help: 'Rate limit counts the store failed or did not answer in time (each a request let through or refused, by rateLimit.onStoreError).',
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        this.inc(health.errorsTotal)
       }
     })
   }

@@ -40,6 +40,7 @@ export class StoreHealth {
   #since = Date.now()
   #lastError: string | null = null
   #errors = 0
+  #errorsTotal = 0
   #outages = 0
 
   constructor (private readonly log: FastifyBaseLogger, readonly onStoreError: 'allow' | 'deny') {}
@@ -48,8 +49,14 @@ export class StoreHealth {
     return this.#state === 'ok'
   }
 
+  /** Failed counts since the gateway started (for Prometheus: a counter only grows). */
+  get errorsTotal (): number {
+    return this.#errorsTotal
+  }
+
   failed (err: unknown): void {
     this.#errors++
+    this.#errorsTotal++
     if (this.#state === 'unreachable') return
     this.#state = 'unreachable'
     this.#since = Date.now()
