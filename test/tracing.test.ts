@@ -155,6 +155,28 @@ t.test('a retry: two try spans, siblings under the request span, the first with 
   t.ok(first!.startTime[0] * 1e9 + first!.startTime[1] <= second!.startTime[0] * 1e9 + second!.startTime[1], 'the retry comes after')
 })
 
+t.test('an upstream 401 replayed with a new token: the refused try\'s span ends with its 401, the replay is a sibling', async (t) => {
+  let calls = 0
+  const upstream = await startUpstream('u', (req, res) => {
+    // The first token is refused; the one after the refresh is taken.
+    res.statusCode = req.headers.authorization === 'Bearer t1' ? 401 : 200
+    res.end(req.headers.authorization)
+  })
+  teardown(t, upstream)
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [upstream.url], outlier: false, auth: { token: async () => ({ value: `t${++calls}` }) } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  }, {}, async (app) => { await app.register(fastifyOtel.plugin()) })
+  const res = await get(`${gw.url}/p/x`, { traceparent: TRACEPARENT })
+  t.same(res, { status: 200, body: 'Bearer t2' }, 'the replay carried the new token')
+  await waitFor(() => tries().length === 2, 5000, 'two try spans, both ended')
+  const [refused, replayed] = tries().sort((a, b) => Number(a.attributes['fastify_upstream.attempt']) - Number(b.attributes['fastify_upstream.attempt']))
+  t.match(refused!.attributes, { 'fastify_upstream.attempt': 1, 'http.response.status_code': 401 })
+  t.match(replayed!.attributes, { 'fastify_upstream.attempt': 2, 'http.response.status_code': 200 })
+  t.equal(parentOf(refused!), parentOf(replayed!), 'siblings under the request span')
+  t.ok(refused!.endTime[0] * 1e9 + refused!.endTime[1] <= replayed!.startTime[0] * 1e9 + replayed!.startTime[1], 'the refused try ended before the replay began')
+})
+
 t.test('connections refused everywhere: failed try spans, and the request span tells the failure', async (t) => {
   const gw = await gatewayWith(t, [await dead(), await dead()])
   const res = await get(`${gw.url}/p/x`, { traceparent: TRACEPARENT })
