@@ -374,16 +374,24 @@ t.test('health checks wait out a failing token function instead of blaming the t
   t.equal(gw.app.upstream.pool('api').targets()[0]!.health, 'unknown', 'the target is not judged')
 })
 
-t.test('a websocket handshake carries the credentials', async (t) => {
+/**
+ * A WebSocket upstream that echoes messages and keeps each handshake's headers; `accepts`
+ * decides which handshakes it takes (the others get 401).
+ */
+async function wsEcho (t: { teardown: (fn: () => unknown) => void }, accepts: (headers: http.IncomingHttpHeaders) => boolean = () => true): Promise<{ url: string, handshakes: http.IncomingHttpHeaders[] }> {
   const server = http.createServer((_req, res) => res.end())
   const sockets = new Set<Socket>()
   server.on('connection', (socket) => { sockets.add(socket); socket.once('close', () => sockets.delete(socket)) })
-  const wss = new WebSocketServer({ server })
   const handshakes: http.IncomingHttpHeaders[] = []
-  wss.on('connection', (socket, req) => {
-    handshakes.push(req.headers)
-    socket.on('message', (data) => socket.send(`echo: ${String(data)}`))
+  const wss = new WebSocketServer({
+    server,
+    verifyClient: (info, done) => {
+      handshakes.push(info.req.headers)
+      if (accepts(info.req.headers)) done(true)
+      else done(false, 401)
+    }
   })
+  wss.on('connection', (socket) => { socket.on('message', (data) => socket.send(`echo: ${String(data)}`)) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(async () => {
     for (const client of wss.clients) client.terminate()
@@ -391,7 +399,11 @@ t.test('a websocket handshake carries the credentials', async (t) => {
     for (const socket of sockets) socket.destroy()
     await new Promise((resolve) => server.close(resolve))
   })
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, handshakes }
+}
+
+t.test('a websocket handshake carries the credentials', async (t) => {
+  const { url, handshakes } = await wsEcho(t)
   const gw = await startGateway(t, {
     pools: { live: { targets: [url], auth: { headers: { 'x-api-key': STATIC_SECRET }, token: async () => ({ value: 'tok-ws' }) } } },
     routes: [{ prefix: '/live', pool: 'live', websocket: true }]
@@ -404,6 +416,39 @@ t.test('a websocket handshake carries the credentials', async (t) => {
   t.equal(String(reply), 'echo: hi')
   t.equal(handshakes[0]!.authorization, 'Bearer tok-ws')
   t.equal(handshakes[0]!['x-api-key'], STATIC_SECRET)
+})
+
+t.test('a websocket handshake refused with 401 goes again with a new token; a second 401 reaches the client', async (t) => {
+  // Tokens the upstream takes; anything else is refused with 401.
+  const accepted = new Set(['tok-2'])
+  const token = (headers: http.IncomingHttpHeaders): string | undefined => headers.authorization?.replace('Bearer ', '')
+  const { url, handshakes } = await wsEcho(t, (headers) => accepted.has(token(headers) ?? ''))
+  const seen = (): Array<string | undefined> => handshakes.map(token)
+  let calls = 0
+  const gw = await startGateway(t, {
+    pools: { live: { targets: [url], auth: { token: async () => ({ value: `tok-${++calls}` }) } } },
+    routes: [{ prefix: '/live', pool: 'live', websocket: true }]
+  })
+  const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/live/x`)
+  t.teardown(() => ws.terminate())
+  await once(ws, 'open')
+  ws.send('hi')
+  const [reply] = await once(ws, 'message') as [Buffer]
+  t.equal(String(reply), 'echo: hi', 'the tunnel opened on the replayed handshake')
+  t.same(seen(), ['tok-1', 'tok-2'], 'refused with the first token, taken with the second')
+  t.equal(calls, 2)
+
+  // Now every token is refused: one replay, then the client gets the 401.
+  accepted.clear()
+  handshakes.length = 0
+  await new Promise((resolve) => setTimeout(resolve, 5100)) // Credentials refresh after a 401 at most once per 5 s.
+  const refused = new WebSocket(`${gw.url.replace('http', 'ws')}/live/y`)
+  const [, response] = await once(refused, 'unexpected-response') as [unknown, http.IncomingMessage]
+  t.equal(response.statusCode, 401)
+  response.resume()
+  refused.on('error', () => {})
+  refused.terminate()
+  t.same(seen(), ['tok-2', 'tok-3'], 'one replay with a new token, then the 401 goes to the client')
 })
 
 t.test('bad auth options fail at registration without repeating the values', async (t) => {

@@ -238,6 +238,8 @@ class Tunnel {
   readonly #early: Buffer[] = []
   /** The token the last try carried (pools.<name>.auth.token). */
   #sentToken: string | null = null
+  /** An upstream 401 already made this handshake ask for a new token: a second one goes to the client. */
+  #reauthorized = false
 
   constructor (
     readonly request: FastifyRequest,
@@ -361,13 +363,29 @@ class Tunnel {
 
   #retryLater (immediate = false): void {
     this.#retries++
+    this.#tryAfter(immediate ? 0 : backoff(this.#retries), 'connect')
+  }
+
+  #tryAfter (ms: number, phase: AttemptRecord['phase']): void {
     this.#try = null
-    this.#waitingPhase = 'connect'
+    this.#waitingPhase = phase
     const timer = setTimeout(() => {
       this.#waiting = null
       if (!this.#settled) this.#tryNext()
-    }, immediate ? 0 : backoff(this.#retries))
+    }, ms)
     this.#waiting = { cancel: () => { clearTimeout(timer) } }
+  }
+
+  /**
+   * An upstream 401 to a handshake that carried the pool's token: the first has the token
+   * refreshed (Credentials.unauthorized bounds how often) and the handshake sent again with
+   * the new one. A second 401 goes to the client as sent.
+   */
+  #replayUnauthorized (): boolean {
+    const credentials = this.pool.credentials
+    if (credentials === null || !credentials.hasToken || this.#reauthorized) return false
+    this.#reauthorized = true
+    return credentials.unauthorized(this.#sentToken)
   }
 
   /** Out of targets for a retry: the last try's failure stands. */
@@ -380,9 +398,15 @@ class Tunnel {
   /** The upstream answered the handshake with something else than 101: the client gets it as sent. */
   onRefusal (handshake: Handshake, status: number, rawHeaders: Buffer[], resume: () => void): boolean {
     this.pool.recordResponse(handshake.target, status, handshake.ms)
-    // The client gets the 401 as sent (its handshake is not replayed); the next one carries a new token.
-    if (status === 401) this.pool.credentials?.unauthorized(this.#sentToken)
     this.attempts.push(handshake.record(null, null, 'headers'))
+    if (status === 401 && this.#replayUnauthorized()) {
+      // The upstream refused the gateway's token: the handshake goes again with a new one, as
+      // an HTTP request would (a handshake has no body to keep). Not a retry: the budget and
+      // retry.retries are untouched.
+      handshake.abandon()
+      this.#tryAfter(0, 'send')
+      return false
+    }
     if (shouldRetryStatus(status, 'GET', this.route.retry, this.#retries, true) && this.#candidates.hasAnother() && this.pool.budget.tryRetry()) {
       handshake.abandon()
       this.#retryLater()
