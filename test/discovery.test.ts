@@ -274,3 +274,38 @@ t.test('refresh: a fixed interval looks names up on its own clock, whatever the 
   const status = names(gw)[0]!
   t.ok(Date.parse(status.nextRefresh!) - Date.parse(status.lastResolved!) <= 1000, 'the next lookup is the interval away, not the TTL')
 })
+
+t.test('discovery.family: which addresses of a dual-stack name become targets', async (t) => {
+  const v4 = await startUpstream('v4')
+  const v6 = await startUpstream('v6', undefined, { host: '::1', port: v4.port })
+  t.teardown(async () => { await Promise.all([v4.close(), v6.close()]) })
+  const dns = await startDns(t, { 'dual.test': { a: ['127.0.0.1'], aaaa: ['::1'], ttl: 60 }, 'six.test': { aaaa: ['::1'], ttl: 60 } })
+  const cases: Array<[family: 'prefer-ipv4' | 'prefer-ipv6' | 'ipv4' | 'ipv6' | 'all' | undefined, addresses: string[]]> = [
+    [undefined, ['127.0.0.1']],
+    ['prefer-ipv4', ['127.0.0.1']],
+    ['prefer-ipv6', ['::1']],
+    ['ipv6', ['::1']],
+    ['ipv4', ['127.0.0.1']],
+    ['all', ['127.0.0.1', '::1']]
+  ]
+  for (const [family, addresses] of cases) {
+    const gw = await gateway(t, { targets: [`http://dual.test:${v4.port}`], discovery: { servers: [dns.address], ...(family !== undefined ? { family } : {}) } })
+    t.same(targets(gw).map((x) => x.address), addresses, `${family ?? 'the default'}: ${addresses.join(', ')}`)
+    const answered = new Set<unknown>()
+    for (let i = 0; i < 4; i++) answered.add((await json(gw)).body.name)
+    t.same([...answered].sort(), addresses.map((a) => (a === '::1' ? 'v6' : 'v4')).sort(), 'and take the traffic')
+    await gw.close()
+  }
+  // A name with none of the family asked for is a name that does not resolve.
+  const gw = await gateway(t, { targets: [`http://six.test:${v4.port}`], discovery: { servers: [dns.address], family: 'ipv4' } })
+  const failed = await json(gw)
+  t.equal(failed.status, 502)
+  t.match(failed.body, { error: 'dns_error' })
+  t.match(names(gw)[0]!.lastError, { code: 'ENODATA' })
+})
+
+t.test('discovery.family is checked at registration', async (t) => {
+  const { validateOptions } = await import('../lib/options/validate.js')
+  t.throws(() => validateOptions({ pools: { p: { targets: ['http://api.test:80'], discovery: { family: 'v4' as never } } }, routes: [{ prefix: '/', pool: 'p' }] }),
+    { message: /^pools\.p\.discovery\.family: expected one of/ })
+})

@@ -67,8 +67,10 @@ const badToken: UpstreamOptions['pools'][string]['auth'] = { token: async () => 
 // Names resolve through discovery; SRV targets name a record, not a URL.
 const discovered: UpstreamOptions['pools'][string] = {
   targets: ['http://api.internal:8080', { srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }],
-  discovery: { refresh: 'ttl', minTtl: 500, maxTtl: 30000, timeout: 1000, servers: ['127.0.0.1:5353'] }
+  discovery: { refresh: 'ttl', minTtl: 500, maxTtl: 30000, timeout: 1000, servers: ['127.0.0.1:5353'], family: 'ipv4' }
 }
+// @ts-expect-error: family is one of the named choices
+const badFamily: UpstreamOptions['pools'][string]['discovery'] = { family: 4 }
 // @ts-expect-error: SRV records carry their own weights
 const badSrv: UpstreamOptions['pools'][string]['targets'][number] = { srv: '_http._tcp.api', weight: 2 }
 // @ts-expect-error: servers are 'ip:port' strings

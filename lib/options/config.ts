@@ -1,7 +1,7 @@
 // The complete, validated configuration. Everything after `validate.ts` receives these types:
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
-import type { BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
 import type { Registry } from 'prom-client'
 import type { Cluster, Redis } from 'ioredis'
 
@@ -30,6 +30,7 @@ export interface DiscoveryConfig {
   timeout: number
   /** `host:port` DNS servers; null: the system's. */
   servers: string[] | null
+  family: AddressFamily
 }
 
 export type BalancerConfig =

@@ -195,7 +195,16 @@ export interface DiscoveryInput {
   timeout?: number
   /** DNS servers to ask, as 'ip' or 'ip:port' (e.g. ['127.0.0.1:5353']) [the system's]. */
   servers?: string[]
+  /**
+   * Which addresses of a name become targets: IPv4 when it has any, else IPv6 ('prefer-ipv4');
+   * the reverse ('prefer-ipv6'); one family only ('ipv4', 'ipv6'); or both ('all'). A service
+   * that listens on one family only, or a network without IPv6 routes, wants 'ipv4'. ['prefer-ipv4']
+   */
+  family?: AddressFamily
 }
+
+/** The address families a name's lookups keep (discovery.family). */
+export type AddressFamily = 'prefer-ipv4' | 'prefer-ipv6' | 'ipv4' | 'ipv6' | 'all'
 
 /** What `auth.token` resolves with. */
 export interface AuthToken {

@@ -80,7 +80,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
   const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive'])
   const limits = optionalObject(join(path, 'limits'), pool.limits, ['maxConcurrent', 'maxPending', 'queueTimeout'])
   const tls = optionalObject(join(path, 'tls'), pool.tls, ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
-  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers'])
+  const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers', 'family'])
   const minTtl = duration(join(join(path, 'discovery'), 'minTtl'), discovery.minTtl, 1000)
 
   return {
@@ -115,7 +115,8 @@ function validatePool (name: string, input: unknown): PoolConfig {
       minTtl,
       maxTtl: duration(join(join(path, 'discovery'), 'maxTtl'), discovery.maxTtl, Math.max(60000, minTtl), minTtl),
       timeout: duration(join(join(path, 'discovery'), 'timeout'), discovery.timeout, 2000),
-      servers: discovery.servers === undefined ? null : dnsServers(join(join(path, 'discovery'), 'servers'), discovery.servers)
+      servers: discovery.servers === undefined ? null : dnsServers(join(join(path, 'discovery'), 'servers'), discovery.servers),
+      family: oneOf(join(join(path, 'discovery'), 'family'), discovery.family, ['prefer-ipv4', 'prefer-ipv6', 'ipv4', 'ipv6', 'all'] as const, 'prefer-ipv4')
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
     panic: boolean(join(path, 'panic'), pool.panic, false)

@@ -7,6 +7,7 @@ import { Resolver } from 'node:dns/promises'
 import { isIP } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { DiscoveryConfig, TargetConfig } from '../options/config.js'
+import type { AddressFamily } from '../options/types.js'
 
 /** One address a name resolved to: where to connect, and what to call it (Host, TLS name). */
 export interface Endpoint {
@@ -93,10 +94,11 @@ export class NameResolver {
   }
 
   /**
-   * A and AAAA, asked together; IPv4 addresses when there are any, else IPv6 (as Envoy's
-   * V4_PREFERRED): a dual-stack name would otherwise put a target on a family the service may
-   * not listen on. Without discovery.servers, a name the resolver cannot answer for falls back
-   * to the system lookup (which reads /etc/hosts); `localhost` goes there directly.
+   * A and AAAA, asked together, kept as discovery.family says: by default IPv4 addresses when
+   * there are any, else IPv6 (as Envoy's V4_PREFERRED), since a dual-stack name would otherwise
+   * put a target on a family the service may not listen on. Without discovery.servers, a name
+   * the resolver cannot answer for falls back to the system lookup (which reads /etc/hosts);
+   * `localhost` goes there directly.
    */
   async #name (hostname: string, port: number): Promise<Answer> {
     const addresses = await this.#addresses(hostname)
@@ -109,24 +111,26 @@ export class NameResolver {
 
   async #addresses (hostname: string): Promise<{ records: Array<{ address: string }>, ttl: number | null, via: Answer['via'] }> {
     // RFC 6761: localhost is the system's to answer, not DNS's.
+    const family = this.config.family
     if (!this.#servers && isLocalhost(hostname)) {
-      const system = await systemLookup(hostname)
+      const system = await systemLookup(hostname, family)
       if (system.length > 0) return { records: system, ttl: null, via: 'system' }
     }
+    const none = Promise.resolve([])
     const [v4, v6] = await Promise.allSettled([
-      this.#resolver.resolve4(hostname, { ttl: true }),
-      this.#resolver.resolve6(hostname, { ttl: true })
+      family === 'ipv6' ? none : this.#resolver.resolve4(hostname, { ttl: true }),
+      family === 'ipv4' ? none : this.#resolver.resolve6(hostname, { ttl: true })
     ])
-    const records = v4.status === 'fulfilled' && v4.value.length > 0 ? v4.value : v6.status === 'fulfilled' ? v6.value : []
+    const records = keepFamily(family, v4.status === 'fulfilled' ? v4.value : [], v6.status === 'fulfilled' ? v6.value : [])
     if (records.length > 0) return { records, ttl: Math.min(...records.map((r) => r.ttl)), via: 'dns' }
     const failed = v4.status === 'rejected' ? v4.reason as NodeJS.ErrnoException : v6.status === 'rejected' ? v6.reason as NodeJS.ErrnoException : null
     const code = failed?.code ?? 'ENODATA'
     // Without discovery.servers, what the system resolves counts too (/etc/hosts, nsswitch).
     if (!this.#servers) {
-      const system = await systemLookup(hostname)
+      const system = await systemLookup(hostname, family)
       if (system.length > 0) return { records: system, ttl: null, via: 'system' }
     }
-    throw new LookupError(code, failed?.message ?? `${hostname} has no A or AAAA records`)
+    throw new LookupError(code, failed?.message ?? `${hostname} has no ${WANTED[family]} records`)
   }
 
   /**
@@ -174,19 +178,32 @@ function isLocalhost (hostname: string): boolean {
   return name === 'localhost' || name.endsWith('.localhost')
 }
 
-async function systemLookup (hostname: string): Promise<Array<{ address: string }>> {
+async function systemLookup (hostname: string, family: AddressFamily): Promise<Array<{ address: string }>> {
   return await new Promise((resolve) => {
     lookup(hostname, { all: true }, (err, addresses) => {
       if (err !== null) {
         resolve([])
         return
       }
-      // The same preference as for DNS answers: IPv4 when there is any.
-      const v4 = addresses.filter((a) => a.family === 4)
-      resolve(v4.length > 0 ? v4 : addresses)
+      // The same choice as for DNS answers.
+      resolve(keepFamily(family, addresses.filter((a) => a.family === 4), addresses.filter((a) => a.family === 6)))
     })
   })
 }
+
+/** The records a name yields, by discovery.family, from its IPv4 and IPv6 ones. */
+function keepFamily<T> (family: AddressFamily, v4: T[], v6: T[]): T[] {
+  switch (family) {
+    case 'ipv4': return v4
+    case 'ipv6': return v6
+    case 'prefer-ipv6': return v6.length > 0 ? v6 : v4
+    case 'all': return [...v4, ...v6]
+    default: return v4.length > 0 ? v4 : v6
+  }
+}
+
+/** What a name without addresses lacked, for the lookup's error. */
+const WANTED: Record<AddressFamily, string> = { 'prefer-ipv4': 'A or AAAA', 'prefer-ipv6': 'A or AAAA', all: 'A or AAAA', ipv4: 'A', ipv6: 'AAAA' }
 
 /** How one name stands, for the status report and `app.upstream.pools()`. */
 export interface NameStatus {
