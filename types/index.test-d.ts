@@ -108,5 +108,5 @@ const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
 const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
 
 export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
-export { discovered, badSrv, badServers, dnsNames }
+export { discovered, badSrv, badServers, badFamily, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
