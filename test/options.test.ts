@@ -79,7 +79,7 @@ t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   t.same([...pool.retry.on], ['connect-failure', 'refused-stream', 'reset'])
   t.same(pool.balancer, { kind: 'round-robin' })
   t.same(pool.targets, [{ url: 'http://127.0.0.1:3001', weight: 1, backup: false, srv: null }])
-  t.same(pool.discovery, { refresh: 'ttl', minTtl: 1000, maxTtl: 60000, timeout: 2000, servers: null }, 'names follow their TTL, within 1 s to 60 s, asking the system resolver')
+  t.same(pool.discovery, { refresh: 'ttl', minTtl: 1000, maxTtl: 60000, timeout: 2000, servers: null, family: 'prefer-ipv4' }, 'names follow their TTL, within 1 s to 60 s, asking the system resolver, IPv4 first')
   t.equal(config.status!.diagnosis.dnsLatency, 200)
   const srv = validateOptions({ ...ok, pools: { users: { targets: [{ srv: '_http._tcp.api.service.consul', protocol: 'https', backup: true }] } } }).pools.get('users')!
   t.same(srv.targets, [{ url: 'srv+https://_http._tcp.api.service.consul', weight: 1, backup: true, srv: { name: '_http._tcp.api.service.consul', protocol: 'https:' } }])
