@@ -56,6 +56,8 @@ export const GATEWAY_CODES = {
   sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
   // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
   duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST',
+  // A path an upstream could resolve outside the route's rewritePrefix (proxy/path.ts).
+  unsafePath: 'FST_UPSTREAM_UNSAFE_PATH',
   // pools.<name>.auth.token gave no usable token: nothing was sent to the upstream.
   credentials: 'FST_UPSTREAM_CREDENTIALS',
   // The rate limit store failed or was too slow, and rateLimit.onStoreError is 'deny'.
@@ -145,7 +147,9 @@ export function classifyClientFault (code: string | null | undefined): { error: 
         ? 'headersTooLarge'
         : code === 'ERR_HTTP_REQUEST_TIMEOUT'
           ? 'requestTooSlow'
-          : code === GATEWAY_CODES.duplicateHost ? 'duplicateHost' : 'malformed'
+          : code === GATEWAY_CODES.duplicateHost
+            ? 'duplicateHost'
+            : code === GATEWAY_CODES.unsafePath ? 'unsafePath' : 'malformed'
   return { error: 'http_request_error', ...CLIENT_FAULTS[fault] }
 }
 

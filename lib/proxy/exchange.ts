@@ -10,7 +10,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt } from './attempt.js'
 import { Candidates } from './candidates.js'
-import { closeConnectionAfter, endToEnd } from './forwarding.js'
+import { closeConnectionAfter, endToEnd, type ResponseHeaders } from './forwarding.js'
 import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
@@ -21,7 +21,7 @@ import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from
 import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
 import { waitForCredentials } from '../pool/credentials.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
-import { Relay, type RelayRoute, type ResponseHeaders } from './relay.js'
+import { Relay, type RelayRoute } from './relay.js'
 
 const kExchange = Symbol('fastify-upstream.exchange')
 type ExchangeResponse = ServerResponse & { [kExchange]?: Exchange }
@@ -537,11 +537,6 @@ export class Exchange {
       timeouts: this.route.timeouts,
       healthPath: this.pool.config.health?.path ?? null
     }, context))
-  }
-
-  /** The gateway has taken over the answer (an intercepted status): ignore what follows. */
-  end (): void {
-    this.#settle()
   }
 
   #settle (): void {

@@ -1,6 +1,8 @@
 // The path a request goes upstream with: the route's prefix swapped for its rewritePrefix, the
 // rest of the path and the query passed on byte for byte, as the client sent them. A path that
 // could climb out of rewritePrefix at the upstream is refused (400) before anything is sent.
+import { GATEWAY_CODES } from '../errors/classify.js'
+import { CLIENT_FAULTS } from '../errors/taxonomy.js'
 
 /** How the app's router matches paths (Fastify's routerOptions), for prefixes sent encoded. */
 export interface RouterMatching {
@@ -8,10 +10,10 @@ export interface RouterMatching {
   ignoreDuplicateSlashes: boolean
 }
 
-/** A path the gateway refuses to forward: answered 400 in the gateway's format. */
+/** A path the gateway refuses to forward: a client fault (classifyClientFault gives its status). */
 export class UnsafePathError extends Error {
-  readonly statusCode = 400
-  readonly code = 'FST_UPSTREAM_UNSAFE_PATH'
+  readonly code = GATEWAY_CODES.unsafePath
+  readonly statusCode = CLIENT_FAULTS.unsafePath.status
 }
 
 /**

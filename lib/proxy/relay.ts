@@ -5,8 +5,7 @@
 import { Readable } from 'node:stream'
 import type { ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { util as undiciUtil } from 'undici'
-import { appendList, closeConnectionAfter, HOP_BY_HOP } from './forwarding.js'
+import { appendList, closeConnectionAfter, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
 export interface RelayRoute {
@@ -19,8 +18,6 @@ export interface RelayRoute {
   /** Rewrites Location and Content-Location in place; null when the route does not ask. */
   rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest) => void) | null
 }
-
-export type ResponseHeaders = Record<string, string | string[]>
 
 /** What the relay needs of its exchange. */
 export interface RelayExchange {
@@ -57,7 +54,7 @@ export class Relay {
 
   /** The upstream's final status and headers; false pauses the try (or ends it, intercepted). */
   headers (status: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    const headers = responseHeaders(rawHeaders, this.route.via)
+    const headers = forwardResponseHeaders(rawHeaders, this.route.via)
     if (this.route.intercepts(status)) {
       this.exchange.intercept(status, headers)
       return false
@@ -152,40 +149,6 @@ class BodyStream extends Readable {
     this.relay.destroyed(err)
     callback(err)
   }
-}
-
-/**
- * The upstream's raw header list as the client gets it: names in lower case, repeated fields
- * as arrays, hop-by-hop fields and those `Connection` names dropped, this hop added to `Via`.
- */
-export function responseHeaders (raw: Buffer[], via: string): ResponseHeaders {
-  const headers: ResponseHeaders = {}
-  let connection: string | null = null
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = undiciUtil.headerNameToString(raw[i]!)
-    // undici's parser refuses an answer with a character Node would refuse in a header value
-    // (a failed try, classified as such), so each value passes as it came.
-    const value = raw[i + 1]!.toString('latin1')
-    if (HOP_BY_HOP.has(name)) {
-      if (name === 'connection') connection = connection === null ? value : `${connection}, ${value}`
-      continue
-    }
-    // Not a field any server means; as an object key it would set the prototype.
-    if (name === '__proto__') continue
-    const existing = headers[name]
-    if (existing === undefined) headers[name] = value
-    else if (typeof existing === 'string') headers[name] = [existing, value]
-    else existing.push(value)
-  }
-  if (connection !== null) {
-    for (const named of connection.toLowerCase().split(',')) {
-      const name = named.trim()
-      // Rare: a delete here costs less than a copy of every answer's headers.
-      if (name !== '' && name in headers) Reflect.deleteProperty(headers, name)
-    }
-  }
-  headers.via = appendList(headers.via, via)
-  return headers
 }
 
 /**

@@ -15,7 +15,7 @@ import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
-import { ensureSentence } from '../errors/classify.js'
+import { classifyClientFault, ensureSentence } from '../errors/classify.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
@@ -110,13 +110,14 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       return paths.map(request.url)
     } catch (err) {
       if (!(err instanceof UnsafePathError)) throw err
-      answer(request, reply, makeFailure('http_request_error', {
+      const { error, status, detail } = classifyClientFault(err.code)
+      answer(request, reply, makeFailure(error, {
         phase: 'route',
         pool: pool.name,
-        status: 400,
+        status,
         ms: reply.elapsedTime,
         cause: err.code,
-        detail: 'This path is not one the gateway forwards.',
+        detail,
         why: `${ensureSentence(err.message)} The gateway refuses a path an upstream could resolve outside the route's rewritePrefix ("${route.rewritePrefix === '' ? '/' : route.rewritePrefix}"); the client should send it without dot segments or escapes that make one.`
       }))
       return null

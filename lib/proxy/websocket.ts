@@ -27,6 +27,7 @@ import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/
 import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
 import { logClientAborted, logFailure } from '../errors/log.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+import { retryAfterOf } from '../errors/respond.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { waitForCredentials } from '../pool/credentials.js'
 import type { Recorder, TunnelEvent } from '../observe/recorder.js'
@@ -219,6 +220,8 @@ class Tunnel {
   readonly route: RouteConfig
   readonly pool: UpstreamPool
   readonly #settings: ForwardingSettings
+  /** `Via` as this gateway adds it to the answers it passes on: its public name. */
+  readonly #via: string
   readonly #headers: Record<string, string | string[] | undefined>
   readonly #candidates: Candidates
   #try: Handshake | null = null
@@ -252,6 +255,7 @@ class Tunnel {
     this.route = context.route
     this.pool = context.pool
     this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader, via: viaPseudonym(context.config, context.config.errors.proxyName) }
+    this.#via = `1.1 ${context.config.errors.proxyName}`
     // Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
     // subprotocol, Sec-WebSocket-Key/Version/Extensions), plus the forwarding headers. Connection
     // and Upgrade are hop-by-hop: undici writes its own `connection: upgrade` and
@@ -412,18 +416,16 @@ class Tunnel {
       this.#retryLater()
       return false
     }
-    const upstream = fromRaw(rawHeaders)
+    const headers = forwardResponseHeaders(rawHeaders, this.#via)
     if (this.context.config.errors.intercept.has(status)) {
       // As for any response (errors.intercept): the status stays, the body is the gateway's.
       handshake.abandon()
-      const retryAfter = Number(upstream['retry-after'])
-      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfter > 0 ? retryAfter : null })
+      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfterOf(headers['retry-after']) })
       return false
     }
     this.#settle()
     this.#count('refused')
     const full = isFullExposure(this.context.config.errors, this.request)
-    const headers = forwardResponseHeaders(upstream, this.#settings)
     // A refusal that redirects (to a login page) points through the gateway, as any answer.
     rewriteLocations(headers, this.request, this.route, this.pool)
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
@@ -514,11 +516,10 @@ class Tunnel {
    * cookies) with Connection and Upgrade, plus the gateway's own (request id, Via, Proxy-Status).
    */
   #switchingHead (rawHeaders: Buffer[]): string {
-    const upstream = fromRaw(rawHeaders)
     const full = isFullExposure(this.context.config.errors, this.request)
-    const headers: Record<string, unknown> = { ...this.reply.getHeaders(), ...forwardResponseHeaders(upstream, this.#settings) }
+    const headers: Record<string, unknown> = { ...this.reply.getHeaders(), ...forwardResponseHeaders(rawHeaders, this.#via) }
     headers.connection = 'Upgrade'
-    headers.upgrade = upstream.upgrade ?? 'websocket'
+    headers.upgrade = upgradeOf(rawHeaders) ?? 'websocket'
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, 101))
     const lines = ['HTTP/1.1 101 Switching Protocols']
     for (const [name, value] of Object.entries(headers)) {
@@ -605,14 +606,10 @@ class Tunnel {
   }
 }
 
-/** undici's raw header list as a header object (repeated fields as arrays, as Node's). */
-function fromRaw (raw: Buffer[]): Record<string, string | string[]> {
-  const headers: Record<string, string | string[]> = {}
+/** The protocol the upstream's 101 switched to (its Upgrade field, a hop-by-hop one). */
+function upgradeOf (raw: Buffer[]): string | undefined {
   for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1').toLowerCase()
-    const value = raw[i + 1]!.toString('latin1')
-    const seen = headers[name]
-    headers[name] = seen === undefined ? value : Array.isArray(seen) ? [...seen, value] : [seen, value]
+    if (raw[i]!.toString('latin1').toLowerCase() === 'upgrade') return raw[i + 1]!.toString('latin1')
   }
-  return headers
+  return undefined
 }
