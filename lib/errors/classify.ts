@@ -56,13 +56,46 @@ export const GATEWAY_CODES = {
   sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
   // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
   duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST',
+  // An upgrade request that goes on as plain HTTP with a chunked body (proxy/upgrade-body.ts).
+  lengthRequired: 'FST_UPSTREAM_LENGTH_REQUIRED',
   // A path an upstream could resolve outside the route's rewritePrefix (proxy/path.ts).
   unsafePath: 'FST_UPSTREAM_UNSAFE_PATH',
   // pools.<name>.auth.token gave no usable token: nothing was sent to the upstream.
   credentials: 'FST_UPSTREAM_CREDENTIALS',
   // The rate limit store failed or was too slow, and rateLimit.onStoreError is 'deny'.
-  rateLimitStore: 'FST_UPSTREAM_RATE_LIMIT_STORE'
+  rateLimitStore: 'FST_UPSTREAM_RATE_LIMIT_STORE',
+  // What the gateway cannot relay, although the target's answer is valid HTTP: the gateway's
+  // limits, never counted against the target (see RELAY_LIMITS).
+  // A transfer coding other than chunked (`Transfer-Encoding: gzip, chunked`).
+  transferCoding: 'FST_UPSTREAM_TRANSFER_CODING',
+  // An interim 100 Continue the gateway did not ask for: HTTP lets a server send one (RFC 9110
+  // §15.2), undici's HTTP/1.1 client refuses it.
+  unsolicitedContinue: 'FST_UPSTREAM_UNSOLICITED_100',
+  // Relay work threw (Node refused a header, an app's hook or stream failed): a gateway bug or
+  // an unexpected state, caught so it ends one exchange, never the process.
+  relayFailed: 'FST_UPSTREAM_RELAY_FAILED'
 } as const
+
+/**
+ * Answers the gateway cannot relay although they are valid HTTP: its own limits, classified as
+ * `proxy_internal_error`, never retried (the target would answer the same), never counted
+ * toward the target's ejection; the hint is the error's own words.
+ */
+export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed])
+
+/**
+ * undici's HTTP/1.1 client ends the connection with a SocketError 'bad response' when a
+ * target sends 100 Continue to a request that did not ask for it (undici 7: client-h1.js,
+ * onHeadersComplete); its error has no finer code. test/relay.test.ts pins this with a real
+ * target, so an undici release that changes it fails loudly rather than misleads.
+ */
+export function asRelayLimit (err: unknown): unknown {
+  const { code, message } = (err ?? {}) as { code?: unknown, message?: unknown }
+  if (code === 'UND_ERR_SOCKET' && message === 'bad response') {
+    return new GatewayError(GATEWAY_CODES.unsolicitedContinue, 'The service sent an interim 100 Continue the gateway did not ask for. HTTP allows it, but the gateway\'s HTTP client (undici) refuses it, so the answer was lost. Have the service send 100 Continue only to requests with Expect: 100-continue (the gateway never forwards Expect).', { cause: err })
+  }
+  return err
+}
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
 export class GatewayError extends Error {
@@ -81,6 +114,7 @@ export function classify (err: unknown, progress: Progress): Classified {
   }
   if (code === GATEWAY_CODES.bodyTooLarge || code === GATEWAY_CODES.clientBodyTimeout) return { error: 'http_request_error', phase: 'send', cause: null }
   if (code === GATEWAY_CODES.sendTimeout) return { error: 'connection_write_timeout', phase: 'send', cause: null }
+  if (code !== null && RELAY_LIMITS.has(code)) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
   if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
 
   switch (code) {
@@ -149,7 +183,9 @@ export function classifyClientFault (code: string | null | undefined): { error: 
           ? 'requestTooSlow'
           : code === GATEWAY_CODES.duplicateHost
             ? 'duplicateHost'
-            : code === GATEWAY_CODES.unsafePath ? 'unsafePath' : 'malformed'
+            : code === GATEWAY_CODES.unsafePath
+              ? 'unsafePath'
+              : code === GATEWAY_CODES.lengthRequired ? 'lengthRequired' : 'malformed'
   return { error: 'http_request_error', ...CLIENT_FAULTS[fault] }
 }
 

@@ -248,7 +248,7 @@ export const PROXY_STATUS_ERROR: Readonly<Partial<Record<ProxyErrorType, ProxyEr
  * with blame on the client: the status each gets and the words a client reads. (Fastify's own
  * 4xx errors carry their status and message; these do not.)
  */
-export type ClientFault = 'bodyTooLarge' | 'bodyTooSlow' | 'headersTooLarge' | 'requestTooSlow' | 'duplicateHost' | 'unsafePath' | 'malformed'
+export type ClientFault = 'bodyTooLarge' | 'bodyTooSlow' | 'headersTooLarge' | 'requestTooSlow' | 'duplicateHost' | 'unsafePath' | 'lengthRequired' | 'malformed'
 
 export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detail: string }>> = {
   bodyTooLarge: { status: 413, detail: 'The request body is larger than this service accepts.' },
@@ -257,6 +257,7 @@ export const CLIENT_FAULTS: Readonly<Record<ClientFault, { status: number, detai
   requestTooSlow: { status: 408, detail: 'The request did not arrive in time.' },
   duplicateHost: { status: 400, detail: 'The request has more than one Host header.' },
   unsafePath: { status: 400, detail: 'This path is not one the gateway forwards.' },
+  lengthRequired: { status: 411, detail: 'This request must give the length of its body (Content-Length).' },
   malformed: { status: 400, detail: 'The request is not valid HTTP.' }
 }
 

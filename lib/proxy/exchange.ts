@@ -1,30 +1,33 @@
 // The life of one proxied request: which targets it tries, each try's progress and outcome,
 // waiting for a target with room, retries under the policy and the pool's budget, the total
 // timeout across tries, and how it ends (a streamed response, or one failure record).
-import { performance } from 'node:perf_hooks'
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
-import { Attempt } from './attempt.js'
-import { Candidates } from './candidates.js'
-import { closeConnectionAfter, endToEnd, type ResponseHeaders } from './forwarding.js'
-import { classify, classifyClientFault, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
-import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
+import { Attempt, type AttemptOwner } from './attempt.js'
+import { closeConnectionAfter, type ResponseHeaders } from './forwarding.js'
+import { asRelayLimit, classify, classifyClientFault, GatewayError, GATEWAY_CODES, RELAY_LIMITS, type Classified, type Progress } from '../errors/classify.js'
+import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
 import { sendTry } from './try.js'
-import { RoomWait } from './queue.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
-import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
-import { waitForCredentials } from '../pool/credentials.js'
+import { shouldRetryStatus } from './retry.js'
+import { TrySequence, type FailureDetails, type Replay } from './tries.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
-import { Relay, type RelayRoute } from './relay.js'
+import { Relay, relayInterim, type RelayExchange, type RelayRoute } from './relay.js'
 
 const kExchange = Symbol('fastify-upstream.exchange')
 type ExchangeResponse = ServerResponse & { [kExchange]?: Exchange }
+
+/** The exchange relaying into this response, if one is (see routes.ts: the error handler). */
+export function exchangeOf (res: ServerResponse): Exchange | undefined {
+  return (res as ExchangeResponse)[kExchange]
+}
 
 function onResponseClose (this: ExchangeResponse): void {
   this[kExchange]!.onResponseClose()
@@ -40,15 +43,6 @@ function hasBody (raw: IncomingMessage): boolean {
   const length = raw.headers['content-length']
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
-
-type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
-
-/**
- * undici's callback-style handler, which each try is. Its response headers come raw, and go
- * to the client's reply in one pass (relay.ts): undici's newer controller-style API would
- * parse them into an object first.
- */
-export type LegacyHandler = Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError'>
 
 /** How an exchange reports its end; `routes.ts` wires these to the error responder and log. */
 export interface ExchangeEvents {
@@ -66,16 +60,7 @@ export interface ExchangeEvents {
   intercepted: (exchange: Exchange, status: number, headers: ResponseHeaders) => void
 }
 
-export class Exchange {
-  readonly startedAt = performance.now()
-  readonly attempts: AttemptRecord[] = []
-  /** Set once: the exchange has ended one way or another; late events are ignored. */
-  settled = false
-  target: Target | null = null
-
-  #candidates: Candidates | null = null
-  #retries = 0
-  #attempt: Attempt | null = null
+export class Exchange extends TrySequence<Attempt> implements AttemptOwner, RelayExchange {
   /** The upstream request-target (routes.ts maps the client's path through rewritePrefix). */
   #path = ''
   /** The request headers every try sends; each sets its own Host (and credentials) in place. */
@@ -86,29 +71,19 @@ export class Exchange {
   #totalTimer: NodeJS.Timeout | null = null
   /** Watches the client's upload for a stall (timeouts.body); null without a body to watch. */
   #upload: UploadWatch | null = null
-  /** A pending wait: for room in the queue, or the backoff before a retry. */
-  #waiting: { cancel: () => void } | null = null
-  /** Waiting in line for a target with room (limits.queueTimeout over the whole wait). */
-  readonly #room = new RoomWait()
-  /** Where the exchange stands while no try is in flight (for a timeout or abort then). */
-  #waitingPhase: AttemptRecord['phase'] = 'route'
-  /** The token the last try carried (pools.<name>.auth.token), to tell a 401 which one it refused. */
-  #sentToken: string | null = null
-  /** An upstream 401 already made this exchange ask for a new token: a second one goes to the client. */
-  #reauthorized = false
   /** The context the try spans hang from; null when tracing is off. */
   readonly #traceParent: object | null
-  #tries = 0
 
   constructor (
-    readonly request: FastifyRequest,
+    request: FastifyRequest,
     readonly reply: FastifyReply,
-    readonly route: RouteConfig,
-    readonly pool: UpstreamPool,
+    route: RouteConfig,
+    pool: UpstreamPool,
     private readonly events: ExchangeEvents,
     private readonly relayRoute: RelayRoute,
     private readonly tracing: Tracing | null = null
   ) {
+    super(request, route, pool, 'request')
     this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
     if (total !== false) {
@@ -122,7 +97,7 @@ export class Exchange {
         upstreamStalled: () => {
           this.abort(new GatewayError(GATEWAY_CODES.sendTimeout, `the upstream took no part of the request body for ${body} ms`))
         },
-        sending: () => this.#attempt?.connected === true
+        sending: () => this.current?.connected === true
       })
     }
     // One shared listener, the exchange found on the response: no closure per request.
@@ -137,10 +112,6 @@ export class Exchange {
     }
   }
 
-  get ms (): number {
-    return performance.now() - this.startedAt
-  }
-
   /** timeouts.total passed: the client was still uploading, or the exchange took too long. */
   onTotalTimeout (): void {
     const total = this.route.timeouts.total as number
@@ -153,7 +124,7 @@ export class Exchange {
    * Sends the request upstream: `path` is the request-target, `headers` this exchange's own copy
    * (forwarding.ts), `body` the client's body stream when Fastify handed one over.
    */
-  start (path: string, headers: Record<string, string>, body: IncomingMessage | undefined): void {
+  start (path: string, headers: Record<string, string>, body: Readable | undefined): void {
     this.#path = path
     this.#headers = headers
     const limit = this.route.bodyLimit
@@ -161,22 +132,17 @@ export class Exchange {
       this.#refuseBody(`declares ${headers['content-length']} bytes (Content-Length)`)
       return
     }
-    this.pool.budget.request()
-    this.#candidates = new Candidates(this.pool, this.request)
-    if (this.#candidates.empty) {
-      this.#failOutage()
-      return
-    }
+    if (!this.plan()) return
     const sent = body ?? this.#unparsedBody()
     const ready = bodyWithoutReading(sent)
     if (ready !== null) {
       this.#body = ready
-      this.#tryNext()
+      this.tryNext()
       return
     }
     prepareBody(sent, headers['content-length'], limit).then((body) => {
       this.#body = body
-      if (!this.settled) this.#tryNext()
+      if (!this.settled) this.tryNext()
     }, (err) => {
       if (this.settled) return
       if (err instanceof BodyTooLarge) {
@@ -191,18 +157,17 @@ export class Exchange {
   /** Ends the exchange early (total timeout, client gone). */
   abort (reason: GatewayError): void {
     if (this.settled) return
-    const attempt = this.#attempt
-    if (this.#waiting !== null || attempt === null) {
+    const attempt = this.current
+    if (this.betweenTries || attempt === null) {
       // Between tries (queued, backing off, reading the body): nothing is in flight to cut.
-      this.#waiting?.cancel()
-      this.#waiting = null
+      this.stopWaiting()
       if (reason.code === GATEWAY_CODES.clientBodyTimeout) {
         this.#clientTooSlow(reason.message)
         return
       }
-      this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.#waitingPhase)
-    } else if (attempt.abortTry !== null) {
-      attempt.abortTry(reason)
+      this.#failWith(reason, { connected: attempt?.connected ?? false, requestSent: false, responseStarted: false }, this.waitingPhase)
+    } else if (attempt.cuttable) {
+      attempt.cut(reason)
     } else {
       // Still connecting: undici gives no handle yet, so leave the try behind and end now.
       attempt.abandon()
@@ -210,46 +175,25 @@ export class Exchange {
     }
   }
 
-  /** The next try: the next candidate that may take traffic and has room, else wait in line. */
-  #tryNext (): void {
-    this.#attempt = null
-    const credentials = this.pool.credentials
-    if (credentials !== null && !credentials.ready()) {
-      // No token yet, or it expired, or a 401 retired it: wait for the one call in flight.
-      this.#waitingPhase = 'send'
-      this.#waiting = waitForCredentials(credentials, () => {
-        this.#waiting = null
-        if (!this.settled) this.#tryNext()
-      }, (details) => {
-        this.#waiting = null
-        if (!this.settled) this.#fail('proxy_internal_error', details)
-      })
-      return
-    }
-    const target = this.#candidates!.pick()
-    if (target === 'none') {
-      this.#giveUp('no other target can take traffic')
-      return
-    }
-    if (target === 'full') {
-      this.#queue()
-      return
-    }
-    this.target = target
-    this.#room.reset()
-    const attempt = new Attempt(this, target)
-    this.#attempt = attempt
-    // The headers object is this exchange's own: set the try's Host in place.
+  /** One try on `target`: the headers object is this exchange's own, so its Host is set in place. */
+  protected sendTo (target: Target): void {
+    const body = this.#body!.body
+    const attempt = new Attempt(this, target, body instanceof Readable ? body : null)
+    this.current = attempt
     const headers = this.#headers!
     headers.host = target.hostHeader
-    if (credentials !== null) this.#sentToken = credentials.apply(headers)
-    this.#tries++
+    this.applyCredentials(headers)
     if (this.tracing === null) {
       this.#send(attempt, headers)
       return
     }
-    attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.#tries)
+    attempt.span = this.tracing.startTry(this.#traceParent!, this.pool.name, target.hostPort, this.tries)
     this.tracing.sendWithin(this.#traceParent!, attempt.span, headers, () => { this.#send(attempt, headers) })
+  }
+
+  protected replay (): Replay {
+    const body = this.#body
+    return { method: this.request.method, replayable: body?.replayable ?? false, why: body?.why ?? '' }
   }
 
   #send (attempt: Attempt, headers: Record<string, string>): void {
@@ -261,8 +205,16 @@ export class Exchange {
   /** A try's answer the client will not see (another try follows): its span ends, its body is not read. */
   #dropAnswer (attempt: Attempt, status: number, why: string): void {
     this.#endSpan(attempt, status)
-    attempt.abandon()
-    attempt.abortTry?.(new GatewayError('FST_UPSTREAM_RETRIED', why))
+    attempt.drop(new GatewayError('FST_UPSTREAM_RETRIED', why))
+  }
+
+  get timeouts (): RouteConfig['timeouts'] {
+    return this.route.timeouts
+  }
+
+  /** A try ended or was left behind: its target has room again. */
+  released (): void {
+    this.pool.released()
   }
 
   /** Ends a try's span, if it has one still open: answered with `status`, or failed. */
@@ -279,92 +231,152 @@ export class Exchange {
     }
   }
 
-  #queue (): void {
-    this.#waitingPhase = 'queue'
-    this.#waiting = this.#room.wait(this.pool, 'request', () => {
-      this.#waiting = null
-      if (!this.settled) this.#tryNext()
-    }, (why) => {
-      this.#waiting = null
-      this.#fail('connection_limit_reached', { phase: 'queue', why, retryAfter: 1 })
-    })
-  }
-
-  onAttemptResponse (attempt: Attempt, statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+  onAttemptResponse (attempt: Attempt, statusCode: number, headers: IncomingHttpHeaders): boolean {
     attempt.status = statusCode
     this.pool.recordResponse(attempt.target, statusCode, attempt.ms)
     this.attempts.push(attempt.record(null, null, 'headers'))
-    if (statusCode === 401 && this.#replayUnauthorized()) {
+    if (statusCode === 401 && this.replayUnauthorized()) {
       // The upstream refused the gateway's token: the client never sees this answer.
       this.#dropAnswer(attempt, statusCode, 'sending again with a new token after 401')
-      this.#tryAfter(0, 'send')
+      this.tryAfter(0, 'send')
       return false
     }
     const policy = this.route.retry
-    if (shouldRetryStatus(statusCode, this.request.method, policy, this.#retries, this.#body!.replayable) && this.#hasAnotherTry() && this.pool.budget.tryRetry()) {
+    if (shouldRetryStatus(statusCode, this.request.method, policy, this.retries, this.#body!.replayable) && this.hasAnotherTry() && this.pool.budget.tryRetry()) {
       // This answer is dropped for another try: the client never sees it.
       this.#dropAnswer(attempt, statusCode, `retrying after status ${statusCode}`)
-      this.#retryLater()
+      this.retryLater()
       return false
     }
-    // Backpressure passes straight through: the relay's return value pauses the try, and the
-    // resume it calls later is the try's own.
-    this.#relay = new Relay(this, this.relayRoute)
-    return this.#relay.headers(statusCode, rawHeaders, resume)
+    const relay = new Relay(this, this.relayRoute)
+    this.#relay = relay
+    // A throw (an answer the gateway cannot relay, Node refusing a header) reaches relayFailed.
+    const outcome = relay.headers(statusCode, headers)
+    if (outcome === 'complete') {
+      // No body follows (HEAD, 204, 304): the answer is whole. What undici makes of the rest of
+      // the message (a 304 with a Content-Length makes it cut the connection) is its business:
+      // the try is left behind, and its end only frees the target's slot.
+      attempt.abandon()
+      this.#delivered(attempt)
+      return false
+    }
+    // Backpressure passes straight through: false pauses the try until the relay resumes it.
+    return outcome === 'body'
   }
 
   /** The answer's status is one errors.intercept names: the gateway answers with its own page. */
   intercept (status: number, headers: ResponseHeaders): void {
-    const attempt = this.#attempt!
+    const attempt = this.current!
     this.#settle()
     // Its body is not read: the try is cut, and not taken for a client abort (settled).
-    attempt.abandon()
-    attempt.abortTry?.(new GatewayError('FST_UPSTREAM_INTERCEPTED', `status ${status} is answered by the gateway (errors.intercept)`))
+    attempt.drop(new GatewayError('FST_UPSTREAM_INTERCEPTED', `status ${status} is answered by the gateway (errors.intercept)`))
     this.events.intercepted(this, status, headers)
   }
 
-  /**
-   * 103 Early Hints go on to the client, so a browser can start fetching what their `Link`
-   * fields name while the service works (as nginx's early_hints). HTTP/1.0 clients get none;
-   * a hint Node finds invalid is dropped rather than breaking the answer.
-   */
-  onEarlyHints (rawHeaders: Buffer[]): void {
-    const raw = this.reply.raw
-    if (raw.headersSent || this.request.raw.httpVersion === '1.0') return
-    const fields: Record<string, string | string[]> = {}
-    const links: string[] = []
-    for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
-      const name = rawHeaders[i]!.toString('latin1').toLowerCase()
-      const value = rawHeaders[i + 1]!.toString('latin1')
-      // Node wants each link-value on its own; a field may list several, comma-separated.
-      if (name === 'link') links.push(...value.split(/,\s*(?=<)/))
-      else fields[name] = value
-    }
-    if (links.length === 0) return
-    try {
-      raw.writeEarlyHints({ ...endToEnd(fields), link: links } as Record<string, string | string[]>)
-    } catch {}
+  /** 102 and 103 go on to the client where its connection can carry them (relay.ts). */
+  onAttemptInterim (_attempt: Attempt, status: number, headers: IncomingHttpHeaders): void {
+    if (!this.settled) relayInterim(this.reply, status, headers)
   }
 
   onAttemptData (chunk: Buffer): boolean {
     return this.#relay!.data(chunk)
   }
 
-  onAttemptEnd (attempt: Attempt): void {
+  resumeTry (): void {
+    this.current?.resume()
+  }
+
+  onAttemptEnd (attempt: Attempt, trailers: IncomingHttpHeaders): void {
+    this.#relay!.complete(trailers)
+    this.#delivered(attempt)
+  }
+
+  /** The answer is the client's: the exchange ends as a success. */
+  #delivered (attempt: Attempt): void {
     this.#endSpan(attempt, attempt.status)
     this.#settle()
-    this.#relay!.complete()
     if (this.attempts.length > 1) this.events.recovered(this, attempt.status!)
     else this.events.completed(this, attempt.status!)
   }
 
-  onAttemptError (attempt: Attempt, err: unknown): void {
+  /**
+   * Relay work failed on its own: relay.ts runs what it puts off inside a guard, the try hands
+   * over whatever its handling of undici's news threw, and the route's error handler what
+   * Fastify caught while sending the answer (Node refusing a header, an app's onSend hook).
+   * `answerable`: the reply may still carry the gateway's answer (nothing of the upstream's is
+   * on its way); otherwise the client's connection is cut. Logged once, either way.
+   */
+  relayFailed (err: unknown, answerable = this.#relay?.sending !== true): void {
+    try {
+      const attempt = this.current
+      if (!this.settled && attempt !== null) {
+        this.#relayFailedOn(attempt, err, answerable)
+        return
+      }
+      if (this.reply.raw.destroyed) return
+      // The exchange had ended (a delivered answer) when sending it failed.
+      const status = this.reply.statusCode
+      const failure = this.#failure('proxy_internal_error', { phase: 'body', cause: GATEWAY_CODES.relayFailed, why: relayFailureWords(err), ...(answerable && !this.reply.raw.headersSent ? {} : { status, receivedStatus: status }) })
+      if (answerable && !this.reply.raw.headersSent) {
+        this.#relay?.discard()
+        this.events.failed(this, failure)
+      } else {
+        this.events.broken(this, failure)
+      }
+    } catch (again) {
+      // Even answering failed (Node refusing the gateway's own answer, a hook throwing): the
+      // connection is cut, and the failure logged unless an answer's record already was.
+      if (!this.settled) this.request.log.error({ err: again, pool: this.pool.name, error: 'proxy_internal_error', cause: GATEWAY_CODES.relayFailed }, `proxy_internal_error: relaying the answer failed: ${relayFailureWords(err)}`)
+      this.#settle()
+      this.reply.raw.destroy()
+    }
+  }
+
+  /** The try's answer cannot be relayed: a limit of the gateway's, or relay work that threw. */
+  #relayFailedOn (attempt: Attempt, err: unknown, answerable: boolean): void {
+    const limit = err instanceof GatewayError && RELAY_LIMITS.has(err.code) ? err : new GatewayError(GATEWAY_CODES.relayFailed, relayFailureWords(err), { cause: err })
+    // The rest of the answer is not wanted: the try is left behind, and cut.
+    attempt.drop(limit)
+    // The phase is where the client's answer had got to: nothing of it sent is `headers`.
+    const verdict = classify(limit, { connected: true, requestSent: true, responseStarted: !answerable })
+    this.#gatewayLimit(attempt, verdict, limit, answerable)
+  }
+
+  /**
+   * A try that ended on the gateway's own limit (RELAY_LIMITS) or failure: never counted against
+   * the target, never retried (the target would answer the same). Answered when nothing of the
+   * upstream's answer has gone to the client; otherwise its connection is cut.
+   */
+  #gatewayLimit (attempt: Attempt, verdict: Classified, err: Error, answerable: boolean): void {
+    const error = verdict.error as ProxyErrorType
+    const record = attempt.record(error, verdict.cause, verdict.phase)
+    if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
+    else this.attempts.push(record)
+    // The target answered in valid HTTP that the gateway could not relay: a bad gateway.
+    const status = verdict.cause === GATEWAY_CODES.relayFailed ? undefined : 502
+    const why = err.message
+    if (!answerable || this.reply.raw.headersSent) {
+      const failure = this.#failure(error, { phase: verdict.phase, cause: verdict.cause, why, status: attempt.status ?? undefined, receivedStatus: attempt.status })
+      this.#settle()
+      this.events.broken(this, failure)
+      return
+    }
+    this.#relay?.discard()
+    this.#fail(error, { phase: verdict.phase, cause: verdict.cause, why, ...(status !== undefined ? { status } : {}) })
+  }
+
+  onAttemptError (attempt: Attempt, failed: unknown): void {
     if (this.settled) return
+    const err = attempt.responseStarted ? failed : asRelayLimit(failed)
     const progress: Progress = { connected: attempt.connected, requestSent: attempt.requestSent, responseStarted: attempt.responseStarted }
     const verdict = classify(err, progress)
     if (this.tracing !== null) this.#endSpan(attempt, null, { error: verdict.error, phase: verdict.phase, cause: verdict.cause, err })
     if (verdict.error === 'client_aborted') {
       this.#aborted(verdict.phase)
+      return
+    }
+    if (verdict.error === 'proxy_internal_error') {
+      this.#gatewayLimit(attempt, verdict, err instanceof Error ? err : new Error(String(err)), this.#relay?.sending !== true)
       return
     }
     const record = attempt.record(verdict.error, verdict.cause, verdict.phase)
@@ -378,8 +390,8 @@ export class Exchange {
     // A try whose body broke was recorded when its headers came: that record now tells the end.
     if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
     else this.attempts.push(record)
-    this.pool.recordFailure(attempt.target, verdict.error, verdict.cause)
     if (attempt.responseStarted) {
+      this.pool.recordFailure(attempt.target, verdict.error, verdict.cause)
       // The client already has the upstream's status; the record says so rather than the 502
       // or 504 it would have got had the failure come before the headers.
       const failure = this.#failure(verdict.error, { phase: verdict.phase, cause: verdict.cause, status: attempt.status!, receivedStatus: attempt.status! })
@@ -387,72 +399,12 @@ export class Exchange {
       this.events.broken(this, failure)
       return
     }
-    const { phase, cause } = verdict
     if ((err as { code?: unknown }).code === GATEWAY_CODES.totalTimeout) {
-      this.#fail(verdict.error, { phase, cause })
+      this.pool.recordFailure(attempt.target, verdict.error, verdict.cause)
+      this.#fail(verdict.error, { phase: verdict.phase, cause: verdict.cause })
       return
     }
-    // A target that could not even be connected to is not tried again in this exchange.
-    if (conditionOf(verdict.error, phase) === 'connect-failure') this.#candidates!.unreachable(attempt.target)
-    const next = afterFailure({
-      error: verdict.error,
-      phase: verdict.phase,
-      method: this.request.method,
-      policy: this.route.retry,
-      retries: this.#retries,
-      replayable: this.#body?.replayable ?? false,
-      unreplayableWhy: this.#body?.why ?? ''
-    }, () => this.#hasAnotherTry(), this.pool.budget)
-    if (!next.retry) {
-      this.#fail(verdict.error, { phase, cause, note: next.note })
-      return
-    }
-    this.#retryLater(next.free)
-  }
-
-  #hasAnotherTry (): boolean {
-    return this.#candidates!.hasAnother()
-  }
-
-  /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */
-  #retryLater (immediate = false): void {
-    this.#retries++
-    this.#tryAfter(immediate ? 0 : backoff(this.#retries), 'connect')
-  }
-
-  #tryAfter (ms: number, phase: AttemptRecord['phase']): void {
-    this.#attempt = null
-    this.#waitingPhase = phase
-    const timer = setTimeout(() => {
-      this.#waiting = null
-      if (!this.settled) this.#tryNext()
-    }, ms)
-    this.#waiting = { cancel: () => clearTimeout(timer) }
-  }
-
-  /**
-   * An upstream 401 to a request that carried the pool's token. The first in an exchange has
-   * the token refreshed (see Credentials.unauthorized, which bounds how often), and the request
-   * is sent again with the new one when the retry rules allow a replay: its method is in
-   * retry.methods and its body could be kept. That is not a retry: retry.retries and the
-   * budget are untouched. A second 401 goes to the client as sent.
-   */
-  #replayUnauthorized (): boolean {
-    const credentials = this.pool.credentials
-    if (credentials === null || !credentials.hasToken || this.#reauthorized) return false
-    this.#reauthorized = true
-    const refreshed = credentials.unauthorized(this.#sentToken)
-    return refreshed && this.route.retry.methods.has(this.request.method) && this.#body!.replayable
-  }
-
-  /** Out of targets for a retry: the last try's failure stands. */
-  #giveUp (why: string): void {
-    const last = [...this.attempts].reverse().find((a) => a.error !== null)
-    if (last === undefined) {
-      this.#failOutage()
-      return
-    }
-    this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: `not retried: ${why}` })
+    this.failedTry(attempt, verdict)
   }
 
   /**
@@ -509,10 +461,8 @@ export class Exchange {
     this.events.aborted(this, phase)
   }
 
-  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
-  #failOutage (): void {
-    const outage = this.pool.outage()
-    this.#fail(outage.error, outage.context)
+  protected failWith (error: ProxyErrorType, context: FailureDetails): void {
+    this.#fail(error, context)
   }
 
   #fail (error: ProxyErrorType, context: FailureDetails): void {
@@ -533,7 +483,7 @@ export class Exchange {
       target: this.target?.hostPort ?? null,
       attempts: this.attempts,
       ms: this.ms,
-      queueMs: this.#room.waitedMs,
+      queueMs: this.queueMs,
       timeouts: this.route.timeouts,
       healthPath: this.pool.config.health?.path ?? null
     }, context))
@@ -542,17 +492,23 @@ export class Exchange {
   #settle (): void {
     this.settled = true
     // A try still open as the exchange ends (left behind by a timeout or an intercepted status).
-    if (this.tracing !== null) this.#endSpan(this.#attempt, this.#attempt?.status ?? null)
+    if (this.tracing !== null) this.#endSpan(this.current, this.current?.status ?? null)
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)
     this.#totalTimer = null
     this.#upload?.stop()
     this.#upload = null
-    this.#waiting?.cancel()
-    this.#waiting = null
+    this.stopWaiting()
   }
 
   /** The client side gave up on the response (its body stream was destroyed). */
   cancel (reason: Error | undefined): void {
     this.abort(new GatewayError(GATEWAY_CODES.clientAborted, reason?.message ?? 'aborted'))
   }
+}
+
+/** Operator words for relay work that threw. */
+function relayFailureWords (err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code
+  const message = err instanceof Error ? err.message : String(err)
+  return `Relaying the answer failed${typeof code === 'string' ? ` (${code})` : ''}: ${message}`
 }

@@ -2,7 +2,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
 import { randomBytes } from 'node:crypto'
-import { util as undiciUtil } from 'undici'
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1), besides those the `Connection` field names. Never
@@ -84,32 +83,20 @@ function ipsGetter (request: FastifyRequest): (() => unknown) | null {
 export type ResponseHeaders = Record<string, string | string[]>
 
 /**
- * An upstream answer's headers as the client gets them, from undici's raw list in one pass:
- * names in lower case, repeated fields as arrays, hop-by-hop fields and those `Connection`
- * names dropped, this hop added to `Via` (`via`: `1.1 <proxyName>`, the public name: the
- * pseudonym must stay unknown to clients).
+ * An upstream answer's headers as the client gets them, in one pass over undici's parsed
+ * headers (names in lower case, repeated fields as arrays): hop-by-hop fields and those
+ * `Connection` names dropped, this hop added to `Via` (`via`: `1.1 <proxyName>`, the public
+ * name: the pseudonym must stay unknown to clients).
  */
-export function forwardResponseHeaders (raw: Buffer[], via: string): ResponseHeaders {
+export function forwardResponseHeaders (upstream: IncomingHttpHeaders, via: string): ResponseHeaders {
   const headers: ResponseHeaders = {}
-  let connection: string | null = null
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = undiciUtil.headerNameToString(raw[i]!)
-    // undici's parser refuses an answer with a character Node would refuse in a header value
-    // (a failed try, classified as such), so each value passes as it came.
-    const value = raw[i + 1]!.toString('latin1')
-    if (HOP_BY_HOP.has(name)) {
-      if (name === 'connection') connection = connection === null ? value : `${connection}, ${value}`
-      continue
-    }
+  const named = connectionNames(upstream.connection)
+  for (const name in upstream) {
     // Not a field any server means; as an object key it would set the prototype.
-    if (name === '__proto__') continue
-    const existing = headers[name]
-    if (existing === undefined) headers[name] = value
-    else if (typeof existing === 'string') headers[name] = [existing, value]
-    else existing.push(value)
+    if (HOP_BY_HOP.has(name) || name === '__proto__' || (named !== null && named.includes(name))) continue
+    const value = upstream[name]
+    if (value !== undefined) headers[name] = value
   }
-  // Rare: a delete here costs less than a copy of every answer's headers.
-  for (const name of connectionNames(connection ?? undefined) ?? []) Reflect.deleteProperty(headers, name)
   headers.via = appendList(headers.via, via)
   return headers
 }

@@ -2,20 +2,21 @@
 // scope of their own: real routes, shown by printRoutes(), running the app's hooks. Their
 // handler maps the path, copies the headers once and hands the request to an Exchange, which
 // sends it upstream on undici and relays the answer (relay.ts).
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { Exchange, type ExchangeEvents } from './exchange.js'
+import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
-import { forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { closeConnectionAfter, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
 import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
-import { classifyClientFault, ensureSentence } from '../errors/classify.js'
+import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
@@ -104,22 +105,20 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
 
+  /** The client's own fault, found before any exchange: answered with the classifier's status. */
+  function refuse (request: FastifyRequest, reply: FastifyReply, code: string, why: string): void {
+    const { error, status, detail } = classifyClientFault(code)
+    closeConnectionAfter(reply)
+    answer(request, reply, makeFailure(error, { phase: 'route', pool: pool.name, status, ms: reply.elapsedTime, cause: code, detail, why }))
+  }
+
   /** The path the upstream gets; null when it is refused (answered 400 here, before any exchange). */
   function upstreamPath (request: FastifyRequest, reply: FastifyReply): string | null {
     try {
       return paths.map(request.url)
     } catch (err) {
       if (!(err instanceof UnsafePathError)) throw err
-      const { error, status, detail } = classifyClientFault(err.code)
-      answer(request, reply, makeFailure(error, {
-        phase: 'route',
-        pool: pool.name,
-        status,
-        ms: reply.elapsedTime,
-        cause: err.code,
-        detail,
-        why: `${ensureSentence(err.message)} The gateway refuses a path an upstream could resolve outside the route's rewritePrefix ("${route.rewritePrefix === '' ? '/' : route.rewritePrefix}"); the client should send it without dot segments or escapes that make one.`
-      }))
+      refuse(request, reply, err.code, `${ensureSentence(err.message)} The gateway refuses a path an upstream could resolve outside the route's rewritePrefix ("${route.rewritePrefix === '' ? '/' : route.rewritePrefix}"); the client should send it without dot segments or escapes that make one.`)
       return null
     }
   }
@@ -137,15 +136,35 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       websockets.open(request, reply, path, { route, pool, config, answer, recorder })
       return
     }
+    // An upgrade request that is not a handshake for this route: its body is on the socket.
+    const kept = websockets !== null ? bodyAfterUpgrade(request.raw) : undefined
+    if (kept === 'length-required') {
+      refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
+      return
+    }
     const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string>
     const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
-    exchange.start(path, headers, request.body as IncomingMessage | undefined)
+    exchange.start(path, headers, kept ?? request.body as IncomingMessage | undefined)
+  }
+
+  /**
+   * Fastify's errors on the route. One that comes while an exchange relays into the reply is
+   * the relay's (Node refused a header as Fastify wrote it, an app's onSend hook threw): the
+   * exchange ends with it, as with any throw in relay work, so it is logged once.
+   */
+  function onRouteError (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+    const exchange = exchangeOf(reply.raw)
+    if (exchange === undefined) {
+      errorHandler(error, request, reply)
+      return
+    }
+    exchange.relayFailed(error, !reply.raw.headersSent)
   }
 
   // Each route lives in a scope of its own, so Fastify's errors on it (and a method it does
   // not serve) are answered in the gateway's format without touching the rest of the app.
   await app.register(async (scope) => {
-    scope.setErrorHandler(errorHandler)
+    scope.setErrorHandler(onRouteError)
     scope.setNotFoundHandler(notFoundHandler)
     // Bodies reach the upstream byte for byte, whatever their type: Fastify hands the raw
     // request stream over instead of parsing it (or applying its bodyLimit; routes[].bodyLimit

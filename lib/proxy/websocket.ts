@@ -8,29 +8,27 @@
 // so hooks, rate limits and request ids apply, and anything that is not a handshake for a
 // websocket route is answered as plain HTTP (Upgrade removed) instead of hanging. The route
 // handler then opens the tunnel (see registerRoute).
-import { ServerResponse, type IncomingMessage, type Server } from 'node:http'
+import { ServerResponse, type IncomingHttpHeaders, type IncomingMessage, type Server } from 'node:http'
 import type { Socket } from 'node:net'
 import { PassThrough, type Duplex } from 'node:stream'
-import { performance } from 'node:perf_hooks'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
-import { Candidates } from './candidates.js'
 import { TargetTry, sendTry } from './try.js'
-import { RoomWait } from './queue.js'
 import { rewriteLocations } from './location.js'
-import { afterFailure, backoff, conditionOf, shouldRetryStatus } from './retry.js'
+import { shouldRetryStatus } from './retry.js'
+import { TrySequence, type FailureDetails, type Replay } from './tries.js'
 import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
-import { makeFailure, type AttemptRecord, type Failure, type FailureContext } from '../errors/failure.js'
+import { makeFailure, type Failure, type FailureContext } from '../errors/failure.js'
 import { logClientAborted, logFailure } from '../errors/log.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import { retryAfterOf } from '../errors/respond.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
-import { waitForCredentials } from '../pool/credentials.js'
 import type { Recorder, TunnelEvent } from '../observe/recorder.js'
+import { keepBodyAfterUpgrade } from './upgrade-body.js'
 
 const kUpgrade = Symbol('fastify-upstream.upgrade')
 
@@ -99,6 +97,8 @@ export class WebSockets {
     // Node took its own listeners off this socket: without one, an error would crash the process.
     socket.on('error', () => {})
     ;(req as UpgradeRequest)[kUpgrade] = { socket, head }
+    // Anything but a websocket handshake goes on as plain HTTP; its body is still on the socket.
+    if (req.method !== 'GET' || req.headers.upgrade?.toLowerCase() !== 'websocket') keepBodyAfterUpgrade(req, socket, head)
     const res = new ServerResponse(req)
     // Node's parser has let go of this socket, so it carries this one answer and closes.
     res.shouldKeepAlive = false
@@ -114,10 +114,13 @@ export class WebSockets {
   }
 }
 
-/** One try of the handshake on one target (undici's callback-style handler). */
-class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'onConnect' | 'onHeaders' | 'onData' | 'onComplete' | 'onError' | 'onUpgrade'> {
-  abortTry: ((reason?: Error) => void) | null = null
+/**
+ * One try of the handshake on one target: undici's dispatch handler (its controller API). A
+ * handshake has no body, so it has gone out when undici starts it.
+ */
+class Handshake extends TargetTry implements Dispatcher.DispatchHandler {
   readonly progress: Progress = { connected: false, requestSent: false, responseStarted: false }
+  #controller: Dispatcher.DispatchController | null = null
   #abandoned = false
   #released = false
   #timer: NodeJS.Timeout | null = null
@@ -132,13 +135,14 @@ class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'o
 
   /** timeouts.connect, to the millisecond (undici's own timer ticks about once a second). */
   startConnectTimer (ms: number, onTimeout: () => void): void {
+    if (this.progress.connected || this.#released) return
     this.#timer = setTimeout(onTimeout, ms)
   }
 
   /** The tunnel has left this try behind: what undici says of it from now on is ignored. */
   abandon (reason?: Error): void {
     this.#abandoned = true
-    this.abortTry?.(reason ?? new GatewayError(GATEWAY_CODES.clientAborted, 'abandoned by the gateway'))
+    this.#controller?.abort(reason ?? new GatewayError(GATEWAY_CODES.clientAborted, 'abandoned by the gateway'))
     this.release()
   }
 
@@ -151,28 +155,31 @@ class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'o
     this.tunnel.pool.released()
   }
 
-  onConnect (abort: (reason?: Error) => void): void {
-    this.abortTry = abort
+  /** The client can take more of a refusal's body. */
+  resume (): void {
+    this.#controller?.resume()
+  }
+
+  onRequestStart (controller: Dispatcher.DispatchController): void {
+    this.#controller = controller
     this.#clearTimer()
     if (this.#abandoned) {
-      abort(new Error('abandoned by the gateway'))
+      controller.abort(new GatewayError(GATEWAY_CODES.clientAborted, 'abandoned by the gateway'))
       return
     }
     this.progress.connected = true
-  }
-
-  // timeouts.headers for the upstream's answer to the handshake, from the request sent.
-  onRequestSent (): void {
-    if (this.#abandoned || this.progress.responseStarted) return
+    // timeouts.headers for the upstream's answer to the handshake, from the request sent.
     this.progress.requestSent = true
     const ms = this.tunnel.route.timeouts.headers
     if (ms === false) return
     this.#timer = setTimeout(() => {
-      this.abortTry?.(new GatewayError(GATEWAY_CODES.headersTimeout, `no answer to the handshake within ${ms} ms`))
+      controller.abort(new GatewayError(GATEWAY_CODES.headersTimeout, `no answer to the handshake within ${ms} ms`))
     }, ms)
   }
 
-  onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Duplex): void {
+  // undici calls these from its parser: what they throw goes to the tunnel, never further.
+
+  onRequestUpgrade (_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, socket: Duplex): void {
     this.#clearTimer()
     if (this.#abandoned) {
       socket.destroy()
@@ -180,31 +187,39 @@ class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'o
     }
     this.status = statusCode
     this.progress.responseStarted = true
-    this.tunnel.onOpen(this, (rawHeaders ?? []) as Buffer[], socket as Socket)
+    this.#guard(() => { this.tunnel.onOpen(this, headers, socket as Socket) })
   }
 
-  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    if (this.#abandoned) return false
+  onResponseStart (controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     // An interim answer (100, 103): the final one follows.
-    if (statusCode < 200) return true
+    if (this.#abandoned || statusCode < 200) return
     this.#clearTimer()
     this.status = statusCode
     this.progress.responseStarted = true
-    return this.tunnel.onRefusal(this, statusCode, rawHeaders, resume)
+    this.#guard(() => { if (!this.tunnel.onRefusal(this, statusCode, headers) && !this.#abandoned) controller.pause() })
   }
 
-  onData (chunk: Buffer): boolean {
-    return !this.#abandoned && this.tunnel.onRefusalData(chunk)
+  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#abandoned) return
+    this.#guard(() => { if (!this.tunnel.onRefusalData(chunk)) controller.pause() })
   }
 
-  onComplete (): void {
+  onResponseEnd (): void {
     this.release()
-    if (!this.#abandoned) this.tunnel.onRefusalEnd()
+    if (!this.#abandoned) this.#guard(() => { this.tunnel.onRefusalEnd() })
   }
 
-  onError (err: Error): void {
+  onResponseError (_controller: Dispatcher.DispatchController, err: Error): void {
     this.release()
-    if (!this.#abandoned) this.tunnel.onTryError(this, err)
+    if (!this.#abandoned) this.#guard(() => { this.tunnel.onTryError(this, err) })
+  }
+
+  #guard (step: () => void): void {
+    try {
+      step()
+    } catch (err) {
+      this.tunnel.failedOnItsOwn(this, err)
+    }
   }
 
   #clearTimer (): void {
@@ -214,46 +229,27 @@ class Handshake extends TargetTry implements Pick<Dispatcher.DispatchHandler, 'o
 }
 
 /** One client's handshake and, once the upstream said 101, its tunnel. */
-class Tunnel {
-  readonly startedAt = performance.now()
-  readonly attempts: AttemptRecord[] = []
-  readonly route: RouteConfig
-  readonly pool: UpstreamPool
+class Tunnel extends TrySequence<Handshake> {
   readonly #settings: ForwardingSettings
   /** `Via` as this gateway adds it to the answers it passes on: its public name. */
   readonly #via: string
   readonly #headers: Record<string, string | string[] | undefined>
-  readonly #candidates: Candidates
-  #try: Handshake | null = null
-  #retries = 0
-  /** A pending wait: for room (limits), or the backoff before a retry. */
-  #waiting: { cancel: () => void } | null = null
-  #waitingPhase: AttemptRecord['phase'] = 'route'
-  /** Waiting in line for a target with room (limits.queueTimeout over the whole wait). */
-  readonly #room = new RoomWait()
-  /** The handshake has ended one way or another; late events are ignored. */
-  #settled = false
   /** The refusal's body, on its way to the client. */
   #body: PassThrough | null = null
   /** After the 101: the upstream's socket. */
   #upstream: Socket | null = null
   /** Bytes the client sent during the handshake, kept for the upstream. */
   readonly #early: Buffer[] = []
-  /** The token the last try carried (pools.<name>.auth.token). */
-  #sentToken: string | null = null
-  /** An upstream 401 already made this handshake ask for a new token: a second one goes to the client. */
-  #reauthorized = false
 
   constructor (
-    readonly request: FastifyRequest,
+    request: FastifyRequest,
     readonly reply: FastifyReply,
     readonly upgrade: Upgrade,
     readonly path: string,
     readonly context: TunnelRoute,
     private readonly onEnd: () => void
   ) {
-    this.route = context.route
-    this.pool = context.pool
+    super(request, context.route, context.pool, 'upgrade')
     this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader, via: viaPseudonym(context.config, context.config.errors.proxyName) }
     this.#via = `1.1 ${context.config.errors.proxyName}`
     // Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
@@ -261,15 +257,9 @@ class Tunnel {
     // and Upgrade are hop-by-hop: undici writes its own `connection: upgrade` and
     // `upgrade: websocket` for the `upgrade` option (and refuses them as headers).
     this.#headers = forwardRequestHeaders(request, request.headers, this.#settings) as Record<string, string | string[] | undefined>
-    this.#candidates = new Candidates(this.pool, request)
-  }
-
-  get ms (): number {
-    return performance.now() - this.startedAt
   }
 
   start (): void {
-    this.pool.budget.request()
     const socket = this.upgrade.socket
     socket.once('close', this.#onClientClose)
     // Read while the upstream decides: a client that gives up sends its FIN ('end'), which an
@@ -277,43 +267,17 @@ class Tunnel {
     // A WebSocket client sends nothing before the 101; anything it does send is kept.
     socket.on('data', this.#onEarlyData)
     socket.once('end', this.#onClientClose)
-    if (this.#candidates.empty) {
-      this.#failOutage()
-      return
-    }
-    this.#tryNext()
+    if (this.plan()) this.tryNext()
   }
 
-  #tryNext (): void {
-    this.#try = null
-    const credentials = this.pool.credentials
-    if (credentials !== null && !credentials.ready()) {
-      this.#waitingPhase = 'send'
-      this.#waiting = waitForCredentials(credentials, () => {
-        this.#waiting = null
-        if (!this.#settled) this.#tryNext()
-      }, (details) => {
-        this.#waiting = null
-        this.#fail('proxy_internal_error', details)
-      })
-      return
-    }
-    const target = this.#candidates.pick()
-    if (target === 'none') {
-      this.#giveUp()
-      return
-    }
-    if (target === 'full') {
-      this.#queue()
-      return
-    }
-    this.#room.reset()
+  /** One try of the handshake on `target`, with headers of its own. */
+  protected sendTo (target: Target): void {
     const handshake = new Handshake(this, target)
-    this.#try = handshake
+    this.current = handshake
     const headers: Record<string, unknown> = Object.assign({}, this.#headers, { host: target.hostHeader })
-    if (credentials !== null) this.#sentToken = credentials.apply(headers)
+    this.applyCredentials(headers)
     // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
-    sendTry(handshake, handshake as Dispatcher.DispatchHandler, this.route.timeouts, {
+    sendTry(handshake, handshake, this.route.timeouts, {
       path: this.path,
       method: 'GET',
       headers: headers as Record<string, string>,
@@ -321,21 +285,14 @@ class Tunnel {
     }, (err) => { this.onTryError(handshake, err) })
   }
 
-  /** Every target that may take it is full: wait in line for room, as an HTTP request does. */
-  #queue (): void {
-    this.#waitingPhase = 'queue'
-    this.#waiting = this.#room.wait(this.pool, 'upgrade', () => {
-      this.#waiting = null
-      if (!this.#settled) this.#tryNext()
-    }, (why) => {
-      this.#waiting = null
-      this.#fail('connection_limit_reached', { phase: 'queue', why, retryAfter: 1, queueMs: this.#room.waitedMs })
-    })
+  /** A handshake has no body: it can always be sent again, under GET's rules. */
+  protected replay (): Replay {
+    return HANDSHAKE_REPLAY
   }
 
   onTryError (handshake: Handshake, err: unknown): void {
     const broken = this.#body !== null
-    if (this.#settled && !broken) return
+    if (this.settled && !broken) return
     const verdict = classify(err, handshake.progress)
     if (verdict.error === 'client_aborted') {
       if (!broken) this.#aborted(verdict.phase)
@@ -354,73 +311,49 @@ class Tunnel {
     }
     this.attempts.push(record)
     // A refused or unreachable target counts against it, as for any request (outlier ejection).
-    this.pool.recordFailure(handshake.target, error, cause)
-    if (conditionOf(error, phase) === 'connect-failure') this.#candidates.unreachable(handshake.target)
-    const next = afterFailure({ error, phase, method: 'GET', policy: this.route.retry, retries: this.#retries, replayable: true, unreplayableWhy: '' },
-      () => this.#candidates.hasAnother(), this.pool.budget)
-    if (!next.retry) {
-      this.#fail(error, { phase, cause, note: next.note })
-      return
-    }
-    this.#retryLater(next.free)
-  }
-
-  #retryLater (immediate = false): void {
-    this.#retries++
-    this.#tryAfter(immediate ? 0 : backoff(this.#retries), 'connect')
-  }
-
-  #tryAfter (ms: number, phase: AttemptRecord['phase']): void {
-    this.#try = null
-    this.#waitingPhase = phase
-    const timer = setTimeout(() => {
-      this.#waiting = null
-      if (!this.#settled) this.#tryNext()
-    }, ms)
-    this.#waiting = { cancel: () => { clearTimeout(timer) } }
+    this.failedTry(handshake, verdict)
   }
 
   /**
-   * An upstream 401 to a handshake that carried the pool's token: the first has the token
-   * refreshed (Credentials.unauthorized bounds how often) and the handshake sent again with
-   * the new one. A second 401 goes to the client as sent.
+   * Handling undici's news of a try threw (a bug, or Node refusing what was written): the
+   * handshake ends as the gateway's failure, answered if nothing went out yet, else cut.
    */
-  #replayUnauthorized (): boolean {
-    const credentials = this.pool.credentials
-    if (credentials === null || !credentials.hasToken || this.#reauthorized) return false
-    this.#reauthorized = true
-    return credentials.unauthorized(this.#sentToken)
-  }
-
-  /** Out of targets for a retry: the last try's failure stands. */
-  #giveUp (): void {
-    const last = [...this.attempts].reverse().find((a) => a.error !== null)
-    if (last === undefined) this.#failOutage()
-    else this.#fail(last.error!, { phase: last.phase, cause: last.cause, note: 'not retried: no other target can take traffic' })
+  failedOnItsOwn (handshake: Handshake, err: unknown): void {
+    handshake.abandon()
+    const why = `Handling the target's answer to the handshake failed: ${err instanceof Error ? err.message : String(err)}`
+    try {
+      if (!this.settled && !this.reply.raw.headersSent) {
+        this.failWith('proxy_internal_error', { phase: 'headers', cause: GATEWAY_CODES.relayFailed, why })
+        return
+      }
+      logFailure(this.request, this.#failure('proxy_internal_error', { phase: 'headers', cause: GATEWAY_CODES.relayFailed, why }), true)
+    } catch {}
+    this.#settle()
+    this.upgrade.socket.destroy()
   }
 
   /** The upstream answered the handshake with something else than 101: the client gets it as sent. */
-  onRefusal (handshake: Handshake, status: number, rawHeaders: Buffer[], resume: () => void): boolean {
+  onRefusal (handshake: Handshake, status: number, upstream: IncomingHttpHeaders): boolean {
     this.pool.recordResponse(handshake.target, status, handshake.ms)
     this.attempts.push(handshake.record(null, null, 'headers'))
-    if (status === 401 && this.#replayUnauthorized()) {
+    if (status === 401 && this.replayUnauthorized()) {
       // The upstream refused the gateway's token: the handshake goes again with a new one, as
       // an HTTP request would (a handshake has no body to keep). Not a retry: the budget and
       // retry.retries are untouched.
       handshake.abandon()
-      this.#tryAfter(0, 'send')
+      this.tryAfter(0, 'send')
       return false
     }
-    if (shouldRetryStatus(status, 'GET', this.route.retry, this.#retries, true) && this.#candidates.hasAnother() && this.pool.budget.tryRetry()) {
+    if (shouldRetryStatus(status, 'GET', this.route.retry, this.retries, true) && this.hasAnotherTry() && this.pool.budget.tryRetry()) {
       handshake.abandon()
-      this.#retryLater()
+      this.retryLater()
       return false
     }
-    const headers = forwardResponseHeaders(rawHeaders, this.#via)
+    const headers = forwardResponseHeaders(upstream, this.#via)
     if (this.context.config.errors.intercept.has(status)) {
       // As for any response (errors.intercept): the status stays, the body is the gateway's.
       handshake.abandon()
-      this.#fail('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfterOf(headers['retry-after']) })
+      this.failWith('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfterOf(headers['retry-after']) })
       return false
     }
     this.#settle()
@@ -430,7 +363,7 @@ class Tunnel {
     rewriteLocations(headers, this.request, this.route, this.pool)
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
     const body = new PassThrough()
-    body.on('drain', resume)
+    body.on('drain', () => { handshake.resume() })
     // The client left before the refusal's end: nobody reads the rest.
     body.once('close', () => { if (!body.writableFinished) handshake.abandon() })
     this.#body = body
@@ -447,9 +380,9 @@ class Tunnel {
   }
 
   /** The upstream said 101: the client gets that answer, then bytes flow both ways untouched. */
-  onOpen (handshake: Handshake, rawHeaders: Buffer[], upstream: Socket): void {
+  onOpen (handshake: Handshake, answer: IncomingHttpHeaders, upstream: Socket): void {
     const client = this.upgrade.socket
-    if (this.#settled || client.destroyed) {
+    if (this.settled || client.destroyed) {
       upstream.destroy()
       handshake.release()
       return
@@ -468,7 +401,7 @@ class Tunnel {
       socket.setTimeout(0)
       socket.setNoDelay(true)
     }
-    client.write(this.#switchingHead(rawHeaders))
+    client.write(this.#switchingHead(answer))
     const early = Buffer.concat([this.upgrade.head, ...this.#early])
     if (early.length > 0) upstream.write(early)
     const idle = this.#idleTimer(client, upstream)
@@ -501,7 +434,7 @@ class Tunnel {
     const ms = this.route.tunnelIdle
     if (ms === null) return null
     const timer = setTimeout(() => {
-      this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, target: this.#try?.target.hostPort ?? null, ms: Math.round(this.ms) },
+      this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, target: this.target?.hostPort ?? null, ms: Math.round(this.ms) },
         `websocket tunnel closed: no data either way for ${ms} ms (timeouts.body of this route)`)
       client.destroy()
     }, ms)
@@ -515,11 +448,12 @@ class Tunnel {
    * The upstream's 101 as the client gets it: its headers (subprotocol, extensions, accept key,
    * cookies) with Connection and Upgrade, plus the gateway's own (request id, Via, Proxy-Status).
    */
-  #switchingHead (rawHeaders: Buffer[]): string {
+  #switchingHead (answer: IncomingHttpHeaders): string {
     const full = isFullExposure(this.context.config.errors, this.request)
-    const headers: Record<string, unknown> = { ...this.reply.getHeaders(), ...forwardResponseHeaders(rawHeaders, this.#via) }
+    const headers: Record<string, unknown> = { ...this.reply.getHeaders(), ...forwardResponseHeaders(answer, this.#via) }
     headers.connection = 'Upgrade'
-    headers.upgrade = upgradeOf(rawHeaders) ?? 'websocket'
+    // The protocol the upstream's 101 switched to (its Upgrade field, a hop-by-hop one).
+    headers.upgrade = answer.upgrade ?? 'websocket'
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, 101))
     const lines = ['HTTP/1.1 101 Switching Protocols']
     for (const [name, value] of Object.entries(headers)) {
@@ -538,9 +472,9 @@ class Tunnel {
       this.upgrade.socket.destroy()
       return
     }
-    if (this.#settled) return
+    if (this.settled) return
     this.#settle()
-    this.#try?.abandon()
+    this.current?.abandon()
     this.request.log.info({ method: this.request.method, url: this.request.url, pool: this.pool.name, ms: Math.round(this.ms) },
       'websocket handshake cut: the gateway is closing')
     this.upgrade.socket.destroy()
@@ -551,30 +485,24 @@ class Tunnel {
   }
 
   readonly #onClientClose = (): void => {
-    if (this.#settled) return
-    const progress = this.#try?.progress
-    this.#aborted(progress === undefined ? this.#waitingPhase : progress.requestSent ? 'headers' : progress.connected ? 'send' : 'connect')
+    if (this.settled) return
+    const progress = this.current?.progress
+    this.#aborted(progress === undefined ? this.waitingPhase : progress.requestSent ? 'headers' : progress.connected ? 'send' : 'connect')
   }
 
   #aborted (phase: string): void {
     this.#settle()
-    this.#try?.abandon()
+    this.current?.abandon()
     this.upgrade.socket.destroy()
-    this.context.recorder?.aborted(this.pool.name, this.#try?.target.hostPort ?? null)
-    logClientAborted(this.request, phase, this.pool.name, this.#try?.target.hostPort ?? null, this.ms)
-  }
-
-  /** No target to try: why (destination_unavailable, or the DNS failure of a pool with none yet). */
-  #failOutage (): void {
-    const outage = this.pool.outage()
-    this.#fail(outage.error, outage.context)
+    this.context.recorder?.aborted(this.pool.name, this.target?.hostPort ?? null)
+    logClientAborted(this.request, phase, this.pool.name, this.target?.hostPort ?? null, this.ms)
   }
 
   #count (event: TunnelEvent): void {
-    this.context.recorder?.tunnel(this.pool.name, this.#try?.target.hostPort ?? null, event)
+    this.context.recorder?.tunnel(this.pool.name, this.target?.hostPort ?? null, event)
   }
 
-  #fail (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): void {
+  protected failWith (error: ProxyErrorType, context: FailureDetails): void {
     this.#settle()
     this.#count('failed')
     this.context.answer(this.request, this.reply, this.#failure(error, context))
@@ -583,8 +511,9 @@ class Tunnel {
   #failure (error: ProxyErrorType, context: Omit<FailureContext, 'ms'>): Failure {
     return makeFailure(error, Object.assign({
       pool: this.pool.name,
-      target: this.#try?.target.hostPort ?? null,
+      target: this.target?.hostPort ?? null,
       attempts: this.attempts,
+      queueMs: this.queueMs,
       ms: this.ms,
       timeouts: this.route.timeouts,
       healthPath: this.pool.config.health?.path ?? null
@@ -593,23 +522,16 @@ class Tunnel {
 
   /** The handshake is over: answered, abandoned, or (`open`) a tunnel that ends on its own. */
   #settle (open = false): void {
-    if (this.#settled) return
-    this.#settled = true
+    if (this.settled) return
+    this.settled = true
     const socket = this.upgrade.socket
     socket.pause()
     socket.off('data', this.#onEarlyData)
     socket.off('end', this.#onClientClose)
     socket.off('close', this.#onClientClose)
-    this.#waiting?.cancel()
-    this.#waiting = null
+    this.stopWaiting()
     if (!open) this.onEnd()
   }
 }
 
-/** The protocol the upstream's 101 switched to (its Upgrade field, a hop-by-hop one). */
-function upgradeOf (raw: Buffer[]): string | undefined {
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    if (raw[i]!.toString('latin1').toLowerCase() === 'upgrade') return raw[i + 1]!.toString('latin1')
-  }
-  return undefined
-}
+const HANDSHAKE_REPLAY: Replay = Object.freeze({ method: 'GET', replayable: true, why: '' })
