@@ -77,6 +77,9 @@ function connect (url: string): Redis {
   return new Redis(url, {
     // Nothing connects before the app is ready (`start`), so a failed registration leaves no socket.
     lazyConnect: true,
+    // ioredis 6 opens with HELLO 3 (RESP3) by default. The counts need nothing RESP3 adds, and
+    // RESP2 is what every Redis and Redis-speaking proxy answers, with one round trip less.
+    protocol: 2,
     // While disconnected, a command fails at once instead of waiting in a queue; one in flight
     // when the connection drops fails then, and a stalled one after commandTimeout.
     enableOfflineQueue: false,
