@@ -380,7 +380,7 @@ function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] 
     if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
     return value
   }
-  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  // What the Redis counts (rate-limit-counts.ts) call on the client: ioredis's Redis or Cluster.
   const client = value as { defineCommand?: unknown, on?: unknown } | null
   if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
   return value as RateLimitConfig['redis']
