@@ -15,10 +15,10 @@ import type { StoreHealth } from '../proxy/rate-limit-store.js'
 const PREFIX = 'fastify_upstream_'
 const CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 /** Seconds: from a cache hit to a request that waits out a long timeouts.headers. */
-const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+export const BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
 /** Observations of one histogram series: a count per bucket of BUCKETS (+Inf last), their sum. */
-class Observed {
+export class Observed {
   readonly counts = new Float64Array(BUCKETS.length + 1)
   sum = 0
   count = 0
@@ -39,7 +39,7 @@ class Observed {
 }
 
 /** What one pool and target have recorded, read at scrape time. */
-interface Series {
+export interface Series {
   labels: { pool: string, target: string }
   /** Requests per status class, 1xx to 5xx. */
   requests: Float64Array
@@ -50,8 +50,16 @@ interface Series {
 /**
  * A prom-client Histogram whose values are read from the series at scrape time; its output is
  * prom-client's own (the same lines, `le` buckets cumulative, then _sum and _count).
+ *
+ * prom-client has no public way to hand a histogram counts kept elsewhere, so this leans on
+ * how prom-client 15.1.3 reads a metric, which its documentation does not promise:
+ * `Registry.metrics()` (the text output) calls a metric's `getForPromString()` when it has one,
+ * else `get()`; `getMetricsAsJSON()` calls `get()`; `resetMetrics()` calls `reset()`, and so
+ * does the Metric constructor, before a subclass's fields exist. Both reads are overridden.
+ * test/metrics-prom-client.test.ts compares this with prom-client's own Histogram fed the same
+ * observations, through each of those: on a release that reads metrics another way, it fails.
  */
-class SeriesHistogram extends Histogram<string> {
+export class SeriesHistogram extends Histogram<string> {
   readonly #name: string
   readonly #help: string
 
@@ -61,7 +69,7 @@ class SeriesHistogram extends Histogram<string> {
     this.#help = help
   }
 
-  // What the registry reads for its text output (prom-client's typings leave it out).
+  // What the registry reads for its text output (prom-client's typings leave it out): see above.
   async getForPromString (): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
     const values: Array<MetricValueWithName<string>> = []
     const bucket = `${this.#name}_bucket`

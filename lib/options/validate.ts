@@ -328,6 +328,7 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
       throw new OptionsError(join(join(path, 'rateLimit'), key), `set it once for all routes, as rateLimit.${key === 'skipOnError' ? 'onStoreError' : key}`)
     }
   }
+  if (isPlainObject(r.rateLimit)) refuseWhitelist(join(path, 'rateLimit'), r.rateLimit)
   return {
     prefix,
     pool: poolName,
@@ -356,6 +357,7 @@ function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitCo
   const { redis, onStoreError, ...plugin } = given
   if (plugin.skipOnError !== undefined) throw new OptionsError('rateLimit.skipOnError', 'use rateLimit.onStoreError ("allow" or "deny") instead')
   if (redis !== undefined && plugin.store !== undefined) throw new OptionsError('rateLimit.store', 'give rateLimit.redis or rateLimit.store, not both')
+  refuseWhitelist('rateLimit', plugin)
   return {
     // The IETF draft's RateLimit-* names rather than the older X-RateLimit-* ones.
     plugin: { enableDraftSpec: true, ...plugin },
@@ -364,13 +366,21 @@ function validateRateLimit (input: unknown, routesLimited: boolean): RateLimitCo
   }
 }
 
+/**
+ * @fastify/rate-limit 11 dropped `whitelist`, its old name for `allowList`, and now ignores it:
+ * passed on, the clients it names would be limited with no word said.
+ */
+function refuseWhitelist (path: string, options: Record<string, unknown>): void {
+  if (options.whitelist !== undefined) throw new OptionsError(join(path, 'whitelist'), `use ${path}.allowList (the same values; @fastify/rate-limit 11 no longer reads whitelist)`)
+}
+
 function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
   if (value === undefined) return null
   if (typeof value === 'string') {
     if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
     return value
   }
-  // What @fastify/rate-limit's Redis store calls on the client (ioredis's Redis or Cluster).
+  // What the Redis counts (rate-limit-counts.ts) call on the client: ioredis's Redis or Cluster.
   const client = value as { defineCommand?: unknown, on?: unknown } | null
   if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
   return value as RateLimitConfig['redis']

@@ -15,9 +15,14 @@ export interface Count {
 
 export type IncrCallback = (err: Error | null, result: Count | null) => void
 
-/** The store interface of @fastify/rate-limit (its RedisStore and LocalStore have it). */
+/**
+ * A store as @fastify/rate-limit's `store` option documents it: `incr` counts a request, `read`
+ * tells the count without one (`createRateLimit`'s `{ increment: false }`), `child` makes the
+ * store of a route with a limit of its own.
+ */
 export interface LimitStore {
   incr: (key: string, callback: IncrCallback, timeWindow: number, max: number) => void
+  read: (key: string, callback: IncrCallback, timeWindow: number, max: number) => void
   child: (routeOptions: Record<string, unknown>) => LimitStore
 }
 
@@ -100,6 +105,14 @@ export class GuardedStore implements LimitStore {
   constructor (private readonly inner: LimitStore, private readonly health: StoreHealth, private readonly timeout = STORE_TIMEOUT) {}
 
   incr (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
+    this.#guard((done) => this.inner.incr(key, done, timeWindow, max), callback)
+  }
+
+  read (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
+    this.#guard((done) => this.inner.read(key, done, timeWindow, max), callback)
+  }
+
+  #guard (ask: (done: IncrCallback) => void, callback: IncrCallback): void {
     let settled = false
     const finish: IncrCallback = (err, result) => {
       if (settled) return
@@ -116,7 +129,7 @@ export class GuardedStore implements LimitStore {
     const timer = setTimeout(() => finish(new GatewayError('ETIMEDOUT', `no answer within ${this.timeout} ms`), null), this.timeout)
     timer.unref()
     try {
-      this.inner.incr(key, finish, timeWindow, max)
+      ask(finish)
     } catch (err) {
       finish(err instanceof Error ? err : new Error(String(err)), null)
     }
@@ -141,6 +154,10 @@ export class PerGatewayRoute implements LimitStore {
     this.inner.incr(key, callback, timeWindow, max)
   }
 
+  read (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
+    this.inner.read(key, callback, timeWindow, max)
+  }
+
   child (routeOptions: Record<string, unknown>): LimitStore {
     const route = routeOptions.routeInfo as { method?: unknown, config?: { upstream?: { prefix?: string } } } | undefined
     const prefix = route?.config?.upstream?.prefix
@@ -148,7 +165,7 @@ export class PerGatewayRoute implements LimitStore {
     if (route === undefined || prefix === undefined) return this.inner.child(routeOptions)
     let child = this.#children.get(prefix)
     if (child === undefined) {
-      // The Redis store names a route's keys after its method and url: the prefix stands for both.
+      // The Redis counts name a route's keys after its method and url: the prefix stands for both.
       child = this.inner.child({ ...routeOptions, routeInfo: { method: route.method, url: prefix } })
       this.#children.set(prefix, child)
     }
