@@ -81,15 +81,17 @@ t.test('a chunked answer with trailers: dropped for a client that did not ask, f
   t.same(gw.failures(), [], 'no failure record')
 })
 
-t.test('an HTTP/2 client gets the upstream\'s trailers', async (t) => {
-  const up = await startScripted(t, (socket) => {
-    socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nGrpc-Status: 0\r\nX-Checksum: abc\r\n\r\n')
+t.test('an HTTP/2 client gets the upstream\'s trailers, after a body or none', async (t) => {
+  const up = await startScripted(t, (socket, head) => {
+    socket.write(head.startsWith('GET /empty')
+      ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nGrpc-Status: 0\r\nX-Checksum: abc\r\n\r\n'
+      : 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nGrpc-Status: 0\r\nX-Checksum: abc\r\n\r\n')
   })
   const gw = await gateway(t, up, {}, { http2: true } as FastifyServerOptions)
   const client = http2.connect(gw.url)
   t.teardown(() => { client.close() })
-  const { status, body, trailers } = await new Promise<{ status: number, body: string, trailers: http2.IncomingHttpHeaders }>((resolve, reject) => {
-    const stream = client.request({ ':path': '/x' })
+  const ask = async (path: string): Promise<{ status: number, body: string, trailers: http2.IncomingHttpHeaders }> => await new Promise((resolve, reject) => {
+    const stream = client.request({ ':path': path })
     let status = 0
     let body = ''
     let trailers: http2.IncomingHttpHeaders = {}
@@ -99,10 +101,13 @@ t.test('an HTTP/2 client gets the upstream\'s trailers', async (t) => {
     stream.on('end', () => resolve({ status, body, trailers }))
     stream.on('error', reject)
   })
-  t.equal(status, 200)
-  t.equal(body, 'ok')
-  t.equal(trailers['grpc-status'], '0')
-  t.equal(trailers['x-checksum'], 'abc')
+  for (const [path, sent] of [['/x', 'ok'], ['/empty', '']]) {
+    const { status, body, trailers } = await ask(path)
+    t.equal(status, 200)
+    t.equal(body, sent)
+    t.equal(trailers['grpc-status'], '0', `${path}: the trailers`)
+    t.equal(trailers['x-checksum'], 'abc')
+  }
 })
 
 t.test('304 with Content-Length: a well-formed 304, no failure, the target not blamed, and the next pipelined request gets its answer', async (t) => {

@@ -53,6 +53,23 @@ export function timed (connect: Connector, observe: (timing: ConnectTiming) => v
   }
 }
 
+/**
+ * `connect` whose sockets call `ended` when the target closes or resets its side, before undici
+ * hears of it. undici 7 asserts that its parser is not paused when a socket whose answer ends
+ * with the connection gets its FIN or ECONNRESET (Parser.finish, from the socket's 'end' and
+ * 'error' listeners: nodejs/undici#5360); a pause the relay asked for (a slow client) would make
+ * that assertion end the process. These listeners come first, so the target's paused tries
+ * resume in time: nothing is left to read on a socket that ended, so resuming costs no memory.
+ */
+export function endsFirst (connect: Connector, ended: () => void): Connector {
+  return (options, callback) => {
+    connect(options, (error, socket) => {
+      if (error === null) socket!.on('end', ended).on('error', ended)
+      settle(callback, error, socket)
+    })
+  }
+}
+
 /** A connection time average that forgets: each new connection weighs this much. */
 const CONNECT_ALPHA = 0.3
 

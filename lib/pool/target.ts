@@ -1,7 +1,7 @@
 // One upstream target: its address, weight, live counters, what health checks and passive
 // observation say of it, and its own keep-alive pool.
 import { Pool as UndiciPool, buildConnector } from 'undici'
-import { ConnectGate, ConnectTimes, timed } from './connector.js'
+import { ConnectGate, ConnectTimes, endsFirst, timed } from './connector.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 import { originOf, type Endpoint } from './discovery.js'
 
@@ -89,6 +89,10 @@ export class Target {
   removed = false
 
   inFlight = 0
+  /** Tries whose answer is held back for a slow client (see #resumePaused). */
+  readonly paused = new Set<{ resume: () => void }>()
+  /** One of the target's connections is ending: no try may pause until it has (#resumePaused). */
+  ending = false
   requests = 0
   failures = 0
   lastError: TargetError | null = null
@@ -202,6 +206,24 @@ export class Target {
     return Math.max(MIN_WARM_SHARE, share)
   }
 
+  /**
+   * One of the target's connections ended (its FIN, or a reset): every try held back on this
+   * target goes on before undici sees the end (connector.ts, endsFirst). Those on other
+   * connections pause again at their next chunk.
+   */
+  readonly #resumePaused = (): void => {
+    // Resuming reads what the ended socket still holds: that must not pause it again before
+    // undici's own listener runs. The listeners of one event run in one go; the flag clears
+    // right after them.
+    if (!this.ending) queueMicrotask(this.#ended)
+    this.ending = true
+    for (const held of [...this.paused]) held.resume()
+  }
+
+  readonly #ended = (): void => {
+    this.ending = false
+  }
+
   client (connectTimeout: number): UndiciPool {
     let client = this.#clients.get(connectTimeout)
     if (client === undefined) {
@@ -213,7 +235,7 @@ export class Target {
         keepAliveTimeout: connections.keepAlive,
         keepAliveMaxTimeout: connections.keepAlive,
         pipelining: 1,
-        connect: this.#connectGate.wrap(timed(buildConnector({
+        connect: endsFirst(this.#connectGate.wrap(timed(buildConnector({
           timeout: connectTimeout,
           rejectUnauthorized: tls.rejectUnauthorized,
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
@@ -221,7 +243,7 @@ export class Target {
           ...(tls.key !== undefined ? { key: tls.key } : {}),
           // A resolved address is reached under its name (undici takes SNI from Host too).
           ...(tls.servername !== undefined ? { servername: tls.servername } : this.address !== null ? { servername: this.hostHeader.replace(/:\d+$/, '') } : {})
-        }), (timing) => this.connectTimes.record(timing)))
+        }), (timing) => this.connectTimes.record(timing))), this.#resumePaused)
       })
       this.#clients.set(connectTimeout, client)
     }

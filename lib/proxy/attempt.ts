@@ -171,13 +171,17 @@ export class Attempt extends TargetTry implements Dispatcher.DispatchHandler {
 
   /** The client side cannot take more for now: the try stops reading until resume(). */
   pause (): void {
+    // A connection of the target is ending: undici must find no parser paused (Target.ending).
+    if (this.target.ending) return
     this.#paused = true
+    this.target.paused.add(this)
     this.#controller?.pause()
   }
 
   resume (): void {
     if (this.#ended) return
     this.#paused = false
+    this.target.paused.delete(this)
     this.#lastData = performance.now()
     const body = this.owner.timeouts.body
     if (this.#timer === null && body !== false) this.#timer = setTimeout(onTimer, body, this)
@@ -235,6 +239,7 @@ export class Attempt extends TargetTry implements Dispatcher.DispatchHandler {
   #end (): void {
     if (this.#ended) return
     this.#ended = true
+    if (this.#paused) this.target.paused.delete(this)
     this.#clearTimer()
     if (this.#connectTimer !== null) clearTimeout(this.#connectTimer)
     this.#connectTimer = null

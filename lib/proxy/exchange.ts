@@ -9,7 +9,7 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt, type AttemptOwner } from './attempt.js'
-import { closeConnectionAfter, type ResponseHeaders } from './forwarding.js'
+import { closeConnectionAfter, cutAnswer, type ResponseHeaders } from './forwarding.js'
 import { asRelayLimit, classify, classifyClientFault, GatewayError, GATEWAY_CODES, RELAY_LIMITS, type Classified, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
@@ -328,7 +328,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
       // connection is cut, and the failure logged unless an answer's record already was.
       if (!this.settled) this.request.log.error({ err: again, pool: this.pool.name, error: 'proxy_internal_error', cause: GATEWAY_CODES.relayFailed }, `proxy_internal_error: relaying the answer failed: ${relayFailureWords(err)}`)
       this.#settle()
-      this.reply.raw.destroy()
+      cutAnswer(this.reply)
     }
   }
 

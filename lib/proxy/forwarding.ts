@@ -1,6 +1,7 @@
 // What a well-behaved proxy does to headers on the way through (RFC 9110 §7.6).
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import { constants as http2, type ServerHttp2Stream } from 'node:http2'
 import { randomBytes } from 'node:crypto'
 
 /**
@@ -163,4 +164,18 @@ export function appendList (existing: string | string[] | number | undefined, va
  */
 export function closeConnectionAfter (reply: FastifyReply): void {
   if (reply.request.raw.httpVersionMajor < 2) reply.header('connection', 'close')
+}
+
+/**
+ * Cuts an answer that cannot be finished, so the client sees it cut, never complete. HTTP/1
+ * closes the connection. HTTP/2 resets the stream with INTERNAL_ERROR (RFC 9113 §5.4.2): a
+ * reset with NO_ERROR, which destroying the response sends, reads as a complete body.
+ */
+export function cutAnswer (reply: FastifyReply): void {
+  const stream = (reply.raw as { stream?: ServerHttp2Stream }).stream
+  if (stream !== undefined) {
+    if (!stream.destroyed) stream.close(http2.NGHTTP2_INTERNAL_ERROR)
+    return
+  }
+  reply.raw.destroy()
 }

@@ -207,7 +207,12 @@ export class Relay {
     this.#stream = stream
     for (let i = 0; i < chunks.length; i++) stream.push(chunks[i])
     const reply = this.exchange.reply
-    if (chunks.length === 0) flushHeadersUnlessBodyFollows(reply.raw, this)
+    if (chunks.length === 0) {
+      // An empty body with trailers (gRPC's trailers-only answer): HTTP/2 would end the stream
+      // with its headers and lose the trailers unless the headers go out on their own first.
+      if (this.#complete && this.#trailers) reply.raw.once('pipe', flushAtOnce)
+      else flushHeadersUnlessBodyFollows(reply.raw, this)
+    }
     this.#send(stream)
   }
 
@@ -230,7 +235,6 @@ export class Relay {
   discard (): void {
     const reply = this.exchange.reply
     for (const name of this.#applied) reply.removeHeader(name)
-    reply.removeHeader('connection')
     this.#applied = []
   }
 
@@ -305,6 +309,10 @@ function flushHeadersUnlessBodyFollows (res: ServerResponse, relay: Relay): void
   // 'pipe': Fastify has set the reply's headers on `res` and starts streaming the body.
   ;(res as RelayedResponse)[kRelay] = relay
   res.once('pipe', onPipe)
+}
+
+function flushAtOnce (this: ServerResponse): void {
+  if (!this.headersSent) this.flushHeaders()
 }
 
 const kRelay = Symbol('fastify-upstream.relay')

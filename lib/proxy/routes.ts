@@ -8,7 +8,7 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
-import { closeConnectionAfter, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
 import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
@@ -54,7 +54,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
       // reply.log. The record above already tells it: from here on, only errors get through.
       reply.log = reply.log.child({}, { level: 'error' })
-      reply.raw.destroy()
+      cutAnswer(reply)
     },
     aborted (exchange, phase) {
       recorder?.aborted(pool.name, exchange.target?.hostPort ?? null)

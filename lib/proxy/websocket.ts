@@ -103,7 +103,14 @@ export class WebSockets {
     // Node's parser has let go of this socket, so it carries this one answer and closes.
     res.shouldKeepAlive = false
     res.assignSocket(socket)
-    res.once('finish', () => { socket.destroySoon() })
+    // Node's server let go of this socket, and with it of passing its 'drain' on to the
+    // response: without this, an answer larger than the socket's buffer would wait forever.
+    const drained = (): void => { res.emit('drain') }
+    socket.on('drain', drained)
+    res.once('finish', () => {
+      socket.off('drain', drained)
+      socket.destroySoon()
+    })
     this.#routing(req, res)
   }
 
