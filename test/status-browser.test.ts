@@ -55,7 +55,7 @@ if (reason !== null || playwright === null) {
     t.equal(response?.status(), 200)
     await page.waitForLoadState('networkidle')
     const text = await page.innerText('body')
-    t.match(text, /No target of pool "billing" can take traffic/)
+    t.match(text, /Every target of pool "billing" is out of rotation/)
     t.match(text, /one slow node/)
     t.ok(text.indexOf('Diagnosis') < text.indexOf('Pool catalog'), 'the diagnosis comes first')
     t.same(await page.$$('script'), [], 'no script element')

@@ -65,7 +65,7 @@ t.test('a dead target gives a critical finding, and its failure links to the who
   t.equal(pool.errors.connection_refused!.requestId, id)
   t.equal(pool.errors.connection_refused!.cause, 'ECONNREFUSED')
   t.equal(report.diagnosis[0]!.severity, 'critical')
-  t.match(report.diagnosis[0]!.title, /No target of pool "gone" can take traffic/)
+  t.match(report.diagnosis[0]!.title, /Every target of pool "gone" is out of rotation/)
 
   const story = await (await gw.request(`/_upstream/requests/${id}`, JSON_ACCEPT)).body.json() as RequestStory
   t.equal(story.id, id)
@@ -77,15 +77,15 @@ t.test('a dead target gives a critical finding, and its failure links to the who
   t.equal(story.attempts.length, 1)
   t.match(story.attempts[0], { target: `127.0.0.1:${port}`, error: 'connection_refused', cause: 'ECONNREFUSED', phase: 'connect' })
 
-  const html = await gw.request('/_upstream')
+  const html = await gw.request('/_upstream', { headers: { accept: 'text/html' } })
   t.match(html.headers['content-type'], /text\/html/)
   const page = await html.body.text()
   t.match(page, /<meta http-equiv="refresh" content="10">/)
   t.notMatch(page, /<script/i)
   t.ok(page.includes(`href="/_upstream/requests/${id}"`), 'the recent error links to its story')
-  t.match(page, /No target of pool &quot;gone&quot; can take traffic/)
+  t.match(page, /Every target of pool &quot;gone&quot; is out of rotation/)
 
-  const storyPage = await (await gw.request(`/_upstream/requests/${id}`)).body.text()
+  const storyPage = await (await gw.request(`/_upstream/requests/${id}`, { headers: { accept: 'text/html' } })).body.text()
   t.match(storyPage, /connection_refused/)
   t.match(storyPage, /ECONNREFUSED/)
 
@@ -101,7 +101,7 @@ t.test('the page escapes what it reflects', async (t) => {
     errors: { expose: 'full' }
   }, { genReqId: () => '"><img src=x onerror=alert(1)>' })
   await (await gw.request('/x/1')).body.text()
-  const page = await (await gw.request('/_upstream')).body.text()
+  const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
   t.notOk(page.includes('<b>x</b>'), 'the pool name is escaped')
   t.notOk(page.includes('<img'), 'the request id is escaped')
   t.ok(page.includes('&lt;b&gt;x&lt;/b&gt;'))

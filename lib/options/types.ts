@@ -114,6 +114,23 @@ export interface StatusInput {
   keep?: number
   /** The thresholds of the diagnosis shown on top of the page. */
   diagnosis?: DiagnosisInput
+  /**
+   * Keep request stories in Redis too, so an id is found from any gateway instance: a
+   * `redis://` URL, an ioredis client, or `{ redis, ttl [86400000], prefix ['fastify-upstream:'] }`.
+   * Bounded by `keep` (across instances) and `ttl`; while Redis fails, each instance answers
+   * from its own stories. [none]
+   */
+  store?: string | Redis | Cluster | StoryStoreInput
+}
+
+/** Where request stories are shared (status.store). */
+export interface StoryStoreInput {
+  /** A `redis://` or `rediss://` URL, or an ioredis client (the gateway never closes a client it was given). */
+  redis: string | Redis | Cluster
+  /** How long a story stays in Redis, in ms [86400000: a day]. */
+  ttl?: number
+  /** Put before every key the gateway writes ['fastify-upstream:']. */
+  prefix?: string
 }
 
 /** Active health checks: a target failing them is taken out of rotation before requests reach it. */
