@@ -88,28 +88,45 @@ t.test('from the first requests: 4 failures of 5 are a critical finding that nam
   t.equal(finding!.severity, 'critical')
   t.equal(finding!.title, '4 of 5 requests to pool "api" got a 5xx (80.0%): 4 errors, all connection_refused.')
   t.same(finding!.evidence, { status5xx: 4, requests: 5, connection_refused: 4, threshold: '1.0%' })
-  const [one] = diagnose([pool({ stats: stats({ requests: 2, status5xx: 1, errors: { connection_reset: 1 } }) })], LIMITS)
+  const [one] = diagnose([pool({ stats: stats({ requests: 2, status5xx: 1, errors: { connection_terminated: 1 } }) })], LIMITS)
   t.equal(one!.severity, 'warning', 'one failure of two is said, not called critical')
-  t.equal(one!.title, '1 of 2 requests to pool "api" got a 5xx (50.0%): 1 error: connection_reset.')
+  t.equal(one!.title, '1 of 2 requests to pool "api" got a 5xx (50.0%): 1 error: connection_terminated.')
 })
 
 t.test('a pool whose last requests all failed is a critical finding, whatever the volume', async (t) => {
   const findings = diagnose([pool({
-    streak: { failed: 4, errors: { connection_refused: 1, http_response_timeout: 1, connection_reset: 1, tls_certificate_error: 1 } },
+    streak: { failed: 4, errors: { connection_refused: 1, http_response_timeout: 1, connection_terminated: 1, tls_certificate_error: 1 } },
     consecutiveFailures: 5,
     healthChecks: false
   })], LIMITS)
   t.equal(findings.length, 1)
   t.equal(findings[0]!.severity, 'critical')
-  t.equal(findings[0]!.title, 'The last 4 requests to pool "api" all failed: 4 errors of 4 different types: connection_refused ×1, connection_reset ×1, http_response_timeout ×1, tls_certificate_error ×1.')
+  t.equal(findings[0]!.title, 'The last 4 requests to pool "api" all failed: 4 errors of 4 different types: connection_refused ×1, connection_terminated ×1, http_response_timeout ×1, tls_certificate_error ×1.')
   t.match(findings[0]!.action, /pools\.api\.outlier\.consecutiveFailures \(now 5\).*pools\.api\.health\.path/)
   t.same(diagnose([pool({ streak: { failed: 2, errors: { connection_refused: 2 } } })], LIMITS), [], 'two in a row are not yet a streak')
   const allOut = diagnose([pool({ targets: [target('a:1', { state: 'ejected' })], streak: { failed: 9, errors: { destination_unavailable: 9 } } })], LIMITS)
   t.equal(allOut.length, 1, 'with every target out, that finding explains the failures: said once')
 })
 
+t.test('a dead target the pool serves around is a finding with why, though retries hide it from clients', async (t) => {
+  const dead = target('b:1', { state: 'ejected', stats: stats({ requests: 5, errors: { connection_refused: 5 }, latency: null }) })
+  const findings = diagnose([pool({ stats: stats({ requests: 10, retried: 5 }), targets: [target('a:1'), { ...dead, why: 'ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z' }] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0], {
+    severity: 'warning',
+    pool: 'api',
+    target: 'b:1',
+    title: 'b:1 of pool "api" is ejected: ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z.',
+    evidence: { state: 'ejected', requests: 5, failed: 5, connection_refused: 5 },
+    action: /^The other targets serve meanwhile \(5 of 10 requests to the pool needed a retry\)\. Look at b:1 itself; .*pools\.api\.outlier\.ejectFor/
+  })
+  const [failing] = diagnose([pool({ targets: [target('a:1'), target('b:1', { state: 'failing' })], consecutiveFailures: 5 })], LIMITS)
+  t.match(failing, { target: 'b:1', title: 'b:1 of pool "api" is failing.', action: /pools\.api\.outlier\.consecutiveFailures \(now 5\)/ })
+  t.same(diagnose([pool({ targets: [target('a:1'), target('b:1', { state: 'draining' })] })], LIMITS), [], 'a drained target is the operator\'s choice')
+})
+
 t.test('several causes are said to be several', async (t) => {
-  t.equal(describeErrors({ http_response_timeout: 1, connection_refused: 1, connection_reset: 1, dns_error: 1 }), '4 errors of 4 different types: connection_refused ×1, connection_reset ×1, dns_error ×1, http_response_timeout ×1')
+  t.equal(describeErrors({ http_response_timeout: 1, connection_refused: 1, connection_terminated: 1, dns_error: 1 }), '4 errors of 4 different types: connection_refused ×1, connection_terminated ×1, dns_error ×1, http_response_timeout ×1')
   t.equal(describeErrors({ connection_refused: 3, http_response_timeout: 1 }), '4 errors of 2 different types: connection_refused ×3, http_response_timeout ×1')
   t.equal(describeErrors({ connection_refused: 3 }), '3 errors, all connection_refused')
   t.equal(describeErrors({ connection_refused: 1 }), '1 error: connection_refused')

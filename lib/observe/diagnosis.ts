@@ -32,6 +32,8 @@ export interface TargetInput {
   stats: WindowStats
   /** Recent average TLS handshake of new connections, in ms; absent or null when none was timed. */
   tlsMs?: number | null
+  /** Why it is in its state, in words (the page's "why"); absent or null for a healthy target. */
+  why?: string | null
 }
 
 /** A target given by name: how its lookups go. */
@@ -108,6 +110,8 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
     })
   }
 
+  if (!allOut) for (const t of p.targets) targetOut(p, t, out)
+
   // Said once: with every target out, the failures are the 503s that finding explains.
   const streak = p.streak
   if (!allOut && streak !== undefined && streak.failed >= FAILED_STREAK) {
@@ -176,6 +180,30 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
   oneSlowNode(p, limits, out)
   for (const name of p.dns ?? []) diagnoseName(pool, name, limits, out)
   for (const t of p.targets) slowHandshake(pool, t, limits, out)
+}
+
+/**
+ * One target out of rotation (ejected, unhealthy) or failing while the pool still serves:
+ * retries hide it from clients, so without this finding nothing on top of the page would say
+ * a target is dead. Drained targets are an operator's choice, not news.
+ */
+function targetOut (p: PoolInput, t: TargetInput, out: Finding[]): void {
+  if (t.state !== 'ejected' && t.state !== 'unhealthy' && t.state !== 'failing') return
+  const failed = sum(t.stats.errors)
+  const retried = p.stats.retried > 0 ? ` (${p.stats.retried} of ${requestsWord(p.stats.requests)} to the pool needed a retry)` : ''
+  const action = t.state === 'ejected'
+    ? `The other targets serve meanwhile${retried}. Look at ${t.target} itself; it gets a request again when its ejection ends (pools.${p.pool}.outlier.ejectFor, doubling each time).`
+    : t.state === 'unhealthy'
+      ? `The other targets serve meanwhile. Look at ${t.target} and what it answers on pools.${p.pool}.health.path; it returns after health.healthyAfter passing checks.`
+      : `Requests still reach it${retried}. Look at ${t.target}'s own log; ${removalAdvice(p)}`
+  out.push({
+    severity: 'warning',
+    pool: p.pool,
+    target: t.target,
+    title: `${t.target} of pool "${p.pool}" is ${t.state}${t.why != null ? `: ${t.why}` : ''}.`,
+    evidence: { state: t.state, requests: t.stats.requests, failed, ...t.stats.errors },
+    action
+  })
 }
 
 /**
