@@ -110,14 +110,14 @@ t.test('a pool whose last requests all failed is a critical finding, whatever th
 
 t.test('a dead target the pool serves around is a finding with why, though retries hide it from clients', async (t) => {
   const dead = target('b:1', { state: 'ejected', stats: stats({ requests: 5, errors: { connection_refused: 5 }, latency: null }) })
-  const findings = diagnose([pool({ stats: stats({ requests: 10, retried: 5 }), targets: [target('a:1'), { ...dead, why: 'ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z' }] })], LIMITS)
+  const findings = diagnose([pool({ stats: stats({ requests: 10, retried: 5 }), targets: [target('a:1'), { ...dead, consecutiveFailures: 5, why: 'ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z' }] })], LIMITS)
   t.equal(findings.length, 1)
   t.match(findings[0], {
     severity: 'warning',
     pool: 'api',
     target: 'b:1',
     title: 'b:1 of pool "api" is ejected: ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z.',
-    evidence: { state: 'ejected', requests: 5, failed: 5, connection_refused: 5 },
+    evidence: { state: 'ejected', failedInARow: 5, connection_refused: 5 },
     action: /^The other targets serve meanwhile \(5 of 10 requests to the pool needed a retry\)\. Look at b:1 itself; .*pools\.api\.outlier\.ejectFor/
   })
   const [failing] = diagnose([pool({ targets: [target('a:1'), target('b:1', { state: 'failing' })], consecutiveFailures: 5 })], LIMITS)

@@ -34,6 +34,8 @@ export interface TargetInput {
   tlsMs?: number | null
   /** Why it is in its state, in words (the page's "why"); absent or null for a healthy target. */
   why?: string | null
+  /** Its tries that failed in a row, retried ones included (the window counts answers only). */
+  consecutiveFailures?: number
 }
 
 /** A target given by name: how its lookups go. */
@@ -189,7 +191,6 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
  */
 function targetOut (p: PoolInput, t: TargetInput, out: Finding[]): void {
   if (t.state !== 'ejected' && t.state !== 'unhealthy' && t.state !== 'failing') return
-  const failed = sum(t.stats.errors)
   const retried = p.stats.retried > 0 ? ` (${p.stats.retried} of ${requestsWord(p.stats.requests)} to the pool needed a retry)` : ''
   const action = t.state === 'ejected'
     ? `The other targets serve meanwhile${retried}. Look at ${t.target} itself; it gets a request again when its ejection ends (pools.${p.pool}.outlier.ejectFor, doubling each time).`
@@ -201,7 +202,7 @@ function targetOut (p: PoolInput, t: TargetInput, out: Finding[]): void {
     pool: p.pool,
     target: t.target,
     title: `${t.target} of pool "${p.pool}" is ${t.state}${t.why != null ? `: ${t.why}` : ''}.`,
-    evidence: { state: t.state, requests: t.stats.requests, failed, ...t.stats.errors },
+    evidence: { state: t.state, ...(t.consecutiveFailures !== undefined ? { failedInARow: t.consecutiveFailures } : {}), ...t.stats.errors },
     action
   })
 }

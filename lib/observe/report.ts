@@ -77,7 +77,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
     inputs.push({
       pool: pool.name,
       stats: report.stats[DIAGNOSIS_WINDOW],
-      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW], tlsMs: t.connections.tlsMs, why: t.why })),
+      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW], tlsMs: t.connections.tlsMs, why: t.why, consecutiveFailures: t.consecutiveFailures })),
       pending: report.pending,
       dns: pool.names().map((n) => ({
         name: n.label,
