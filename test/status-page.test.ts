@@ -256,3 +256,32 @@ t.test('the status page and request lookups negotiate as error answers do: text 
   t.equal(missing.headers['content-type'], 'text/plain; charset=utf-8')
   t.equal(await missing.body.text(), 'No failed or retried request with id "nope" is kept: the last 1000 are (status.keep), and a request that succeeded at the first try is not.\n')
 })
+
+t.test('a pool whose last requests all failed is a critical finding from the third one, and its next success ends it', async (t) => {
+  let up = false
+  const flaky = await startUpstream('flaky', (_req, res) => {
+    if (up) { res.end('ok'); return }
+    res.statusCode = 503
+    res.end('down')
+  })
+  t.teardown(flaky.close)
+  // Outlier detection off and no checks: the target stays in rotation, answering 503.
+  const gw = await startGateway(t, { pools: { orders: { targets: [flaky.url], outlier: false } }, routes: [{ prefix: '/orders', pool: 'orders' }], errors: { expose: 'full', intercept: [503] } })
+  const report = async (): Promise<StatusReport> => await (await gw.request('/_upstream', JSON_ACCEPT)).body.json() as StatusReport
+  const streakFinding = (r: StatusReport) => r.diagnosis.find((f) => f.title.startsWith('The last'))
+  for (let i = 0; i < 2; i++) await (await gw.request('/orders/x')).body.dump()
+  t.equal(streakFinding(await report()), undefined, 'two failures are not yet a streak')
+  await (await gw.request('/orders/x')).body.dump()
+  const finding = streakFinding(await report())
+  t.match(finding, {
+    severity: 'critical',
+    pool: 'orders',
+    title: 'The last 3 requests to pool "orders" all failed: 3 errors, all upstream_error_status.',
+    evidence: { failedInARow: 3, upstream_error_status: 3 },
+    action: /pools\.orders\.outlier is off, so a target that keeps failing stays in rotation; set pools\.orders\.health\.path/
+  })
+  t.match(finding!.evidence.since, /^\d{4}-\d\d-\d\dT/)
+  up = true
+  t.equal(await (await gw.request('/orders/x')).body.text(), 'ok')
+  t.equal(streakFinding(await report()), undefined, 'a success ends the streak')
+})

@@ -66,7 +66,7 @@ export interface PoolInput {
   /** Requests in the window that took more than `avgLatency` and more than `p99Latency`. */
   slow?: { overAvg: number, overP99: number }
   /** The pool's last requests, all failed (reset by any answer that was not a failure), by type. */
-  streak?: { failed: number, errors: Partial<Record<ProxyErrorType, number>> }
+  streak?: { failed: number, errors: Partial<Record<ProxyErrorType, number>>, since?: string }
   /** outlier.consecutiveFailures, or null with outlier detection off. */
   consecutiveFailures?: number | null
   /** Whether active health checks run (health.path). */
@@ -121,7 +121,8 @@ function diagnosePool (p: PoolInput, limits: DiagnosisConfig, out: Finding[]): v
       severity: 'critical',
       pool,
       title: `The last ${streak.failed} requests to pool "${pool}" all failed: ${describeErrors(streak.errors)}.`,
-      evidence: { failedInARow: streak.failed, ...streak.errors },
+      // A streak outlives the window (no success has ended it): `since` says how old it is.
+      evidence: { failedInARow: streak.failed, ...(streak.since !== undefined ? { since: streak.since } : {}), ...streak.errors },
       action: `Open the last example of each error below (its request id links to the whole story); ${removalAdvice(p)}`
     })
   }

@@ -90,6 +90,8 @@ export class PoolStats {
   readonly targets = new Map<string, RollingStats>()
   /** The pool's last requests that all failed: how many, and of which types (reset by a success). */
   streak = 0
+  /** When the streak's first failure ended (ms); meaningless while `streak` is 0. */
+  streakSince = 0
   readonly streakErrors = new Map<ProxyErrorType, number>()
   readonly errors = new Map<ProxyErrorType, ErrorExample>()
   readonly tunnels = newTunnelCounts()
@@ -157,6 +159,7 @@ export class Recorder {
     this.metrics?.record(ending, failure)
     if (!this.stats) return
     const pool = this.#count(ending, failure.error, ending.attempts.length > 1, now)
+    if (pool.streak === 0) pool.streakSince = now
     pool.streak++
     pool.streakErrors.set(failure.error, (pool.streakErrors.get(failure.error) ?? 0) + 1)
     const example = pool.errors.get(failure.error)

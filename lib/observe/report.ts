@@ -92,7 +92,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
         overAvg: stats.stats.countOver(now, DIAGNOSIS_MINUTES, status.diagnosis.avgLatency),
         overP99: stats.stats.countOver(now, DIAGNOSIS_MINUTES, status.diagnosis.p99Latency)
       },
-      streak: { failed: stats.streak, errors: Object.fromEntries(stats.streakErrors) },
+      streak: { failed: stats.streak, errors: Object.fromEntries(stats.streakErrors), ...(stats.streak > 0 ? { since: new Date(stats.streakSince).toISOString() } : {}) },
       consecutiveFailures: pool.config.outlier?.consecutiveFailures ?? null,
       healthChecks: pool.config.health !== null
     })
