@@ -348,9 +348,13 @@ t.test('half-open after a re-ejection too: one trial at a time, at most one a se
   await hammer(() => transitions(gw, target).some((r) => r.from === 'ejected' && r.to === 'healthy'), 'a trial to succeed')
   const readmitted = transitions(gw, target).find((r) => r.from === 'ejected' && r.to === 'healthy')!
   t.ok((readmitted.time as number) - firstEjection >= 1000, 'the first trial came a second after the ejection')
-  // It fails again on probation: ejected again, from the state it was in.
+  // It fails again on probation: ejected again, from the state it was in. One request at a
+  // time now, so none is on its way to the target when the re-ejection comes (such a request
+  // connects after it, but it is no trial: it was sent while the target was in rotation).
+  await waitFor(() => gw.app.upstream.pool('solo').targets()[0]!.inFlight === 0, 5000, 'the requests in flight to end')
   up = false
-  await hammer(() => ejections().length === 2, 'the re-ejection')
+  for (let i = 0; i < 20 && ejections().length < 2; i++) await (await gw.request('/p/x')).body.dump()
+  t.equal(ejections().length, 2, 'the re-ejection')
   const second = ejections()[1]!
   t.equal(second.from, 'healthy', 'it was back in rotation, on probation')
   t.match(second.reason, /failed again on its first request back/)

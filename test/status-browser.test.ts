@@ -27,7 +27,7 @@ if (reason !== null || playwright === null) {
 } else {
   t.test('the status page on a phone: diagnosis first, nothing run or fetched, no overflow', async (t) => {
     const fast = await Promise.all(['a', 'b'].map(async (name) => await startUpstream(name, (_req, res) => { res.end('ok') })))
-    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 400) })
+    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 700) })
     for (const u of [...fast, slow]) t.teardown(u.close)
     const dead = `http://127.0.0.1:${await freePort()}`
     // A fourth catalog target refuses connections; a lenient outlier setting keeps it in
