@@ -25,6 +25,12 @@ t.test('a healthy target answers with every phase timed, at its health path', as
   t.match(await res.body.json(), { ok: true, status: 200 })
   const html = await (await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'text/html' } })).body.text()
   t.match(html, /first byte/)
+  const text = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`)
+  t.equal(text.headers['content-type'], 'text/plain; charset=utf-8', 'text for a client that asks for nothing')
+  t.match(await text.body.text(), new RegExp(`^Probe of ${u.url.replace(/\./g, '\\.')} \\(pool api\\) at .*\\nGET ${u.url.replace(/\./g, '\\.')}/healthz\\nOutcome: 200\\n`))
+  const refused = await gw.request('/_upstream/probe?pool=api')
+  t.equal(refused.statusCode, 400)
+  t.equal(await refused.body.text(), 'Give ?pool= (one of api) and ?target= (a target URL of that pool).\n')
 })
 
 t.test('a refused target reports connection_refused in the connect phase', async (t) => {
