@@ -113,7 +113,10 @@ const app = Fastify({ logger: true, genReqId: requestIdFrom('x-request-id'), fra
 await app.register(upstream, {
   pools: {
     users: { targets: [usersA.url, usersB.url] },
-    orders: { targets: [orders.url] },
+    // Faulty on purpose on five paths, one after the other in the tour below: with the default
+    // outlier.consecutiveFailures (5), the retried crash would get its only target ejected and
+    // the next lines a 503 for a second. A lenient setting keeps it in rotation, shown failing.
+    orders: { targets: [orders.url], outlier: { consecutiveFailures: 10 } },
     billing: { targets: [billingUrl] },
     reports: { targets: [reports.url] }
   },

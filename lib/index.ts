@@ -8,6 +8,7 @@ import { registerRoute } from './proxy/routes.js'
 import { Recorder } from './observe/recorder.js'
 import { registerMetrics, registerStatus } from './observe/routes.js'
 import { Metrics } from './observe/metrics.js'
+import { StoryStore } from './observe/story-store.js'
 import { answerExpectContinue } from './proxy/continue.js'
 import { createErrorHandlers } from './errors/handlers.js'
 import { setFrameworkErrorHandler, hasDuplicateHost, rejectDuplicateHost } from './errors/framework.js'
@@ -58,11 +59,12 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   app.decorate('upstream', createApi(pools))
   // Finished requests are counted only where something reads the counts.
   const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
-  const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null) : null
+  const stories = config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
+  const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null, stories, diagnosisMarks(config)) : null
   if (recorder !== null) for (const pool of pools.values()) pool.onTargetRemoved((target) => recorder.forget(pool.name, target.hostPort))
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
-  // every request.
-  app.addHook('onRequest', (request, reply, done) => {
+  // every request. Each hook is a named function: tracing (@fastify/otel) names its span after it.
+  app.addHook('onRequest', function returnRequestIdAndRefuseTwoHosts (request, reply, done) {
     reply.header(config.requestIdHeader, String(request.id))
     // A request with two Hosts is answered here and goes no further (so no done()).
     if (hasDuplicateHost(request.raw.rawHeaders)) return rejectDuplicateHost(request, reply, appErrors)
@@ -78,23 +80,24 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   let closing = false
   // Open WebSocket tunnels end too: each would hold the server open as long as it lives.
   const websockets = config.routes.some((route) => route.websocket) ? new WebSockets(app, config.routes) : null
-  app.addHook('preClose', async () => {
+  app.addHook('preClose', async function markClosingAndEndTunnels () {
     closing = true
     websockets?.close()
   })
-  app.addHook('onSend', (_request, reply, payload, done) => {
+  app.addHook('onSend', function closeConnectionsWhileShuttingDown (_request, reply, payload, done) {
     if (closing) closeConnectionAfter(reply)
     done(null, payload)
   })
   // The global limiter (and its store); routes with a limit of their own share its store.
   const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
-  app.addHook('onReady', async () => {
+  app.addHook('onReady', async function startPoolsAndRateLimitStore () {
     // Waits for each target name's first lookup (at most discovery.timeout), not for success.
-    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start()])
+    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start(), stories?.start()])
   })
-  app.addHook('onClose', async () => {
+  app.addHook('onClose', async function closePoolsAndStores () {
     tracing?.close()
     limiter?.close()
+    stories?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
@@ -111,21 +114,28 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
+    if (stories !== null) metrics.watchStoryStore(stories)
     registerMetrics(app, config.metrics!.path, metrics)
   }
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
   // app's own routes.
-  await app.register(async (gateway) => {
+  await app.register(async function proxiedRoutes (gateway) {
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
       await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing)
     }
   })
+}
+
+/** The latencies the diagnosis counts requests over exactly ("3 of 3 requests took over 2 s"). */
+function diagnosisMarks (config: Config): number[] {
+  const d = config.status?.diagnosis
+  return d === undefined ? [] : [d.avgLatency, d.p99Latency]
 }
 
 /** Spans for tries, or null: off, or 'auto' without @opentelemetry/api and a tracer provider. */

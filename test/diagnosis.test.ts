@@ -1,7 +1,7 @@
 // The diagnosis, the rolling stats and the histogram are pure: each finding is proved from
 // synthetic numbers, without a socket.
 import t from 'tap'
-import { diagnose, type PoolInput, type TargetInput } from '../lib/observe/diagnosis.js'
+import { describeErrors, diagnose, type PoolInput, type TargetInput } from '../lib/observe/diagnosis.js'
 import { RollingStats, type WindowStats } from '../lib/observe/stats.js'
 import { bucketOf, newCounts, quantile, upperBound } from '../lib/observe/histogram.js'
 import type { DiagnosisConfig } from '../lib/options/config.js'
@@ -68,12 +68,68 @@ t.test('TLS handshakes slower than 500 ms on average name the target and connect
 t.test('a p99 above 5 s is a finding of its own', async (t) => {
   const findings = diagnose([pool({ stats: stats({ ms: 100, p99: 6000 }) })], LIMITS)
   t.equal(findings.length, 1)
-  t.match(findings[0]!.title, /1% of requests to pool "api" take more than 6000 ms/)
+  t.equal(findings[0]!.title, 'Requests to pool "api" have a p99 of 6000 ms.')
   t.equal(findings[0]!.evidence.p99Ms, 6000)
+  const [counted] = diagnose([pool({ stats: stats({ ms: 100, p99: 6000 }), slow: { overAvg: 1, overP99: 1 } })], LIMITS)
+  t.equal(counted!.title, 'Requests to pool "api" have a p99 of 6000 ms; 1 of 100 requests took over 5 s.', 'with the count it rests on')
 })
 
-t.test('too few requests are not judged', async (t) => {
-  t.same(diagnose([pool({ stats: stats({ ms: 9000, requests: 5, status5xx: 5 }) })], LIMITS), [])
+t.test('from the first requests: three answers of 2.1 s against a 3 s timeouts.headers are a finding with their count', async (t) => {
+  const findings = diagnose([pool({ stats: stats({ requests: 3, ms: 2100 }), slow: { overAvg: 3, overP99: 0 }, headersTimeout: 3000 })], LIMITS)
+  t.equal(findings.length, 1)
+  t.equal(findings[0]!.title, 'Pool "api" answers in 2100 ms on average: risk of 504 before timeouts.headers (3000 ms) bites; 3 of 3 requests took over 2 s.')
+  t.same(findings[0]!.evidence, { avgMs: 2100, p99Ms: 2100, requests: 3, overThreshold: 3, thresholdMs: 2000 })
+})
+
+t.test('from the first requests: 4 failures of 5 are a critical finding that names each cause', async (t) => {
+  const few = stats({ requests: 5, status5xx: 4, errors: { connection_refused: 4 } })
+  const [finding, ...rest] = diagnose([pool({ stats: few })], LIMITS)
+  t.same(rest, [])
+  t.equal(finding!.severity, 'critical')
+  t.equal(finding!.title, '4 of 5 requests to pool "api" got a 5xx (80.0%): 4 errors, all connection_refused.')
+  t.same(finding!.evidence, { status5xx: 4, requests: 5, connection_refused: 4, threshold: '1.0%' })
+  const [one] = diagnose([pool({ stats: stats({ requests: 2, status5xx: 1, errors: { connection_terminated: 1 } }) })], LIMITS)
+  t.equal(one!.severity, 'warning', 'one failure of two is said, not called critical')
+  t.equal(one!.title, '1 of 2 requests to pool "api" got a 5xx (50.0%): 1 error: connection_terminated.')
+})
+
+t.test('a pool whose last requests all failed is a critical finding, whatever the volume', async (t) => {
+  const findings = diagnose([pool({
+    streak: { failed: 4, errors: { connection_refused: 1, http_response_timeout: 1, connection_terminated: 1, tls_certificate_error: 1 } },
+    consecutiveFailures: 5,
+    healthChecks: false
+  })], LIMITS)
+  t.equal(findings.length, 1)
+  t.equal(findings[0]!.severity, 'critical')
+  t.equal(findings[0]!.title, 'The last 4 requests to pool "api" all failed: 4 errors of 4 different types: connection_refused ×1, connection_terminated ×1, http_response_timeout ×1, tls_certificate_error ×1.')
+  t.match(findings[0]!.action, /pools\.api\.outlier\.consecutiveFailures \(now 5\).*pools\.api\.health\.path/)
+  t.same(diagnose([pool({ streak: { failed: 2, errors: { connection_refused: 2 } } })], LIMITS), [], 'two in a row are not yet a streak')
+  const allOut = diagnose([pool({ targets: [target('a:1', { state: 'ejected' })], streak: { failed: 9, errors: { destination_unavailable: 9 } } })], LIMITS)
+  t.equal(allOut.length, 1, 'with every target out, that finding explains the failures: said once')
+})
+
+t.test('a dead target the pool serves around is a finding with why, though retries hide it from clients', async (t) => {
+  const dead = target('b:1', { state: 'ejected', stats: stats({ requests: 5, errors: { connection_refused: 5 }, latency: null }) })
+  const findings = diagnose([pool({ stats: stats({ requests: 10, retried: 5 }), targets: [target('a:1'), { ...dead, consecutiveFailures: 5, why: 'ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z' }] })], LIMITS)
+  t.equal(findings.length, 1)
+  t.match(findings[0], {
+    severity: 'warning',
+    pool: 'api',
+    target: 'b:1',
+    title: 'b:1 of pool "api" is ejected: ejected after 5 failures in a row, the last: connection_refused (ECONNREFUSED); back at 2026-12-02T04:09:00.000Z.',
+    evidence: { state: 'ejected', failedInARow: 5, connection_refused: 5 },
+    action: /^The other targets serve meanwhile \(5 of 10 requests to the pool needed a retry\)\. Look at b:1 itself; .*pools\.api\.outlier\.ejectFor/
+  })
+  const [failing] = diagnose([pool({ targets: [target('a:1'), target('b:1', { state: 'failing' })], consecutiveFailures: 5 })], LIMITS)
+  t.match(failing, { target: 'b:1', title: 'b:1 of pool "api" is failing.', action: /pools\.api\.outlier\.consecutiveFailures \(now 5\)/ })
+  t.same(diagnose([pool({ targets: [target('a:1'), target('b:1', { state: 'draining' })] })], LIMITS), [], 'a drained target is the operator\'s choice')
+})
+
+t.test('several causes are said to be several', async (t) => {
+  t.equal(describeErrors({ http_response_timeout: 1, connection_refused: 1, connection_terminated: 1, dns_error: 1 }), '4 errors of 4 different types: connection_refused ×1, connection_terminated ×1, dns_error ×1, http_response_timeout ×1')
+  t.equal(describeErrors({ connection_refused: 3, http_response_timeout: 1 }), '4 errors of 2 different types: connection_refused ×3, http_response_timeout ×1')
+  t.equal(describeErrors({ connection_refused: 3 }), '3 errors, all connection_refused')
+  t.equal(describeErrors({ connection_refused: 1 }), '1 error: connection_refused')
 })
 
 t.test('a queue above 80% of limits.maxPending warns of 503s', async (t) => {
@@ -87,7 +143,7 @@ t.test('a queue above 80% of limits.maxPending warns of 503s', async (t) => {
 t.test('a 5xx rate above 1% names the commonest error', async (t) => {
   const findings = diagnose([pool({ stats: stats({ status5xx: 5, errors: { connection_refused: 4, http_response_timeout: 1 } }) })], LIMITS)
   t.equal(findings.length, 1)
-  t.match(findings[0]!.title, /5\.0% of requests to pool "api" got a 5xx, most of them connection_refused/)
+  t.equal(findings[0]!.title, '5 of 100 requests to pool "api" got a 5xx (5.0%): 5 errors of 2 different types: connection_refused ×4, http_response_timeout ×1.')
   t.equal(findings[0]!.severity, 'warning')
   t.equal(diagnose([pool({ stats: stats({ status5xx: 50 }) })], LIMITS)[0]!.severity, 'critical', 'above 10% is critical')
 })
@@ -117,7 +173,7 @@ t.test('a pool with no target in rotation is critical and listed first', async (
   t.equal(findings.length, 2)
   t.equal(findings[0]!.severity, 'critical')
   t.equal(findings[0]!.pool, 'dead')
-  t.match(findings[0]!.title, /No target of pool "dead" can take traffic/)
+  t.equal(findings[0]!.title, 'Every target of pool "dead" is out of rotation (1 unhealthy, 1 ejected): requests get 503.')
   t.same(findings[0]!.evidence, { 'a:1': 'unhealthy', 'b:1': 'ejected' })
 })
 
@@ -182,9 +238,9 @@ t.test('the histogram reads percentiles within one bucket (9%) above the truth',
   t.ok(upperBound(bucketOf(10 * 60_000)) >= 10 * 60_000, 'ten minutes fit')
 })
 
-t.test('rolling stats keep 1, 5 and 15 minute windows and forget older minutes', async (t) => {
-  const s = new RollingStats()
+t.test('rolling stats keep sliding 1, 5 and 15 minute windows and forget older slots', async (t) => {
   const start = 1_700_000_000_000 - (1_700_000_000_000 % 60_000)
+  const s = new RollingStats([], start)
   for (let minute = 0; minute < 20; minute++) {
     for (let i = 0; i < 10; i++) s.record(start + minute * 60_000 + i, 100, i === 0 ? 502 : 200, i === 0 ? 'connection_refused' : null, i === 1)
   }
@@ -194,9 +250,47 @@ t.test('rolling stats keep 1, 5 and 15 minute windows and forget older minutes',
   t.equal(one.status5xx, 1)
   t.equal(one.retried, 1)
   t.same(one.errors, { connection_refused: 1 })
-  t.equal(one.rate, 10 / 30, 'the current minute counts only the seconds passed')
+  t.equal(one.rate, 10 / 60, 'the rate is over the last 60 s')
   t.equal(s.window(now, 5).requests, 50)
   t.equal(s.window(now, 15).requests, 150)
   t.ok(Math.abs(s.window(now, 15).latency!.avg - 100) < 1e-9)
   t.equal(s.window(now + 15 * 60_000, 15).requests, 0, 'a quiet quarter of an hour empties every window')
+})
+
+t.test('"1 min" is the last 60 seconds: requests just before a minute boundary still count after it', async (t) => {
+  // 10 requests at 04:08:37, read at 04:08:39, 04:09:02 (the next calendar minute) and later.
+  const at = Date.parse('2026-12-02T04:08:37.000Z')
+  const s = new RollingStats([], at - 3_600_000)
+  for (let i = 0; i < 10; i++) s.record(at + i, 50, 200, null, false)
+  t.equal(s.window(at + 2_000, 1).requests, 10, 'two seconds later')
+  t.equal(s.window(Date.parse('2026-12-02T04:09:02.000Z'), 1).requests, 10, 'across the minute boundary')
+  t.equal(s.window(Date.parse('2026-12-02T04:09:36.000Z'), 1).requests, 10, '59 s later')
+  t.equal(s.window(Date.parse('2026-12-02T04:09:50.000Z'), 1).requests, 0, 'gone once they are more than a minute (and a slot) old')
+  t.equal(s.window(Date.parse('2026-12-02T04:09:50.000Z'), 5).requests, 10, 'still in the 5 minute window')
+  t.equal(s.window(Date.parse('2026-12-02T04:13:30.000Z'), 5).requests, 10)
+  t.equal(s.window(Date.parse('2026-12-02T04:13:50.000Z'), 5).requests, 0)
+  t.equal(s.window(Date.parse('2026-12-02T04:23:30.000Z'), 15).requests, 10)
+  t.equal(s.window(Date.parse('2026-12-02T04:23:50.000Z'), 15).requests, 0)
+})
+
+t.test('requests over a diagnosis threshold are counted exactly; others from the histogram, erring low', async (t) => {
+  const now = 1_700_000_000_000
+  const s = new RollingStats([2000], now - 60_000)
+  for (const ms of [2001, 2100, 1999, 2000, 6000]) s.record(now, ms, 200, null, false)
+  t.equal(s.countOver(now, 5, 2000), 3, 'exactly those over 2000 ms')
+  t.equal(s.countOver(now, 5, 5000), 1, 'a value that is no mark: from the histogram')
+  t.equal(s.countOver(now, 5, 1), 5)
+})
+
+t.test('recording allocates nothing per request once a slot exists', async (t) => {
+  const now = 1_700_000_000_000
+  const s = new RollingStats([2000, 5000], now)
+  s.record(now, 10, 502, 'connection_refused', false)
+  // Warm the code, then a long run of records in the same slot: the heap stays flat.
+  for (let i = 0; i < 1e5; i++) s.record(now + 1, 10 + (i % 3000), i % 7 === 0 ? 502 : 200, i % 7 === 0 ? 'connection_refused' : null, false)
+  const before = process.memoryUsage().heapUsed
+  for (let i = 0; i < 1e6; i++) s.record(now + 2, 10 + (i % 3000), i % 7 === 0 ? 502 : 200, i % 7 === 0 ? 'connection_refused' : null, false)
+  const grown = process.memoryUsage().heapUsed - before
+  // The smallest object is 16 bytes: one per record would be 16 MB. What is left is the runner's.
+  t.ok(grown < 4_000_000, `a million records grew the heap by ${grown} bytes`)
 })

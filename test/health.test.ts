@@ -108,8 +108,39 @@ t.test('passive: a target killed under a stream of requests is ejected after con
   const bodies = await send(gw, 12)
   t.same(bodies.filter((b) => b === '502').length, 3, 'exactly consecutiveFailures requests failed, then the target was out')
   t.same(bodies.slice(6), ['b', 'b', 'b', 'b', 'b', 'b'])
-  t.match(transitions(gw, hostPort(a)), [{ level: 40, from: 'healthy', to: 'ejected', reason: /^ejected for 60000 ms after 3 failures in a row \(outlier\.consecutiveFailures = 3\), the last: connection_refused \(ECONNREFUSED\)$/ }])
+  t.match(transitions(gw, hostPort(a)), [
+    { level: 40, from: 'healthy', to: 'failing', reason: /^2 requests in a row failed, the last: connection_refused \(ECONNREFUSED\)$/ },
+    { level: 40, from: 'failing', to: 'ejected', reason: /^ejected for 60000 ms after 3 failures in a row \(outlier\.consecutiveFailures = 3\), the last: connection_refused \(ECONNREFUSED\)$/ }
+  ])
   t.match(gw.app.upstream.pool('p').targets()[0], { state: 'ejected', ejections: 1, why: /ejected after 3 failures in a row.*; back at / })
+})
+
+t.test('without active checks, a target whose last requests failed shows as failing, not healthy, until it answers again', async (t) => {
+  const a = await service(t, 'a')
+  const b = await service(t, 'b')
+  const gw = await startGateway(t, {
+    pools: { p: { targets: [a.url, b.url], retry: { retries: 0 } } },
+    routes: [{ prefix: '/p', pool: 'p' }]
+  })
+  const port = a.port
+  await a.close()
+  // Round-robin: four requests, two to the dead target (outlier.consecutiveFailures is 5).
+  t.same(await send(gw, 4), ['502', 'b', '502', 'b'])
+  const snapshot = gw.app.upstream.pool('p').targets()[0]!
+  t.equal(snapshot.state, 'failing')
+  t.match(snapshot.why, /^its last 2 requests failed, the last: connection_refused \(ECONNREFUSED\) at .*; still in rotation; 5 in a row eject it \(outlier\.consecutiveFailures\)$/)
+  t.match(transitions(gw, hostPort(a)), [{ level: 40, from: 'healthy', to: 'failing' }])
+  const report = await (await gw.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as { pools: Array<{ targets: Array<{ state: string }> }> }
+  t.equal(report.pools[0]!.targets[0]!.state, 'failing', 'the status page says so too')
+
+  // The service comes back on its port: the next answer ends the failing state.
+  const http = await import('node:http')
+  const server = http.createServer((_req, res) => res.end('a again'))
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
+  t.teardown(async () => { server.closeAllConnections(); await new Promise((resolve) => server.close(resolve)) })
+  t.same(await send(gw, 2), ['a again', 'b'])
+  t.equal(stateOf(gw, 'p', a), 'healthy')
+  t.match(transitions(gw, hostPort(a)).at(-1), { level: 30, from: 'failing', to: 'healthy', reason: 'answered 200 after 2 failed requests in a row' })
 })
 
 t.test('ejection time doubles when a target back on probation fails again', async (t) => {
@@ -291,4 +322,52 @@ t.test('half-open: a fully ejected single-target pool answers fast 503s, then se
   t.ok(after < 1500, `served again ${after} ms after the service returned, not after outlier.ejectFor (30 s)`)
   t.match(transitions(gw).at(-1), { from: 'ejected', to: 'healthy', reason: /^a trial request succeeded/ })
   t.same(await send(gw, 3), ['back', 'back', 'back'])
+})
+
+t.test('half-open after a re-ejection too: one trial at a time, at most one a second, the first a second after the ejection', async (t) => {
+  // Each connection is taken and answered, or reset, as `up` says; every request is timed.
+  let up = false
+  const tries: number[] = []
+  const flaky = await startTcp((socket) => {
+    tries.push(Date.now())
+    if (!up) { socket.destroy(); return }
+    socket.once('data', () => { socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok') })
+  })
+  t.teardown(async () => { await flaky.close() })
+  const gw = await startGateway(t, { pools: { solo: { targets: [flaky.url], outlier: { consecutiveFailures: 2 } } }, routes: [{ prefix: '/p', pool: 'solo' }] })
+  const target = hostPort(flaky)
+  const ejections = (): LogRecord[] => transitions(gw, target).filter((r) => r.to === 'ejected')
+  const hammer = async (until: () => boolean, what: string): Promise<void> => {
+    await waitFor(() => { void gw.request('/p/x').then(async (res) => { await res.body.dump() }, () => {}); return until() }, 8000, what)
+  }
+
+  await hammer(() => ejections().length === 1, 'the first ejection')
+  const firstEjection = ejections()[0]!.time as number
+  // The service answers again: the first trial (not before a second) succeeds and readmits it.
+  up = true
+  await hammer(() => transitions(gw, target).some((r) => r.from === 'ejected' && r.to === 'healthy'), 'a trial to succeed')
+  const readmitted = transitions(gw, target).find((r) => r.from === 'ejected' && r.to === 'healthy')!
+  t.ok((readmitted.time as number) - firstEjection >= 1000, 'the first trial came a second after the ejection')
+  // It fails again on probation: ejected again, from the state it was in. One request at a
+  // time now, so none is on its way to the target when the re-ejection comes (such a request
+  // connects after it, but it is no trial: it was sent while the target was in rotation).
+  await waitFor(() => gw.app.upstream.pool('solo').targets()[0]!.inFlight === 0, 5000, 'the requests in flight to end')
+  up = false
+  for (let i = 0; i < 20 && ejections().length < 2; i++) await (await gw.request('/p/x')).body.dump()
+  t.equal(ejections().length, 2, 'the re-ejection')
+  const second = ejections()[1]!
+  t.equal(second.from, 'healthy', 'it was back in rotation, on probation')
+  t.match(second.reason, /failed again on its first request back/)
+  const reEjectedAt = second.time as number
+  const before = tries.length
+  // Requests keep coming for 2.5 s: the trials they let through are one a second at most.
+  const end = Date.now() + 2500
+  while (Date.now() < end) {
+    await Promise.all([1, 2, 3].map(async () => { await (await gw.request('/p/x')).body.dump() }))
+  }
+  const trials = tries.slice(before).filter((at) => at > reEjectedAt)
+  t.ok(trials.length >= 1 && trials.length <= 3, `${trials.length} trials in 2.5 s`)
+  t.ok(trials[0]! - reEjectedAt >= 990, `the first trial ${trials[0]! - reEjectedAt} ms after the re-ejection`)
+  for (let i = 1; i < trials.length; i++) t.ok(trials[i]! - trials[i - 1]! >= 990, `trials ${trials[i]! - trials[i - 1]!} ms apart`)
+  t.same(transitions(gw, target).map((r) => `${String(r.from)} → ${String(r.to)}`), ['healthy → ejected', 'ejected → healthy', 'healthy → ejected'], 'each record says the state the target was in')
 })

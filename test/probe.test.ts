@@ -23,8 +23,14 @@ t.test('a healthy target answers with every phase timed, at its health path', as
   const res = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 200)
   t.match(await res.body.json(), { ok: true, status: 200 })
-  const html = await (await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`)).body.text()
+  const html = await (await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'text/html' } })).body.text()
   t.match(html, /first byte/)
+  const text = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`)
+  t.equal(text.headers['content-type'], 'text/plain; charset=utf-8', 'text for a client that asks for nothing')
+  t.match(await text.body.text(), new RegExp(`^Probe of ${u.url.replace(/\./g, '\\.')} \\(pool api\\) at .*\\nGET ${u.url.replace(/\./g, '\\.')}/healthz\\nOutcome: 200\\n`))
+  const refused = await gw.request('/_upstream/probe?pool=api')
+  t.equal(refused.statusCode, 400)
+  t.equal(await refused.body.text(), 'Give ?pool= (one of api) and ?target= (a target URL of that pool).\n')
 })
 
 t.test('a refused target reports connection_refused in the connect phase', async (t) => {
@@ -61,7 +67,7 @@ t.test('a TLS target has its handshake timed; a self-signed certificate is a cer
   t.type(connections.tlsMs, 'number')
   const report = await (await timed.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as { diagnosis: Array<{ title: string, target?: string }> }
   t.equal(report.diagnosis.some((f) => /^TLS handshakes with 127\.0\.0\.1:\d+ take/.test(f.title)), connections.tlsMs! > 1, 'a handshake over the threshold is a finding')
-  t.match(await (await timed.request('/_upstream')).body.text(), /connections 1, connect [\d.]+ ms, TLS [\d.]+ ms/)
+  t.match(await (await timed.request('/_upstream', { headers: { accept: 'text/html' } })).body.text(), /connections 1, connect [\d.]+ ms, TLS [\d.]+ ms/)
 
   const strict = await startGateway(t, { pools: { api: { targets: [target] } }, routes: [{ prefix: '/api', pool: 'api' }] })
   const bad = await strict.app.upstream.probe('api', target)

@@ -27,12 +27,15 @@ if (reason !== null || playwright === null) {
 } else {
   t.test('the status page on a phone: diagnosis first, nothing run or fetched, no overflow', async (t) => {
     const fast = await Promise.all(['a', 'b'].map(async (name) => await startUpstream(name, (_req, res) => { res.end('ok') })))
-    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 400) })
+    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 700) })
     for (const u of [...fast, slow]) t.teardown(u.close)
     const dead = `http://127.0.0.1:${await freePort()}`
+    // A fourth catalog target refuses connections; a lenient outlier setting keeps it in
+    // rotation, so the page shows it failing (retries hide it from clients).
+    const refusing = `http://127.0.0.1:${await freePort()}`
     const gw = await startGateway(t, {
       pools: {
-        catalog: { targets: [fast[0]!.url, fast[1]!.url, slow.url], balancer: 'round-robin' },
+        catalog: { targets: [fast[0]!.url, fast[1]!.url, slow.url, refusing], balancer: 'round-robin', outlier: { consecutiveFailures: 20 } },
         billing: { targets: [dead], outlier: { consecutiveFailures: 1 } }
       },
       routes: [{ prefix: '/catalog', pool: 'catalog' }, { prefix: '/billing', pool: 'billing' }],
@@ -55,8 +58,9 @@ if (reason !== null || playwright === null) {
     t.equal(response?.status(), 200)
     await page.waitForLoadState('networkidle')
     const text = await page.innerText('body')
-    t.match(text, /No target of pool "billing" can take traffic/)
+    t.match(text, /Every target of pool "billing" is out of rotation/)
     t.match(text, /one slow node/)
+    t.match(text, /of pool "catalog" is failing: its last \d+ requests failed, the last: connection_refused/)
     t.ok(text.indexOf('Diagnosis') < text.indexOf('Pool catalog'), 'the diagnosis comes first')
     t.same(await page.$$('script'), [], 'no script element')
     t.same(requests, [`${gw.url}/_upstream`], 'nothing fetched but the document')

@@ -65,7 +65,7 @@ t.test('a dead target gives a critical finding, and its failure links to the who
   t.equal(pool.errors.connection_refused!.requestId, id)
   t.equal(pool.errors.connection_refused!.cause, 'ECONNREFUSED')
   t.equal(report.diagnosis[0]!.severity, 'critical')
-  t.match(report.diagnosis[0]!.title, /No target of pool "gone" can take traffic/)
+  t.match(report.diagnosis[0]!.title, /Every target of pool "gone" is out of rotation/)
 
   const story = await (await gw.request(`/_upstream/requests/${id}`, JSON_ACCEPT)).body.json() as RequestStory
   t.equal(story.id, id)
@@ -77,15 +77,15 @@ t.test('a dead target gives a critical finding, and its failure links to the who
   t.equal(story.attempts.length, 1)
   t.match(story.attempts[0], { target: `127.0.0.1:${port}`, error: 'connection_refused', cause: 'ECONNREFUSED', phase: 'connect' })
 
-  const html = await gw.request('/_upstream')
+  const html = await gw.request('/_upstream', { headers: { accept: 'text/html' } })
   t.match(html.headers['content-type'], /text\/html/)
   const page = await html.body.text()
   t.match(page, /<meta http-equiv="refresh" content="10">/)
   t.notMatch(page, /<script/i)
   t.ok(page.includes(`href="/_upstream/requests/${id}"`), 'the recent error links to its story')
-  t.match(page, /No target of pool &quot;gone&quot; can take traffic/)
+  t.match(page, /Every target of pool &quot;gone&quot; is out of rotation/)
 
-  const storyPage = await (await gw.request(`/_upstream/requests/${id}`)).body.text()
+  const storyPage = await (await gw.request(`/_upstream/requests/${id}`, { headers: { accept: 'text/html' } })).body.text()
   t.match(storyPage, /connection_refused/)
   t.match(storyPage, /ECONNREFUSED/)
 
@@ -101,7 +101,7 @@ t.test('the page escapes what it reflects', async (t) => {
     errors: { expose: 'full' }
   }, { genReqId: () => '"><img src=x onerror=alert(1)>' })
   await (await gw.request('/x/1')).body.text()
-  const page = await (await gw.request('/_upstream')).body.text()
+  const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
   t.notOk(page.includes('<b>x</b>'), 'the pool name is escaped')
   t.notOk(page.includes('<img'), 'the request id is escaped')
   t.ok(page.includes('&lt;b&gt;x&lt;/b&gt;'))
@@ -178,4 +178,110 @@ t.test('a request the client abandoned is counted apart: aborted, not a 5xx, not
   t.same(report.diagnosis, [], 'nothing to diagnose')
   const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
   t.match(page, /<th title="[^"]*">aborted<\/th>/)
+})
+
+t.test('a newcomer\'s small app: two targets, one killed, ten requests; the page shows the dead target and a finding within seconds', async (t) => {
+  const a = await startUpstream('a', (_req, res) => { res.end('a') })
+  const b = await startUpstream('b', (_req, res) => { res.end('b') })
+  t.teardown(a.close)
+  // Defaults everywhere, as a first deployment has them: no health checks, outlier defaults.
+  const gw = await startGateway(t, { pools: { app: { targets: [a.url, b.url] } }, routes: [{ prefix: '/app', pool: 'app' }] })
+  await b.close()
+  const killed = Date.now()
+  for (let i = 0; i < 10; i++) {
+    const res = await gw.request(`/app/${i}`)
+    t.equal(res.statusCode, 200, 'retries hide the dead target from clients')
+    t.equal(await res.body.text(), 'a')
+  }
+  const dead = b.url.slice('http://'.length)
+  let report: StatusReport | undefined
+  await waitFor(() => {
+    void gw.request('/_upstream', JSON_ACCEPT).then(async (res) => { report = await res.body.json() as StatusReport }, () => {})
+    return report !== undefined && report.diagnosis.some((f) => f.target === dead)
+  }, 5000, 'the finding about the dead target')
+  t.ok(Date.now() - killed < 5000, `shown ${Date.now() - killed} ms after the target was killed`)
+  const target = report!.pools[0]!.targets.find((x) => x.url === b.url)!
+  t.ok(target.state === 'failing' || target.state === 'ejected', `the dead target is shown ${target.state}, not healthy`)
+  t.match(target.why, /connection_refused \(ECONNREFUSED\)/)
+  const finding = report!.diagnosis.find((f) => f.target === dead)!
+  t.match(finding, { severity: 'warning', pool: 'app', title: new RegExp(`^${dead.replace(/\./g, '\\.')} of pool "app" is (failing|ejected): .*connection_refused`) })
+  t.match(finding.action, /needed a retry/)
+
+  // What plain curl gets: text, with the dead target's state and the finding.
+  const text = await gw.request('/_upstream', { headers: { accept: '*/*' } })
+  t.equal(text.statusCode, 200)
+  t.equal(text.headers['content-type'], 'text/plain; charset=utf-8')
+  const body = await text.body.text()
+  t.match(body, new RegExp(`(FAILING|EJECTED) ${b.url.replace(/\./g, '\\.')} since `))
+  t.match(body, new RegExp(`\\[warning\\] ${dead.replace(/\./g, '\\.')} of pool "app" is`))
+})
+
+t.test('the status page and request lookups negotiate as error answers do: text for curl, HTML for browsers, JSON for JSON', async (t) => {
+  const gw = await startGateway(t, {
+    pools: { gone: { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    routes: [{ prefix: '/gone', pool: 'gone' }],
+    errors: { expose: 'full' }
+  })
+  const failed = await gw.request('/gone/a')
+  t.equal(failed.statusCode, 502)
+  t.equal(failed.headers['content-type'], 'text/plain; charset=utf-8', 'the error answer itself: text for a client that asks for nothing')
+  await failed.body.dump()
+  const id = failed.headers['x-request-id'] as string
+  const cases: Array<[Record<string, string>, string, RegExp]> = [
+    [{}, 'text/plain; charset=utf-8', /^Upstream status at /],
+    [{ accept: '*/*' }, 'text/plain; charset=utf-8', /^Upstream status at /],
+    [{ accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' }, 'text/html; charset=utf-8', /^<!doctype html>/i],
+    [{ accept: 'application/json' }, 'application/json; charset=utf-8', /^\{"at":/]
+  ]
+  for (const [headers, type, body] of cases) {
+    const res = await gw.request('/_upstream', { headers })
+    t.equal(res.headers['content-type'], type, `status page, Accept: ${headers.accept ?? '(none)'}`)
+    t.match(await res.body.text(), body)
+  }
+  const story = await gw.request(`/_upstream/requests/${id}`)
+  t.equal(story.statusCode, 200)
+  t.equal(story.headers['content-type'], 'text/plain; charset=utf-8', 'a request lookup from curl')
+  const storyText = await story.body.text()
+  t.match(storyText, new RegExp(`^Request ${id}\\n`))
+  t.match(storyText, /Answer: 502 connection_refused \(blame: upstream\) — cause ECONNREFUSED/)
+  t.match(storyText, /1\. 127\.0\.0\.1:\d+: connection_refused \(ECONNREFUSED\) in connect after \d+ ms/)
+  const html = await gw.request(`/_upstream/requests/${id}`, { headers: { accept: 'text/html' } })
+  t.equal(html.headers['content-type'], 'text/html; charset=utf-8')
+  await html.body.dump()
+  const json = await gw.request(`/_upstream/requests/${id}?format=json`)
+  t.equal(json.headers['content-type'], 'application/json; charset=utf-8', '?format=json overrides')
+  t.equal((await json.body.json() as RequestStory).id, id)
+  const missing = await gw.request('/_upstream/requests/nope')
+  t.equal(missing.statusCode, 404)
+  t.equal(missing.headers['content-type'], 'text/plain; charset=utf-8')
+  t.equal(await missing.body.text(), 'No failed or retried request with id "nope" is kept: the last 1000 are (status.keep), and a request that succeeded at the first try is not.\n')
+})
+
+t.test('a pool whose last requests all failed is a critical finding from the third one, and its next success ends it', async (t) => {
+  let up = false
+  const flaky = await startUpstream('flaky', (_req, res) => {
+    if (up) { res.end('ok'); return }
+    res.statusCode = 503
+    res.end('down')
+  })
+  t.teardown(flaky.close)
+  // Outlier detection off and no checks: the target stays in rotation, answering 503.
+  const gw = await startGateway(t, { pools: { orders: { targets: [flaky.url], outlier: false } }, routes: [{ prefix: '/orders', pool: 'orders' }], errors: { expose: 'full', intercept: [503] } })
+  const report = async (): Promise<StatusReport> => await (await gw.request('/_upstream', JSON_ACCEPT)).body.json() as StatusReport
+  const streakFinding = (r: StatusReport) => r.diagnosis.find((f) => f.title.startsWith('The last'))
+  for (let i = 0; i < 2; i++) await (await gw.request('/orders/x')).body.dump()
+  t.equal(streakFinding(await report()), undefined, 'two failures are not yet a streak')
+  await (await gw.request('/orders/x')).body.dump()
+  const finding = streakFinding(await report())
+  t.match(finding, {
+    severity: 'critical',
+    pool: 'orders',
+    title: 'The last 3 requests to pool "orders" all failed: 3 errors, all upstream_error_status.',
+    evidence: { failedInARow: 3, upstream_error_status: 3 },
+    action: /pools\.orders\.outlier is off, so a target that keeps failing stays in rotation; set pools\.orders\.health\.path/
+  })
+  t.match(finding!.evidence.since, /^\d{4}-\d\d-\d\dT/)
+  up = true
+  t.equal(await (await gw.request('/orders/x')).body.text(), 'ok')
+  t.equal(streakFinding(await report()), undefined, 'a success ends the streak')
 })

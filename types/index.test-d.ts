@@ -107,6 +107,15 @@ const badStoreError: UpstreamOptions['rateLimit'] = { onStoreError: 'retry' }
 const badSkip: UpstreamOptions['rateLimit'] = { skipOnError: true }
 const storeState = (report: StatusReport): string => report.rateLimitStore?.state ?? 'none'
 
+// Request stories in Redis: a URL, a client, or the long form with a TTL and a key prefix.
+const storiesByUrl: UpstreamOptions['status'] = { store: 'redis://127.0.0.1:6379' }
+const storiesByClient: UpstreamOptions['status'] = { keep: 200, store: { redis: new Redis({ lazyConnect: true }), ttl: 3_600_000, prefix: 'gw:' } }
+// @ts-expect-error: the long form needs its redis
+const badStories: UpstreamOptions['status'] = { store: { ttl: 1000 } }
+const storiesState = (report: StatusReport): string => report.storyStore?.state ?? 'none'
+const failing = (report: StatusReport): boolean => report.pools.some((p) => p.targets.some((t) => t.state === 'failing'))
+
 export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
+export { storiesByUrl, storiesByClient, badStories, storiesState, failing }
 export { discovered, badSrv, badServers, badFamily, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }

@@ -10,6 +10,7 @@ import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type 
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending, type TunnelEvent } from './recorder.js'
+import type { StoryStore } from './story-store.js'
 import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
 const PREFIX = 'fastify_upstream_'
@@ -214,6 +215,26 @@ export class Metrics {
       collect (this: Counter<string>) {
         this.reset()
         this.inc(health.errorsTotal)
+      }
+    })
+  }
+
+  /** The shared request story store (status.store): whether it answers, and its failures. */
+  watchStoryStore (store: StoryStore): void {
+    const registers = [this.registry]
+    new Gauge({ // eslint-disable-line no-new
+      name: `${PREFIX}story_store_up`,
+      help: 'Whether the request story store (Redis, status.store) answers (1) or each instance keeps its own stories only (0).',
+      registers,
+      collect (this: Gauge<string>) { this.set(store.up ? 1 : 0) }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}story_store_errors_total`,
+      help: 'Request story saves and lookups the store failed or did not answer in time.',
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        this.inc(store.errorsTotal)
       }
     })
   }

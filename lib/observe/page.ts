@@ -8,6 +8,7 @@ import type { PoolReport, StatusReport, TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
+import type { StoryStoreSnapshot } from './story-store.js'
 
 export interface PageOptions {
   /** Where the status page is served (links to request stories hang below it). */
@@ -21,6 +22,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
     `<header><h1>Upstream status</h1><p class="muted">As of <time>${e(report.at)}</time>; refreshes every ${options.refresh} s. <a href="${e(options.base)}?format=json">JSON</a></p></header>`,
     renderDiagnosis(report.diagnosis),
     renderRateLimitStore(report.rateLimitStore),
+    renderStoryStore(report.storyStore),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -41,6 +43,14 @@ function renderRateLimitStore (store: RateLimitStoreSnapshot | null): string {
     ? `<strong>reachable</strong> since <time>${e(store.since)}</time>${store.outages > 0 ? ` · ${e(store.outages)} outage(s) since start, the last began with: ${e(store.lastError ?? '?')}` : ''}`
     : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>, ${e(then)} · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
   return `<section class="rate-limit-store"><h2>Rate limit store</h2><p>Redis (rateLimit.redis): ${state}</p></section>`
+}
+
+function renderStoryStore (store: StoryStoreSnapshot | null): string {
+  if (store === null) return ''
+  const state = store.state === 'ok'
+    ? `<strong>reachable</strong> since <time>${e(store.since)}</time>: request ids from every instance are found here`
+    : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>: only this instance's requests are found · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
+  return `<section class="story-store"><h2>Request story store</h2><p>Redis (status.store): ${state}</p></section>`
 }
 
 function renderPool (pool: PoolReport, base: string): string {
@@ -148,6 +158,7 @@ p{margin:.2rem 0}
 .target{min-width:0;border:1px solid var(--line);border-radius:10px;padding:.6rem .8rem}
 .state{display:inline-block;font-size:.75rem;font-weight:700;text-transform:uppercase;padding:0 .4rem;border-radius:4px;background:var(--ok);color:var(--card)}
 .target.unhealthy .state,.target.ejected .state{background:var(--bad)}
+.target.failing .state{background:var(--warn)}
 .target.draining .state,.target.unknown .state,.target.backup .state{background:var(--muted)}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.3rem 0;font-variant-numeric:tabular-nums}

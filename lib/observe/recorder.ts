@@ -6,6 +6,7 @@ import type { AttemptRecord, Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { RollingStats } from './stats.js'
 import type { Metrics } from './metrics.js'
+import type { StoryStore } from './story-store.js'
 
 /** The last failure of one error type in a pool. */
 export interface ErrorExample {
@@ -85,14 +86,24 @@ function countTunnel (counts: TunnelCounts, event: TunnelEvent): void {
 }
 
 export class PoolStats {
-  readonly stats = new RollingStats()
+  readonly stats: RollingStats
   readonly targets = new Map<string, RollingStats>()
+  /** The pool's last requests that all failed: how many, and of which types (reset by a success). */
+  streak = 0
+  /** When the streak's first failure ended (ms); meaningless while `streak` is 0. */
+  streakSince = 0
+  readonly streakErrors = new Map<ProxyErrorType, number>()
   readonly errors = new Map<ProxyErrorType, ErrorExample>()
   readonly tunnels = newTunnelCounts()
   readonly targetTunnels = new Map<string, TunnelCounts>()
 
+  /** `marks`: the latencies whose exceedances are counted exactly (see RollingStats). */
+  constructor (readonly marks: readonly number[] = []) {
+    this.stats = new RollingStats(marks)
+  }
+
   target (hostPort: string): RollingStats {
-    return entry(this.targets, hostPort, () => new RollingStats())
+    return entry(this.targets, hostPort, () => new RollingStats(this.marks))
   }
 
   targetTunnel (hostPort: string): TunnelCounts {
@@ -116,7 +127,7 @@ export class Recorder {
    * `stats`: keep rolling stats and examples (the status page reads them); `keep`: how many
    * stories to keep; `metrics`: counters to feed, if any.
    */
-  constructor (readonly keep: number, readonly metrics: Metrics | null = null, readonly stats = true) {
+  constructor (readonly keep: number, readonly metrics: Metrics | null = null, readonly stats = true, readonly shared: StoryStore | null = null, readonly marks: readonly number[] = []) {
     this.#ring = new Array(keep)
   }
 
@@ -127,7 +138,7 @@ export class Recorder {
   }
 
   pool (name: string): PoolStats {
-    return entry(this.pools, name, () => new PoolStats())
+    return entry(this.pools, name, () => new PoolStats(this.marks))
   }
 
   /** A response delivered in full, after one try or several. */
@@ -135,7 +146,11 @@ export class Recorder {
     this.metrics?.record(ending, null)
     if (!this.stats) return
     const retried = ending.attempts.length > 1
-    this.#count(ending, null, retried, now)
+    const pool = this.#count(ending, null, retried, now)
+    if (pool.streak > 0) {
+      pool.streak = 0
+      pool.streakErrors.clear()
+    }
     if (retried) this.#keep(ending, null, now)
   }
 
@@ -143,8 +158,10 @@ export class Recorder {
   failed (ending: Ending, failure: Failure, now = Date.now()): void {
     this.metrics?.record(ending, failure)
     if (!this.stats) return
-    this.#count(ending, failure.error, ending.attempts.length > 1, now)
-    const pool = this.pool(ending.pool)
+    const pool = this.#count(ending, failure.error, ending.attempts.length > 1, now)
+    if (pool.streak === 0) pool.streakSince = now
+    pool.streak++
+    pool.streakErrors.set(failure.error, (pool.streakErrors.get(failure.error) ?? 0) + 1)
     const example = pool.errors.get(failure.error)
     const at = new Date(now).toISOString()
     if (example === undefined) {
@@ -180,8 +197,14 @@ export class Recorder {
     if (target !== null) countTunnel(stats.targetTunnel(target), event)
   }
 
+  /** A story kept on this instance. */
   story (id: string): RequestStory | null {
     return this.#byId.get(id) ?? null
+  }
+
+  /** A story kept here or, with status.store, by any instance (null when Redis fails: fail open). */
+  async find (id: string): Promise<RequestStory | null> {
+    return this.story(id) ?? (this.shared === null ? null : await this.shared.find(id))
   }
 
   /** The stories kept, newest first. */
@@ -195,10 +218,11 @@ export class Recorder {
     return out
   }
 
-  #count (ending: Ending, error: ProxyErrorType | null, retried: boolean, now: number): void {
+  #count (ending: Ending, error: ProxyErrorType | null, retried: boolean, now: number): PoolStats {
     const pool = this.pool(ending.pool)
     pool.stats.record(now, ending.ms, ending.status, error, retried)
     if (ending.target !== null) pool.target(ending.target).record(now, ending.ms, ending.status, error, retried)
+    return pool
   }
 
   #keep (ending: Ending, failure: Failure | null, now: number): void {
@@ -221,5 +245,6 @@ export class Recorder {
     this.#ring[this.#next] = story
     this.#byId.set(story.id, story)
     this.#next = (this.#next + 1) % this.keep
+    this.shared?.save(story)
   }
 }

@@ -9,6 +9,7 @@ import { diagnose, type Finding, type PoolInput } from './diagnosis.js'
 import type { ErrorExample, Recorder, TunnelCounts } from './recorder.js'
 import type { RollingStats, WindowStats } from './stats.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
+import type { StoryStoreSnapshot } from './story-store.js'
 
 export interface Windows {
   '1m': WindowStats
@@ -41,12 +42,15 @@ export interface StatusReport {
   pools: PoolReport[]
   /** The shared rate limit store (rateLimit.redis); null when there is none. */
   rateLimitStore: RateLimitStoreSnapshot | null
+  /** The shared request story store (status.store); null when there is none. */
+  storyStore: StoryStoreSnapshot | null
 }
 
 /** The diagnosis reads the last five minutes: long enough to count, short enough to be news. */
 const DIAGNOSIS_WINDOW = '5m'
+const DIAGNOSIS_MINUTES = 5
 
-export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null): StatusReport {
+export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null, storyStore: StoryStoreSnapshot | null = null): StatusReport {
   const reports: PoolReport[] = []
   const inputs: PoolInput[] = []
   for (const pool of pools.values()) {
@@ -73,7 +77,7 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
     inputs.push({
       pool: pool.name,
       stats: report.stats[DIAGNOSIS_WINDOW],
-      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW], tlsMs: t.connections.tlsMs })),
+      targets: targets.map((t) => ({ target: t.hostPort, state: t.state, stats: t.stats[DIAGNOSIS_WINDOW], tlsMs: t.connections.tlsMs, why: t.why, consecutiveFailures: t.consecutiveFailures })),
       pending: report.pending,
       dns: pool.names().map((n) => ({
         name: n.label,
@@ -83,10 +87,17 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
         lookupMs: n.lookupMs
       })),
       maxPending: pool.config.limits.maxPending,
-      headersTimeout: headersTimeoutOf(config, pool.name)
+      headersTimeout: headersTimeoutOf(config, pool.name),
+      slow: {
+        overAvg: stats.stats.countOver(now, DIAGNOSIS_MINUTES, status.diagnosis.avgLatency),
+        overP99: stats.stats.countOver(now, DIAGNOSIS_MINUTES, status.diagnosis.p99Latency)
+      },
+      streak: { failed: stats.streak, errors: Object.fromEntries(stats.streakErrors), ...(stats.streak > 0 ? { since: new Date(stats.streakSince).toISOString() } : {}) },
+      consecutiveFailures: pool.config.outlier?.consecutiveFailures ?? null,
+      healthChecks: pool.config.health !== null
     })
   }
-  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore), pools: reports, rateLimitStore }
+  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore, storyStore), pools: reports, rateLimitStore, storyStore }
 }
 
 function finite (n: number): number | null {

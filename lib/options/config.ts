@@ -154,6 +154,16 @@ export interface StatusConfig {
   expose: ErrorsConfig['expose'] | null
   keep: number
   diagnosis: DiagnosisConfig
+  /** Request stories shared through Redis; null: each instance keeps its own only. */
+  store: StoryStoreConfig | null
+}
+
+export interface StoryStoreConfig {
+  redis: string | Redis | Cluster
+  /** How long a story lives in Redis, in ms. */
+  ttl: number
+  /** Put before every key. */
+  prefix: string
 }
 
 export type { BalancerInput }

@@ -78,7 +78,7 @@ export type StatusExpectation = '1xx' | '2xx' | '3xx' | '4xx' | '5xx' | number |
 
 /** Thresholds at which the status page's diagnosis reports a finding. */
 export interface DiagnosisInput {
-  /** Average latency over 5 minutes, in ms, above which a 504 is near [2000]. */
+  /** Average latency over the last 5 minutes, in ms, above which a 504 is near [2000]. */
   avgLatency?: number
   /** P99 latency over 5 minutes, in ms [5000]. */
   p99Latency?: number
@@ -88,7 +88,11 @@ export interface DiagnosisInput {
   errorRate?: number
   /** How many times slower (p95) or more failing than its peers' median a target must be to stand out [3]. */
   outlier?: number
-  /** Requests in the window below which rates and latencies are not judged [20]. */
+  /**
+   * Requests a target needs in the window before it is compared with its peers (one slow or
+   * failing node), and a pool before a 5xx share of 1 or 2 failures is called critical [20].
+   * Thresholds hold from the first request.
+   */
   minRequests?: number
   /** A DNS lookup of a discovered target name slower than this, in ms, is a finding [200]. */
   dnsLatency?: number
@@ -114,6 +118,23 @@ export interface StatusInput {
   keep?: number
   /** The thresholds of the diagnosis shown on top of the page. */
   diagnosis?: DiagnosisInput
+  /**
+   * Keep request stories in Redis too, so an id is found from any gateway instance: a
+   * `redis://` URL, an ioredis client, or `{ redis, ttl [86400000], prefix ['fastify-upstream:'] }`.
+   * Bounded by `keep` (across instances) and `ttl`; while Redis fails, each instance answers
+   * from its own stories. [none]
+   */
+  store?: string | Redis | Cluster | StoryStoreInput
+}
+
+/** Where request stories are shared (status.store). */
+export interface StoryStoreInput {
+  /** A `redis://` or `rediss://` URL, or an ioredis client (the gateway never closes a client it was given). */
+  redis: string | Redis | Cluster
+  /** How long a story stays in Redis, in ms [86400000: a day]. */
+  ttl?: number
+  /** Put before every key the gateway writes ['fastify-upstream:']. */
+  prefix?: string
 }
 
 /** Active health checks: a target failing them is taken out of rotation before requests reach it. */

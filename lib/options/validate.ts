@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, AuthConfig, RateLimitConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -441,7 +441,7 @@ function validateMetrics (input: unknown): Config['metrics'] {
 const DIAGNOSIS_KEYS = ['avgLatency', 'p99Latency', 'queue', 'errorRate', 'outlier', 'minRequests', 'dnsLatency', 'tlsLatency']
 
 function validateStatus (input: unknown): StatusConfig | null {
-  const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis'])
+  const surface = validateSurface('status', input, '/_upstream', ['path', 'expose', 'keep', 'diagnosis', 'store'])
   if (surface === null) return null
   const s = surface.rest
   const d = optionalObject('status.diagnosis', s.diagnosis, DIAGNOSIS_KEYS)
@@ -460,7 +460,22 @@ function validateStatus (input: unknown): StatusConfig | null {
       minRequests: integer('status.diagnosis.minRequests', d.minRequests, 20, 1),
       dnsLatency: duration('status.diagnosis.dnsLatency', d.dnsLatency, 200),
       tlsLatency: duration('status.diagnosis.tlsLatency', d.tlsLatency, 500)
-    }
+    },
+    store: validateStoryStore(s.store)
+  }
+}
+
+/** status.store: a URL or client alone, or `{ redis, ttl, prefix }`. */
+function validateStoryStore (input: unknown): StoryStoreConfig | null {
+  if (input === undefined) return null
+  const given = isPlainObject(input) ? input : { redis: input }
+  const path = isPlainObject(input) ? 'status.store.redis' : 'status.store'
+  const s = optionalObject('status.store', given, ['redis', 'ttl', 'prefix'])
+  if (s.redis === undefined) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', s.redis)
+  return {
+    redis: validateRedis(path, s.redis)!,
+    ttl: duration('status.store.ttl', s.ttl, 86_400_000),
+    prefix: string('status.store.prefix', s.prefix, 'fastify-upstream:')
   }
 }
 

@@ -3,7 +3,7 @@
 // target's state is logged once, with the reason.
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { HealthConfig, PoolConfig } from '../options/config.js'
-import { Target, type CheckResult, type TargetSnapshot, type TargetState } from './target.js'
+import { FAILING_AFTER, Target, type CheckResult, type TargetSnapshot, type TargetState } from './target.js'
 import { createBalancer, type Balancer } from './balancer/index.js'
 import { HealthChecker } from './health.js'
 import { ejectionTime, isFailureStatus, mayEject, shouldEject } from './outlier.js'
@@ -90,8 +90,10 @@ export class UpstreamPool {
   #inPanic = false
   /** Requests in flight a target may have (see hasRoom). */
   readonly #room: number
-  /** The ejected target the last half-open trial went to, and when (see #trialTarget). */
-  #trial: { target: Target, at: number } | null = null
+  /** The ejected target the current half-open trial went to (see #trialTarget); null once it ends. */
+  #trial: Target | null = null
+  /** When the last half-open trial was let through, whatever became of it: at most one a second. */
+  #lastTrialAt = -Infinity
   /** Each ejected target's timer to readmit it; a successful trial ends it early. */
   readonly #ejections = new Map<Target, NodeJS.Timeout>()
 
@@ -215,7 +217,7 @@ export class UpstreamPool {
       this.#checker?.remove(target)
       clearTimeout(this.#ejections.get(target))
       this.#ejections.delete(target)
-      if (this.#trial?.target === target) this.#trial = null
+      if (this.#trial === target) this.#trial = null
       const closing = target.close()
       this.#closing.add(closing)
       void closing.finally(() => this.#closing.delete(closing))
@@ -270,7 +272,8 @@ export class UpstreamPool {
     }
     const trial = this.#trialTarget(now)
     if (trial === null) return []
-    this.#trial = { target: trial, at: now }
+    this.#trial = trial
+    this.#lastTrialAt = now
     return [trial]
   }
 
@@ -282,20 +285,24 @@ export class UpstreamPool {
    * and answers a fast 503 meanwhile (no connect per request).
    */
   #trialTarget (now: number): Target | null {
-    if (this.#trial !== null && now - this.#trial.at < TRIAL_INTERVAL_MS) return null
+    // At most one a second, counted from the last trial whatever became of it: a trial that
+    // succeeded and a re-ejection right after it do not open the door to another at once.
+    if (now - this.#lastTrialAt < TRIAL_INTERVAL_MS) return null
     let first: Target | null = null
     for (const target of this.targets) {
       if (target.backup || target.draining || target.health === 'unhealthy' || !target.isEjected(now)) continue
-      // Ejected targets still busy with requests from before are no trial's place.
+      // One trial at a time: ejected targets still busy with requests (a trial among them) wait.
       if (target.inFlight > 0) return null
       if (first === null || target.since < first.since) first = target
     }
+    // The first trial comes a second after the ejection (or re-ejection) began, not at once.
+    if (first === null || now - first.since < TRIAL_INTERVAL_MS) return null
     return first
   }
 
   /** May this request try a target that is out: is it the half-open trial it was given? */
   isTrial (target: Target): boolean {
-    return this.#trial?.target === target && target.isEjected()
+    return this.#trial === target && target.isEjected()
   }
 
   get inPanic (): boolean {
@@ -408,6 +415,10 @@ export class UpstreamPool {
       this.#readmit(target, `a trial request succeeded (${target.hostPort} answered ${status}) while no target could take traffic; on probation: one more failure ejects it again`)
       return
     }
+    if (target.consecutiveFailures >= FAILING_AFTER) {
+      const failed = target.consecutiveFailures
+      this.#change(target, `answered ${status} after ${failed} failed requests in a row`, () => { target.consecutiveFailures = 0 })
+    }
     target.consecutiveFailures = 0
     target.probation = false
   }
@@ -415,16 +426,25 @@ export class UpstreamPool {
   /** A try failed in the gateway's view (connect, timeout, reset, protocol). */
   recordFailure (target: Target, error: string, cause: string | null, words?: string): void {
     const now = Date.now()
+    // The clock ended an ejection whose timer has not run yet: end it first, so the records
+    // read in order (ejected → healthy, then what this failure does) and its timer goes.
+    if (target.ejectedUntil !== null && !target.isEjected(now) && this.#ejections.has(target)) this.#readmit(target, this.#ejectionOver(target))
+    if (this.#trial === target) this.#trial = null
+    // What the target showed before this failure: the `from` of whatever it changes.
+    const before = target.state(now)
     target.failures++
     target.consecutiveFailures++
     // A failure counts as slow for latency-aware balancing, however fast it came.
     target.recordLatency(Math.max(FAILURE_LATENCY_MS, 2 * (target.latencyEwma ?? 0)))
     target.lastError = { error, cause, at: now }
     const outlier = this.config.outlier
-    if (outlier === null || target.isEjected(now) || target.draining) return
-    if (!shouldEject(outlier, target.consecutiveFailures, target.probation)) return
+    const failing = (): void => {
+      if (before !== 'failing' && target.state(now) === 'failing') this.#change(target, `${target.consecutiveFailures} requests in a row failed, the last: ${words ?? `${error}${cause !== null ? ` (${cause})` : ''}`}`, () => {}, before)
+    }
+    if (outlier === null || target.isEjected(now) || target.draining) return failing()
+    if (!shouldEject(outlier, target.consecutiveFailures, target.probation)) return failing()
     const ejectedNow = this.targets.filter((t) => t.isEjected(now)).length
-    if (!mayEject(outlier, ejectedNow, this.targets.length)) return
+    if (!mayEject(outlier, ejectedNow, this.targets.length)) return failing()
     // A target that stayed in for maxEjectFor since its last return starts afresh.
     if (target.ejections > 0 && now - target.since > outlier.maxEjectFor) target.ejections = 0
     const ejection = target.ejections + 1
@@ -438,12 +458,16 @@ export class UpstreamPool {
       target.ejectionsTotal++
       target.ejectedUntil = now + ms
       target.ejectedReason = `ejected after ${streak}, the last: ${last}`
-    })
-    const timer = setTimeout(() => {
-      this.#readmit(target, `ejection of ${ms} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, ejection + 1)} ms`)
-    }, ms)
+    }, before)
+    clearTimeout(this.#ejections.get(target))
+    const timer = setTimeout(() => { this.#readmit(target, this.#ejectionOver(target)) }, ms)
     timer.unref()
     this.#ejections.set(target, timer)
+  }
+
+  #ejectionOver (target: Target): string {
+    const outlier = this.config.outlier!
+    return `ejection of ${ejectionTime(outlier, target.ejections)} ms is over; on probation: one more failure ejects it for ${ejectionTime(outlier, target.ejections + 1)} ms`
   }
 
   /** An ejection is over (its time passed, or a trial succeeded): back in rotation, on probation. */
@@ -546,7 +570,7 @@ export class UpstreamPool {
     target.since = Date.now()
     const record = { pool: this.name, target: target.hostPort, from, to, reason }
     const msg = `${this.name} target ${target.hostPort}: ${from} → ${to}: ${reason}`
-    if (OUT_STATES.has(to)) this.#log.warn(record, msg)
+    if (OUT_STATES.has(to) || to === 'failing') this.#log.warn(record, msg)
     else this.#log.info(record, msg)
   }
 

@@ -5,8 +5,17 @@ import { ConnectGate, ConnectTimes, endsFirst, timed } from './connector.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 import { originOf, type Endpoint } from './discovery.js'
 
-/** How a target stands, most decisive first (see `state()`). */
-export type TargetState = 'healthy' | 'unhealthy' | 'unknown' | 'ejected' | 'draining' | 'backup'
+/**
+ * How a target stands, most decisive first (see `state()`). `failing`: still in rotation, but
+ * its last requests all failed (passive evidence, before outlier detection ejects it).
+ */
+export type TargetState = 'healthy' | 'failing' | 'unhealthy' | 'unknown' | 'ejected' | 'draining' | 'backup'
+
+/**
+ * Failed requests in a row after which a target shows as `failing`: one failure is noise, two
+ * with nothing good in between is a pattern an operator should see, even without health checks.
+ */
+export const FAILING_AFTER = 2
 export type Health = 'unknown' | 'healthy' | 'unhealthy'
 
 export interface TargetError {
@@ -169,6 +178,7 @@ export class Target {
     if (this.draining) return 'draining'
     if (this.isEjected(now)) return 'ejected'
     if (this.health === 'unhealthy') return 'unhealthy'
+    if (this.consecutiveFailures >= FAILING_AFTER) return 'failing'
     if (this.health === 'unknown') return 'unknown'
     return this.backup ? 'backup' : 'healthy'
   }
@@ -300,8 +310,22 @@ export class Target {
       case 'ejected': return `${this.ejectedReason ?? 'ejected'}; back at ${new Date(this.ejectedUntil!).toISOString()}`
       case 'unhealthy': return `failing health checks since ${since}: ${this.healthReason ?? 'no detail'}`
       case 'unknown': return 'no health check has passed a verdict yet'
+      case 'failing': return this.#failingWhy()
       default: return null
     }
+  }
+
+  /** "its last 4 requests failed, the last: connection_refused (ECONNREFUSED) at …; still in rotation …" */
+  #failingWhy (): string {
+    const last = this.lastError
+    const what = last === null ? '' : `, the last: ${last.error}${last.cause !== null ? ` (${last.cause})` : ''} at ${new Date(last.at).toISOString()}`
+    const outlier = this.#pool.outlier
+    const next = outlier === null
+      ? 'still in rotation (outlier detection is off)'
+      : this.consecutiveFailures >= outlier.consecutiveFailures
+        ? `still in rotation: outlier.maxEjectedPercent (${outlier.maxEjectedPercent}) keeps it from being ejected while others are`
+        : `still in rotation; ${outlier.consecutiveFailures} in a row eject it (outlier.consecutiveFailures)`
+    return `its last ${this.consecutiveFailures} requests failed${what}; ${next}`
   }
 
   async close (): Promise<void> {

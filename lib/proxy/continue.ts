@@ -23,7 +23,7 @@ export function answerExpectContinue (app: FastifyInstance, routes: readonly Rou
     server.emit('request', req, res)
   }
   server.on('checkContinue', onCheckContinue)
-  app.addHook('onClose', async () => { server.off('checkContinue', onCheckContinue) })
+  app.addHook('onClose', async function stopAnsweringExpectContinue () { server.off('checkContinue', onCheckContinue) })
 }
 
 function overLimit (req: IncomingMessage, limits: readonly Limit[]): boolean {

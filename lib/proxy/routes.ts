@@ -123,7 +123,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
   }
 
-  function handler (request: FastifyRequest, reply: FastifyReply): void {
+  function proxyRequest (request: FastifyRequest, reply: FastifyReply): void {
     if (viaContains(request.headers.via, settings.via)) {
       const failure = makeFailure('proxy_loop_detected', { phase: 'route', pool: pool.name, ms: reply.elapsedTime })
       answer(request, reply, failure)
@@ -163,7 +163,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   // Each route lives in a scope of its own, so Fastify's errors on it (and a method it does
   // not serve) are answered in the gateway's format without touching the rest of the app.
-  await app.register(async (scope) => {
+  await app.register(async function proxiedRoute (scope) {
     scope.setErrorHandler(onRouteError)
     scope.setNotFoundHandler(notFoundHandler)
     // Bodies reach the upstream byte for byte, whatever their type: Fastify hands the raw
@@ -172,7 +172,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', passBodyThrough)
     const routeConfig = { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
-    for (const url of ['/', '/*']) scope.route({ method: route.methods, url, handler, config: routeConfig })
+    for (const url of ['/', '/*']) scope.route({ method: route.methods, url, handler: proxyRequest, config: routeConfig })
   }, { prefix: route.prefix })
 }
 
