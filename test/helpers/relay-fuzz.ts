@@ -647,7 +647,9 @@ async function startGateway (lanes: number, port: number, http2Server: boolean):
         const record = JSON.parse(line) as LogRecord
         const id = record.reqId
         if (id === undefined) {
-          if (record.level >= 40) stray.push(record)
+          // A target's state changing (healthy → failing, as failed cases make it) is the
+          // pool's record, not a request's: anything else at warn or above is stray.
+          if (record.level >= 40 && record.to === undefined) stray.push(record)
           continue
         }
         const list = logs.get(id)
