@@ -661,6 +661,7 @@ async function startGateway (lanes: number, port: number, http2Server: boolean):
     logger: { level: 'info', stream },
     // Only the gateway's own records: Fastify's per-request lines would be noise here.
     logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: true,
     // Each client request names itself, so its records can be told from the others'.
     genReqId: (req: { headers: Record<string, string | string[] | undefined> }) => {
       const id = req.headers['x-fuzz-id']
@@ -747,9 +748,12 @@ export async function startRig (lanes: number): Promise<Rig> {
     crashes,
     close: async () => {
       for (const session of rig.sessions) session?.destroy()
-      await h1.app.close()
-      await h2.app.close()
-      await up.close()
+      // An exchange a bug left hanging must not hold the run open: connections are closed with
+      // the servers (forceCloseConnections), and the close itself is bounded.
+      await Promise.race([
+        Promise.all([h1.app.close(), h2.app.close(), up.close()]),
+        new Promise((resolve) => setTimeout(resolve, 5000).unref())
+      ])
       unwatch()
     }
   }
@@ -958,7 +962,10 @@ export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: Rea
   const writes = [...new Set(c.writes.map((w) => 1 + (w.at % Math.max(1, wire.bytes.length - 1))))].sort((a, b) => a - b)
     .map((to, i) => ({ to, pause: c.writes[i % Math.max(1, c.writes.length)]!.pause }))
   rig.upstream.scripts.set(`case:${id}`, { wire, writes, ending: c.ending })
-  const ctlWire: Wire = { bytes: Buffer.from(`HTTP/1.1 200 OK\r\nX-Fuzz-Echo: ctl-${id}\r\nContent-Length: ${`ctl-${id}`.length}\r\n\r\nctl-${id}`), headEnd: 0, body: Buffer.from(`ctl-${id}`), keepAlive: true }
+  // On a pipelined connection the second answer gets the case's Early Hints too: they arrive
+  // while the first answer may still be streaming, and must not land inside its bytes (bug 4).
+  const hints = c.client === 'pipelined' && c.interims.includes(103) ? 'HTTP/1.1 103 Early Hints\r\nLink: </ctl.css>; rel=preload; as=style\r\n\r\n' : ''
+  const ctlWire: Wire = { bytes: Buffer.from(`${hints}HTTP/1.1 200 OK\r\nX-Fuzz-Echo: ctl-${id}\r\nContent-Length: ${`ctl-${id}`.length}\r\n\r\nctl-${id}`), headEnd: 0, body: Buffer.from(`ctl-${id}`), keepAlive: true }
   rig.upstream.scripts.set(`ctl:${id}`, { wire: ctlWire, writes: [], ending: { kind: 'complete', at: 0 } })
   const gateway = c.client === 'http2' ? rig.h2 : rig.h1
   const poolName = `${c.ending.kind === 'stall' ? 's' : 'n'}${lane}`
@@ -1065,7 +1072,9 @@ function checkDelivered (c: FuzzCase, e: Expectation, a: Message, problem: (text
     if (match === undefined) {
       problem(`the body is not the upstream's: ${a.body.length} bytes, expected ${e.bodies.map(({ body }) => body.length).join(' or ')}${firstDifference(a.body, e.bodies[0]!.body)}`)
     } else if (match.encoding !== encoding) {
-      problem(`the body came ${match.encoding === null ? 'still coded' : 'coded'} with Content-Encoding ${encoding ?? '(none)'} (${e.why})`)
+      problem(match.encoding === null
+        ? `the decoded body came with Content-Encoding ${encoding ?? ''} (${e.why})`
+        : `the ${match.encoding}-coded body reached the client without Content-Encoding: ${match.encoding} (${e.why})`)
     }
   }
   // Node's server adds its own `Keep-Alive: timeout=…` to keep-alive answers: only the
