@@ -787,7 +787,9 @@ export interface Seen {
 const CLIENT_BOUND_MS = Number(process.env.FUZZ_HANG_MS ?? 15_000)
 
 function requestBytes (c: FuzzCase, lane: number, id: string, kind: 'case' | 'ctl', version: '1.0' | '1.1'): Buffer {
-  const pool = c.ending.kind === 'stall' ? 's' : 'n'
+  // Only the stalling answer goes through the pool with short timeouts; the next request on
+  // the connection must never race them.
+  const pool = kind === 'case' && c.ending.kind === 'stall' ? 's' : 'n'
   const path = `/${pool}${lane}/${kind}/${id}`
   const lines = [`${kind === 'case' ? c.method : 'GET'} ${path} HTTP/${version}`, 'Host: gw.test', `X-Fuzz-Id: ${kind === 'case' ? id : `ctl-${id}`}`]
   const body = kind === 'case' ? Buffer.from(c.requestBody) : Buffer.alloc(0)
