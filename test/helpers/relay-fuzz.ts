@@ -71,6 +71,7 @@ export type Area =
 
 export const AREAS: readonly Area[] = ['trailer', 'trailer-forwarding', 'status-304-length', 'unsolicited-100', 'interim-pipelined', 'h2c-upgrade-body', 'te-gzip-chunked', 'length-framing', 'h2-cut-error-code', 'h2c-upgrade-large-answer', 'fin-while-paused', 'close-delimited-reset']
 
+// Not listed, because it holds on the current relay: 'length-framing' (guards item 3).
 export const KNOWN_RELAY_BUGS: ReadonlySet<Area> = new Set<Area>([
   'trailer',
   'trailer-forwarding',
@@ -79,7 +80,6 @@ export const KNOWN_RELAY_BUGS: ReadonlySet<Area> = new Set<Area>([
   'interim-pipelined',
   'h2c-upgrade-body',
   'te-gzip-chunked',
-  'length-framing',
   'h2-cut-error-code',
   'h2c-upgrade-large-answer',
   'fin-while-paused',
