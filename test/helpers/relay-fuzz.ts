@@ -750,10 +750,14 @@ export async function startRig (lanes: number): Promise<Rig> {
       for (const session of rig.sessions) session?.destroy()
       // An exchange a bug left hanging must not hold the run open: connections are closed with
       // the servers (forceCloseConnections), and the close itself is bounded.
+      // (The timer stays referenced: unref'd, an unfinished close would leave Node's event loop
+      // empty and end the process with exit code 13, reporting nothing.)
+      let timer: NodeJS.Timeout | undefined
       await Promise.race([
         Promise.all([h1.app.close(), h2.app.close(), up.close()]),
-        new Promise((resolve) => setTimeout(resolve, 5000).unref())
+        new Promise((resolve) => { timer = setTimeout(resolve, 5000) })
       ])
+      clearTimeout(timer)
       unwatch()
     }
   }
