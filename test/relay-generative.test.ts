@@ -16,7 +16,7 @@
 import t from 'tap'
 import fc from 'fast-check'
 import {
-  KNOWN_RELAY_BUGS, StrictParser, caseArb, describeReport, enabledAreas, runBatch, startRig
+  KNOWN_RELAY_BUGS, StrictParser, caseArb, culpritsFirst, describeReport, enabledAreas, runBatch, startRig
 } from './helpers/relay-fuzz.js'
 
 // The file's own bound: .taprc's 60 s suits files that take seconds. This one runs 5 000 cases
@@ -71,7 +71,7 @@ t.test(`the relay under ${CASES} generated upstream answers and clients`, async 
     fc.pre(failedAt === null || Date.now() - failedAt < SHRINK_MS)
     const reports = await runBatch(rig, batch, enabled)
     cases += batch.length
-    const failed = reports.filter((r) => r.problems.length > 0)
+    const failed = culpritsFirst(reports)
     if (failed.length > 0) {
       failedAt ??= Date.now()
       throw new Error(failed.map(describeReport).join('\n'))

@@ -959,6 +959,9 @@ export interface CaseReport {
 
 const GATEWAY_ERROR_STATUSES = new Set([502, 503, 504])
 
+/** How a crash seen while a case ran starts in its report. */
+export const CRASH = 'the process would have died (while this case ran, maybe in another case of its batch):'
+
 let counter = 0
 
 export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: ReadonlySet<Area>): Promise<CaseReport> {
@@ -987,7 +990,9 @@ export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: Rea
   const ctlRecords = (gateway.logs.get(`ctl-${id}`) ?? []).filter((r) => r.level >= 40)
   const hits = rig.upstream.hits.get(`case:${id}`) ?? []
   const problems = check(c, expectation, seen, { records, ctlRecords, failures, hits, stillOpen, enabled, id })
-  for (const crash of rig.crashes.slice(crashesBefore)) problems.push(`the process would have died: ${crash}`)
+  // A crash cannot name its exchange: every case in flight when it came gets it (batch reports
+  // list the cases with other problems first, the likelier culprits).
+  for (const crash of rig.crashes.slice(crashesBefore)) problems.push(`${CRASH} ${crash}`)
   gateway.logs.delete(id)
   gateway.logs.delete(`ctl-${id}`)
   rig.upstream.scripts.delete(`case:${id}`)
@@ -1123,6 +1128,12 @@ function firstDifference (a: Buffer, b: Buffer): string {
   const n = Math.min(a.length, b.length)
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return ` (first difference at byte ${i})`
   return a.length === b.length ? '' : ` (one is a prefix of the other at ${n} bytes)`
+}
+
+/** Failing reports, those with more than a crash first: a crash is blamed on every case in flight. */
+export function culpritsFirst (reports: CaseReport[]): CaseReport[] {
+  const onlyCrash = (r: CaseReport): boolean => r.problems.every((p) => p.startsWith(CRASH))
+  return reports.filter((r) => r.problems.length > 0).sort((a, b) => Number(onlyCrash(a)) - Number(onlyCrash(b)))
 }
 
 /** Runs `cases` at once, one per lane. */
