@@ -664,6 +664,7 @@ async function startGateway (lanes: number, port: number, http2Server: boolean):
     logger: { level: 'info', stream },
     // Only the gateway's own records: Fastify's per-request lines would be noise here.
     logController: new LogController({ disableRequestLogging: true }),
+    forceCloseConnections: true,
     // Each client request names itself, so its records can be told from the others'.
     genReqId: (req: { headers: Record<string, string | string[] | undefined> }) => {
       const id = req.headers['x-fuzz-id']
@@ -750,9 +751,16 @@ export async function startRig (lanes: number): Promise<Rig> {
     crashes,
     close: async () => {
       for (const session of rig.sessions) session?.destroy()
-      await h1.app.close()
-      await h2.app.close()
-      await up.close()
+      // An exchange a bug left hanging must not hold the run open: connections are closed with
+      // the servers (forceCloseConnections), and the close itself is bounded.
+      // (The timer stays referenced: unref'd, an unfinished close would leave Node's event loop
+      // empty and end the process with exit code 13, reporting nothing.)
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.all([h1.app.close(), h2.app.close(), up.close()]),
+        new Promise((resolve) => { timer = setTimeout(resolve, 5000) })
+      ])
+      clearTimeout(timer)
       unwatch()
     }
   }
@@ -786,7 +794,9 @@ export interface Seen {
 const CLIENT_BOUND_MS = Number(process.env.FUZZ_HANG_MS ?? 15_000)
 
 function requestBytes (c: FuzzCase, lane: number, id: string, kind: 'case' | 'ctl', version: '1.0' | '1.1'): Buffer {
-  const pool = c.ending.kind === 'stall' ? 's' : 'n'
+  // Only the stalling answer goes through the pool with short timeouts; the next request on
+  // the connection must never race them.
+  const pool = kind === 'case' && c.ending.kind === 'stall' ? 's' : 'n'
   const path = `/${pool}${lane}/${kind}/${id}`
   const lines = [`${kind === 'case' ? c.method : 'GET'} ${path} HTTP/${version}`, 'Host: gw.test', `X-Fuzz-Id: ${kind === 'case' ? id : `ctl-${id}`}`]
   const body = kind === 'case' ? Buffer.from(c.requestBody) : Buffer.alloc(0)
@@ -952,6 +962,9 @@ export interface CaseReport {
 
 const GATEWAY_ERROR_STATUSES = new Set([502, 503, 504])
 
+/** How a crash seen while a case ran starts in its report. */
+export const CRASH = 'the process would have died (while this case ran, maybe in another case of its batch):'
+
 let counter = 0
 
 export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: ReadonlySet<Area>): Promise<CaseReport> {
@@ -961,7 +974,10 @@ export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: Rea
   const writes = [...new Set(c.writes.map((w) => 1 + (w.at % Math.max(1, wire.bytes.length - 1))))].sort((a, b) => a - b)
     .map((to, i) => ({ to, pause: c.writes[i % Math.max(1, c.writes.length)]!.pause }))
   rig.upstream.scripts.set(`case:${id}`, { wire, writes, ending: c.ending })
-  const ctlWire: Wire = { bytes: Buffer.from(`HTTP/1.1 200 OK\r\nX-Fuzz-Echo: ctl-${id}\r\nContent-Length: ${`ctl-${id}`.length}\r\n\r\nctl-${id}`), headEnd: 0, body: Buffer.from(`ctl-${id}`), keepAlive: true }
+  // On a pipelined connection the second answer gets the case's Early Hints too: they arrive
+  // while the first answer may still be streaming, and must not land inside its bytes (bug 4).
+  const hints = c.client === 'pipelined' && c.interims.includes(103) ? 'HTTP/1.1 103 Early Hints\r\nLink: </ctl.css>; rel=preload; as=style\r\n\r\n' : ''
+  const ctlWire: Wire = { bytes: Buffer.from(`${hints}HTTP/1.1 200 OK\r\nX-Fuzz-Echo: ctl-${id}\r\nContent-Length: ${`ctl-${id}`.length}\r\n\r\nctl-${id}`), headEnd: 0, body: Buffer.from(`ctl-${id}`), keepAlive: true }
   rig.upstream.scripts.set(`ctl:${id}`, { wire: ctlWire, writes: [], ending: { kind: 'complete', at: 0 } })
   const gateway = c.client === 'http2' ? rig.h2 : rig.h1
   const poolName = `${c.ending.kind === 'stall' ? 's' : 'n'}${lane}`
@@ -977,7 +993,9 @@ export async function runCase (rig: Rig, lane: number, c: FuzzCase, enabled: Rea
   const ctlRecords = (gateway.logs.get(`ctl-${id}`) ?? []).filter((r) => r.level >= 40)
   const hits = rig.upstream.hits.get(`case:${id}`) ?? []
   const problems = check(c, expectation, seen, { records, ctlRecords, failures, hits, stillOpen, enabled, id })
-  for (const crash of rig.crashes.slice(crashesBefore)) problems.push(`the process would have died: ${crash}`)
+  // A crash cannot name its exchange: every case in flight when it came gets it (batch reports
+  // list the cases with other problems first, the likelier culprits).
+  for (const crash of rig.crashes.slice(crashesBefore)) problems.push(`${CRASH} ${crash}`)
   gateway.logs.delete(id)
   gateway.logs.delete(`ctl-${id}`)
   rig.upstream.scripts.delete(`case:${id}`)
@@ -1076,7 +1094,9 @@ function checkDelivered (c: FuzzCase, e: Expectation, a: Message, problem: (text
     if (match === undefined) {
       problem(`the body is not the upstream's: ${a.body.length} bytes, expected ${e.bodies.map(({ body }) => body.length).join(' or ')}${firstDifference(a.body, e.bodies[0]!.body)}`)
     } else if (match.encoding !== encoding) {
-      problem(`the body came ${match.encoding === null ? 'still coded' : 'coded'} with Content-Encoding ${encoding ?? '(none)'} (${e.why})`)
+      problem(match.encoding === null
+        ? `the decoded body came with Content-Encoding ${encoding ?? ''} (${e.why})`
+        : `the ${match.encoding}-coded body reached the client without Content-Encoding: ${match.encoding} (${e.why})`)
     }
   }
   // Node's server adds its own `Keep-Alive: timeout=…` to keep-alive answers: only the
@@ -1119,6 +1139,12 @@ function firstDifference (a: Buffer, b: Buffer): string {
   const n = Math.min(a.length, b.length)
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return ` (first difference at byte ${i})`
   return a.length === b.length ? '' : ` (one is a prefix of the other at ${n} bytes)`
+}
+
+/** Failing reports, those with more than a crash first: a crash is blamed on every case in flight. */
+export function culpritsFirst (reports: CaseReport[]): CaseReport[] {
+  const onlyCrash = (r: CaseReport): boolean => r.problems.every((p) => p.startsWith(CRASH))
+  return reports.filter((r) => r.problems.length > 0).sort((a, b) => Number(onlyCrash(a)) - Number(onlyCrash(b)))
 }
 
 /** Runs `cases` at once, one per lane. */
