@@ -2,7 +2,7 @@
 // each phase timed, the failure classified as a proxied one would be.
 import t from 'tap'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, startHttpsUpstream, selfSignedCert, freePort } from './helpers/servers.js'
+import { startUpstream, startHttpsUpstream, selfSignedCert, deadTarget } from './helpers/servers.js'
 import type { ProbeResult } from '../lib/observe/probe.js'
 
 t.test('a healthy target answers with every phase timed, at its health path', async (t) => {
@@ -28,7 +28,7 @@ t.test('a healthy target answers with every phase timed, at its health path', as
 })
 
 t.test('a refused target reports connection_refused in the connect phase', async (t) => {
-  const dead = `http://127.0.0.1:${await freePort()}`
+  const dead = await deadTarget(t)
   const gw = await startGateway(t, { pools: { api: { targets: [dead] } }, routes: [{ prefix: '/api', pool: 'api' }] })
   const result = await gw.app.upstream.probe('api', dead)
   t.match(result, { ok: false, status: null, error: 'connection_refused', phase: 'connect', cause: 'ECONNREFUSED' })

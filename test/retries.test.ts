@@ -1,10 +1,15 @@
 import t from 'tap'
 import { Readable } from 'node:stream'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, startTcp, freePort, echo, type Running } from './helpers/servers.js'
+import { startUpstream, startTcp, startRefusing, echo, type Running } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
 
-const dead = async (): Promise<string> => `http://127.0.0.1:${await freePort()}`
+/** A refusing target, held until the end of the file's run. */
+const dead = async (): Promise<string> => {
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  return refusing.url
+}
 const teardown = (t: { teardown: (fn: () => unknown) => void }, ...servers: Running[]): void => { for (const s of servers) t.teardown(s.close) }
 
 t.test('a refused connection is retried on another target: the client never sees the dead one', async (t) => {
@@ -184,9 +189,9 @@ t.test('timeouts.total bounds all tries together', async (t) => {
 })
 
 t.test('a retry goes to a different target each time while there is one', async (t) => {
-  const ports = await Promise.all([1, 2, 3].map(async () => await freePort()))
+  const targets = await Promise.all([1, 2, 3].map(async () => await dead()))
   const gw = await startGateway(t, {
-    pools: { p: { targets: ports.map((p) => `http://127.0.0.1:${p}`), retry: { retries: 2 }, outlier: false } },
+    pools: { p: { targets, retry: { retries: 2 }, outlier: false } },
     routes: [{ prefix: '/p', pool: 'p' }]
   })
   const problem = await (await gw.request('/p/x', { headers: { accept: 'application/json' } })).body.json() as Problem

@@ -2,7 +2,7 @@
 // and a dead target, exposure, escaping, and the ring of kept requests staying bounded.
 import t from 'tap'
 import { startGateway, waitFor } from './helpers/gateway.js'
-import { startUpstream, freePort } from './helpers/servers.js'
+import { startUpstream, deadTarget } from './helpers/servers.js'
 import type { StatusReport } from '../lib/observe/report.js'
 import type { RequestStory } from '../lib/observe/recorder.js'
 import { Recorder } from '../lib/observe/recorder.js'
@@ -46,8 +46,8 @@ t.test('the status JSON lists every pool and target with their stats, and the di
 })
 
 t.test('a dead target gives a critical finding, and its failure links to the whole story', async (t) => {
-  const port = await freePort()
-  const dead = `http://127.0.0.1:${port}`
+  const dead = await deadTarget(t)
+  const port = new URL(dead).port
   const gw = await startGateway(t, {
     pools: { gone: { targets: [dead], outlier: { consecutiveFailures: 1 } } },
     routes: [{ prefix: '/gone', pool: 'gone' }],
@@ -96,7 +96,7 @@ t.test('a dead target gives a critical finding, and its failure links to the who
 
 t.test('the page escapes what it reflects', async (t) => {
   const gw = await startGateway(t, {
-    pools: { '<b>x</b>': { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    pools: { '<b>x</b>': { targets: [await deadTarget(t)] } },
     routes: [{ prefix: '/x', pool: '<b>x</b>' }],
     errors: { expose: 'full' }
   }, { genReqId: () => '"><img src=x onerror=alert(1)>' })

@@ -11,7 +11,7 @@ import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici'
 import { FastifyOtelInstrumentation } from '@fastify/otel'
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import { startGateway, waitFor } from './helpers/gateway.js'
-import { startUpstream, freePort, type Running } from './helpers/servers.js'
+import { startUpstream, startRefusing, type Running } from './helpers/servers.js'
 import { startDns } from './helpers/dns.js'
 import { keepLastTraceFields } from '../lib/observe/tracing.js'
 
@@ -27,7 +27,12 @@ const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
 const CLIENT_SPAN = '00f067aa0ba902b7'
 const TRACEPARENT = `00-${TRACE_ID}-${CLIENT_SPAN}-01`
 
-const dead = async (): Promise<string> => `http://127.0.0.1:${await freePort()}`
+/** A refusing target, held until the end of the file's run. */
+const dead = async (): Promise<string> => {
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  return refusing.url
+}
 const teardown = (t: { teardown: (fn: () => unknown) => void }, ...servers: Running[]): void => { for (const s of servers) t.teardown(s.close) }
 
 /**
