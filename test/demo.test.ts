@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
 import { ourProxyStatus } from './helpers/proxy-status.js'
+import { childEnv } from './helpers/child.js'
 
 const demo = fileURLToPath(new URL('../examples/demo.ts', import.meta.url))
 const root = fileURLToPath(new URL('..', import.meta.url))
@@ -265,7 +266,7 @@ const expectations: Array<{ match: RegExp, check: (t: Test, answers: Answer[], r
 t.test('npm run demo: every curl line it prints answers as its comment says; Ctrl-C stops it cleanly', async (t) => {
   const child = spawn(process.execPath, ['--import', 'tsx', demo], {
     cwd: root,
-    env: { ...process.env, PORT: '0', NODE_ENV: 'development' },
+    env: childEnv({ PORT: '0', NODE_ENV: 'development' }),
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const killer = setTimeout(() => child.kill('SIGKILL'), 50_000)

@@ -9,6 +9,7 @@ import { Agent, request } from 'undici'
 import { startGateway, waitFor } from './helpers/gateway.js'
 import { startUpstream, startTcp, startRefusing, type Running } from './helpers/servers.js'
 import type { UpstreamOptions } from '../lib/index.js'
+import { childEnv } from './helpers/child.js'
 
 v8.setFlagsFromString('--expose-gc')
 const gc = vm.runInNewContext('gc') as () => void
@@ -201,7 +202,7 @@ t.test('10 000 mixed failures: the heap after GC and the handles return to where
   const { spawn } = await import('node:child_process')
   const { fileURLToPath } = await import('node:url')
   const script = fileURLToPath(new URL('./fixtures/storm-child.ts', import.meta.url))
-  const child = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', script, '10000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--expose-gc', '--import', 'tsx', script, '10000'], { stdio: ['ignore', 'pipe', 'inherit'], env: childEnv() })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const killer = setTimeout(() => child.kill('SIGKILL'), STORM_LIMIT)

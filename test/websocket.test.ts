@@ -12,6 +12,7 @@ import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
 import { startUpstream, startTcp, deadTarget, startBlackhole, selfSignedCert } from './helpers/servers.js'
 import type { PoolReport, StatusReport } from '../lib/observe/report.js'
 import { proxyStatus } from './helpers/proxy-status.js'
+import { childEnv } from './helpers/child.js'
 
 interface WsUpstream {
   url: string
@@ -404,7 +405,7 @@ t.test('app.close() ends open tunnels', async (t) => {
 
 t.test('app.close() with open tunnels leaves no handle: the process exits on its own', async (t) => {
   const script = fileURLToPath(new URL('./fixtures/websocket-close-child.ts', import.meta.url))
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'], env: childEnv() })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const killer = setTimeout(() => child.kill('SIGKILL'), 20000)
