@@ -252,6 +252,28 @@ t.test('431: a header section over maxHeaderSize answers in the gateway format w
   t.match(record, { level: 40, status: 431, error: 'http_request_error', cause: 'HPE_HEADER_OVERFLOW', method: 'GET', url: '/shop/cart', reqId: problem.requestId })
 })
 
+t.test('a parser fault has no request to ask: an expose function gets the public answer, "full" the full one', async (t) => {
+  const oversized = `GET /shop/cart HTTP/1.1\r\nhost: a\r\naccept: application/json\r\ncookie: ${'a'.repeat(20_000)}\r\n\r\n`
+  let asked = 0
+  const byFunction = await startGateway(t, {
+    pools: { shop: { targets: ['http://127.0.0.1:1'] } },
+    routes: [{ prefix: '/shop', pool: 'shop' }],
+    errors: { expose: () => { asked++; return true } }
+  }, { clientErrorHandler })
+  const publicAnswer = await rawExchange(byFunction.url, oversized)
+  t.equal(publicAnswer.status, 431)
+  const publicProblem = JSON.parse(publicAnswer.body) as Problem
+  t.equal(publicProblem.cause, undefined, 'no cause: a function cannot be asked without a request')
+  t.equal(publicProblem.pool, undefined)
+  t.same(proxyStatus(publicAnswer.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { error: 'http_request_error', details: 'Request headers too large' } }])
+  t.equal(asked, 0, 'the function was not called')
+
+  const full = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }], errors: { expose: 'full' } }, { clientErrorHandler })
+  const fullAnswer = await rawExchange(full.url, oversized)
+  t.equal((JSON.parse(fullAnswer.body) as Problem).cause, 'HPE_HEADER_OVERFLOW', 'full exposure shows the cause')
+  t.same(proxyStatus(fullAnswer.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { error: 'http_request_error', details: 'route HPE_HEADER_OVERFLOW' } }])
+})
+
 t.test('400: a request Node cannot parse gets text in the gateway format; without the plugin, a bare 400', async (t) => {
   const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { clientErrorHandler })
   const res = await rawExchange(gw.url, 'GET /shop/x HTTP/1.1\r\nhost: a\r\nbad header: x\r\n\r\n')

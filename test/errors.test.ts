@@ -323,6 +323,25 @@ t.test('a client cannot stop its own request by sending the gateway\'s public na
   t.same(gw.failures(), [])
 })
 
+t.test('Proxy-Status details with quotes and backslashes parse back exactly (RFC 9651 sf-string escaping)', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  // Default options but for retry.on: the note of a timed-out try quotes the condition.
+  const gw = await startGateway(t, {
+    pools: { shop: { targets: [silent.url], retry: { on: ['connect-failure'] }, timeouts: { headers: 100 } } },
+    routes: [{ prefix: '/shop', pool: 'shop' }],
+    errors: { expose: 'full' }
+  })
+  const res = await gw.request('/shop/x', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 504)
+  await res.body.dump()
+  t.match(res.headers['proxy-status'], /details="[^"]*\\"timeout\\" is not in retry\.on"/, 'the quotes are escaped on the wire')
+  t.same(proxyStatus(res.headers['proxy-status']), [{
+    proxy: 'fastify-upstream',
+    params: { error: 'http_response_timeout', details: 'headers UND_ERR_HEADERS_TIMEOUT; not retried: "timeout" is not in retry.on', 'next-hop': silent.url.slice('http://'.length) }
+  }])
+})
+
 t.test('HEAD gets the error headers without a body', async (t) => {
   const gw = await startGateway(t, { pools: { shop: { targets: [await deadTarget(t)] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
   const res = await gw.request('/shop/x', { method: 'HEAD', headers: { accept: 'application/json' } })

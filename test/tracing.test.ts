@@ -192,7 +192,7 @@ t.test('connections refused everywhere: failed try spans, and the request span t
     t.equal(attempt.status.code, SpanStatusCode.ERROR)
   }
   const server = spans().filter(byTrace(TRACE_ID)).find((s) => s.kind === SpanKind.SERVER)!
-  t.match(server.attributes, { 'fastify_upstream.error': /^(connection_refused|destination_unavailable)$/, 'fastify_upstream.pool': 'p', 'fastify_upstream.attempts': 2, 'http.response.status_code': 502 })
+  t.match(server.attributes, { 'fastify_upstream.error': 'connection_refused', 'fastify_upstream.pool': 'p', 'fastify_upstream.attempts': 2, 'http.response.status_code': 502 })
   t.equal(server.status.code, SpanStatusCode.ERROR)
 
   // Both targets are now known to refuse; an outage of the whole pool reads the same way.
@@ -200,7 +200,7 @@ t.test('connections refused everywhere: failed try spans, and the request span t
   t.equal(again.status, 502)
   await waitFor(() => spans().filter((s) => s.kind === SpanKind.SERVER).length === 2, 5000, 'the second request span')
   const second = spans().filter((s) => s.kind === SpanKind.SERVER).find((s) => s.spanContext().traceId !== TRACE_ID)!
-  t.match(second.attributes, { 'fastify_upstream.error': /^(connection_refused|destination_unavailable)$/, 'fastify_upstream.blame': /^(upstream|gateway|network)$/ })
+  t.match(second.attributes, { 'fastify_upstream.error': 'connection_refused', 'fastify_upstream.blame': 'upstream' })
 })
 
 t.test('tracing: false leaves the client\'s traceparent to undici, as without the gateway\'s help', async (t) => {
