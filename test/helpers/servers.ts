@@ -167,6 +167,14 @@ export async function startBlackhole (): Promise<Running> {
 }
 
 /**
+ * Why tests that make certificates cannot run here (the openssl CLI is missing), or null when
+ * they can: for `t.test(name, { skip: opensslMissing ?? false }, ...)`, so a skip says so.
+ */
+export const opensslMissing: string | null = (await import('node:child_process')).spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0
+  ? null
+  : 'the openssl CLI is not installed, so no certificate can be made for this test'
+
+/**
  * A self-signed certificate for 127.0.0.1, made with the openssl CLI; null (the caller skips,
  * saying why) where openssl is not installed.
  */
