@@ -9,7 +9,8 @@
 // under the figure measured so that a timing-dependent branch cannot fail it.
 import { readFile } from 'node:fs/promises'
 
-const FLOORS = { statements: 90, branches: 85, functions: 86, lines: 90 }
+// Measured 2026-12-02 (full suite): statements 98.05, branches 90.77, functions 97.9, lines 98.05.
+const FLOORS = { statements: 96, branches: 89, functions: 96, lines: 96 }
 
 const root = new URL('..', import.meta.url)
 const summary = JSON.parse(await readFile(new URL('.tap/report/coverage-summary.json', root), 'utf8'))

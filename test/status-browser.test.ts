@@ -27,7 +27,8 @@ if (reason !== null || playwright === null) {
 } else {
   t.test('the status page on a phone: diagnosis first, nothing run or fetched, no overflow', async (t) => {
     const fast = await Promise.all(['a', 'b'].map(async (name) => await startUpstream(name, (_req, res) => { res.end('ok') })))
-    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 400) })
+    // Far slower than the diagnosis' 3x: a loaded machine slows the fast ones too, by less.
+    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 1500) })
     for (const u of [...fast, slow]) t.teardown(u.close)
     const dead = await deadTarget(t)
     const gw = await startGateway(t, {
