@@ -35,6 +35,7 @@ t.test('rewriteLocation: slashes at the ends of the prefixes', async (t) => {
   t.equal(rewriteLocation('/v1', { ...context, prefix: '/', rewritePrefix: '/v1' }), '/', 'an empty result is /')
   t.equal(rewriteLocation('/v1?q', { ...context, prefix: '/', rewritePrefix: '/v1' }), '/?q')
   t.equal(rewriteLocation('/v1#f', { ...context, prefix: '', rewritePrefix: '/v1' }), '/#f')
+  t.equal(rewriteLocation('//evil.example/x', { ...context, rewritePrefix: '' }), '//evil.example/x', 'a protocol-relative URL is another site, even under an empty rewritePrefix')
 })
 
 t.test('rewriteLocations: both fields, only when the route says so', async (t) => {
