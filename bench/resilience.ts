@@ -130,7 +130,8 @@ async function load (url: string, options: { seconds?: number, amount?: number, 
 
 type KillSystem = 'fastify-upstream, retries off' | 'fastify-upstream' | Peer
 
-interface KillSample { requests: number, clientErrors: number, killToLastErrorMs: number, killToEjectionMs: number | null }
+/** killToLastErrorMs: null when no client error followed the kill (there is no last one to time). */
+interface KillSample { requests: number, clientErrors: number, killToLastErrorMs: number | null, killToEjectionMs: number | null }
 
 async function killOnce (system: KillSystem, seconds: number): Promise<KillSample> {
   const upstreams = await Promise.all([0, 1, 2].map(async () => await startUpstreams([0])))
@@ -158,7 +159,7 @@ async function killOnce (system: KillSystem, seconds: number): Promise<KillSampl
     return {
       requests: result.requests.total,
       clientErrors: failed,
-      killToLastErrorMs: lastFailureAt === null ? 0 : Math.max(0, lastFailureAt - killedAt),
+      killToLastErrorMs: lastFailureAt === null ? null : Math.max(0, lastFailureAt - killedAt),
       killToEjectionMs: ejectedAt === null ? null : ejectedAt - killedAt
     }
   } finally {
@@ -177,7 +178,7 @@ export async function kill (settings: Settings): Promise<{ figures: Figure[], de
       const sample = await killOnce(system, seconds)
       samples[system]!.push(sample)
       console.log(`  kill round ${round}/${settings.rounds} ${system.padEnd(29)} ${sample.requests} requests, ${sample.clientErrors} client errors, ` +
-        `last ${sample.killToLastErrorMs} ms after the kill` + (sample.killToEjectionMs === null ? '' : `, ejected after ${sample.killToEjectionMs} ms`))
+        (sample.killToLastErrorMs === null ? 'none after the kill' : `last ${sample.killToLastErrorMs} ms after the kill`) + (sample.killToEjectionMs === null ? '' : `, ejected after ${sample.killToEjectionMs} ms`))
     }
   }
   const baseline = 'fastify-upstream, retries off'
@@ -187,7 +188,9 @@ export async function kill (settings: Settings): Promise<{ figures: Figure[], de
     const errors = list.map((s) => s.clientErrors)
     figures.push(figure('kill', system, 'client errors', 'requests', errors, system === baseline ? undefined : { name: baseline, values: samples[baseline]!.map((s) => s.clientErrors) }))
     figures.push(figure('kill', system, 'errors per 10k requests', '', list.map((s) => (s.clientErrors / Math.max(1, s.requests)) * 10_000)))
-    figures.push(figure('kill', system, 'kill → last error', 'ms', list.map((s) => s.killToLastErrorMs)))
+    // Only rounds that had an error have a last one; with none in any round the figure is left out.
+    const lastErrors = list.flatMap((s) => s.killToLastErrorMs === null ? [] : [s.killToLastErrorMs])
+    if (lastErrors.length > 0) figures.push(figure('kill', system, 'kill → last error', 'ms', lastErrors))
     if (system === 'fastify-upstream') {
       figures.push(figure('kill', system, 'kill → ejection', 'ms', list.map((s) => s.killToEjectionMs ?? NaN)))
     }

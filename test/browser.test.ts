@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Browser, Page } from 'playwright-core'
 import { startGateway } from './helpers/gateway.js'
-import { freePort } from './helpers/servers.js'
+import { deadTarget } from './helpers/servers.js'
 
 /** A subtest's `t` (tap's callback argument). */
 type TestT = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -76,10 +76,10 @@ if ('reason' in found) {
 
   /** A gateway whose one target refuses connections, and the hostile URL opened on a phone. */
   async function visit (t: TestT, expose: 'full' | 'public', viewport = PHONE): Promise<Visit> {
-    const upstreamPort = await freePort()
+    const upstream = await deadTarget(t)
     const gatewaySaw: string[] = []
     const gw = await startGateway(t, {
-      pools: { billing: { targets: [`http://127.0.0.1:${upstreamPort}`] } },
+      pools: { billing: { targets: [upstream] } },
       routes: [{ prefix: '/api', pool: 'billing' }],
       errors: { expose }
     }, {}, (app) => { app.addHook('onRequest', async (request) => { gatewaySaw.push(request.url) }) })
@@ -114,7 +114,7 @@ if ('reason' in found) {
       requests,
       gatewaySaw,
       dialogs,
-      upstreamPort
+      upstreamPort: Number(new URL(upstream).port)
     }
   }
 

@@ -7,13 +7,14 @@ import { frameworkErrors, clientErrorHandler } from '../lib/index.js'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
+import { proxyStatus, ourProxyStatus } from './helpers/proxy-status.js'
 
 t.test('404: a path no route serves', async (t) => {
   const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
   const res = await gw.request('/nowhere?x=1', { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 404)
   t.equal(res.headers['cache-control'], 'no-store')
-  t.match(res.headers['proxy-status'], /^fastify-upstream; error=http_request_error; details="route http_request_error"$/)
+  t.same(proxyStatus(res.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { error: 'http_request_error', details: 'route http_request_error' } }])
   const problem = await res.body.json() as Problem
   t.match(problem, { status: 404, title: 'Not found', error: 'http_request_error', blame: 'client', phase: 'route', temporary: false, detail: 'Nothing is served at this address.' })
   t.match(problem.hint, /No route matches GET \/nowhere: check the path against the routes\[\]\.prefix options/)
@@ -60,7 +61,7 @@ t.test('429: the global rate limit answers in the gateway format with Retry-Afte
   const res = await gw.request('/shop/x', { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 429)
   t.match(res.headers['retry-after'], /^\d+$/)
-  t.match(res.headers['proxy-status'], /error=http_request_denied/)
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'http_request_denied' } })
   const problem = await res.body.json() as Problem
   t.match(problem, { status: 429, error: 'http_request_denied', blame: 'client', temporary: true })
   t.equal(u.hits, 2)
@@ -113,7 +114,7 @@ t.test('413: a body whose Content-Length is over routes[].bodyLimit never reache
   const res = await gw.request('/shop/upload', { method: 'POST', body: 'x'.repeat(2000), headers: { accept: 'application/json', 'content-type': 'text/plain' } })
   t.equal(res.statusCode, 413)
   t.equal(res.headers.connection, 'close', 'the unread body is not drained: the connection closes')
-  t.match(res.headers['proxy-status'], /error=http_request_error/)
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'http_request_error' } })
   const problem = await res.body.json() as Problem
   t.match(problem, { status: 413, title: 'Request body too large', error: 'http_request_error', blame: 'client', phase: 'send', temporary: false, detail: 'The request body is larger than this service accepts.' })
   t.match(problem.hint, /declares 2000 bytes \(Content-Length\); the limit for routes with prefix "\/shop" is 1000 bytes \(routes\[\]\.bodyLimit/)
@@ -199,7 +200,7 @@ t.test('a URL Fastify cannot decode answers in the gateway format when the app p
   const gw = await startGateway(t, { pools: { shop: { targets: [u.url] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { frameworkErrors })
   const res = await gw.request('/shop/%zz', { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 400)
-  t.match(res.headers['proxy-status'], /error=http_request_error/)
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'http_request_error' } })
   t.ok(res.headers['x-request-id'], 'with the request id')
   const problem = await res.body.json() as Problem
   t.match(problem, { status: 400, error: 'http_request_error', blame: 'client', detail: "'/shop/%zz' is not a valid url component." })
@@ -238,7 +239,7 @@ t.test('431: a header section over maxHeaderSize answers in the gateway format w
   const gw = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }] }, { clientErrorHandler })
   const res = await rawExchange(gw.url, `GET /shop/cart HTTP/1.1\r\nhost: a\r\naccept: application/json\r\ncookie: ${'a'.repeat(20_000)}\r\n\r\n`)
   t.equal(res.status, 431)
-  t.match(res.headers['proxy-status'], /^fastify-upstream; error=http_request_error/)
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'http_request_error' } })
   t.equal(res.headers['cache-control'], 'no-store')
   t.equal(res.headers.connection, 'close')
   t.match(res.headers['content-type'], /^application\/problem\+json/)
@@ -249,6 +250,28 @@ t.test('431: a header section over maxHeaderSize answers in the gateway format w
   const [record, ...others] = gw.failures()
   t.same(others, [])
   t.match(record, { level: 40, status: 431, error: 'http_request_error', cause: 'HPE_HEADER_OVERFLOW', method: 'GET', url: '/shop/cart', reqId: problem.requestId })
+})
+
+t.test('a parser fault has no request to ask: an expose function gets the public answer, "full" the full one', async (t) => {
+  const oversized = `GET /shop/cart HTTP/1.1\r\nhost: a\r\naccept: application/json\r\ncookie: ${'a'.repeat(20_000)}\r\n\r\n`
+  let asked = 0
+  const byFunction = await startGateway(t, {
+    pools: { shop: { targets: ['http://127.0.0.1:1'] } },
+    routes: [{ prefix: '/shop', pool: 'shop' }],
+    errors: { expose: () => { asked++; return true } }
+  }, { clientErrorHandler })
+  const publicAnswer = await rawExchange(byFunction.url, oversized)
+  t.equal(publicAnswer.status, 431)
+  const publicProblem = JSON.parse(publicAnswer.body) as Problem
+  t.equal(publicProblem.cause, undefined, 'no cause: a function cannot be asked without a request')
+  t.equal(publicProblem.pool, undefined)
+  t.same(proxyStatus(publicAnswer.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { error: 'http_request_error', details: 'Request headers too large' } }])
+  t.equal(asked, 0, 'the function was not called')
+
+  const full = await startGateway(t, { pools: { shop: { targets: ['http://127.0.0.1:1'] } }, routes: [{ prefix: '/shop', pool: 'shop' }], errors: { expose: 'full' } }, { clientErrorHandler })
+  const fullAnswer = await rawExchange(full.url, oversized)
+  t.equal((JSON.parse(fullAnswer.body) as Problem).cause, 'HPE_HEADER_OVERFLOW', 'full exposure shows the cause')
+  t.same(proxyStatus(fullAnswer.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { error: 'http_request_error', details: 'route HPE_HEADER_OVERFLOW' } }])
 })
 
 t.test('400: a request Node cannot parse gets text in the gateway format; without the plugin, a bare 400', async (t) => {

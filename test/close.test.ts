@@ -1,10 +1,11 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { childEnv } from './helpers/child.js'
 
 t.test('app.close() leaves no socket, timer or dispatcher open: the process exits on its own', async (t) => {
   const script = fileURLToPath(new URL('./fixtures/close-child.ts', import.meta.url))
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'], env: childEnv() })
   let output = ''
   child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
   const killer = setTimeout(() => child.kill('SIGKILL'), 20000)

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net'
 import { buildConnector } from 'undici'
 import { ConnectGate } from '../lib/pool/connector.js'
 import { startGateway } from './helpers/gateway.js'
-import { startTcp, startBlackhole, freePort } from './helpers/servers.js'
+import { startTcp, startBlackhole, startRefusing } from './helpers/servers.js'
 
 type Connector = buildConnector.connector
 interface Outcome { code: string | null, socket: net.Socket | null, at: number }
@@ -34,7 +34,9 @@ async function connectMany (connect: Connector, port: number, count: number): Pr
 }
 
 t.test('after a refusal, concurrent connects share one attempt, and all fail with its error', async (t) => {
-  const port = await freePort()
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  const port = refusing.port
   const gate = new ConnectGate()
   const base = counted(port)
   const connect = gate.wrap(base.connect)
@@ -49,12 +51,15 @@ t.test('after a refusal, concurrent connects share one attempt, and all fail wit
 })
 
 t.test('when the target comes back, the attempt succeeds and every waiter opens its own connection', async (t) => {
-  const port = await freePort()
+  const refusing = await startRefusing()
+  const port = refusing.port
   const gate = new ConnectGate()
   const base = counted(port)
   const connect = gate.wrap(base.connect)
   t.equal((await connectMany(connect, port, 1))[0]!.code, 'ECONNREFUSED')
 
+  // The refusing socket lets go of the port only now, and a server takes it at once.
+  await refusing.close()
   const server = net.createServer((socket) => { socket.on('error', () => {}) })
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
   t.teardown(async () => await new Promise<void>((resolve) => server.close(() => resolve())))
@@ -75,7 +80,9 @@ t.test('when the target comes back, the attempt succeeds and every waiter opens 
 t.test('a timeout is not shared: after one, each waiter runs its own connect and its own timer', async (t) => {
   const hole = await startBlackhole()
   t.teardown(hole.close)
-  const refused = await freePort()
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  const refused = refusing.port
   const gate = new ConnectGate()
   // The gate is per target and shared by its connectors: make it fail outright on one, then
   // watch the next attempt time out on another.
@@ -123,7 +130,8 @@ t.test('through the gateway: a target failing TLS outright sees one connection f
 })
 
 t.test('through the gateway: a refused target that starts listening serves a burst in full', async (t) => {
-  const port = await freePort()
+  const refusing = await startRefusing()
+  const port = refusing.port
   const gw = await startGateway(t, {
     pools: { p: { targets: [`http://127.0.0.1:${port}`], outlier: false, retry: { retries: 0 } } },
     routes: [{ prefix: '/p', pool: 'p' }]
@@ -133,6 +141,8 @@ t.test('through the gateway: a refused target that starts listening serves a bur
   t.equal((await refused.body.json() as { error: string }).error, 'connection_refused')
 
   const http = await import('node:http')
+  // The refusing socket lets go of the port only now, and a server takes it at once.
+  await refusing.close()
   const server = http.createServer((_req, res) => { res.end('ok') })
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
   t.teardown(async () => { server.closeAllConnections(); await new Promise<void>((resolve) => server.close(() => resolve())) })

@@ -5,10 +5,11 @@ import t from 'tap'
 import Fastify from 'fastify'
 import { request } from 'undici'
 import upstream from '../lib/index.js'
-import { startGateway, type Gateway, type LogRecord } from './helpers/gateway.js'
-import { startUpstream, startTcp, startBlackhole, startHttpsUpstream, selfSignedCert, freePort, type Running } from './helpers/servers.js'
+import { startGateway, waitFor, type Gateway, type LogRecord } from './helpers/gateway.js'
+import { startUpstream, startTcp, startBlackhole, startHttpsUpstream, selfSignedCert, startRefusing, deadTarget, type Running } from './helpers/servers.js'
 import type { UpstreamOptions } from '../lib/index.js'
 import type { Problem } from '../lib/errors/problem.js'
+import { proxyStatus, ourProxyStatus } from './helpers/proxy-status.js'
 
 interface Scenario {
   name: string
@@ -35,7 +36,10 @@ const answerAfterRequest = (bytes: string | null) => async () => {
 const scenarios: Scenario[] = [
   {
     name: 'nothing listens on the port',
-    start: async () => ({ target: `http://127.0.0.1:${await freePort()}`, close: async () => {} }),
+    start: async () => {
+      const refusing = await startRefusing()
+      return { target: refusing.url, close: refusing.close }
+    },
     status: 502,
     error: 'connection_refused',
     blame: 'upstream',
@@ -181,7 +185,14 @@ for (const scenario of scenarios) {
       t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
       t.equal(res.headers['cache-control'], 'no-store')
       t.equal(res.headers['x-request-id'], problem.requestId)
-      t.match(res.headers['proxy-status'], new RegExp(`^fastify-upstream; error=${scenario.error}; details="${scenario.phase} [^"]+"; next-hop="${targetHostPort.replace('.', '\\.')}"$`))
+      const cause = (problem.cause ?? scenario.error).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+      const members = proxyStatus(res.headers['proxy-status'])
+      t.equal(members.length, 1, 'one Proxy-Status member, the gateway\'s')
+      t.same(Object.keys(members[0]!.params), ['error', 'details', 'next-hop'])
+      t.match(members[0], {
+        proxy: 'fastify-upstream',
+        params: { error: scenario.error, details: new RegExp(`^${scenario.phase} ${cause}(; .+)?$`), 'next-hop': targetHostPort }
+      }, 'details: the phase, the cause, then any note')
       t.same(Object.keys(problem), ALL_MEMBERS)
       t.match(problem, {
         type: `urn:fastify-upstream:error:${scenario.error}`,
@@ -268,8 +279,7 @@ t.test('the body breaks after the headers: the client connection is cut and one 
   const res = await gw.request('/shop/orders')
   t.equal(res.statusCode, 200)
   await t.rejects(res.body.text(), 'a truncated body is an error for the client, never a silent short read')
-  const deadline = Date.now() + 3000
-  while (gw.failures().length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  await waitFor(() => gw.failures().length > 0, 30_000, 'the failure record')
   const [record, ...others] = gw.failures()
   t.same(others, [])
   t.match(record, { level: 50, status: 200, error: 'http_response_incomplete', blame: 'upstream', phase: 'body', attempts: [{ error: 'http_response_incomplete', status: 200 }] })
@@ -280,18 +290,23 @@ t.test('the body breaks after the headers: the client connection is cut and one 
 })
 
 t.test('a request that loops back to this gateway is stopped', async (t) => {
-  // A gateway whose target is itself: the port is chosen first, the gateway then listens on it.
-  const port = await freePort()
+  // A gateway whose target is itself: the port is held first (refusing), then handed to the gateway.
+  const refusing = await startRefusing()
+  const port = refusing.port
   const app = Fastify({ logger: { level: 'info', stream: { write: (line: string) => { logs.push(JSON.parse(line) as LogRecord) } } } })
   const logs: LogRecord[] = []
   t.teardown(async () => { await app.close() })
   await app.register(upstream, { pools: { self: { targets: [`http://127.0.0.1:${port}`], retry: { retries: 0 } } }, routes: [{ prefix: '/self', pool: 'self', rewritePrefix: '/self' }] })
+  await refusing.close()
   await app.listen({ port, host: '127.0.0.1' })
   const res = await request(`http://127.0.0.1:${port}/self/x`, { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 502)
   t.match(await res.body.json(), { error: 'proxy_loop_detected', blame: 'gateway', phase: 'route' })
-  t.match(res.headers['proxy-status'], /^fastify-upstream; error=proxy_loop_detected; .*, fastify-upstream; received-status=502$/,
-    'the second pass stopped it; the first passed its answer on')
+  t.match(proxyStatus(res.headers['proxy-status']), [
+    { proxy: 'fastify-upstream', params: { error: 'proxy_loop_detected' } },
+    { proxy: 'fastify-upstream', params: { 'received-status': 502 } }
+  ], 'the second pass stopped it; the first passed its answer on')
+  t.equal(proxyStatus(res.headers['proxy-status']).length, 2)
   const loops = logs.filter((r) => r.error === 'proxy_loop_detected')
   t.equal(loops.length, 1, 'one record, from the pass that saw its own pseudonym')
   t.equal(loops[0]!.level, 50)
@@ -308,11 +323,30 @@ t.test('a client cannot stop its own request by sending the gateway\'s public na
   t.same(gw.failures(), [])
 })
 
+t.test('Proxy-Status details with quotes and backslashes parse back exactly (RFC 9651 sf-string escaping)', async (t) => {
+  const silent = await startTcp(() => {})
+  t.teardown(silent.close)
+  // Default options but for retry.on: the note of a timed-out try quotes the condition.
+  const gw = await startGateway(t, {
+    pools: { shop: { targets: [silent.url], retry: { on: ['connect-failure'] }, timeouts: { headers: 100 } } },
+    routes: [{ prefix: '/shop', pool: 'shop' }],
+    errors: { expose: 'full' }
+  })
+  const res = await gw.request('/shop/x', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 504)
+  await res.body.dump()
+  t.match(res.headers['proxy-status'], /details="[^"]*\\"timeout\\" is not in retry\.on"/, 'the quotes are escaped on the wire')
+  t.same(proxyStatus(res.headers['proxy-status']), [{
+    proxy: 'fastify-upstream',
+    params: { error: 'http_response_timeout', details: 'headers UND_ERR_HEADERS_TIMEOUT; not retried: "timeout" is not in retry.on', 'next-hop': silent.url.slice('http://'.length) }
+  }])
+})
+
 t.test('HEAD gets the error headers without a body', async (t) => {
-  const gw = await startGateway(t, { pools: { shop: { targets: [`http://127.0.0.1:${await freePort()}`] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
+  const gw = await startGateway(t, { pools: { shop: { targets: [await deadTarget(t)] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
   const res = await gw.request('/shop/x', { method: 'HEAD', headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 502)
-  t.match(res.headers['proxy-status'], /error=connection_refused/)
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'connection_refused' } })
   t.equal(res.headers['content-type'], 'application/problem+json; charset=utf-8')
   t.equal(await res.body.text(), '')
 })
@@ -323,11 +357,10 @@ t.test('a client that goes away is logged once at info as client_aborted, never 
   const gw = await startGateway(t, { pools: { shop: { targets: [silent.url] } }, routes: [{ prefix: '/shop', pool: 'shop' }] })
   const controller = new AbortController()
   const pending = gw.request('/shop/x', { signal: controller.signal }).catch((err: Error) => err)
-  while (silent.hits === 0) await new Promise((resolve) => setTimeout(resolve, 5))
+  await waitFor(() => silent.hits > 0, 30_000, 'the request to reach the upstream')
   controller.abort()
   await pending
-  const deadline = Date.now() + 3000
-  while (!gw.logs.some((r) => r.error === 'client_aborted') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  await waitFor(() => gw.logs.some((r) => r.error === 'client_aborted'), 30_000, 'the client_aborted record')
   const aborted = gw.logs.filter((r) => r.error === 'client_aborted')
   t.equal(aborted.length, 1)
   t.match(aborted[0], { level: 30, blame: 'client', pool: 'shop' })
@@ -345,7 +378,10 @@ t.test('upstream error statuses pass through with received-status; their own Pro
   const res = await gw.request('/shop/x', { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 503)
   t.equal(await res.body.text(), 'the service is in maintenance', 'untouched')
-  t.equal(res.headers['proxy-status'], 'inner-proxy; error=connection_refused, fastify-upstream; received-status=503', 'ours comes last')
+  t.same(proxyStatus(res.headers['proxy-status']), [
+    { proxy: 'inner-proxy', params: { error: 'connection_refused' } },
+    { proxy: 'fastify-upstream', params: { 'received-status': 503 } }
+  ], 'ours comes last')
   t.same(gw.failures(), [], 'an upstream answer is not a gateway failure')
 })
 
@@ -359,7 +395,7 @@ t.test('errors.intercept replaces listed upstream statuses with the gateway page
   const res = await gw.request('/shop/x', { headers: { accept: 'application/json' } })
   t.equal(res.statusCode, 503, 'the status stays')
   t.equal(res.headers['retry-after'], '7')
-  t.equal(res.headers['proxy-status'], 'fastify-upstream; details="Service reported an error"; received-status=503', 'no error parameter: the gateway did not fail')
+  t.same(proxyStatus(res.headers['proxy-status']), [{ proxy: 'fastify-upstream', params: { details: 'Service reported an error', 'received-status': 503 } }], 'no error parameter: the gateway did not fail')
   const problem = await res.body.json() as Problem
   t.match(problem, { status: 503, error: 'upstream_error_status', blame: 'upstream' })
   t.notMatch(JSON.stringify(problem), /stack trace/)
@@ -370,7 +406,7 @@ t.test('errors.intercept replaces listed upstream statuses with the gateway page
 
 t.test('errors.render replaces the page with the application\'s own', async (t) => {
   const gw = await startGateway(t, {
-    pools: { shop: { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    pools: { shop: { targets: [await deadTarget(t)] } },
     routes: [{ prefix: '/shop', pool: 'shop' }],
     errors: { render: (problem) => `<h1>Sorry (${String(problem.status)} ${String(problem.error)})</h1>` }
   })
@@ -378,12 +414,12 @@ t.test('errors.render replaces the page with the application\'s own', async (t) 
   t.equal(res.statusCode, 502)
   t.equal(res.headers['content-type'], 'text/html; charset=utf-8')
   t.equal(await res.body.text(), '<h1>Sorry (502 connection_refused)</h1>')
-  t.match(res.headers['proxy-status'], /error=connection_refused/, 'the headers are still the gateway\'s')
+  t.match(ourProxyStatus(res.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'connection_refused' } }, 'the headers are still the gateway\'s')
 })
 
 t.test('errors.expose as a function decides per request', async (t) => {
   const gw = await startGateway(t, {
-    pools: { shop: { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    pools: { shop: { targets: [await deadTarget(t)] } },
     routes: [{ prefix: '/shop', pool: 'shop' }],
     errors: { expose: (request) => request.headers['x-debug'] === 'yes' }
   })

@@ -2,7 +2,7 @@
 // each phase timed, the failure classified as a proxied one would be.
 import t from 'tap'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, startHttpsUpstream, selfSignedCert, freePort } from './helpers/servers.js'
+import { startUpstream, startHttpsUpstream, selfSignedCert, deadTarget, opensslMissing } from './helpers/servers.js'
 import type { ProbeResult } from '../lib/observe/probe.js'
 
 t.test('a healthy target answers with every phase timed, at its health path', async (t) => {
@@ -34,7 +34,7 @@ t.test('a healthy target answers with every phase timed, at its health path', as
 })
 
 t.test('a refused target reports connection_refused in the connect phase', async (t) => {
-  const dead = `http://127.0.0.1:${await freePort()}`
+  const dead = await deadTarget(t)
   const gw = await startGateway(t, { pools: { api: { targets: [dead] } }, routes: [{ prefix: '/api', pool: 'api' }] })
   const result = await gw.app.upstream.probe('api', dead)
   t.match(result, { ok: false, status: null, error: 'connection_refused', phase: 'connect', cause: 'ECONNREFUSED' })
@@ -42,12 +42,9 @@ t.test('a refused target reports connection_refused in the connect phase', async
   t.equal(result.ms.firstByte, null)
 })
 
-t.test('a TLS target has its handshake timed; a self-signed certificate is a certificate error unless trusted', async (t) => {
+t.test('a TLS target has its handshake timed; a self-signed certificate is a certificate error unless trusted', { skip: opensslMissing ?? false }, async (t) => {
   const cert = await selfSignedCert()
-  if (cert === null) {
-    t.comment('SKIP: openssl is not available to make a certificate')
-    return
-  }
+  if (cert === null) throw new Error('openssl is installed but could not make a certificate')
   const u = await startHttpsUpstream(cert, (_req, res) => { res.end('secure') })
   t.teardown(u.close)
   const target = u.url

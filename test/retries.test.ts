@@ -1,10 +1,15 @@
 import t from 'tap'
 import { Readable } from 'node:stream'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, startTcp, freePort, echo, type Running } from './helpers/servers.js'
+import { startUpstream, startTcp, startRefusing, echo, type Running } from './helpers/servers.js'
 import type { Problem } from '../lib/errors/problem.js'
 
-const dead = async (): Promise<string> => `http://127.0.0.1:${await freePort()}`
+/** A refusing target, held until the end of the file's run. */
+const dead = async (): Promise<string> => {
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  return refusing.url
+}
 const teardown = (t: { teardown: (fn: () => unknown) => void }, ...servers: Running[]): void => { for (const s of servers) t.teardown(s.close) }
 
 t.test('a refused connection is retried on another target: the client never sees the dead one', async (t) => {
@@ -140,6 +145,21 @@ t.test('an upstream 5xx is retried when retry.on has "5xx"; the client gets the 
   t.equal(alive.hits, 4)
 })
 
+t.test('a POST answered 503 is not sent to a second target: the upstream may have acted on it', async (t) => {
+  const sad = await startUpstream('sad', (req, res) => { req.resume(); req.on('end', () => { res.statusCode = 503; res.end('sad') }) })
+  const alive = await startUpstream('alive')
+  teardown(t, sad, alive)
+  const gw = await startGateway(t, { pools: { p: { targets: [sad.url, alive.url], retry: { on: ['5xx'] }, outlier: false, balancer: 'round-robin' } }, routes: [{ prefix: '/p', pool: 'p' }] })
+  const answers: string[] = []
+  for (let i = 0; i < 4; i++) {
+    const res = await gw.request('/p/x', { method: 'POST', body: 'order' })
+    answers.push(`${res.statusCode} ${res.statusCode === 503 ? await res.body.text() : JSON.parse(await res.body.text()).name as string}`)
+  }
+  t.same(answers, ['503 sad', '200 alive', '503 sad', '200 alive'], 'each POST went to one target, and its answer passed on as it was')
+  t.equal(sad.hits, 2)
+  t.equal(alive.hits, 2)
+})
+
 t.test('the retry budget stops retries when every target fails (counted upstream)', async (t) => {
   const failing = await Promise.all([1, 2, 3].map(async (i) => await startUpstream(`f${i}`, (_req, res) => { res.statusCode = 503; res.end() })))
   teardown(t, ...failing)
@@ -184,9 +204,9 @@ t.test('timeouts.total bounds all tries together', async (t) => {
 })
 
 t.test('a retry goes to a different target each time while there is one', async (t) => {
-  const ports = await Promise.all([1, 2, 3].map(async () => await freePort()))
+  const targets = await Promise.all([1, 2, 3].map(async () => await dead()))
   const gw = await startGateway(t, {
-    pools: { p: { targets: ports.map((p) => `http://127.0.0.1:${p}`), retry: { retries: 2 }, outlier: false } },
+    pools: { p: { targets, retry: { retries: 2 }, outlier: false } },
     routes: [{ prefix: '/p', pool: 'p' }]
   })
   const problem = await (await gw.request('/p/x', { headers: { accept: 'application/json' } })).body.json() as Problem

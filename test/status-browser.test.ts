@@ -7,7 +7,7 @@ import { access, constants } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startGateway } from './helpers/gateway.js'
-import { startUpstream, freePort } from './helpers/servers.js'
+import { startUpstream, deadTarget } from './helpers/servers.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-proxy-server']
@@ -27,12 +27,13 @@ if (reason !== null || playwright === null) {
 } else {
   t.test('the status page on a phone: diagnosis first, nothing run or fetched, no overflow', async (t) => {
     const fast = await Promise.all(['a', 'b'].map(async (name) => await startUpstream(name, (_req, res) => { res.end('ok') })))
-    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 700) })
+    // Far slower than the diagnosis' 3x: a loaded machine slows the fast ones too, by less.
+    const slow = await startUpstream('slow', (_req, res) => { setTimeout(() => res.end('late'), 1500) })
     for (const u of [...fast, slow]) t.teardown(u.close)
-    const dead = `http://127.0.0.1:${await freePort()}`
+    const dead = await deadTarget(t)
     // A fourth catalog target refuses connections; a lenient outlier setting keeps it in
     // rotation, so the page shows it failing (retries hide it from clients).
-    const refusing = `http://127.0.0.1:${await freePort()}`
+    const refusing = await deadTarget(t)
     const gw = await startGateway(t, {
       pools: {
         catalog: { targets: [fast[0]!.url, fast[1]!.url, slow.url, refusing], balancer: 'round-robin', outlier: { consecutiveFailures: 20 } },

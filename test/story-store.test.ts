@@ -4,7 +4,7 @@
 import t from 'tap'
 import { Redis } from 'ioredis'
 import { startGateway, waitFor, type Gateway, type LogRecord } from './helpers/gateway.js'
-import { freePort } from './helpers/servers.js'
+import { deadTarget } from './helpers/servers.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { validateOptions } from '../lib/options/validate.js'
 import { OptionsError } from '../lib/index.js'
@@ -58,7 +58,7 @@ t.test('two gateways, one Redis: a story told by one is found from the other; ke
   const redis = await startRedis()
   t.teardown(redis.close)
   const options = {
-    pools: { gone: { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    pools: { gone: { targets: [await deadTarget(t)] } },
     routes: [{ prefix: '/gone', pool: 'gone' }],
     errors: { expose: 'full' as const },
     status: { keep: 3, store: { redis: redis.url, ttl: 60_000 } }
@@ -105,7 +105,7 @@ t.test('Redis down: each gateway fails open to its own stories, says so once, co
   const redis = await startRedis()
   t.teardown(redis.close)
   const options = {
-    pools: { gone: { targets: [`http://127.0.0.1:${await freePort()}`] } },
+    pools: { gone: { targets: [await deadTarget(t)] } },
     routes: [{ prefix: '/gone', pool: 'gone' }],
     errors: { expose: 'full' as const },
     status: { store: redis.url }

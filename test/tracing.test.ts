@@ -11,7 +11,7 @@ import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici'
 import { FastifyOtelInstrumentation } from '@fastify/otel'
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api'
 import { startGateway, waitFor } from './helpers/gateway.js'
-import { startUpstream, freePort, type Running } from './helpers/servers.js'
+import { startUpstream, startRefusing, type Running } from './helpers/servers.js'
 import { startDns } from './helpers/dns.js'
 import { keepLastTraceFields } from '../lib/observe/tracing.js'
 
@@ -27,7 +27,12 @@ const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736'
 const CLIENT_SPAN = '00f067aa0ba902b7'
 const TRACEPARENT = `00-${TRACE_ID}-${CLIENT_SPAN}-01`
 
-const dead = async (): Promise<string> => `http://127.0.0.1:${await freePort()}`
+/** A refusing target, held until the end of the file's run. */
+const dead = async (): Promise<string> => {
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  return refusing.url
+}
 const teardown = (t: { teardown: (fn: () => unknown) => void }, ...servers: Running[]): void => { for (const s of servers) t.teardown(s.close) }
 
 /**
@@ -187,7 +192,7 @@ t.test('connections refused everywhere: failed try spans, and the request span t
     t.equal(attempt.status.code, SpanStatusCode.ERROR)
   }
   const server = spans().filter(byTrace(TRACE_ID)).find((s) => s.kind === SpanKind.SERVER)!
-  t.match(server.attributes, { 'fastify_upstream.error': /^(connection_refused|destination_unavailable)$/, 'fastify_upstream.pool': 'p', 'fastify_upstream.attempts': 2, 'http.response.status_code': 502 })
+  t.match(server.attributes, { 'fastify_upstream.error': 'connection_refused', 'fastify_upstream.pool': 'p', 'fastify_upstream.attempts': 2, 'http.response.status_code': 502 })
   t.equal(server.status.code, SpanStatusCode.ERROR)
 
   // Both targets are now known to refuse; an outage of the whole pool reads the same way.
@@ -195,7 +200,7 @@ t.test('connections refused everywhere: failed try spans, and the request span t
   t.equal(again.status, 502)
   await waitFor(() => spans().filter((s) => s.kind === SpanKind.SERVER).length === 2, 5000, 'the second request span')
   const second = spans().filter((s) => s.kind === SpanKind.SERVER).find((s) => s.spanContext().traceId !== TRACE_ID)!
-  t.match(second.attributes, { 'fastify_upstream.error': /^(connection_refused|destination_unavailable)$/, 'fastify_upstream.blame': /^(upstream|gateway|network)$/ })
+  t.match(second.attributes, { 'fastify_upstream.error': 'connection_refused', 'fastify_upstream.blame': 'upstream' })
 })
 
 t.test('tracing: false leaves the client\'s traceparent to undici, as without the gateway\'s help', async (t) => {

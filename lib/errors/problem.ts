@@ -3,6 +3,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { ErrorsConfig } from '../options/config.js'
 import type { Failure, AttemptRecord } from './failure.js'
+import { serializeItem, Token, type Parameters } from 'structured-headers'
 import { PROXY_STATUS_ERROR, type Blame, type Phase, type ProxyErrorType } from './taxonomy.js'
 
 export interface Problem {
@@ -72,23 +73,29 @@ function publicHint (failure: Failure, errors: ErrorsConfig): string {
     : `This will not fix itself by retrying. Tell the site's operators${contact} and quote the request id.`
 }
 
-/** Our Proxy-Status member (RFC 9209 §2), appended after any the upstream sent. */
+/**
+ * Our Proxy-Status member (RFC 9209 §2), appended after any the upstream sent. Serialized by
+ * structured-headers (RFC 9651), so a value can never break the field: quotes and backslashes
+ * are escaped and each parameter written in canonical form (`name;error=x;details="..."`).
+ */
 export function proxyStatusMember (failure: Failure | null, proxyName: string, full: boolean, receivedStatus: number | null): string {
-  let member = proxyName
+  const params: Parameters = new Map()
   if (failure !== null) {
     // An intercepted upstream status is not a failure of ours: no `error` parameter.
-    const error = PROXY_STATUS_ERROR[failure.error] === undefined ? failure.error : PROXY_STATUS_ERROR[failure.error]
-    if (error !== null) member += `; error=${error}`
+    const mapped = PROXY_STATUS_ERROR[failure.error]
+    const error = mapped === undefined ? failure.error : mapped
+    if (error !== null) params.set('error', new Token(error))
     const details = full ? `${failure.phase} ${failure.cause ?? failure.error}${failure.note !== null ? `; ${failure.note}` : ''}` : failure.title
-    member += `; details=${sfString(details)}`
-    if (full && failure.target !== null) member += `; next-hop=${sfString(failure.target)}`
+    params.set('details', printable(details))
+    if (full && failure.target !== null) params.set('next-hop', printable(failure.target))
   }
   const received = failure?.receivedStatus ?? receivedStatus
-  if (received !== null) member += `; received-status=${received}`
-  return member
+  if (received !== null) params.set('received-status', received)
+  // proxyName is validated as an sf-token with the options.
+  return serializeItem([new Token(proxyName), params])
 }
 
-/** An RFC 8941 sf-string: printable ASCII, with `"` and `\` escaped. */
-function sfString (value: string): string {
-  return `"${value.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, (c) => `\\${c}`)}"`
+/** An sf-string holds printable ASCII only (RFC 9651 §3.3.3): anything else becomes `?`. */
+function printable (value: string): string {
+  return value.replace(/[^\x20-\x7e]/g, '?')
 }

@@ -6,15 +6,11 @@ import type { FastifyInstance } from 'fastify'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { RouteConfig } from '../options/config.js'
 
-interface Limit { prefix: string, bodyLimit: number }
+export interface Limit { prefix: string, bodyLimit: number }
 
 /** Takes over Node's `checkContinue` when some route limits its bodies; otherwise does nothing. */
 export function answerExpectContinue (app: FastifyInstance, routes: readonly RouteConfig[]): void {
-  // Longest prefix first: the route Fastify would pick for a path is the most specific one.
-  const limits: Limit[] = routes
-    .filter((route) => route.bodyLimit !== null)
-    .map((route) => ({ prefix: route.prefix, bodyLimit: route.bodyLimit! }))
-    .sort((a, b) => b.prefix.length - a.prefix.length)
+  const limits = bodyLimits(routes)
   if (limits.length === 0) return
   const server = app.server
   const onCheckContinue = (req: IncomingMessage, res: ServerResponse): void => {
@@ -26,7 +22,16 @@ export function answerExpectContinue (app: FastifyInstance, routes: readonly Rou
   app.addHook('onClose', async function stopAnsweringExpectContinue () { server.off('checkContinue', onCheckContinue) })
 }
 
-function overLimit (req: IncomingMessage, limits: readonly Limit[]): boolean {
+/** The routes' body limits, longest prefix first: the route Fastify would pick is the most specific one. */
+export function bodyLimits (routes: readonly Pick<RouteConfig, 'prefix' | 'bodyLimit'>[]): Limit[] {
+  return routes
+    .filter((route) => route.bodyLimit !== null)
+    .map((route) => ({ prefix: route.prefix, bodyLimit: route.bodyLimit! }))
+    .sort((a, b) => b.prefix.length - a.prefix.length)
+}
+
+/** Whether a request declares a body over its route's limit (then it gets no 100 Continue). */
+export function overLimit (req: Pick<IncomingMessage, 'url' | 'headers'>, limits: readonly Limit[]): boolean {
   const declared = Number(req.headers['content-length'])
   if (!Number.isFinite(declared)) return false
   const path = (req.url ?? '/').split('?')[0]!

@@ -3,7 +3,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import { once } from 'node:events'
-import { freePort } from './servers.js'
 
 /** Why Redis tests cannot run here, or null when they can. */
 export function redisMissing (): string | null {
@@ -24,8 +23,30 @@ export interface RedisServer {
   close: () => Promise<void>
 }
 
+/**
+ * A port for a redis-server child: found free, then released for the child to bind. Unlike a
+ * dead target it cannot stay held (another process binds it); startRedis retries elsewhere if
+ * the port was taken in between.
+ */
+async function releasedPort (): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as net.AddressInfo).port
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
 export async function startRedis (): Promise<RedisServer> {
-  const port = await freePort()
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRedisOn(await releasedPort())
+    } catch (error) {
+      if (attempt === 3) throw error
+    }
+  }
+}
+
+async function startRedisOn (port: number): Promise<RedisServer> {
   let child: ChildProcess | null = null
   let stalled = false
   const start = async (): Promise<void> => {
@@ -46,7 +67,12 @@ export async function startRedis (): Promise<RedisServer> {
     stalled = false
     child?.kill('SIGCONT')
   }
-  await start()
+  try {
+    await start()
+  } catch (error) {
+    await stop()
+    throw error
+  }
   return {
     url: `redis://127.0.0.1:${port}`,
     port,

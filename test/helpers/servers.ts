@@ -86,13 +86,47 @@ export async function startTcp (onSocket: (socket: net.Socket) => void): Promise
   return running
 }
 
-/** A port on which nothing listens (found by listening and closing). */
-export async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as AddressInfo).port
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+/**
+ * A port that refuses every connection (ECONNREFUSED) for as long as it is held: the local end
+ * of a loopback connection whose listener has closed. The port stays bound by that socket, so
+ * no other server (a parallel test's port 0 included) can take it, and as nothing listens on
+ * it, the kernel answers each SYN with a reset. `close` releases it.
+ */
+export async function startRefusing (): Promise<Running> {
+  const listener = net.createServer()
+  // Both ends must be up: the client's connect and the server's accept (either may come first).
+  const accepted = new Promise<net.Socket>((resolve) => listener.once('connection', resolve))
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
+  const holder = net.connect((listener.address() as AddressInfo).port, '127.0.0.1')
+  holder.on('error', () => {})
+  await new Promise<void>((resolve) => holder.once('connect', resolve))
+  const peer = await accepted
+  peer.on('error', () => {})
+  // Stops listening now; close's callback would wait for the held connection to end.
+  listener.close()
+  const port = holder.localPort!
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    hits: 0,
+    connections: 0,
+    close: async () => {
+      // A reset rather than a FIN: nothing lingers in FIN_WAIT or TIME_WAIT on the port, so a
+      // test that lets it go can listen on it at once.
+      if (holder.closed) return
+      const closed = new Promise((resolve) => holder.once('close', resolve))
+      holder.resetAndDestroy()
+      peer.resetAndDestroy()
+      await closed
+    }
+  }
+}
+
+/** The URL of a refusing port (see startRefusing) held until the test ends. */
+export async function deadTarget (t: { teardown: (fn: () => unknown) => void }): Promise<string> {
+  const refusing = await startRefusing()
+  t.teardown(refusing.close)
+  return refusing.url
 }
 
 /**
@@ -131,6 +165,14 @@ export async function startBlackhole (): Promise<Running> {
     }
   }
 }
+
+/**
+ * Why tests that make certificates cannot run here (the openssl CLI is missing), or null when
+ * they can: for `t.test(name, { skip: opensslMissing ?? false }, ...)`, so a skip says so.
+ */
+export const opensslMissing: string | null = (await import('node:child_process')).spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0
+  ? null
+  : 'the openssl CLI is not installed, so no certificate can be made for this test'
 
 /**
  * A self-signed certificate for 127.0.0.1, made with the openssl CLI; null (the caller skips,
