@@ -368,7 +368,9 @@ t.test('half-open after a re-ejection too: one trial at a time, at most one a se
   t.equal(ejections().length, 2, 'the re-ejection')
   const second = ejections()[1]!
   t.equal(second.from, 'healthy', 'it was back in rotation, on probation')
-  t.match(second.reason, /failed again on its first request back/)
+  // On probation its first request back failing re-ejects it; on a busy machine a request of
+  // the hammer may still come back a success first, and then two failures in a row do.
+  t.match(second.reason, /failed again on its first request back|2 failures in a row/)
   const reEjectedAt = second.time as number
   const before = tries.length
   // Requests keep coming for 2.5 s: the trials they let through are one a second at most.
