@@ -114,11 +114,30 @@ export async function startRefusing (): Promise<Running> {
       // A reset rather than a FIN: nothing lingers in FIN_WAIT or TIME_WAIT on the port, so a
       // test that lets it go can listen on it at once.
       if (holder.closed) return
-      const closed = new Promise((resolve) => holder.once('close', resolve))
+      const closed = Promise.all([holder, peer].map(async (socket) => await new Promise((resolve) => socket.once('close', resolve))))
       holder.resetAndDestroy()
       peer.resetAndDestroy()
       await closed
+      // On a busy machine the kernel may take a moment more to let go of the port: wait (a
+      // bounded while) until it can be listened on, so the test that listens next can.
+      await untilListenable(port)
     }
+  }
+}
+
+/** Resolves once `port` on 127.0.0.1 can be listened on (at most about 2 s of tries). */
+async function untilListenable (port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const probe = net.createServer()
+    const free = await new Promise<boolean>((resolve) => {
+      probe.once('error', () => { resolve(false) })
+      probe.listen(port, '127.0.0.1', () => { resolve(true) })
+    })
+    if (free) {
+      await new Promise<void>((resolve) => probe.close(() => { resolve() }))
+      return
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10))
   }
 }
 
