@@ -84,6 +84,14 @@ export const GATEWAY_CODES = {
 export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed])
 
 /**
+ * The status of a relay limit's answer: a target's valid answer the gateway could not relay is
+ * a bad gateway (502); relay work that threw keeps the taxonomy's 500.
+ */
+export function relayLimitStatus (cause: string | null): number | undefined {
+  return cause === GATEWAY_CODES.relayFailed ? undefined : 502
+}
+
+/**
  * undici's HTTP/1.1 client ends the connection with a SocketError 'bad response' when a
  * target sends 100 Continue to a request that did not ask for it (undici 7: client-h1.js,
  * onHeadersComplete); its error has no finer code. test/relay.test.ts pins this with a real

@@ -10,7 +10,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt, type AttemptOwner } from './attempt.js'
 import { closeConnectionAfter, cutAnswer, type ResponseHeaders } from './forwarding.js'
-import { asRelayLimit, classify, classifyClientFault, GatewayError, GATEWAY_CODES, RELAY_LIMITS, type Classified, type Progress } from '../errors/classify.js'
+import { asRelayLimit, classify, relayLimitStatus, classifyClientFault, GatewayError, GATEWAY_CODES, RELAY_LIMITS, type Classified, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
@@ -352,8 +352,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     const record = attempt.record(error, verdict.cause, verdict.phase)
     if (attempt.responseStarted) this.attempts[this.attempts.length - 1] = record
     else this.attempts.push(record)
-    // The target answered in valid HTTP that the gateway could not relay: a bad gateway.
-    const status = verdict.cause === GATEWAY_CODES.relayFailed ? undefined : 502
+    const status = relayLimitStatus(verdict.cause)
     const why = err.message
     if (!answerable || this.reply.raw.headersSent) {
       const failure = this.#failure(error, { phase: verdict.phase, cause: verdict.cause, why, status: attempt.status ?? undefined, receivedStatus: attempt.status })
