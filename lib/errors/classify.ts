@@ -3,6 +3,9 @@
 // that into the immutable record every response, header, log line and counter reads.
 import { CLIENT_FAULTS, CREDENTIALS_FAILURE, type ClientFault, type Phase, type ProxyErrorType } from './taxonomy.js'
 import type { FailureContext } from './failure.js'
+import { GatewayError } from './codes.js'
+
+export { GatewayError }
 
 export interface Classified {
   error: ProxyErrorType | 'client_aborted'
@@ -106,9 +109,6 @@ export function asRelayLimit (err: unknown): unknown {
 }
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
-export class GatewayError extends Error {
-  constructor (readonly code: string, message: string, options?: ErrorOptions) { super(message, options) }
-}
 
 export function classify (err: unknown, progress: Progress): Classified {
   const code = findCode(err)
