@@ -7,7 +7,7 @@ import { Redis, type Cluster } from 'ioredis'
 import { once } from 'node:events'
 import type { FastifyBaseLogger } from 'fastify'
 import type { StoryStoreConfig } from '../options/config.js'
-import type { RequestStory } from './recorder.js'
+import type { RequestStory } from './records.js'
 import { findCode } from '../errors/classify.js'
 
 /** The longest a save or a lookup waits on Redis, in ms. */
