@@ -294,7 +294,10 @@ export type RewriteResponseHeaders = (headers: IncomingHttpHeaders, request: Fas
  * as `@fastify/http-proxy` takes them: hooks that run only for this route (auth, tenants), its
  * `config` (read by hooks as `request.routeOptions.config`) and `constraints` (host, version).
  */
-export type RouteFastifyOptions = Pick<RouteShorthandOptions, 'onRequest' | 'preHandler' | 'preValidation' | 'config' | 'constraints'>
+export type RouteFastifyOptions = Pick<RouteShorthandOptions, 'onRequest' | 'preHandler' | 'preValidation' | 'constraints'> & {
+  /** The route's config for the app's hooks (`request.routeOptions.config`), beside the gateway's `upstream` key. */
+  config?: Record<string, unknown>
+}
 
 /** A route: a path prefix of the app proxied to a pool. */
 export interface RouteInput extends RouteFastifyOptions {
