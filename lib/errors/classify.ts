@@ -40,10 +40,10 @@ const PARSER_ERROR = 'HTTPParserError'
 
 /**
  * The status of a relay limit's answer: a target's valid answer the gateway could not relay is
- * a bad gateway (502); relay work that threw keeps the taxonomy's 500.
+ * a bad gateway (502); relay work or a response rewriter that threw keeps the taxonomy's 500.
  */
 export function relayLimitStatus (cause: string | null): number | undefined {
-  return cause === GATEWAY_CODES.relayFailed ? undefined : 502
+  return cause === GATEWAY_CODES.relayFailed || cause === GATEWAY_CODES.rewriteFailed ? undefined : 502
 }
 
 /**

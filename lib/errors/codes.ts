@@ -48,6 +48,9 @@ export const GATEWAY_CODES = {
   // Relay work threw (Node refused a header, an app's hook or stream failed): a gateway bug or
   // an unexpected state, caught so it ends one exchange, never the process.
   relayFailed: 'FST_UPSTREAM_RELAY_FAILED',
+  // A route's rewriteRequestHeaders or rewriteResponseHeaders threw or returned no headers: the
+  // app's code (the gateway's configuration) failed, never the target.
+  rewriteFailed: 'FST_UPSTREAM_REWRITE_FAILED',
   // A try the exchange let go of: it is retried elsewhere, or the gateway answers its status
   // itself (errors.intercept). Never a failure of the target.
   retried: 'FST_UPSTREAM_RETRIED',
@@ -59,7 +62,7 @@ export const GATEWAY_CODES = {
  * `proxy_internal_error`, never retried (the target would answer the same), never counted
  * toward the target's ejection; the hint is the error's own words.
  */
-export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed])
+export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed, GATEWAY_CODES.rewriteFailed])
 
 /** An option is wrong: names its path, what was expected and what was given. */
 export class OptionsError extends Error {

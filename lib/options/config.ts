@@ -1,7 +1,7 @@
 // The complete, validated configuration. Everything after `validate.ts` receives these types:
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
-import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey, RewriteRequestHeaders, RewriteResponseHeaders, RouteFastifyOptions } from './types.js'
 import type { Registry } from 'prom-client'
 import type { Cluster, Redis } from 'ioredis'
 
@@ -77,6 +77,39 @@ export interface PoolConfig {
   discovery: DiscoveryConfig
   auth: AuthConfig | null
   panic: boolean
+  sticky: StickyConfig | null
+}
+
+export interface StickyConfig {
+  cookie: string
+  /** Max-Age in ms; null: a session cookie. */
+  ttl: number | null
+}
+
+/** One condition of a match rule; `name` in lower case for headers. */
+export interface MatchCondition {
+  name: string
+  value: string | RegExp
+}
+
+export interface MatchRuleConfig {
+  header: MatchCondition[]
+  cookie: MatchCondition[]
+  query: MatchCondition[]
+  pool: string
+}
+
+/** A pool's share of a split route: the requests whose bucket (0–9999) is below `upTo`. */
+export interface SplitShare {
+  pool: string
+  upTo: number
+}
+
+export interface MirrorConfig {
+  pool: string
+  percent: number
+  maxInFlight: number
+  bodyLimit: number
 }
 
 export interface AuthConfig {
@@ -104,6 +137,19 @@ export interface RouteConfig {
    * route itself sets it; null (no idle timer) otherwise, as the pool's value is for HTTP bodies.
    */
   tunnelIdle: number | null
+  rewriteRequestHeaders: RewriteRequestHeaders | null
+  rewriteResponseHeaders: RewriteResponseHeaders | null
+  /** Handed to the route's Fastify routes as they are; only the keys the route gave. */
+  fastify: RouteFastifyOptions
+  match: MatchRuleConfig[]
+  /** Shares in basis points, cumulative; the rest go to `pool`. Empty: no split. */
+  split: SplitShare[]
+  mirror: MirrorConfig | null
+  /**
+   * The route as it serves each other pool `match` and `split` may choose: that pool's
+   * timeouts and retry with the route's overrides applied (everything else is the route's).
+   */
+  variants: ReadonlyMap<string, RouteConfig>
 }
 
 export interface ErrorsConfig {

@@ -17,6 +17,10 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import type { RewriteResponseHeaders } from '../options/types.js'
+import type { UpstreamPool } from '../pool/pool.js'
+import { rewriteResponse } from './rewrite.js'
+import { withCookies } from '../routing/cookies.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
 export interface RelayRoute {
@@ -26,13 +30,17 @@ export interface RelayRoute {
   intercepts: (status: number) => boolean
   /** The Proxy-Status member of a delivered answer with this status. */
   proxyStatus: (status: number) => string
-  /** Rewrites Location and Content-Location in place; null when the route does not ask. */
-  rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest) => void) | null
+  /** Rewrites Location and Content-Location in place (`pool`: the one that answered); null when the route does not ask. */
+  rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest, pool: UpstreamPool) => void) | null
+  /** The route's rewriteResponseHeaders; null when it has none. */
+  rewriteHeaders: RewriteResponseHeaders | null
 }
 
 /** What the relay needs of its exchange. */
 export interface RelayExchange {
   readonly reply: FastifyReply
+  /** The pool the answer came from. */
+  readonly pool: UpstreamPool
   readonly settled: boolean
   /** The client side gave up on the body (its stream was destroyed). */
   cancel: (reason: Error | undefined) => void
@@ -42,6 +50,8 @@ export interface RelayExchange {
   resumeTry: () => void
   /** Relay work failed on its own (a throw): the exchange ends as the gateway's failure. */
   relayFailed: (err: unknown) => void
+  /** The gateway's routing cookies for an answer a target served (split, sticky); null for none. */
+  routingCookies: (served: boolean) => string[] | null
 }
 
 /** Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, and the like. */
@@ -107,13 +117,16 @@ export class Relay {
     if (coding !== null) {
       throw new GatewayError(GATEWAY_CODES.transferCoding, `The service sent its answer with Transfer-Encoding "${coding}"; the gateway passes bodies only as sent or chunked (as nginx does), so it cannot relay this one. Have the service send a Content-Encoding instead of a transfer coding.`)
     }
-    const headers = forwardResponseHeaders(upstream, this.route.via)
+    let headers = forwardResponseHeaders(upstream, this.route.via)
     if (this.route.intercepts(status)) {
       this.exchange.intercept(status, headers)
       return 'intercepted'
     }
     const reply = this.exchange.reply
     const request = reply.request
+    // The route's rewriter sees the headers after the gateway's rules and before Location
+    // rewriting; nothing has gone to the client yet, so a throw becomes the gateway's 500.
+    if (this.route.rewriteHeaders !== null) headers = rewriteResponse(this.route.rewriteHeaders, headers, request, status)
     const bodiless = status === 204 || status === 304 || request.method === 'HEAD'
     // RFC 9110 §8.6: no Content-Length on a 204; a 304's (or a HEAD's) is the representation's.
     if (status === 204) Reflect.deleteProperty(headers, 'content-length')
@@ -121,7 +134,9 @@ export class Relay {
     this.#trailers = !bodiless && this.#trailersFor(request)
     // A Trailer field promises trailers; on an answer that cannot carry them Node refuses it.
     if (!this.#trailers) Reflect.deleteProperty(headers, 'trailer')
-    this.route.rewriteLocations?.(headers, request)
+    this.route.rewriteLocations?.(headers, request, this.exchange.pool)
+    const cookies = this.exchange.routingCookies(true)
+    if (cookies !== null) headers['set-cookie'] = withCookies(headers['set-cookie'], cookies)
     reply.code(status)
     reply.headers(headers)
     this.#applied = Object.keys(headers)

@@ -5,7 +5,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
-import type { UpstreamPool } from '../pool/pool.js'
+import type { RouteRouter } from '../routing/router.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
 import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
@@ -17,13 +17,18 @@ import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
-import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
+import { classifyClientFault, ensureSentence, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import { rewriteRequest, type RewrittenRequest } from './rewrite.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+  /** The route's own pool: the one a request is answered for before routing chooses. */
+  const pool = router.pool
+  /** The route may send a request to another pool than its own (match, split). */
+  const chooses = route.match.length > 0 || route.split.length > 0
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
@@ -32,20 +37,22 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     id: String(exchange.request.id),
     method: exchange.request.method,
     route: route.prefix,
-    pool: pool.name,
+    pool: exchange.pool.name,
     // An address that has left the DNS answer counts in its pool's totals only: its own series
     // are dropped when it leaves (UpstreamPool.onTargetRemoved) and must not be made again.
     target: exchange.target !== null && !exchange.target.removed ? exchange.target.hostPort : null,
     status,
     ms: exchange.ms,
     attempts: exchange.attempts,
-    poolState
+    poolState: () => exchange.pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
   })
-  const poolState = (): Array<{ target: string, state: string }> => pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
 
   const events: ExchangeEvents = {
     failed (exchange, failure) {
       recorder?.failed(ending(exchange, failure.status), failure)
+      // A client just dealt its split bucket keeps it, whatever this answer was.
+      const cookies = exchange.routingCookies(false)
+      if (cookies !== null) exchange.reply.header('set-cookie', cookies)
       answer(exchange.request, exchange.reply, failure)
     },
     broken (exchange, failure) {
@@ -58,12 +65,12 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       cutAnswer(reply)
     },
     aborted (exchange, phase) {
-      recorder?.aborted(pool.name, exchange.target?.hostPort ?? null)
-      logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
+      recorder?.aborted(exchange.pool.name, exchange.target?.hostPort ?? null)
+      logClientAborted(exchange.request, phase, exchange.pool.name, exchange.target?.hostPort ?? null, exchange.ms)
     },
     recovered (exchange, status) {
       recorder?.completed(ending(exchange, status))
-      logRecovered(exchange.request, pool.name, status, exchange.attempts, exchange.ms)
+      logRecovered(exchange.request, exchange.pool.name, status, exchange.attempts, exchange.ms)
     },
     completed (exchange, status) {
       recorder?.completed(ending(exchange, status))
@@ -72,7 +79,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
       const failure = makeFailure('upstream_error_status', {
         phase: 'headers',
-        pool: pool.name,
+        pool: exchange.pool.name,
         target: exchange.target?.hostPort ?? null,
         attempts: exchange.attempts,
         ms: exchange.ms,
@@ -101,7 +108,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     via: `1.1 ${settings.proxyName}`,
     intercepts: (status) => config.errors.intercept.has(status),
     proxyStatus: receivedMember,
-    rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null
+    rewriteLocations: route.rewriteLocation ? (headers, request, served) => { rewriteLocations(headers, request, route, served) } : null,
+    rewriteHeaders: route.rewriteResponseHeaders
   }
 
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
@@ -132,9 +140,14 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     const path = upstreamPath(request, reply)
     if (path === null) return
+    const upstream = requestHeaders(request, reply)
+    if (upstream === null) return
+    const routed = router.choose(request)
+    // The record Fastify writes when the answer is sent names the pool that served it.
+    if (chooses) reply.log = reply.log.child({ pool: routed.pool.name })
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, path, { route, pool, config, answer, recorder })
+      websockets.open(request, reply, path, upstream, routed, { route: routed.route, pool: routed.pool, config, answer, recorder })
       return
     }
     // An upgrade request that is not a handshake for this route: its body is on the socket.
@@ -143,9 +156,27 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
       return
     }
-    const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string>
-    const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
-    exchange.start(path, headers, kept ?? request.body as IncomingMessage | undefined)
+    const exchange = new Exchange(request, reply, routed.route, routed.pool, events, relayRoute, tracing)
+    exchange.routed = routed
+    exchange.pinnedHost = upstream.host
+    exchange.start(path, upstream.headers as Record<string, string>, kept ?? request.body as IncomingMessage | undefined)
+  }
+
+  /**
+   * The headers every try sends: the gateway's forwarding rules, then the route's rewriter.
+   * Null when the rewriter failed (answered here, before any try: nothing went upstream).
+   */
+  function requestHeaders (request: FastifyRequest, reply: FastifyReply): RewrittenRequest | null {
+    const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string | string[]>
+    const rewrite = route.rewriteRequestHeaders
+    if (rewrite === null) return { headers, host: null }
+    try {
+      return rewriteRequest(rewrite, request, headers)
+    } catch (err) {
+      if (!(err instanceof GatewayError)) throw err
+      answer(request, reply, makeFailure('proxy_internal_error', { phase: 'route', pool: pool.name, ms: reply.elapsedTime, cause: err.code, why: err.message }))
+      return null
+    }
   }
 
   /**
@@ -172,8 +203,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     // is the gateway's own).
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', passBodyThrough)
-    const routeConfig = { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
-    for (const url of ['/', '/*']) scope.route({ method: route.methods, url, handler: proxyRequest, config: routeConfig })
+    // The route's own Fastify options (hooks, config, constraints) go to both routes as given;
+    // the gateway's keys in config sit beside the app's (validate.ts refuses a clash).
+    const { config: appConfig, ...fastifyOptions } = route.fastify
+    const routeConfig = { ...appConfig, upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
+    for (const url of ['/', '/*']) scope.route({ ...fastifyOptions, method: route.methods, url, handler: proxyRequest, config: routeConfig })
   }, { prefix: route.prefix })
 }
 
