@@ -73,7 +73,10 @@ export const GATEWAY_CODES = {
   unsolicitedContinue: 'FST_UPSTREAM_UNSOLICITED_100',
   // Relay work threw (Node refused a header, an app's hook or stream failed): a gateway bug or
   // an unexpected state, caught so it ends one exchange, never the process.
-  relayFailed: 'FST_UPSTREAM_RELAY_FAILED'
+  relayFailed: 'FST_UPSTREAM_RELAY_FAILED',
+  // A route's rewriteRequestHeaders or rewriteResponseHeaders threw or returned no headers: the
+  // app's code (the gateway's configuration) failed, never the target.
+  rewriteFailed: 'FST_UPSTREAM_REWRITE_FAILED'
 } as const
 
 /**
@@ -81,14 +84,14 @@ export const GATEWAY_CODES = {
  * `proxy_internal_error`, never retried (the target would answer the same), never counted
  * toward the target's ejection; the hint is the error's own words.
  */
-export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed])
+export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed, GATEWAY_CODES.rewriteFailed])
 
 /**
  * The status of a relay limit's answer: a target's valid answer the gateway could not relay is
- * a bad gateway (502); relay work that threw keeps the taxonomy's 500.
+ * a bad gateway (502); relay work or a response rewriter that threw keeps the taxonomy's 500.
  */
 export function relayLimitStatus (cause: string | null): number | undefined {
-  return cause === GATEWAY_CODES.relayFailed ? undefined : 502
+  return cause === GATEWAY_CODES.relayFailed || cause === GATEWAY_CODES.rewriteFailed ? undefined : 502
 }
 
 /**

@@ -128,11 +128,13 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'connection_limit_reached': return `${pool} is at its limits (limits.maxConcurrent or connections.perTarget per target, limits.maxPending queued, limits.queueTimeout).${extra}`
       case 'proxy_loop_detected': return `The request already carried this gateway instance's Via pseudonym, so it came back: a target of ${pool} routes back to this gateway. Check the targets' URLs and any load balancer in between.`
       case 'destination_not_found': return `No route or target matches this request.${extra}`
-      case 'proxy_internal_error': return ctx.cause !== null && ctx.cause !== undefined && RELAY_LIMITS.has(ctx.cause) && ctx.cause !== GATEWAY_CODES.relayFailed
-        ? `${target}'s answer could not be relayed.${extra}`
-        : ctx.cause === GATEWAY_CODES.credentials
-          ? `${extra.trim()} Requests to ${pool} need a token and get this answer while none can be had; auth.token is called again on the next request (at most once a second while it fails).`
-          : `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
+      case 'proxy_internal_error': return ctx.cause === GATEWAY_CODES.rewriteFailed
+        ? `${extra.trim()} Nothing of this answer reached the client; fix the function (it runs for every request of the route).`
+        : ctx.cause !== null && ctx.cause !== undefined && RELAY_LIMITS.has(ctx.cause) && ctx.cause !== GATEWAY_CODES.relayFailed
+          ? `${target}'s answer could not be relayed.${extra}`
+          : ctx.cause === GATEWAY_CODES.credentials
+            ? `${extra.trim()} Requests to ${pool} need a token and get this answer while none can be had; auth.token is called again on the next request (at most once a second while it fails).`
+            : `The gateway failed unexpectedly${code}. This is a bug or an unexpected state; the log record has the error.${extra}`
       case 'http_request_error': return `The gateway rejected the client's request.${extra}`
       case 'http_request_denied': return `The client exceeded the rate limit (rateLimit option).${extra}`
       case 'rate_limit_store_unavailable': return `The rate limit store (rateLimit.redis) failed${code}, and rateLimit.onStoreError is "deny", so rate-limited requests are refused until it answers again. Check that Redis is up and reachable from the gateway; set onStoreError "allow" to let requests through unlimited while it is down.`

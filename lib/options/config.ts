@@ -1,7 +1,7 @@
 // The complete, validated configuration. Everything after `validate.ts` receives these types:
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
-import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey } from './types.js'
+import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey, RewriteRequestHeaders, RewriteResponseHeaders, RouteFastifyOptions } from './types.js'
 import type { Registry } from 'prom-client'
 import type { Cluster, Redis } from 'ioredis'
 
@@ -104,6 +104,10 @@ export interface RouteConfig {
    * route itself sets it; null (no idle timer) otherwise, as the pool's value is for HTTP bodies.
    */
   tunnelIdle: number | null
+  rewriteRequestHeaders: RewriteRequestHeaders | null
+  rewriteResponseHeaders: RewriteResponseHeaders | null
+  /** Handed to the route's Fastify routes as they are; only the keys the route gave. */
+  fastify: RouteFastifyOptions
 }
 
 export interface ErrorsConfig {

@@ -1,6 +1,7 @@
 // The public options: these names are the API, documented in the README. Every field is
 // optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
-import type { FastifyRequest, HTTPMethods } from 'fastify'
+import type { FastifyRequest, HTTPMethods, RouteShorthandOptions } from 'fastify'
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
 import type { Registry } from 'prom-client'
 import type { Problem } from '../errors/problem.js'
 import type { RateLimitPluginOptions } from '@fastify/rate-limit'
@@ -272,8 +273,31 @@ export interface PoolInput {
   panic?: boolean
 }
 
+/**
+ * Changes what goes upstream: called once per request (a retry sends what it returned) with
+ * the headers after the gateway's forwarding rules, `host` still the client's. Returns the
+ * headers to send, synchronously; a `host` other than the client's goes to every target
+ * instead of the target's own. Hop-by-hop fields in the result are left out.
+ */
+export type RewriteRequestHeaders = (request: FastifyRequest, headers: IncomingHttpHeaders) => OutgoingHttpHeaders
+
+/**
+ * Changes what comes back, before `Location` rewriting and before anything reaches the client:
+ * the headers after the gateway's forwarding rules (hop-by-hop fields gone, `Via` added) and
+ * the upstream's status. Returns the headers to send, synchronously; the upstream's
+ * `Content-Length` is kept whatever it returns.
+ */
+export type RewriteResponseHeaders = (headers: IncomingHttpHeaders, request: FastifyRequest, status: number) => OutgoingHttpHeaders
+
+/**
+ * Options handed to the route's two Fastify routes (`<prefix>` and `<prefix>/*`) as they are,
+ * as `@fastify/http-proxy` takes them: hooks that run only for this route (auth, tenants), its
+ * `config` (read by hooks as `request.routeOptions.config`) and `constraints` (host, version).
+ */
+export type RouteFastifyOptions = Pick<RouteShorthandOptions, 'onRequest' | 'preHandler' | 'preValidation' | 'config' | 'constraints'>
+
 /** A route: a path prefix of the app proxied to a pool. */
-export interface RouteInput {
+export interface RouteInput extends RouteFastifyOptions {
   /** Path prefix, starting with `/`, unique across routes (required). */
   prefix: string
   /** The name of the pool that serves it (required). */
@@ -300,6 +324,10 @@ export interface RouteInput {
    * to the address and prefix the client used. [true]
    */
   rewriteLocation?: boolean
+  /** Changes the request's headers on their way upstream (see `RewriteRequestHeaders`). [none] */
+  rewriteRequestHeaders?: RewriteRequestHeaders
+  /** Changes the answer's headers on their way to the client (see `RewriteResponseHeaders`). [none] */
+  rewriteResponseHeaders?: RewriteResponseHeaders
 }
 
 /**

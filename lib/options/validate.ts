@@ -25,7 +25,9 @@ const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream',
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
+/** Fastify's own route options a route hands over as they are (routes[].onRequest, ...). */
+const ROUTE_FASTIFY_KEYS = ['onRequest', 'preHandler', 'preValidation', 'config', 'constraints'] as const
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', ...ROUTE_FASTIFY_KEYS]
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
@@ -348,8 +350,43 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit),
     rewriteLocation: boolean(join(path, 'rewriteLocation'), r.rewriteLocation, true),
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
-    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
+    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null,
+    rewriteRequestHeaders: optionalFunction(join(path, 'rewriteRequestHeaders'), r.rewriteRequestHeaders, '(request, headers) => headers') as RouteConfig['rewriteRequestHeaders'],
+    rewriteResponseHeaders: optionalFunction(join(path, 'rewriteResponseHeaders'), r.rewriteResponseHeaders, '(headers, request, status) => headers') as RouteConfig['rewriteResponseHeaders'],
+    fastify: validateRouteFastify(path, r)
   }
+}
+
+function optionalFunction (path: string, value: unknown, shape: string): ((...args: never[]) => unknown) | null {
+  if (value === undefined) return null
+  if (typeof value !== 'function') fail(path, `a function ${shape}`, value)
+  return value as (...args: never[]) => unknown
+}
+
+/**
+ * Hooks (a function or an array of them), `config` and `constraints` (objects): checked for
+ * their shape only, so a mistake names the route's option; Fastify checks the rest as it does
+ * for any route (a constraint strategy it does not know, a hook of the wrong arity).
+ */
+function validateRouteFastify (path: string, r: Record<string, unknown>): RouteConfig['fastify'] {
+  const given: Record<string, unknown> = {}
+  for (const key of ROUTE_FASTIFY_KEYS) {
+    const value = r[key]
+    if (value === undefined) continue
+    const at = join(path, key)
+    if (key === 'config' || key === 'constraints') {
+      if (!isPlainObject(value)) fail(at, 'an object', value)
+      // The gateway's own keys in a route's config: its route (rate-limit store) and its limit.
+      if (key === 'config' && value.upstream !== undefined) throw new OptionsError(join(at, 'upstream'), 'reserved: the gateway keeps the route\'s pool and prefix there')
+      if (key === 'config' && value.rateLimit !== undefined) throw new OptionsError(join(at, 'rateLimit'), `set ${join(path, 'rateLimit')} instead (its limits share the gateway's store)`)
+    } else if (Array.isArray(value)) {
+      value.forEach((hook, i) => { if (typeof hook !== 'function') fail(join(at, i), 'a hook function', hook) })
+    } else if (typeof value !== 'function') {
+      fail(at, 'a hook function or an array of them', value)
+    }
+    given[key] = value
+  }
+  return given as RouteConfig['fastify']
 }
 
 /**

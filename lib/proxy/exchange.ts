@@ -181,7 +181,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     const attempt = new Attempt(this, target, body instanceof Readable ? body : null)
     this.current = attempt
     const headers = this.#headers!
-    headers.host = target.hostHeader
+    headers.host = this.hostFor(target)
     this.applyCredentials(headers)
     if (this.tracing === null) {
       this.#send(attempt, headers)

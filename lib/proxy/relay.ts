@@ -17,6 +17,8 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import type { RewriteResponseHeaders } from '../options/types.js'
+import { rewriteResponse } from './rewrite.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
 export interface RelayRoute {
@@ -28,6 +30,8 @@ export interface RelayRoute {
   proxyStatus: (status: number) => string
   /** Rewrites Location and Content-Location in place; null when the route does not ask. */
   rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest) => void) | null
+  /** The route's rewriteResponseHeaders; null when it has none. */
+  rewriteHeaders: RewriteResponseHeaders | null
 }
 
 /** What the relay needs of its exchange. */
@@ -107,13 +111,16 @@ export class Relay {
     if (coding !== null) {
       throw new GatewayError(GATEWAY_CODES.transferCoding, `The service sent its answer with Transfer-Encoding "${coding}"; the gateway passes bodies only as sent or chunked (as nginx does), so it cannot relay this one. Have the service send a Content-Encoding instead of a transfer coding.`)
     }
-    const headers = forwardResponseHeaders(upstream, this.route.via)
+    let headers = forwardResponseHeaders(upstream, this.route.via)
     if (this.route.intercepts(status)) {
       this.exchange.intercept(status, headers)
       return 'intercepted'
     }
     const reply = this.exchange.reply
     const request = reply.request
+    // The route's rewriter sees the headers after the gateway's rules and before Location
+    // rewriting; nothing has gone to the client yet, so a throw becomes the gateway's 500.
+    if (this.route.rewriteHeaders !== null) headers = rewriteResponse(this.route.rewriteHeaders, headers, request, status)
     const bodiless = status === 204 || status === 304 || request.method === 'HEAD'
     // RFC 9110 §8.6: no Content-Length on a 204; a 304's (or a HEAD's) is the representation's.
     if (status === 204) Reflect.deleteProperty(headers, 'content-length')

@@ -16,7 +16,8 @@ import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
-import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
+import { classifyClientFault, ensureSentence, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
+import { rewriteRequest, type RewrittenRequest } from './rewrite.js'
 import { proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
@@ -100,7 +101,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     via: `1.1 ${settings.proxyName}`,
     intercepts: (status) => config.errors.intercept.has(status),
     proxyStatus: receivedMember,
-    rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null
+    rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null,
+    rewriteHeaders: route.rewriteResponseHeaders
   }
 
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
@@ -131,9 +133,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     const path = upstreamPath(request, reply)
     if (path === null) return
+    const upstream = requestHeaders(request, reply)
+    if (upstream === null) return
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, path, { route, pool, config, answer, recorder })
+      websockets.open(request, reply, path, upstream, { route, pool, config, answer, recorder })
       return
     }
     // An upgrade request that is not a handshake for this route: its body is on the socket.
@@ -142,9 +146,26 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
       return
     }
-    const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string>
     const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
-    exchange.start(path, headers, kept ?? request.body as IncomingMessage | undefined)
+    exchange.pinnedHost = upstream.host
+    exchange.start(path, upstream.headers as Record<string, string>, kept ?? request.body as IncomingMessage | undefined)
+  }
+
+  /**
+   * The headers every try sends: the gateway's forwarding rules, then the route's rewriter.
+   * Null when the rewriter failed (answered here, before any try: nothing went upstream).
+   */
+  function requestHeaders (request: FastifyRequest, reply: FastifyReply): RewrittenRequest | null {
+    const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string | string[]>
+    const rewrite = route.rewriteRequestHeaders
+    if (rewrite === null) return { headers, host: null }
+    try {
+      return rewriteRequest(rewrite, request, headers)
+    } catch (err) {
+      if (!(err instanceof GatewayError)) throw err
+      answer(request, reply, makeFailure('proxy_internal_error', { phase: 'route', pool: pool.name, ms: reply.elapsedTime, cause: err.code, why: err.message }))
+      return null
+    }
   }
 
   /**
@@ -171,8 +192,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     // is the gateway's own).
     scope.removeAllContentTypeParsers()
     scope.addContentTypeParser('*', passBodyThrough)
-    const routeConfig = { upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
-    for (const url of ['/', '/*']) scope.route({ method: route.methods, url, handler: proxyRequest, config: routeConfig })
+    // The route's own Fastify options (hooks, config, constraints) go to both routes as given;
+    // the gateway's keys in config sit beside the app's (validate.ts refuses a clash).
+    const { config: appConfig, ...fastifyOptions } = route.fastify
+    const routeConfig = { ...appConfig, upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
+    for (const url of ['/', '/*']) scope.route({ ...fastifyOptions, method: route.methods, url, handler: proxyRequest, config: routeConfig })
   }, { prefix: route.prefix })
 }
 

@@ -57,6 +57,8 @@ export abstract class TrySequence<T extends TargetTry> {
   #sentToken: string | null = null
   /** An upstream 401 already made this request ask for a new token: a second one goes to the client. */
   #reauthorized = false
+  /** The Host the route's rewriteRequestHeaders set for every try; null: each target's own. */
+  pinnedHost: string | null = null
 
   constructor (
     readonly request: FastifyRequest,
@@ -134,6 +136,11 @@ export abstract class TrySequence<T extends TargetTry> {
     this.#room.reset()
     this.tries++
     this.sendTo(target)
+  }
+
+  /** The Host a try on `target` sends. */
+  protected hostFor (target: Target): string {
+    return this.pinnedHost ?? target.hostHeader
   }
 
   /** Puts the pool's token on a try's headers, remembering which one went. */

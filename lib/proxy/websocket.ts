@@ -20,7 +20,8 @@ import { TargetTry, sendTry } from './try.js'
 import { rewriteLocations } from './location.js'
 import { shouldRetryStatus } from './retry.js'
 import { TrySequence, type FailureDetails, type Replay } from './tries.js'
-import { appendList, forwardRequestHeaders, forwardResponseHeaders, viaPseudonym, type ForwardingSettings } from './forwarding.js'
+import { appendList, forwardResponseHeaders } from './forwarding.js'
+import type { RewrittenRequest } from './rewrite.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type Failure, type FailureContext } from '../errors/failure.js'
 import { logClientAborted, logFailure } from '../errors/log.js'
@@ -87,9 +88,10 @@ export class WebSockets {
   }
 
   /** Starts a tunnel for a handshake that reached a websocket route. */
-  open (request: FastifyRequest, reply: FastifyReply, path: string, context: TunnelRoute): void {
+  open (request: FastifyRequest, reply: FastifyReply, path: string, upstream: RewrittenRequest, context: TunnelRoute): void {
     // `path`: the route's path rewritten (rewritePrefix), with the query as the client sent it.
-    const tunnel = new Tunnel(request, reply, (request.raw as UpgradeRequest)[kUpgrade]!, path, context, () => this.#tunnels.delete(tunnel))
+    const tunnel = new Tunnel(request, reply, (request.raw as UpgradeRequest)[kUpgrade]!, path, upstream.headers, context, () => this.#tunnels.delete(tunnel))
+    tunnel.pinnedHost = upstream.host
     this.#tunnels.add(tunnel)
     tunnel.start()
   }
@@ -242,7 +244,7 @@ class Handshake extends TargetTry implements Dispatcher.DispatchHandler {
 
 /** One client's handshake and, once the upstream said 101, its tunnel. */
 class Tunnel extends TrySequence<Handshake> {
-  readonly #settings: ForwardingSettings
+  readonly #proxyName: string
   /** `Via` as this gateway adds it to the answers it passes on: its public name. */
   readonly #via: string
   readonly #headers: Record<string, string | string[] | undefined>
@@ -258,17 +260,20 @@ class Tunnel extends TrySequence<Handshake> {
     readonly reply: FastifyReply,
     readonly upgrade: Upgrade,
     readonly path: string,
+    /**
+     * Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
+     * subprotocol, Sec-WebSocket-Key/Version/Extensions), plus the forwarding headers, then the
+     * route's rewriter (routes.ts). Connection and Upgrade are hop-by-hop: undici writes its own
+     * `connection: upgrade` and `upgrade: websocket` for the `upgrade` option.
+     */
+    headers: Record<string, string | string[]>,
     readonly context: TunnelRoute,
     private readonly onEnd: () => void
   ) {
     super(request, context.route, context.pool, 'upgrade')
-    this.#settings = { proxyName: context.config.errors.proxyName, requestIdHeader: context.config.requestIdHeader, via: viaPseudonym(context.config, context.config.errors.proxyName) }
+    this.#proxyName = context.config.errors.proxyName
     this.#via = `1.1 ${context.config.errors.proxyName}`
-    // Everything end to end, as the client sent it (Authorization, Origin, Cookie, every offered
-    // subprotocol, Sec-WebSocket-Key/Version/Extensions), plus the forwarding headers. Connection
-    // and Upgrade are hop-by-hop: undici writes its own `connection: upgrade` and
-    // `upgrade: websocket` for the `upgrade` option (and refuses them as headers).
-    this.#headers = forwardRequestHeaders(request, request.headers, this.#settings) as Record<string, string | string[] | undefined>
+    this.#headers = headers
   }
 
   start (): void {
@@ -286,7 +291,7 @@ class Tunnel extends TrySequence<Handshake> {
   protected sendTo (target: Target): void {
     const handshake = new Handshake(this, target)
     this.current = handshake
-    const headers: Record<string, unknown> = Object.assign({}, this.#headers, { host: target.hostHeader })
+    const headers: Record<string, unknown> = Object.assign({}, this.#headers, { host: this.hostFor(target) })
     this.applyCredentials(headers)
     // An upgraded socket leaves the target's pool, so open tunnels never hold its connections.
     sendTry(handshake, handshake, this.route.timeouts, {
@@ -373,7 +378,7 @@ class Tunnel extends TrySequence<Handshake> {
     const full = isFullExposure(this.context.config.errors, this.request)
     // A refusal that redirects (to a login page) points through the gateway, as any answer.
     rewriteLocations(headers, this.request, this.route, this.pool)
-    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, status))
+    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#proxyName, full, status))
     const body = new PassThrough()
     body.on('drain', () => { handshake.resume() })
     // The client left before the refusal's end: nobody reads the rest.
@@ -466,7 +471,7 @@ class Tunnel extends TrySequence<Handshake> {
     headers.connection = 'Upgrade'
     // The protocol the upstream's 101 switched to (its Upgrade field, a hop-by-hop one).
     headers.upgrade = answer.upgrade ?? 'websocket'
-    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#settings.proxyName, full, 101))
+    headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#proxyName, full, 101))
     const lines = ['HTTP/1.1 101 Switching Protocols']
     for (const [name, value] of Object.entries(headers)) {
       for (const one of Array.isArray(value) ? value : [value]) {
