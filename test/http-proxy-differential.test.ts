@@ -1,7 +1,7 @@
 // The same requests through @fastify/http-proxy and through httpProxy with the same options:
 // what the upstream receives and what the client gets must be the same, but for the
 // differences the gateway means to make, listed once in INTENDED below.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { once } from 'node:events'
@@ -27,6 +27,12 @@ import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
  * - An upstream 503 to a GET: @fastify/reply-from tries it 10 more times (its maxRetriesOn503)
  *   and the client waits for all of them; the gateway passes the 503 on at once (retrying it
  *   is the main plugin's retry.statuses).
+ * - With a preValidation hook, @fastify/http-proxy parses request bodies with the app's parsers
+ *   (so a form body is refused 415, JSON is re-serialized); the gateway streams every body as sent.
+ * - A path or method no route serves: the gateway's 404 in its own format (it sets the app's
+ *   not-found handler unless the app set one first), Fastify's default JSON 404 with http-proxy.
+ * - A rewriter's header set to undefined: the gateway leaves it out, @fastify/http-proxy sends
+ *   it empty.
  * - WebSocket handshakes: the gateway forwards every end-to-end header the client sent;
  *   @fastify/http-proxy only the cookie (and ws's own handshake fields).
  */
@@ -139,7 +145,7 @@ function decodedQuery (url: string): Array<[string, string]> {
 }
 
 /** Sends one request through both and compares what their upstreams and their clients saw. */
-async function same (t: Tap.Test, p: Pair, path: string, options: Partial<Dispatcher.RequestOptions> = {}, tries = { a: 1, b: 1 }): Promise<{ a: Answer, b: Answer, ra: Received | undefined, rb: Received | undefined }> {
+async function same (t: Test, p: Pair, path: string, options: Partial<Dispatcher.RequestOptions> = {}, tries = { a: 1, b: 1 }): Promise<{ a: Answer, b: Answer, ra: Received | undefined, rb: Received | undefined }> {
   const countA = p.a.upstream.received.length
   const countB = p.b.upstream.received.length
   const a = await send(p.a.url, path, options)
@@ -161,11 +167,6 @@ async function same (t: Tap.Test, p: Pair, path: string, options: Partial<Dispat
   t.same(without(b.headers, [...INTENDED.clientHeaders, ...INTENDED.volatile]), without(a.headers, INTENDED.volatile), `${path}: the client gets the same headers`)
   t.equal(b.body, a.body, `${path}: the client gets the same body`)
   return { a, b, ra, rb }
-}
-
-declare global {
-  // tap's Test, as the callbacks receive it.
-  namespace Tap { type Test = Parameters<Parameters<typeof t.test>[1]>[0] }
 }
 
 t.test('methods with and without bodies, HEAD and custom headers reach the upstream and come back alike', async (t) => {
@@ -221,6 +222,52 @@ t.test('a failing upstream: the gateway\'s answer instead of reply-from\'s (inte
   t.equal(rb.headers['content-type'], 'application/problem+json; charset=utf-8')
   t.equal(JSON.parse(rb.body).error, 'connection_refused')
   t.match(rb.headers['proxy-status'], /error=connection_refused/)
+})
+
+t.test('header rewriters, a preHandler, preValidation, config and constraints work alike', async (t) => {
+  const p = await pair(t, (upstream) => ({
+    upstream,
+    prefix: '/api',
+    rewritePrefix: '/v1',
+    httpMethods: ['GET', 'POST', 'HEAD'],
+    config: { tenant: 'acme' },
+    constraints: { host: /^127\.0\.0\.1:\d+$/ },
+    preHandler: async (request, reply) => {
+      if (request.headers['x-deny'] !== undefined) await reply.code(403).send({ denied: true })
+    },
+    preValidation: (request, _reply, done) => {
+      request.headers['x-validated'] = 'yes'
+      done()
+    },
+    replyOptions: {
+      rewriteRequestHeaders: (request, { 'x-custom': _dropped, ...headers }) => ({ ...headers, 'x-tenant': String((request.routeOptions.config as { tenant?: string }).tenant) }),
+      rewriteHeaders: ({ 'x-upstream': _dropped, ...headers }) => ({ ...headers, 'x-rewritten': 'yes' })
+    }
+  }))
+  const { b, rb } = await same(t, p, '/api/items?a=1', { headers: { 'x-custom': 'dropped', 'x-kept': 'kept' } })
+  t.equal(rb?.headers['x-tenant'], 'acme', 'the rewriter reads the route config and adds a header')
+  t.equal(rb?.headers['x-custom'], undefined, 'and removes one')
+  t.equal(rb?.headers['x-validated'], 'yes', 'the preValidation hook ran before the headers were copied')
+  t.equal(b.headers['x-rewritten'], 'yes', 'the response rewriter adds a header')
+  t.equal(b.headers['x-upstream'], undefined, 'and removes one')
+  await same(t, p, '/api/items', { method: 'POST', body: '{"name":"x"}', headers: { 'content-type': 'application/json' } })
+  const denied = await same(t, p, '/api/items', { headers: { 'x-deny': '1' } }, { a: 0, b: 0 })
+  t.equal(denied.b.status, 403, 'the preHandler answers without the upstream')
+
+  // Intended: a body the app has no parser for, beside a preValidation hook.
+  const form = { method: 'POST', body: 'x=1&y=2', headers: { 'content-type': 'application/x-www-form-urlencoded' } } as const
+  t.equal((await send(p.a.url, '/api/items', form)).status, 415, '@fastify/http-proxy refuses a form body when preValidation is set')
+  t.equal((await send(p.b.url, '/api/items', form)).status, 200, 'httpProxy streams it to the upstream')
+  t.equal(p.b.upstream.received.at(-1)?.body, 'x=1&y=2')
+
+  // Intended: what no route serves (a method left out, a constraint not met) gets the gateway's 404.
+  for (const options of [{ method: 'DELETE' }, { headers: { host: 'example.com' } }] as const) {
+    const a = await send(p.a.url, '/api/items', options)
+    const b = await send(p.b.url, '/api/items', { ...options, headers: { ...('headers' in options ? options.headers : {}), accept: 'application/json' } })
+    t.equal(a.status, 404)
+    t.equal(b.status, 404, 'a 404 from both')
+    t.equal(JSON.parse(b.body).error, 'http_request_error', 'the gateway\'s in its own format')
+  }
 })
 
 t.test('a WebSocket echo works alike through both', async (t) => {

@@ -2,9 +2,9 @@
 // the gateway's: one pool with the one upstream, one route on the prefix. Every option either
 // maps to its equivalent or is refused here, at registration, with what to use instead — never
 // accepted and silently ignored (the few that change nothing here are listed as such).
-import type { IncomingHttpHeaders } from 'node:http'
-import type { FastifyRequest, HTTPMethods, RouteShorthandOptions } from 'fastify'
-import type { PoolInput, RouteInput, TimeoutsInput, TlsInput, UpstreamOptions } from './types.js'
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+import type { FastifyRequest, HTTPMethods } from 'fastify'
+import type { PoolInput, RewriteRequestHeaders, RouteFastifyOptions, RouteInput, TimeoutsInput, TlsInput, UpstreamOptions } from './types.js'
 import { OptionsError, array, boolean, describe, fail, isPlainObject, join, object, string } from './check.js'
 
 /** The options of `@fastify/http-proxy` that `httpProxy` takes; see docs/migrating.md for each. */
@@ -21,13 +21,15 @@ export interface HttpProxyOptions {
   wsUpstream?: string
   /** The methods proxied. [DELETE GET HEAD PATCH POST PUT OPTIONS] */
   httpMethods?: HTTPMethods[] | string[]
-  /** Handed to the Fastify route as they are. */
-  preHandler?: RouteShorthandOptions['preHandler']
+  /** Handed to the Fastify routes as it is. */
+  preHandler?: RouteFastifyOptions['preHandler']
   /** The old name of `preHandler`. */
-  beforeHandler?: RouteShorthandOptions['preHandler']
-  preValidation?: RouteShorthandOptions['preValidation']
-  config?: object
-  constraints?: Record<string, unknown>
+  beforeHandler?: RouteFastifyOptions['preHandler']
+  /** Handed to the Fastify routes as it is; `request.body` is the raw request stream there (bodies stream through). */
+  preValidation?: RouteFastifyOptions['preValidation']
+  /** The routes' `config`, read by hooks as `request.routeOptions.config`. */
+  config?: Record<string, unknown>
+  constraints?: RouteFastifyOptions['constraints']
   /** Rewrite a relative `Location` to the prefix (and, here, a Location pointing at the upstream too). [true] */
   internalRewriteLocationHeader?: boolean
   replyOptions?: HttpProxyReplyOptions
@@ -58,10 +60,10 @@ export interface HttpProxyOptions {
 }
 
 export interface HttpProxyReplyOptions {
-  /** `(request, headers) => headers`: what goes upstream, after the gateway's forwarding headers. */
-  rewriteRequestHeaders?: (request: FastifyRequest, headers: IncomingHttpHeaders) => IncomingHttpHeaders
+  /** `(request, headers) => headers`: what goes upstream (and in WebSocket handshakes), after the gateway's forwarding headers. */
+  rewriteRequestHeaders?: RewriteRequestHeaders
   /** `(headers, request) => headers`: what comes back, before Location rewriting. */
-  rewriteHeaders?: (headers: IncomingHttpHeaders, request?: FastifyRequest) => IncomingHttpHeaders
+  rewriteHeaders?: (headers: IncomingHttpHeaders, request: FastifyRequest) => IncomingHttpHeaders | OutgoingHttpHeaders
   /** Retries after a reset (0–10). */
   retriesCount?: number
   /** Both the headers and the body timeout, in ms. */
@@ -195,19 +197,12 @@ function httpUrl (path: string, value: unknown): URL {
   return url
 }
 
-function fastifyRouteOptions (o: Record<string, unknown>): Partial<RouteInput> {
+/** Handed on as they are; the gateway checks their shape (its paths are translated back in http-proxy.ts). */
+function fastifyRouteOptions (o: Record<string, unknown>): RouteFastifyOptions {
   const route: Record<string, unknown> = {}
-  const preHandler = o.preHandler ?? o.beforeHandler
-  const hook = (key: string, value: unknown): void => {
-    if (value === undefined) return
-    if (typeof value !== 'function' && !(Array.isArray(value) && value.every((f) => typeof f === 'function'))) fail(key, 'a function or an array of functions', value)
-    route[key === 'beforeHandler' ? 'preHandler' : key] = value
-  }
-  hook(o.preHandler !== undefined ? 'preHandler' : 'beforeHandler', preHandler)
-  hook('preValidation', o.preValidation)
-  if (o.config !== undefined) route.config = object('config', o.config, Object.keys(o.config as object))
-  if (o.constraints !== undefined) route.constraints = object('constraints', o.constraints, Object.keys(o.constraints as object))
-  return route as Partial<RouteInput>
+  for (const key of ['preHandler', 'preValidation', 'config', 'constraints']) if (o[key] !== undefined) route[key] = o[key]
+  if (o.beforeHandler !== undefined) route.preHandler = o.beforeHandler
+  return route as RouteFastifyOptions
 }
 
 interface ReplyMapping {
@@ -219,20 +214,17 @@ interface ReplyMapping {
 function replyOptions (input: unknown): ReplyMapping {
   const keys = ['rewriteRequestHeaders', 'rewriteHeaders', 'retriesCount', 'timeout', ...Object.keys(REFUSED).filter((k) => k.startsWith('replyOptions.')).map((k) => k.slice('replyOptions.'.length))]
   const r = input === undefined ? {} : object('replyOptions', input, keys)
-  const route: Record<string, unknown> = {}
-  const fn = (key: string): ((...args: never[]) => unknown) | null => {
-    if (r[key] === undefined) return null
-    if (typeof r[key] !== 'function') fail(`replyOptions.${key}`, 'a function', r[key])
-    return r[key] as (...args: never[]) => unknown
+  const route: Partial<RouteInput> = {}
+  for (const key of ['rewriteRequestHeaders', 'rewriteHeaders']) {
+    if (r[key] !== undefined && typeof r[key] !== 'function') fail(`replyOptions.${key}`, 'a function', r[key])
   }
-  const rewriteRequest = fn('rewriteRequestHeaders')
-  if (rewriteRequest !== null) route.rewriteRequestHeaders = rewriteRequest
-  const rewriteHeaders = fn('rewriteHeaders') as HttpProxyReplyOptions['rewriteHeaders'] | null
-  // reply-from's (headers, request); the gateway also passes the status, which it ignores.
-  if (rewriteHeaders != null) route.rewriteResponseHeaders = (headers: IncomingHttpHeaders, request: FastifyRequest) => rewriteHeaders(headers, request)
+  if (r.rewriteRequestHeaders !== undefined) route.rewriteRequestHeaders = r.rewriteRequestHeaders as RewriteRequestHeaders
+  const rewriteHeaders = r.rewriteHeaders as HttpProxyReplyOptions['rewriteHeaders']
+  // reply-from's (headers, request); the gateway also passes the status, which it has no use for.
+  if (rewriteHeaders !== undefined) route.rewriteResponseHeaders = function rewriteHeadersOfHttpProxy (headers, request) { return rewriteHeaders(headers, request) as OutgoingHttpHeaders }
   const timeout = r.timeout === undefined ? null : milliseconds('replyOptions.timeout', r.timeout)
   return {
-    route: route as Partial<RouteInput>,
+    route,
     timeouts: timeout === null ? null : { headers: timeout, body: timeout },
     retries: r.retriesCount === undefined ? null : count('replyOptions.retriesCount', r.retriesCount, 10)
   }
