@@ -49,7 +49,7 @@ declare module 'fastify' {
 
 async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions): Promise<void> {
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
-  const config = validateOptions(options)
+  const config = underAppPrefix(validateOptions(options), app.prefix)
   // Registered again in the same app, it joins the first registration's app.upstream, status
   // page and metrics (registrations.ts).
   const earlier = earlierRegistrations(app)
@@ -148,6 +148,16 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
       await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing)
     }
   })
+}
+
+/**
+ * Registered in a context with a prefix (`app.register(plugin, { prefix: '/v1' })`), as
+ * @fastify/http-proxy may be, a route's paths are under it: the path mapping, Location
+ * rewriting and the upgrade listener all read the full prefix.
+ */
+function underAppPrefix (config: Config, appPrefix: string): Config {
+  if (appPrefix === '') return config
+  return { ...config, routes: config.routes.map((route) => ({ ...route, prefix: appPrefix + route.prefix })) }
 }
 
 /** The latencies the diagnosis counts requests over exactly ("3 of 3 requests took over 2 s"). */

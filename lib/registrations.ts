@@ -42,12 +42,12 @@ export function firstRegistration (app: FastifyInstance): Registrations {
  * one decides (`options` as given, before defaults: a default is no choice).
  */
 export function checkJoin (registrations: Registrations, config: Config, options: { status?: unknown, metrics?: unknown }): void {
-  for (const name of config.pools.keys()) {
-    if (registrations.pools.has(name)) throw new OptionsError(`pools.${name}`, 'already defined by an earlier registration of fastify-upstream in this app: pool names are shared (app.upstream, status page, metrics); choose another name')
-  }
   config.routes.forEach((route, i) => {
     if (registrations.routes.some((r) => r.prefix === route.prefix)) throw new OptionsError(`routes[${i}].prefix`, `"${route.prefix}" is already used by an earlier registration of fastify-upstream in this app`)
   })
+  for (const name of config.pools.keys()) {
+    if (registrations.pools.has(name)) throw new OptionsError(`pools.${name}`, 'already defined by an earlier registration of fastify-upstream in this app: pool names are shared (app.upstream, status page, metrics); choose another name')
+  }
   for (const key of ['status', 'metrics'] as const) {
     if (options[key] !== undefined) throw new OptionsError(key, `set it on the first registration of fastify-upstream in this app: later registrations join its status page and metrics (${key} is decided once per app)`)
   }

@@ -254,7 +254,8 @@ function connectionOptions (undiciInput: unknown, httpInput: unknown): Connectio
   const timeouts: TimeoutsInput = {}
   const tls: TlsInput = {}
   if (undiciInput !== undefined) {
-    if (!isPlainObject(undiciInput)) refuse('undici', `a Dispatcher of your own (${describe(undiciInput)}) is not used: the gateway keeps its own keep-alive pool per target; give its settings as an object`)
+    const dispatcher = isPlainObject(undiciInput) && (typeof undiciInput.request === 'function' || typeof undiciInput.dispatch === 'function')
+    if (!isPlainObject(undiciInput) || dispatcher) refuse('undici', `a Dispatcher of your own (${dispatcher ? 'an object with request()' : describe(undiciInput)}) is not used: the gateway keeps its own keep-alive pool per target; give its settings as an object`)
     const u = object('undici', undiciInput, UNDICI_KEYS)
     if (u.connections !== undefined && u.connections !== null) connections.perTarget = count('undici.connections', u.connections, Number.MAX_SAFE_INTEGER, 1)
     if (u.keepAliveTimeout !== undefined) connections.keepAlive = milliseconds('undici.keepAliveTimeout', u.keepAliveTimeout)
