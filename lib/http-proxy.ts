@@ -15,12 +15,15 @@ export type { HttpProxyOptions, HttpProxyReplyOptions } from './options/http-pro
 export function makeHttpProxy (gateway: FastifyPluginAsync<UpstreamOptions>): FastifyPluginAsync<HttpProxyOptions> {
   async function httpProxy (app: FastifyInstance, options: HttpProxyOptions): Promise<void> {
     const mapped = fromHttpProxy(options)
-    // The app moved by changing an import: a route of its own at the status page's or the
-    // metrics' path (a metrics plugin's /metrics) keeps it, and the gateway's moves aside.
-    for (const [key, url] of [['status', '/_upstream'], ['metrics', '/metrics']] as const) {
-      if (earlierRegistrations(app) === null && app.hasRoute({ method: 'GET', url })) {
-        mapped[key] = false
-        app.log.info(`httpProxy: the app serves GET ${url} itself, so fastify-upstream's ${key === 'status' ? 'status page' : 'metrics'} is not registered`)
+    if (earlierRegistrations(app) === null) {
+      // An app that moved by changing an import gets no new public route: /metrics answers
+      // anyone and names targets, so it waits for the plugin's own form (or an earlier
+      // registration of it). The status page answers only under full exposure.
+      mapped.metrics = false
+      // A route of the app's own at the status page's path keeps it.
+      if (app.hasRoute({ method: 'GET', url: '/_upstream' })) {
+        mapped.status = false
+        app.log.info('httpProxy: the app serves GET /_upstream itself, so fastify-upstream\'s status page is not registered')
       }
     }
     try {

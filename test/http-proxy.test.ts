@@ -139,21 +139,21 @@ t.test('registered once per prefix, the registrations share app.upstream, the st
   t.teardown(auth.close)
   const app = Fastify()
   t.teardown(async () => await app.close())
+  // The main plugin first (it decides the status page and metrics), then httpProxy twice.
+  await app.register(upstream, { pools: { more: { targets: [users.url] } }, routes: [{ prefix: '/more', pool: 'more', rewritePrefix: '/more' }] })
   await app.register(httpProxy, { upstream: users.url, prefix: '/users' })
   await app.register(httpProxy, { upstream: `${auth.url}/signon`, prefix: '/auth' })
-  // And the main plugin beside them.
-  await app.register(upstream, { pools: { more: { targets: [users.url] } }, routes: [{ prefix: '/more', pool: 'more', rewritePrefix: '/more' }] })
 
   for (const [path, name, url] of [['/users/7', 'users', '/7'], ['/auth/user?x=1', 'auth', '/signon/user?x=1'], ['/more/x', 'users', '/more/x']]) {
     const res = await app.inject(path!)
     t.equal(res.statusCode, 200, path)
     t.match(res.json(), { name, url }, `${path!} reaches ${url!}`)
   }
-  t.same(app.upstream.pools().map((p) => p.name), ['/users', '/auth', 'more'], 'app.upstream knows every registration\'s pools')
+  t.same(app.upstream.pools().map((p) => p.name), ['more', '/users', '/auth'], 'app.upstream knows every registration\'s pools')
   const status = await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })
-  t.same(status.json().pools.map((p: { name: string }) => p.name), ['/users', '/auth', 'more'], 'one status page lists them all')
+  t.same(status.json().pools.map((p: { name: string }) => p.name), ['more', '/users', '/auth'], 'one status page lists them all')
   const metrics = await app.inject('/metrics')
-  for (const pool of ['/users', '/auth', 'more']) t.match(metrics.body, `fastify_upstream_requests_total{pool="${pool}"`, `metrics count ${pool}`)
+  for (const pool of ['more', '/users', '/auth']) t.match(metrics.body, `fastify_upstream_requests_total{pool="${pool}"`, `metrics count ${pool}`)
 })
 
 t.test('a later registration may not reuse a pool name', async (t) => {
@@ -183,14 +183,21 @@ t.test('a later registration may not set the status page or metrics, nor reuse a
   })
 })
 
-t.test('an app\'s own /metrics route keeps its path', async (t) => {
+t.test('httpProxy adds no metrics route, and leaves an app\'s own status path alone', async (t) => {
   const app = Fastify()
   t.teardown(async () => await app.close())
   app.get('/metrics', async () => 'the app\'s metrics')
   await app.register(httpProxy, { upstream: 'http://127.0.0.1:3000', prefix: '/api' })
-  await app.ready()
-  t.equal((await app.inject('/metrics')).body, 'the app\'s metrics')
-  t.equal((await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })).statusCode, 200, 'the status page is still served')
+  await app.register(httpProxy, { upstream: 'http://127.0.0.1:3000', prefix: '/b' })
+  t.equal((await app.inject('/metrics')).body, 'the app\'s metrics', 'an app\'s /metrics stays its own')
+  t.equal((await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })).statusCode, 200, 'the status page is served')
+
+  const own = Fastify()
+  t.teardown(async () => await own.close())
+  own.get('/_upstream', async () => 'the app\'s page')
+  await own.register(httpProxy, { upstream: 'http://127.0.0.1:3000', prefix: '/api' })
+  t.equal((await own.inject('/_upstream')).body, 'the app\'s page')
+  t.equal((await own.inject('/metrics')).statusCode, 404, 'no metrics route')
 })
 
 t.test('registered in a prefixed context, the routes are under its prefix', async (t) => {
