@@ -42,3 +42,19 @@ await app.register(httpProxy, { upstream: 'http://127.0.0.1:3001', replyOptions:
 await app.register(httpProxy, { upstream: 'http://127.0.0.1:3001', http2: true })
 // @ts-expect-error upstream is a URL string
 await app.register(httpProxy, { upstream: new URL('http://127.0.0.1:3001') })
+
+// The README's "Coming from @fastify/http-proxy" example, kept compiling.
+{
+  const app = Fastify({ logger: true })
+  app.register(httpProxy, {
+    upstream: 'http://127.0.0.1:3001',
+    prefix: '/api',
+    rewritePrefix: '/v1',
+    preHandler: async (request, reply) => {
+      if (request.headers.authorization === undefined) return reply.code(401).send()
+    },
+    replyOptions: { rewriteRequestHeaders: (request, headers) => ({ ...headers, 'x-client-ip': request.ip }) }
+  })
+  app.register(httpProxy, { upstream: 'http://127.0.0.1:3002', prefix: '/chat', websocket: true })
+  await app.listen({ port: 8080 })
+}
