@@ -5,6 +5,8 @@ import { validateOptions } from './options/validate.js'
 import type { UpstreamOptions } from './options/types.js'
 import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
+import { RouteRouter } from './routing/router.js'
+import { Affinity } from './routing/sticky.js'
 import { Recorder } from './observe/recorder.js'
 import { registerMetrics, registerStatus } from './observe/routes.js'
 import { Metrics } from './observe/metrics.js'
@@ -59,6 +61,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     // Said once, at start: verification off is sometimes meant (a lab), never to go unnoticed.
     if (!pool.tls.rejectUnauthorized) app.log.warn({ pool: name }, `pools.${name}.tls.rejectUnauthorized is false: the certificates of its https targets are not verified`)
   }
+  // One affinity cookie per sticky pool, whichever route sends it traffic.
+  const affinities = new Map([...config.pools.values()].flatMap((pool) => pool.sticky === null ? [] : [[pool.name, new Affinity(pool, pool.sticky, config.errors.proxyName)] as const]))
   const appErrors = createErrorHandlers(config, null)
   const tracing = tracingFor(config, pools)
 
@@ -145,7 +149,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   await app.register(async function proxiedRoutes (gateway) {
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing)
+      await registerRoute(gateway, config, route, new RouteRouter(route, pools, affinities, config.errors.proxyName), websockets, recorder, tracing)
     }
   })
 }

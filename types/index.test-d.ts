@@ -119,3 +119,31 @@ export { badKeep, probed, readReport, readStory, renders, passesThrough, badRend
 export { storiesByUrl, storiesByClient, badStories, storiesState, failing }
 export { discovered, badSrv, badServers, badFamily, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
+
+// Header rewriters: synchronous functions of the request's headers and of the answer's, with its status.
+const rewritten: UpstreamOptions['routes'][number] = {
+  prefix: '/rewritten',
+  pool: 'users',
+  rewriteRequestHeaders: (request, headers) => ({ ...headers, 'x-tenant': request.headers['x-user'] }),
+  rewriteResponseHeaders: (headers, _request, status) => ({ ...headers, 'x-status': status, server: undefined })
+}
+// @ts-expect-error a rewriter returns headers
+const rewriterWithoutHeaders: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', rewriteRequestHeaders: () => 'x-tenant: a' }
+// @ts-expect-error the response rewriter's status is a number
+const rewriterWithStringStatus: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', rewriteResponseHeaders: (headers, _request, status: string) => headers }
+
+// Fastify's own route options, as Fastify types them: hooks (one or a list), config, constraints.
+const guarded: UpstreamOptions['routes'][number] = {
+  prefix: '/admin',
+  pool: 'users',
+  onRequest: async (request, reply) => { if (request.headers.authorization === undefined) await reply.code(401).send() },
+  preHandler: [function (_request, _reply, done) { done() }],
+  preValidation: (_request, _reply, done) => { done() },
+  config: { tenant: 'acme' },
+  constraints: { host: 'admin.example', version: '1.0.0' }
+}
+// @ts-expect-error a hook is a function
+const badHook: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', onRequest: 'auth' }
+// @ts-expect-error a host constraint is a string or a RegExp
+const badConstraint: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', constraints: { host: 42 } }
+void [rewritten, rewriterWithoutHeaders, rewriterWithStringStatus, guarded, badHook, badConstraint]

@@ -77,6 +77,39 @@ export interface PoolConfig {
   discovery: DiscoveryConfig
   auth: AuthConfig | null
   panic: boolean
+  sticky: StickyConfig | null
+}
+
+export interface StickyConfig {
+  cookie: string
+  /** Max-Age in ms; null: a session cookie. */
+  ttl: number | null
+}
+
+/** One condition of a match rule; `name` in lower case for headers. */
+export interface MatchCondition {
+  name: string
+  value: string | RegExp
+}
+
+export interface MatchRuleConfig {
+  header: MatchCondition[]
+  cookie: MatchCondition[]
+  query: MatchCondition[]
+  pool: string
+}
+
+/** A pool's share of a split route: the requests whose bucket (0–9999) is below `upTo`. */
+export interface SplitShare {
+  pool: string
+  upTo: number
+}
+
+export interface MirrorConfig {
+  pool: string
+  percent: number
+  maxInFlight: number
+  bodyLimit: number
 }
 
 export interface AuthConfig {
@@ -108,6 +141,15 @@ export interface RouteConfig {
   rewriteResponseHeaders: RewriteResponseHeaders | null
   /** Handed to the route's Fastify routes as they are; only the keys the route gave. */
   fastify: RouteFastifyOptions
+  match: MatchRuleConfig[]
+  /** Shares in basis points, cumulative; the rest go to `pool`. Empty: no split. */
+  split: SplitShare[]
+  mirror: MirrorConfig | null
+  /**
+   * The route as it serves each other pool `match` and `split` may choose: that pool's
+   * timeouts and retry with the route's overrides applied (everything else is the route's).
+   */
+  variants: ReadonlyMap<string, RouteConfig>
 }
 
 export interface ErrorsConfig {

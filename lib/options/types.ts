@@ -271,6 +271,50 @@ export interface PoolInput {
   auth?: AuthInput
   /** When every target is out of rotation, send traffic to all but drained ones instead of answering 503. [false] */
   panic?: boolean
+  /**
+   * Session affinity (HAProxy's `cookie … insert`): the gateway sets a cookie naming, opaquely,
+   * the target that served the client, whose next requests go to that target while it is in
+   * rotation. [off]
+   */
+  sticky?: StickyInput
+}
+
+/** pools.<name>.sticky: the gateway's own affinity cookie. */
+export interface StickyInput {
+  /** The cookie's name. ['upstream'] */
+  cookie?: string
+  /** How long the cookie lasts, in ms (its Max-Age); without it, for the browser session. [session] */
+  ttl?: number
+}
+
+/** What a request's header, cookie or query parameter must be: equal to a string, or match a RegExp. */
+export type MatchValue = string | RegExp
+
+/**
+ * One rule of `routes[].match`: every condition given must fit (a header, cookie or query
+ * parameter by name); the first rule that fits sends the request to its `pool`.
+ */
+export interface MatchRule {
+  /** Request headers by name (any case): value or RegExp. */
+  header?: Record<string, MatchValue>
+  /** Cookies by name: value or RegExp. */
+  cookie?: Record<string, MatchValue>
+  /** Query parameters by name: value or RegExp (a repeated parameter fits when one of its values does). */
+  query?: Record<string, MatchValue>
+  /** The pool such a request goes to (required). */
+  pool: string
+}
+
+/** routes[].mirror: a copy of each request (or `percent` of them) to another pool; its answer is thrown away. */
+export interface MirrorInput {
+  /** The pool the copies go to (required). */
+  pool: string
+  /** The share of requests copied, 0–100. [100] */
+  percent?: number
+  /** Copies in flight at most; past it a copy is skipped (counted). [100] */
+  maxInFlight?: number
+  /** Requests with a larger body (in bytes) are not copied. [1048576] */
+  bodyLimit?: number
 }
 
 /**
@@ -294,7 +338,10 @@ export type RewriteResponseHeaders = (headers: IncomingHttpHeaders, request: Fas
  * as `@fastify/http-proxy` takes them: hooks that run only for this route (auth, tenants), its
  * `config` (read by hooks as `request.routeOptions.config`) and `constraints` (host, version).
  */
-export type RouteFastifyOptions = Pick<RouteShorthandOptions, 'onRequest' | 'preHandler' | 'preValidation' | 'config' | 'constraints'>
+export type RouteFastifyOptions = Pick<RouteShorthandOptions, 'onRequest' | 'preHandler' | 'preValidation' | 'constraints'> & {
+  /** The route's config for the app's hooks (`request.routeOptions.config`), beside the gateway's `upstream` key. */
+  config?: Record<string, unknown>
+}
 
 /** A route: a path prefix of the app proxied to a pool. */
 export interface RouteInput extends RouteFastifyOptions {
@@ -324,6 +371,18 @@ export interface RouteInput extends RouteFastifyOptions {
    * to the address and prefix the client used. [true]
    */
   rewriteLocation?: boolean
+  /**
+   * Rules that send a request to another pool by its headers, cookies or query; the first that
+   * fits wins, before `split`. [none]
+   */
+  match?: MatchRule[]
+  /**
+   * Shares of the route's traffic, in percent, for other pools (`{ canary: 5 }`); the rest go
+   * to `pool`. A client keeps the pool it was dealt (a `<proxyName>-split` cookie). [none]
+   */
+  split?: Record<string, number>
+  /** Copies of the requests to another pool, never delaying or failing the client's answer. [none] */
+  mirror?: MirrorInput
   /** Changes the request's headers on their way upstream (see `RewriteRequestHeaders`). [none] */
   rewriteRequestHeaders?: RewriteRequestHeaders
   /** Changes the answer's headers on their way to the client (see `RewriteResponseHeaders`). [none] */

@@ -5,7 +5,8 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig,
+  MatchRuleConfig, MatchCondition, SplitShare, MirrorConfig, StickyConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -24,10 +25,10 @@ const RETRY_CONDITIONS: RetryCondition[] = ['connect-failure', 'refused-stream',
 const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream', 'reset']
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
-const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
+const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'sticky']
 /** Fastify's own route options a route hands over as they are (routes[].onRequest, ...). */
 const ROUTE_FASTIFY_KEYS = ['onRequest', 'preHandler', 'preValidation', 'config', 'constraints'] as const
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', ...ROUTE_FASTIFY_KEYS]
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', 'match', 'split', 'mirror', ...ROUTE_FASTIFY_KEYS]
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
@@ -128,7 +129,8 @@ function validatePool (name: string, input: unknown): PoolConfig {
       family: oneOf(join(join(path, 'discovery'), 'family'), discovery.family, ['prefer-ipv4', 'prefer-ipv6', 'ipv4', 'ipv6', 'all'] as const, 'prefer-ipv4')
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
-    panic: boolean(join(path, 'panic'), pool.panic, false)
+    panic: boolean(join(path, 'panic'), pool.panic, false),
+    sticky: validateSticky(join(path, 'sticky'), pool.sticky)
   }
 }
 
@@ -315,11 +317,8 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   // The prefix is matched literally and swapped for rewritePrefix: a route parameter or a
   // wildcard in it would match paths the swap cannot map.
   if (/[:*?#]/.test(prefix)) fail(join(path, 'prefix'), 'a literal path, without ":" parameters, "*", "?" or "#"', prefix)
-  const poolName = string(join(path, 'pool'), r.pool)
-  const pool = pools.get(poolName)
-  if (pool === undefined) {
-    throw new OptionsError(join(path, 'pool'), `no pool named "${poolName}" (pools: ${[...pools.keys()].join(', ')})`)
-  }
+  const poolName = poolNamed(join(path, 'pool'), r.pool, pools)
+  const pool = pools.get(poolName)!
   const rewritePrefix = r.rewritePrefix === undefined ? '' : r.rewritePrefix
   if (typeof rewritePrefix !== 'string' || (rewritePrefix !== '' && !rewritePrefix.startsWith('/'))) {
     fail(join(path, 'rewritePrefix'), 'a path starting with "/" (or "")', rewritePrefix)
@@ -338,7 +337,9 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     }
   }
   if (isPlainObject(r.rateLimit)) refuseWhitelist(join(path, 'rateLimit'), r.rateLimit)
-  return {
+  const match = array(join(path, 'match'), r.match, []).map((rule, i) => validateMatchRule(join(join(path, 'match'), i), rule, pools))
+  const split = validateSplit(join(path, 'split'), r.split, pools)
+  const route: RouteConfig = {
     prefix,
     pool: poolName,
     rewritePrefix,
@@ -353,8 +354,98 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null,
     rewriteRequestHeaders: optionalFunction(join(path, 'rewriteRequestHeaders'), r.rewriteRequestHeaders, '(request, headers) => headers') as RouteConfig['rewriteRequestHeaders'],
     rewriteResponseHeaders: optionalFunction(join(path, 'rewriteResponseHeaders'), r.rewriteResponseHeaders, '(headers, request, status) => headers') as RouteConfig['rewriteResponseHeaders'],
-    fastify: validateRouteFastify(path, r)
+    fastify: validateRouteFastify(path, r),
+    match,
+    split,
+    mirror: validateMirror(join(path, 'mirror'), r.mirror, pools),
+    variants: new Map()
   }
+  // Each other pool the route may choose serves it with its own timeouts and retry policy,
+  // under the route's overrides.
+  const variants = new Map<string, RouteConfig>()
+  for (const name of [...match.map((rule) => rule.pool), ...split.map((share) => share.pool)]) {
+    if (name === poolName || variants.has(name)) continue
+    const other = pools.get(name)!
+    variants.set(name, {
+      ...route,
+      pool: name,
+      timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, other.timeouts),
+      retry: validateRetry(join(path, 'retry'), r.retry, other.retry)
+    })
+  }
+  route.variants = variants
+  return route
+}
+
+/** The name of a pool that exists. */
+function poolNamed (path: string, value: unknown, pools: Map<string, PoolConfig>): string {
+  const name = string(path, value)
+  if (!pools.has(name)) throw new OptionsError(path, `no pool named "${name}" (pools: ${[...pools.keys()].join(', ')})`)
+  return name
+}
+
+const MATCH_KINDS = ['header', 'cookie', 'query'] as const
+
+/** `{ header?, cookie?, query?, pool }`: at least one condition, each a string or a RegExp. */
+function validateMatchRule (path: string, input: unknown, pools: Map<string, PoolConfig>): MatchRuleConfig {
+  const rule = object(path, input, [...MATCH_KINDS, 'pool'])
+  const conditions = (kind: typeof MATCH_KINDS[number]): MatchCondition[] => {
+    const at = join(path, kind)
+    return Object.entries(optionalObject(at, rule[kind], Object.keys(rule[kind] ?? {}))).map(([name, value]) => {
+      if (typeof value === 'string') return { name: kind === 'header' ? name.toLowerCase() : name, value }
+      if (!(value instanceof RegExp)) fail(join(at, name), 'a string or a RegExp', value)
+      // A global or sticky RegExp keeps its position between tests: the same value would fit one
+      // request and not the next.
+      if (value.global || value.sticky) fail(join(at, name), 'a RegExp without the g or y flag', value)
+      return { name: kind === 'header' ? name.toLowerCase() : name, value }
+    })
+  }
+  const header = conditions('header')
+  const cookie = conditions('cookie')
+  const query = conditions('query')
+  if (header.length + cookie.length + query.length === 0) fail(path, 'at least one condition in header, cookie or query', input)
+  return { header, cookie, query, pool: poolNamed(join(path, 'pool'), rule.pool, pools) }
+}
+
+/** `{ <pool>: percent }`, at most 100 in all, to a hundredth of a percent. */
+function validateSplit (path: string, input: unknown, pools: Map<string, PoolConfig>): SplitShare[] {
+  if (input === undefined) return []
+  const shares = object(path, input, Object.keys(isPlainObject(input) ? input : {}))
+  let upTo = 0
+  const out: SplitShare[] = []
+  for (const [name, percent] of Object.entries(shares)) {
+    const at = join(path, name)
+    poolNamed(at, name, pools)
+    if (typeof percent !== 'number' || !(percent >= 0 && percent <= 100) || Math.round(percent * 100) !== percent * 100) {
+      fail(at, 'a percentage from 0 to 100 (to a hundredth)', percent)
+    }
+    upTo += Math.round(percent * 100)
+    if (upTo > 10_000) fail(at, 'shares that add up to 100 or less (the rest go to the route\'s pool)', percent)
+    out.push({ pool: name, upTo })
+  }
+  return out
+}
+
+function validateMirror (path: string, input: unknown, pools: Map<string, PoolConfig>): MirrorConfig | null {
+  if (input === undefined) return null
+  const m = object(path, input, ['pool', 'percent', 'maxInFlight', 'bodyLimit'])
+  const percent = m.percent ?? 100
+  if (typeof percent !== 'number' || !(percent >= 0 && percent <= 100)) fail(join(path, 'percent'), 'a percentage from 0 to 100', percent)
+  return {
+    pool: poolNamed(join(path, 'pool'), m.pool, pools),
+    percent,
+    maxInFlight: integer(join(path, 'maxInFlight'), m.maxInFlight, 100, 1),
+    bodyLimit: integer(join(path, 'bodyLimit'), m.bodyLimit, 1_048_576, 0)
+  }
+}
+
+function validateSticky (path: string, input: unknown): StickyConfig | null {
+  if (input === undefined || input === false) return null
+  const s = input === true ? {} : object(path, input, ['cookie', 'ttl'])
+  const cookie = string(join(path, 'cookie'), s.cookie, 'upstream')
+  // RFC 6265's cookie-name: an HTTP token.
+  if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(cookie)) fail(join(path, 'cookie'), 'a cookie name (letters, digits, "-", "_", ...)', cookie)
+  return { cookie, ttl: s.ttl === undefined ? null : duration(join(path, 'ttl'), s.ttl, 0, 1000) }
 }
 
 function optionalFunction (path: string, value: unknown, shape: string): ((...args: never[]) => unknown) | null {

@@ -5,6 +5,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
+import type { Affinity } from '../routing/sticky.js'
 
 export class Candidates {
   readonly #list: Target[]
@@ -17,8 +18,9 @@ export class Candidates {
   /** The ejected target the pool gave this request as its half-open trial, if it did. */
   readonly #trial: Target | null
 
-  constructor (private readonly pool: UpstreamPool, request: FastifyRequest) {
-    this.#list = pool.candidates(request)
+  constructor (private readonly pool: UpstreamPool, request: FastifyRequest, affinity: Affinity | null = null) {
+    // A sticky pool puts the client's own target first while it may take traffic.
+    this.#list = affinity === null ? pool.candidates(request) : affinity.first(pool.candidates(request), request)
     // Only the request the pool handed the trial to may make it: another that listed the same
     // target before its ejection must not ride along.
     const only = this.#list.length === 1 ? this.#list[0]! : null

@@ -18,7 +18,9 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { RewriteResponseHeaders } from '../options/types.js'
+import type { UpstreamPool } from '../pool/pool.js'
 import { rewriteResponse } from './rewrite.js'
+import { withCookies } from '../routing/cookies.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
 export interface RelayRoute {
@@ -28,8 +30,8 @@ export interface RelayRoute {
   intercepts: (status: number) => boolean
   /** The Proxy-Status member of a delivered answer with this status. */
   proxyStatus: (status: number) => string
-  /** Rewrites Location and Content-Location in place; null when the route does not ask. */
-  rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest) => void) | null
+  /** Rewrites Location and Content-Location in place (`pool`: the one that answered); null when the route does not ask. */
+  rewriteLocations: ((headers: ResponseHeaders, request: FastifyRequest, pool: UpstreamPool) => void) | null
   /** The route's rewriteResponseHeaders; null when it has none. */
   rewriteHeaders: RewriteResponseHeaders | null
 }
@@ -37,6 +39,8 @@ export interface RelayRoute {
 /** What the relay needs of its exchange. */
 export interface RelayExchange {
   readonly reply: FastifyReply
+  /** The pool the answer came from. */
+  readonly pool: UpstreamPool
   readonly settled: boolean
   /** The client side gave up on the body (its stream was destroyed). */
   cancel: (reason: Error | undefined) => void
@@ -46,6 +50,8 @@ export interface RelayExchange {
   resumeTry: () => void
   /** Relay work failed on its own (a throw): the exchange ends as the gateway's failure. */
   relayFailed: (err: unknown) => void
+  /** The gateway's routing cookies for an answer a target served (split, sticky); null for none. */
+  routingCookies: (served: boolean) => string[] | null
 }
 
 /** Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, and the like. */
@@ -128,7 +134,9 @@ export class Relay {
     this.#trailers = !bodiless && this.#trailersFor(request)
     // A Trailer field promises trailers; on an answer that cannot carry them Node refuses it.
     if (!this.#trailers) Reflect.deleteProperty(headers, 'trailer')
-    this.route.rewriteLocations?.(headers, request)
+    this.route.rewriteLocations?.(headers, request, this.exchange.pool)
+    const cookies = this.exchange.routingCookies(true)
+    if (cookies !== null) headers['set-cookie'] = withCookies(headers['set-cookie'], cookies)
     reply.code(status)
     reply.headers(headers)
     this.#applied = Object.keys(headers)

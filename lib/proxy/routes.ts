@@ -5,7 +5,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
-import type { UpstreamPool } from '../pool/pool.js'
+import type { RouteRouter } from '../routing/router.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
 import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
@@ -23,7 +23,11 @@ import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+  /** The route's own pool: the one a request is answered for before routing chooses. */
+  const pool = router.pool
+  /** The route may send a request to another pool than its own (match, split). */
+  const chooses = route.match.length > 0 || route.split.length > 0
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
@@ -32,20 +36,22 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     id: String(exchange.request.id),
     method: exchange.request.method,
     route: route.prefix,
-    pool: pool.name,
+    pool: exchange.pool.name,
     // An address that has left the DNS answer counts in its pool's totals only: its own series
     // are dropped when it leaves (UpstreamPool.onTargetRemoved) and must not be made again.
     target: exchange.target !== null && !exchange.target.removed ? exchange.target.hostPort : null,
     status,
     ms: exchange.ms,
     attempts: exchange.attempts,
-    poolState
+    poolState: () => exchange.pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
   })
-  const poolState = (): Array<{ target: string, state: string }> => pool.targets.map((t) => ({ target: t.hostPort, state: t.state() }))
 
   const events: ExchangeEvents = {
     failed (exchange, failure) {
       recorder?.failed(ending(exchange, failure.status), failure)
+      // A client just dealt its split bucket keeps it, whatever this answer was.
+      const cookies = exchange.routingCookies(false)
+      if (cookies !== null) exchange.reply.header('set-cookie', cookies)
       answer(exchange.request, exchange.reply, failure)
     },
     broken (exchange, failure) {
@@ -58,12 +64,12 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       cutAnswer(reply)
     },
     aborted (exchange, phase) {
-      recorder?.aborted(pool.name, exchange.target?.hostPort ?? null)
-      logClientAborted(exchange.request, phase, pool.name, exchange.target?.hostPort ?? null, exchange.ms)
+      recorder?.aborted(exchange.pool.name, exchange.target?.hostPort ?? null)
+      logClientAborted(exchange.request, phase, exchange.pool.name, exchange.target?.hostPort ?? null, exchange.ms)
     },
     recovered (exchange, status) {
       recorder?.completed(ending(exchange, status))
-      logRecovered(exchange.request, pool.name, status, exchange.attempts, exchange.ms)
+      logRecovered(exchange.request, exchange.pool.name, status, exchange.attempts, exchange.ms)
     },
     completed (exchange, status) {
       recorder?.completed(ending(exchange, status))
@@ -72,7 +78,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
       const failure = makeFailure('upstream_error_status', {
         phase: 'headers',
-        pool: pool.name,
+        pool: exchange.pool.name,
         target: exchange.target?.hostPort ?? null,
         attempts: exchange.attempts,
         ms: exchange.ms,
@@ -101,7 +107,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     via: `1.1 ${settings.proxyName}`,
     intercepts: (status) => config.errors.intercept.has(status),
     proxyStatus: receivedMember,
-    rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null,
+    rewriteLocations: route.rewriteLocation ? (headers, request, served) => { rewriteLocations(headers, request, route, served) } : null,
     rewriteHeaders: route.rewriteResponseHeaders
   }
 
@@ -135,9 +141,12 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     if (path === null) return
     const upstream = requestHeaders(request, reply)
     if (upstream === null) return
+    const routed = router.choose(request)
+    // The record Fastify writes when the answer is sent names the pool that served it.
+    if (chooses) reply.log = reply.log.child({ pool: routed.pool.name })
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
-      websockets.open(request, reply, path, upstream, { route, pool, config, answer, recorder })
+      websockets.open(request, reply, path, upstream, routed, { route: routed.route, pool: routed.pool, config, answer, recorder })
       return
     }
     // An upgrade request that is not a handshake for this route: its body is on the socket.
@@ -146,7 +155,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
       return
     }
-    const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
+    const exchange = new Exchange(request, reply, routed.route, routed.pool, events, relayRoute, tracing)
+    exchange.routed = routed
     exchange.pinnedHost = upstream.host
     exchange.start(path, upstream.headers as Record<string, string>, kept ?? request.body as IncomingMessage | undefined)
   }

@@ -20,6 +20,7 @@ import { Candidates } from './candidates.js'
 import { RoomWait } from './queue.js'
 import { afterFailure, backoff, conditionOf } from './retry.js'
 import type { TargetTry } from './try.js'
+import type { Routed } from '../routing/router.js'
 
 /** What a failure record gets from the request's side; the sequence adds the rest. */
 export type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
@@ -59,6 +60,11 @@ export abstract class TrySequence<T extends TargetTry> {
   #reauthorized = false
   /** The Host the route's rewriteRequestHeaders set for every try; null: each target's own. */
   pinnedHost: string | null = null
+  /**
+   * How this request's pool was chosen (routing/router.ts; `pool` is the one chosen): the one
+   * place later code reads it (the answer's cookies, the log, the metrics, a cache key).
+   */
+  routed: Routed | null = null
 
   constructor (
     readonly request: FastifyRequest,
@@ -99,7 +105,7 @@ export abstract class TrySequence<T extends TargetTry> {
    */
   protected plan (): boolean {
     this.pool.budget.request()
-    this.#candidates = new Candidates(this.pool, this.request)
+    this.#candidates = new Candidates(this.pool, this.request, this.routed?.affinity ?? null)
     if (this.#candidates.empty) {
       this.failOutage()
       return false
@@ -136,6 +142,18 @@ export abstract class TrySequence<T extends TargetTry> {
     this.#room.reset()
     this.tries++
     this.sendTo(target)
+  }
+
+  /**
+   * The gateway's own cookies for the answer: the split bucket a new client was just dealt and,
+   * when a target `served` the answer, its affinity id (pools.<name>.sticky). Null for none.
+   */
+  routingCookies (served: boolean): string[] | null {
+    const routed = this.routed
+    if (routed === null) return null
+    const sticky = served && routed.affinity !== null && this.target !== null ? routed.affinity.cookieFor(this.target, this.request) : null
+    if (routed.splitCookie === null) return sticky === null ? null : [sticky]
+    return sticky === null ? [routed.splitCookie] : [routed.splitCookie, sticky]
   }
 
   /** The Host a try on `target` sends. */

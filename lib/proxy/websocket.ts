@@ -22,6 +22,8 @@ import { shouldRetryStatus } from './retry.js'
 import { TrySequence, type FailureDetails, type Replay } from './tries.js'
 import { appendList, forwardResponseHeaders } from './forwarding.js'
 import type { RewrittenRequest } from './rewrite.js'
+import { withCookies } from '../routing/cookies.js'
+import type { Routed } from '../routing/router.js'
 import { classify, GatewayError, GATEWAY_CODES, type Progress } from '../errors/classify.js'
 import { makeFailure, type Failure, type FailureContext } from '../errors/failure.js'
 import { logClientAborted, logFailure } from '../errors/log.js'
@@ -88,10 +90,11 @@ export class WebSockets {
   }
 
   /** Starts a tunnel for a handshake that reached a websocket route. */
-  open (request: FastifyRequest, reply: FastifyReply, path: string, upstream: RewrittenRequest, context: TunnelRoute): void {
+  open (request: FastifyRequest, reply: FastifyReply, path: string, upstream: RewrittenRequest, routed: Routed, context: TunnelRoute): void {
     // `path`: the route's path rewritten (rewritePrefix), with the query as the client sent it.
     const tunnel = new Tunnel(request, reply, (request.raw as UpgradeRequest)[kUpgrade]!, path, upstream.headers, context, () => this.#tunnels.delete(tunnel))
     tunnel.pinnedHost = upstream.host
+    tunnel.routed = routed
     this.#tunnels.add(tunnel)
     tunnel.start()
   }
@@ -472,6 +475,8 @@ class Tunnel extends TrySequence<Handshake> {
     // The protocol the upstream's 101 switched to (its Upgrade field, a hop-by-hop one).
     headers.upgrade = answer.upgrade ?? 'websocket'
     headers['proxy-status'] = appendList(headers['proxy-status'] as string | undefined, proxyStatusMember(null, this.#proxyName, full, 101))
+    const cookies = this.routingCookies(true)
+    if (cookies !== null) headers['set-cookie'] = withCookies(headers['set-cookie'] as string | string[] | undefined, cookies)
     const lines = ['HTTP/1.1 101 Switching Protocols']
     for (const [name, value] of Object.entries(headers)) {
       for (const one of Array.isArray(value) ? value : [value]) {
