@@ -84,7 +84,7 @@ export const REFUSED: Readonly<Record<string, string>> = {
   balancedPoolOptions: 'several targets are a pool of the main plugin (pools.<name>.targets), with its balancer option',
   'replyOptions.onError': 'the gateway answers failures itself (problem+json, HTML or text, with Proxy-Status and one log record); shape the answer with the main plugin\'s errors option (errors.render, errors.expose)',
   'replyOptions.onResponse': 'the answer streams through Fastify\'s reply: change its headers with replyOptions.rewriteHeaders, its body in an onSend hook',
-  'replyOptions.getUpstream': 'a pool\'s targets are known at registration (health checks, metrics, the status page): register httpProxy once per upstream and choose between them by prefix or with constraints, or list them as pools of the main plugin',
+  'replyOptions.getUpstream': 'a pool\'s targets are known at registration (health checks, metrics, the status page): list the upstreams as pools of the main plugin and choose per request with routes[].match (a header, cookie or query) or split, or register httpProxy once per upstream and choose by prefix or constraints',
   'replyOptions.queryString': 'the query reaches the upstream byte for byte; rewrite URLs with Fastify\'s rewriteUrl server option',
   'replyOptions.body': 'request bodies stream to the upstream as sent',
   'replyOptions.contentType': 'request bodies stream to the upstream as sent, with their Content-Type',
