@@ -248,3 +248,31 @@ t.test('WebSocket routes of several registrations share one upgrade listener', a
   t.equal(response.statusCode, 200, 'the plain route answers the request as HTTP')
   plain.terminate()
 })
+
+t.test('two registrations with body limits: Expect: 100-continue is decided once, by the route\'s limit', async (t) => {
+  const service = await startUpstream('svc')
+  t.teardown(service.close)
+  const app = Fastify()
+  t.teardown(async () => await app.close())
+  await app.register(upstream, { pools: { a: { targets: [service.url] } }, routes: [{ prefix: '/a', pool: 'a', bodyLimit: 10 }] })
+  await app.register(upstream, { pools: { b: { targets: [service.url] } }, routes: [{ prefix: '/b', pool: 'b', bodyLimit: 100 }] })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as AddressInfo).port
+
+  /** A POST that waits for 100 Continue before its body: the status, and whether 100 came. */
+  const post = async (path: string, length: number): Promise<{ status: number, continued: boolean }> => {
+    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', headers: { expect: '100-continue', 'content-length': length, connection: 'close' } })
+    let continued = false
+    req.on('continue', () => { continued = true; req.end('x'.repeat(length)) })
+    req.flushHeaders()
+    const [res] = await once(req, 'response') as [http.IncomingMessage]
+    res.resume()
+    await once(res, 'end')
+    if (!continued) req.destroy()
+    return { status: res.statusCode!, continued }
+  }
+  t.same(await post('/b/x', 50), { status: 200, continued: true }, 'under the second registration\'s limit: one 100 Continue, one answer')
+  t.same(await post('/b/x', 500), { status: 413, continued: false }, 'over it: 413, no 100 Continue')
+  t.same(await post('/a/x', 50), { status: 413, continued: false }, 'the first registration\'s limit holds for its route')
+  t.equal(service.hits, 1, 'the upstream got the one request under its limit, once')
+})
