@@ -91,6 +91,8 @@ export const REFUSED: Readonly<Record<string, string>> = {
   'replyOptions.method': 'the request reaches the upstream with its own method',
   'replyOptions.retryDelay': 'a failed try is retried at once (with a short jittered backoff) on another target, within a retry budget',
   'undici.proxy': 'the gateway connects to its targets directly',
+  'config.rateLimit': 'the gateway keeps a route\'s rate limit itself (its 429 in the gateway\'s format, counts shareable through Redis): give it as the plugin\'s routes[].rateLimit; a global @fastify/rate-limit of the app still applies',
+  logLevel: 'Fastify applies it to encapsulated plugins only, and the gateway shares the app\'s context; its failure records are at error (5xx) and warn (4xx), and it logs nothing for requests that succeed',
   'http.agents': 'the gateway keeps its own keep-alive pool per target; tune it with undici.connections and undici.keepAliveTimeout (or the main plugin\'s connections option)'
 }
 
