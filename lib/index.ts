@@ -23,6 +23,8 @@ import { createTracing, type Tracing } from './observe/tracing.js'
 import type { Config } from './options/config.js'
 import { OptionsError } from './options/check.js'
 import { closeConnectionAfter } from './proxy/forwarding.js'
+import { makeHttpProxy } from './http-proxy.js'
+import { checkJoin, earlierRegistrations, firstRegistration, join } from './registrations.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -49,7 +51,11 @@ declare module 'fastify' {
 
 async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions): Promise<void> {
   // Validate everything before anything starts: a bad option leaves no timer or socket behind.
-  const config = validateOptions(options)
+  const config = underAppPrefix(validateOptions(options), app.prefix)
+  // Registered again in the same app, it joins the first registration's app.upstream, status
+  // page and metrics (registrations.ts).
+  const earlier = earlierRegistrations(app)
+  if (earlier !== null) checkJoin(earlier, config, options)
   const pools = new Map([...config.pools].map(([name, poolConfig]) => [name, new UpstreamPool(poolConfig, app.log)]))
   for (const [name, pool] of config.pools) {
     // Said once, at start: verification off is sometimes meant (a lab), never to go unnoticed.
@@ -60,11 +66,17 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const appErrors = createErrorHandlers(config, null)
   const tracing = tracingFor(config, pools)
 
-  app.decorate('upstream', createApi(pools))
   // Finished requests are counted only where something reads the counts.
-  const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
-  const stories = config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
-  const recorder = config.status !== null || metrics !== null ? new Recorder(config.status?.keep ?? 0, metrics, config.status !== null, stories, diagnosisMarks(config)) : null
+  const first = earlier === null
+  const registrations = earlier ?? firstRegistration(app)
+  join(registrations, pools, config.routes)
+  const metrics = first && config.metrics !== null ? new Metrics(registrations.pools, config.metrics.registry) : null
+  const stories = first && config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
+  if (first) {
+    app.decorate('upstream', createApi(registrations.pools))
+    if (config.status !== null || metrics !== null) registrations.recorder = new Recorder(config.status?.keep ?? 0, metrics, config.status !== null, stories, diagnosisMarks(config))
+  }
+  const recorder = registrations.recorder
   if (recorder !== null) for (const pool of pools.values()) pool.onTargetRemoved((target) => recorder.forget(pool.name, target.hostPort))
   // Callback-style hooks on the request path: an async hook costs a promise and a tick on
   // every request. Each hook is a named function: tracing (@fastify/otel) names its span after it.
@@ -83,10 +95,15 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   // keep-alive connection left open would hold app.close() for the keep-alive timeout.
   let closing = false
   // Open WebSocket tunnels end too: each would hold the server open as long as it lives.
-  const websockets = config.routes.some((route) => route.websocket) ? new WebSockets(app, config.routes) : null
+  // One 'upgrade' listener serves every registration's routes (two would each leave the other's
+  // paths unanswered): made by the first with a websocket route, joined by the rest.
+  const madeWebsockets = registrations.websockets === null && registrations.routes.some((route) => route.websocket)
+  if (madeWebsockets) registrations.websockets = new WebSockets(app, registrations.routes)
+  else registrations.websockets?.addRoutes(config.routes)
+  const websockets = registrations.websockets
   app.addHook('preClose', async function markClosingAndEndTunnels () {
     closing = true
-    websockets?.close()
+    if (madeWebsockets) websockets?.close()
   })
   app.addHook('onSend', function closeConnectionsWhileShuttingDown (_request, reply, payload, done) {
     if (closing) closeConnectionAfter(reply)
@@ -118,7 +135,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories)
+  // The status page reads every registration's pools and routes, as they join.
+  if (first && config.status !== null) registerStatus(app, { ...config, routes: registrations.routes }, config.status, registrations.pools, recorder!, limiter?.health ?? null, stories)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
@@ -134,6 +152,16 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
       await registerRoute(gateway, config, route, new RouteRouter(route, pools, affinities, config.errors.proxyName), websockets, recorder, tracing)
     }
   })
+}
+
+/**
+ * Registered in a context with a prefix (`app.register(plugin, { prefix: '/v1' })`), as
+ * @fastify/http-proxy may be, a route's paths are under it: the path mapping, Location
+ * rewriting and the upgrade listener all read the full prefix.
+ */
+function underAppPrefix (config: Config, appPrefix: string): Config {
+  if (appPrefix === '') return config
+  return { ...config, routes: config.routes.map((route) => ({ ...route, prefix: appPrefix + route.prefix })) }
 }
 
 /** The latencies the diagnosis counts requests over exactly ("3 of 3 requests took over 2 s"). */
@@ -159,3 +187,6 @@ function tracingFor (config: Config, pools: ReadonlyMap<string, UpstreamPool>): 
 const plugin = fp(fastifyUpstream, { fastify: '5.x', name: 'fastify-upstream' })
 export default plugin
 export { plugin as fastifyUpstream }
+/** A plugin that takes @fastify/http-proxy's options: one upstream, one prefix (docs/migrating.md). */
+export const httpProxy = makeHttpProxy(plugin)
+export type { HttpProxyOptions, HttpProxyReplyOptions } from './http-proxy.js'

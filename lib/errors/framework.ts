@@ -22,7 +22,8 @@ type WithGateway = FastifyInstance & { [kGateway]?: Gateway }
 
 /** Called by the plugin: the instance's framework and client errors answer in its format now. */
 export function setFrameworkErrorHandler (app: FastifyInstance, gateway: Gateway): void {
-  app.decorate(kGateway, gateway)
+  // The first registration of the plugin in an app answers them; later ones find it there.
+  if (!app.hasDecorator(kGateway)) app.decorate(kGateway, gateway)
 }
 
 /**

@@ -32,7 +32,14 @@ const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', '
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
+// Options only @fastify/http-proxy takes: given here, they mean an app moving from it.
+const HTTP_PROXY_KEYS = ['upstream', 'prefix', 'rewritePrefix', 'replyOptions', 'wsUpstream', 'websocket', 'httpMethods', 'preHandler', 'preValidation', 'undici', 'http2', 'base']
+
 export function validateOptions (input: unknown): Config {
+  if (isPlainObject(input) && input.pools === undefined) {
+    const key = HTTP_PROXY_KEYS.find((name) => input[name] !== undefined)
+    if (key !== undefined) throw new OptionsError(`options.${key}`, 'unknown option: this is an option of @fastify/http-proxy. Register the httpProxy export with these options as they are (import { httpProxy } from \'fastify-upstream\'), or describe the upstream as pools and routes (docs/migrating.md)')
+  }
   const options = object('options', input, ['pools', 'routes', 'errors', 'status', 'metrics', 'rateLimit', 'requestIdHeader', 'tracing']) as Partial<UpstreamOptions>
 
   const poolsInput = object('pools', options.pools, [...Object.keys(options.pools ?? {})])

@@ -10,17 +10,32 @@ export interface Limit { prefix: string, bodyLimit: number }
 
 /** Takes over Node's `checkContinue` when some route limits its bodies; otherwise does nothing. */
 export function answerExpectContinue (app: FastifyInstance, routes: readonly RouteConfig[]): void {
-  const limits = bodyLimits(routes)
-  if (limits.length === 0) return
+  const added = bodyLimits(routes)
+  if (added.length === 0) return
   const server = app.server
+  // One listener per server, whatever the number of registrations of the plugin: two would
+  // hand the same request to Fastify twice.
+  const earlier = limitsByServer.get(server)
+  if (earlier !== undefined) {
+    earlier.push(...added)
+    earlier.sort((a, b) => b.prefix.length - a.prefix.length)
+    return
+  }
+  const limits = [...added]
+  limitsByServer.set(server, limits)
   const onCheckContinue = (req: IncomingMessage, res: ServerResponse): void => {
     if (!overLimit(req, limits)) res.writeContinue()
     // Node hands such requests to this listener instead of 'request': pass it on to Fastify.
     server.emit('request', req, res)
   }
   server.on('checkContinue', onCheckContinue)
-  app.addHook('onClose', async function stopAnsweringExpectContinue () { server.off('checkContinue', onCheckContinue) })
+  app.addHook('onClose', async function stopAnsweringExpectContinue () {
+    server.off('checkContinue', onCheckContinue)
+    limitsByServer.delete(server)
+  })
 }
+
+const limitsByServer = new WeakMap<object, Limit[]>()
 
 /** The routes' body limits, longest prefix first: the route Fastify would pick is the most specific one. */
 export function bodyLimits (routes: readonly Pick<RouteConfig, 'prefix' | 'bodyLimit'>[]): Limit[] {

@@ -208,7 +208,8 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     const { config: appConfig, ...fastifyOptions } = route.fastify
     const routeConfig = { ...appConfig, upstream: { pool: route.pool, prefix: route.prefix }, ...(route.rateLimit !== null ? { rateLimit: route.rateLimit } : {}) }
     for (const url of ['/', '/*']) scope.route({ ...fastifyOptions, method: route.methods, url, handler: proxyRequest, config: routeConfig })
-  }, { prefix: route.prefix })
+    // Fastify puts the app's own prefix before it (index.ts made route.prefix the full one).
+  }, { prefix: route.prefix.slice(app.prefix.length) })
 }
 
 function passBodyThrough (_request: FastifyRequest, body: IncomingMessage, done: (err: null, body: IncomingMessage) => void): void {

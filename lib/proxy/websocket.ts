@@ -67,14 +67,19 @@ export class WebSockets {
   readonly #server: Server
   readonly #routing: (req: IncomingMessage, res: ServerResponse) => void
   /** Prefixes of the gateway's routes, longest first, and whether each is a websocket route. */
-  readonly #prefixes: Array<{ prefix: string, websocket: boolean }>
+  #prefixes: Array<{ prefix: string, websocket: boolean }> = []
 
   constructor (app: FastifyInstance, routes: readonly RouteConfig[]) {
     this.#server = app.server as Server
     this.#routing = app.routing.bind(app)
-    this.#prefixes = routes.map((r) => ({ prefix: r.prefix.replace(/\/+$/, ''), websocket: r.websocket }))
-      .sort((a, b) => b.prefix.length - a.prefix.length)
+    this.addRoutes(routes)
     this.#server.on('upgrade', this.#onUpgrade)
+  }
+
+  /** Routes of a later registration of the plugin in the same app: one listener serves them all. */
+  addRoutes (routes: readonly RouteConfig[]): void {
+    this.#prefixes = [...this.#prefixes, ...routes.map((r) => ({ prefix: r.prefix.replace(/\/+$/, ''), websocket: r.websocket }))]
+      .sort((a, b) => b.prefix.length - a.prefix.length)
   }
 
   /** Ends every tunnel and handshake (app.close()): an open tunnel would hold the server open. */
