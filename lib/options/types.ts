@@ -61,7 +61,16 @@ export interface ConnectionsInput {
   perTarget?: number | false
   /** How long an idle keep-alive connection is kept. [4000] */
   keepAlive?: number
+  /** Over HTTP/2 (`protocol` 'h2' or 'h2c'): requests multiplexed on one connection, at most. [100] */
+  streams?: number
 }
+
+/**
+ * How the gateway speaks to a pool's targets: `'http1'`; `'h2'`, HTTP/2 over TLS offered by
+ * ALPN (HTTP/1.1 where a target does not take it; https targets); `'h2c'`, HTTP/2 in clear text
+ * with prior knowledge (http targets, as gRPC services inside a cluster listen).
+ */
+export type UpstreamProtocol = 'http1' | 'h2' | 'h2c'
 
 /** Past these limits a request gets `503 connection_limit_reached` with `Retry-After: 1`. */
 export interface LimitsInput {
@@ -270,6 +279,8 @@ export interface PoolInput {
   auth?: AuthInput
   /** When every target is out of rotation, send traffic to all but drained ones instead of answering 503. [false] */
   panic?: boolean
+  /** How the gateway speaks to the targets. ['http1'] */
+  protocol?: UpstreamProtocol
 }
 
 /** A route: a path prefix of the app proxied to a pool. */

@@ -2,7 +2,7 @@
 // code receives a complete `Config` and never re-checks it.
 import type { HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
-import type { UpstreamOptions, RetryCondition } from './types.js'
+import type { UpstreamOptions, RetryCondition, UpstreamProtocol } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
   HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig
@@ -24,7 +24,7 @@ const RETRY_CONDITIONS: RetryCondition[] = ['connect-failure', 'refused-stream',
 const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream', 'reset']
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
-const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
+const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'protocol']
 const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
@@ -77,7 +77,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
     urls.add(target.url)
   })
 
-  const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive'])
+  const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive', 'streams'])
   const limits = optionalObject(join(path, 'limits'), pool.limits, ['maxConcurrent', 'maxPending', 'queueTimeout'])
   const tls = optionalObject(join(path, 'tls'), pool.tls, ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
   const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers', 'family'])
@@ -92,7 +92,8 @@ function validatePool (name: string, input: unknown): PoolConfig {
       // No cap by default, as nginx and HAProxy: a cap makes the next request wait behind
       // long-lived responses (SSE, slow readers) that hold their connections.
       perTarget: connections.perTarget === false ? Infinity : integer(join(join(path, 'connections'), 'perTarget'), connections.perTarget, Infinity, 1),
-      keepAlive: duration(join(join(path, 'connections'), 'keepAlive'), connections.keepAlive, 4000)
+      keepAlive: duration(join(join(path, 'connections'), 'keepAlive'), connections.keepAlive, 4000),
+      streams: integer(join(join(path, 'connections'), 'streams'), connections.streams, 100, 1)
     },
     limits: {
       maxConcurrent: integer(join(join(path, 'limits'), 'maxConcurrent'), limits.maxConcurrent, Infinity, 1),
@@ -119,8 +120,28 @@ function validatePool (name: string, input: unknown): PoolConfig {
       family: oneOf(join(join(path, 'discovery'), 'family'), discovery.family, ['prefer-ipv4', 'prefer-ipv6', 'ipv4', 'ipv6', 'all'] as const, 'prefer-ipv4')
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
-    panic: boolean(join(path, 'panic'), pool.panic, false)
+    panic: boolean(join(path, 'panic'), pool.panic, false),
+    protocol: validateProtocol(join(path, 'protocol'), pool.protocol, targets)
   }
+}
+
+/**
+ * 'h2' is HTTP/2 over TLS (ALPN), 'h2c' HTTP/2 in clear text: a target whose scheme says the
+ * other is a contradiction an operator should hear of now, not as a protocol error per request.
+ */
+function validateProtocol (path: string, input: unknown, targets: TargetConfig[]): UpstreamProtocol {
+  const protocol = oneOf(path, input, ['http1', 'h2', 'h2c'] as const, 'http1')
+  const scheme = protocol === 'h2' ? 'https:' : protocol === 'h2c' ? 'http:' : null
+  if (scheme === null) return protocol
+  targets.forEach((target) => {
+    const own = target.srv?.protocol ?? new URL(target.url).protocol
+    if (own !== scheme) {
+      throw new OptionsError(path, protocol === 'h2'
+        ? `'h2' is HTTP/2 over TLS, but target "${target.url}" is http://; use 'h2c' for HTTP/2 in clear text, or an https:// URL`
+        : `'h2c' is HTTP/2 in clear text, but target "${target.url}" is https://; use 'h2' for HTTP/2 over TLS, or an http:// URL`)
+    }
+  })
+  return protocol
 }
 
 function validateTarget (path: string, input: unknown): TargetConfig {

@@ -12,6 +12,7 @@ import { DiscoveredName, NameResolver, sourceOf, type Endpoint, type NameStatus 
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { Credentials } from './credentials.js'
 import { classifyLookupFailure } from '../errors/classify.js'
+import { perTargetRoom } from './protocol.js'
 
 interface Waiter {
   ready: () => void
@@ -103,7 +104,7 @@ export class UpstreamPool {
     this.#balancer = createBalancer(config.balancer)
     this.#log = log
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
-    this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
+    this.#room = Math.min(config.limits.maxConcurrent, perTargetRoom(config.protocol, config.connections.perTarget, config.connections.streams))
     this.credentials = config.auth === null ? null : new Credentials(config.name, config.auth, log)
     this.#checker = config.health === null
       ? null

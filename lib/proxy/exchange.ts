@@ -40,6 +40,10 @@ function onTotalTimeout (exchange: Exchange): void {
 
 /** Whether the client's request has a body, by its framing. */
 function hasBody (raw: IncomingMessage): boolean {
+  // HTTP/2 frames a body by its stream, not its fields (gRPC sends no Content-Length): there is
+  // one unless the client's HEADERS frame ended the stream.
+  const stream = (raw as { stream?: { endAfterHeaders?: boolean } }).stream
+  if (stream !== undefined) return stream.endAfterHeaders === false
   const length = raw.headers['content-length']
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }

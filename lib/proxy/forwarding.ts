@@ -49,9 +49,19 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
   const element = forwardedElement(peer, proto, host)
   const claimed = headers.forwarded
   headers.forwarded = claimed !== undefined && trustsPeer(request) ? appendList(claimed, element) : element
-  headers.via = appendList(headers.via, `1.1 ${settings.via}`)
+  // The protocol this hop received (RFC 9110 §7.6.3): `2` from an HTTP/2 client.
+  headers.via = appendList(headers.via, `${request.raw.httpVersionMajor >= 2 ? '2' : '1.1'} ${settings.via}`)
   headers[settings.requestIdHeader] = request.id
+  // TE is hop-by-hop, but `trailers` in it says the client takes trailers, which the gateway
+  // relays: the target hears it on this hop too (gRPC servers may insist on it).
+  if (acceptsTrailers(incoming.te)) headers.te = 'trailers'
   return headers
+}
+
+/** Does a TE field list `trailers` (RFC 9110 §10.1.4)? */
+export function acceptsTrailers (te: string | string[] | undefined): boolean {
+  if (te === undefined) return false
+  return String(te).toLowerCase().split(',').some((coding) => coding.split(';')[0]!.trim() === 'trailers')
 }
 
 /** This hop's RFC 7239 `Forwarded` element: who connected, over what, to which host. */

@@ -15,7 +15,7 @@
 import { Readable } from 'node:stream'
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
+import { acceptsTrailers, appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 
 /** What a route decides about every answer it relays; made once per route (routes.ts). */
@@ -149,8 +149,7 @@ export class Relay {
     const raw = request.raw
     if (raw.httpVersionMajor >= 2) return true
     if (raw.httpVersion !== '1.1' || this.#sized) return false
-    const te = raw.headers.te
-    return te !== undefined && String(te).toLowerCase().split(',').some((coding) => coding.trim().split(';')[0] === 'trailers')
+    return acceptsTrailers(raw.headers.te)
   }
 
   data (chunk: Buffer): boolean {

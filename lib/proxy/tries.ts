@@ -174,6 +174,7 @@ export abstract class TrySequence<T extends TargetTry> {
     const next = afterFailure({
       error,
       phase,
+      cause,
       method: request.method,
       policy: this.route.retry,
       retries: this.#retries,
