@@ -52,10 +52,15 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
   // The protocol this hop received (RFC 9110 §7.6.3): `2` from an HTTP/2 client.
   headers.via = appendList(headers.via, `${request.raw.httpVersionMajor >= 2 ? '2' : '1.1'} ${settings.via}`)
   headers[settings.requestIdHeader] = request.id
-  // TE is hop-by-hop, but `trailers` in it says the client takes trailers, which the gateway
-  // relays: the target hears it on this hop too (gRPC servers may insist on it).
-  if (acceptsTrailers(incoming.te)) headers.te = 'trailers'
+  // TE is hop-by-hop; a gRPC call's `TE: trailers` is made again on this hop, as gRPC asks
+  // every hop to send it (and servers may insist): the gateway relays the trailers.
+  if (isGrpc(incoming['content-type']) && acceptsTrailers(incoming.te)) headers.te = 'trailers'
   return headers
+}
+
+/** A gRPC call: `application/grpc`, or `application/grpc+proto` and the like. */
+export function isGrpc (contentType: string | undefined): boolean {
+  return contentType !== undefined && /^application\/grpc(?:\+[^;\s]*)?\s*(?:;|$)/i.test(contentType)
 }
 
 /** Does a TE field list `trailers` (RFC 9110 §10.1.4)? */
