@@ -61,6 +61,8 @@ export interface FailureContext {
   receivedStatus?: number | null
   /** Extra operator words: per-target reasons, what the budget did, the request's problem. */
   why?: string
+  /** What the target really speaks and what to change (pool/sniff.ts): the hint, when known. */
+  mismatch?: string
   /** The pool's active health check path, if it has one (hints differ with and without). */
   healthPath?: string | null
   note?: string | undefined
@@ -105,6 +107,7 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
   const extra = ctx.why !== undefined ? ` ${ctx.why}` : ''
   // One switch, so only the words for this failure are built.
   const hint = ((): string => {
+    if (ctx.mismatch !== undefined) return ctx.mismatch
     switch (error) {
       case 'dns_error': return `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`
       case 'dns_timeout': return `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`

@@ -4,6 +4,7 @@ import { Pool as UndiciPool, buildConnector, type Dispatcher } from 'undici'
 import { ConnectGate, ConnectTimes, endsFirst, timed } from './connector.js'
 import { dispatcherOptions, type ConnectionUse } from './protocol.js'
 import { keepTrailers } from './h2-trailers.js'
+import { Sniffer, type Speaks } from './sniff.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 import { originOf, type Endpoint } from './discovery.js'
 
@@ -266,6 +267,17 @@ export class Target {
       this.#clients.set(key, client)
     }
     return client
+  }
+
+  #sniffer: Sniffer | null = null
+
+  /** What the target's port really speaks (asked after a failure a mismatch explains). */
+  async speaks (): Promise<Speaks> {
+    if (this.#sniffer === null) {
+      const url = new URL(this.origin)
+      this.#sniffer = new Sniffer(url.hostname.replace(/^\[|\]$/g, ''), Number(url.port !== '' ? url.port : (url.protocol === 'https:' ? 443 : 80)))
+    }
+    return await this.#sniffer.speaks()
   }
 
   recordLatency (ms: number): void {
