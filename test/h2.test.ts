@@ -217,3 +217,27 @@ t.test('a websocket route on an h2 pool: the handshake goes over HTTP/1.1 (ALPN)
   const res = await gw.request('/ws/plain')
   t.equal((await res.body.json() as Echo).headers[':scheme'], 'https', 'a plain request on the same route goes over HTTP/2')
 })
+
+t.test('on HTTP/2 pools the probe speaks HTTP/2 and requests carry the pool\'s credentials', { skip: opensslMissing ?? false }, async (t) => {
+  const cert = (await selfSignedCert())!
+  const clear = await startH2Upstream()
+  const secure = await startH2Upstream(echoStream, { tls: cert })
+  t.teardown(clear.close)
+  t.teardown(secure.close)
+  const gw = await startGateway(t, {
+    pools: {
+      rpc: { targets: [clear.url], protocol: 'h2c', auth: { headers: { authorization: 'Bearer s3cret' } } },
+      web: { targets: [secure.url], protocol: 'h2', tls: { ca: cert.cert } }
+    },
+    routes: [{ prefix: '/rpc', pool: 'rpc' }, { prefix: '/web', pool: 'web' }]
+  })
+  const clearProbe = await gw.app.upstream.probe('rpc', clear.url)
+  t.equal(clearProbe.ok, true)
+  t.equal(clearProbe.status, 200)
+  t.equal(clear.seen.at(-1)!.authorization, 'Bearer s3cret', 'the probe carries the credentials')
+  const secureProbe = await gw.app.upstream.probe('web', secure.url)
+  t.equal(secureProbe.ok, true)
+  t.ok(secureProbe.ms.tls !== null, 'the TLS handshake is timed')
+  const echo = await (await gw.request('/rpc/x')).body.json() as Echo
+  t.equal(echo.headers.authorization, 'Bearer s3cret')
+})

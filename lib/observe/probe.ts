@@ -9,6 +9,7 @@ import type { TLSSocket } from 'node:tls'
 import type { UpstreamPool } from '../pool/pool.js'
 import { classify, classifyCredentialsFailure, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { ProxyErrorType, Phase } from '../errors/taxonomy.js'
+import { probeHttp2 } from './probe-h2.js'
 
 export interface ProbeResult {
   pool: string
@@ -40,6 +41,10 @@ export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResu
       const failed = classifyCredentialsFailure(err)
       return { pool: pool.name, target: target.url, url: address.href, at, ok: false, status: null, error: 'proxy_internal_error', phase: failed.phase, cause: failed.cause, ms: { dns: null, connect: null, tls: null, firstByte: null, total: 0 } }
     }
+  }
+  if (pool.config.protocol !== 'http1') {
+    const outcome = await probeHttp2(target, pool.config, address, auth)
+    if (outcome !== 'http1') return { pool: pool.name, target: target.url, url: address.href, at, ...outcome }
   }
   const secure = address.protocol === 'https:'
   const started = performance.now()
