@@ -59,6 +59,8 @@ const PARSER_ERROR = 'HTTPParserError'
 /** Gateway-made errors carry one of these codes so the classifier can read them like any other. */
 export const GATEWAY_CODES = {
   totalTimeout: 'FST_UPSTREAM_TOTAL_TIMEOUT',
+  // A gRPC call's own deadline (its client's grpc-timeout) passed: a total timeout of the call's.
+  grpcDeadline: 'FST_UPSTREAM_GRPC_DEADLINE',
   // The gateway enforces timeouts.headers itself (undici's timer ticks every ~0.5 s); it is the
   // same event as undici's own, so it carries undici's code.
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
@@ -139,8 +141,8 @@ export function classify (err: unknown, progress: Progress): Classified {
   const at = (error: ProxyErrorType, phase: Phase): Classified => ({ error, phase, cause })
 
   if (code === GATEWAY_CODES.clientAborted) return { error: 'client_aborted', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
-  if (code === GATEWAY_CODES.totalTimeout) {
-    return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
+  if (code === GATEWAY_CODES.totalTimeout || code === GATEWAY_CODES.grpcDeadline) {
+    return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: code === GATEWAY_CODES.grpcDeadline ? code : null }
   }
   if (code === GATEWAY_CODES.bodyTooLarge || code === GATEWAY_CODES.clientBodyTimeout) return { error: 'http_request_error', phase: 'send', cause: null }
   if (code === GATEWAY_CODES.sendTimeout) return { error: 'connection_write_timeout', phase: 'send', cause: null }

@@ -92,6 +92,8 @@ export interface RouteConfig {
   rewritePrefix: string
   methods: HTTPMethods[]
   websocket: boolean
+  /** The route carries gRPC calls (its pool speaks HTTP/2: checked at registration). */
+  grpc: boolean
   /** The pool's timeouts with the route's overrides applied. */
   timeouts: Timeouts
   /** The pool's retry policy with the route's overrides applied. */

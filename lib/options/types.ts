@@ -295,6 +295,8 @@ export interface RouteInput {
   methods?: HTTPMethods[]
   /** Tunnel WebSocket upgrades on this route to its pool. [false] */
   websocket?: boolean
+  /** The route carries gRPC calls: its pool must speak HTTP/2 (`protocol` 'h2' or 'h2c'), checked at registration. [false] */
+  grpc?: boolean
   /** Per-field override of the pool's `timeouts`. [the pool's] */
   timeouts?: TimeoutsInput
   /** Per-field override of the pool's `retry` (the budget stays the pool's). [the pool's] */

@@ -25,7 +25,7 @@ const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream',
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'protocol']
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'grpc', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
@@ -123,6 +123,15 @@ function validatePool (name: string, input: unknown): PoolConfig {
     panic: boolean(join(path, 'panic'), pool.panic, false),
     protocol: validateProtocol(join(path, 'protocol'), pool.protocol, targets)
   }
+}
+
+/** gRPC needs HTTP/2 to the targets: a route that says it carries gRPC needs a pool that speaks it. */
+function validateGrpcRoute (path: string, input: unknown, pool: PoolConfig): boolean {
+  const grpc = boolean(path, input, false)
+  if (grpc && pool.protocol === 'http1') {
+    throw new OptionsError(path, `gRPC needs HTTP/2 to the targets, and pool "${pool.name}" speaks HTTP/1.1 (protocol 'http1'); set protocol: 'h2c' (or 'h2' for https targets) on pool "${pool.name}"`)
+  }
+  return grpc
 }
 
 /**
@@ -332,7 +341,8 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (pool === undefined) {
     throw new OptionsError(join(path, 'pool'), `no pool named "${poolName}" (pools: ${[...pools.keys()].join(', ')})`)
   }
-  const rewritePrefix = r.rewritePrefix === undefined ? '' : r.rewritePrefix
+  // A gRPC path (/package.Service/Method) goes as sent: a gRPC route keeps its prefix by default.
+  const rewritePrefix = r.rewritePrefix === undefined ? (r.grpc === true ? prefix : '') : r.rewritePrefix
   if (typeof rewritePrefix !== 'string' || (rewritePrefix !== '' && !rewritePrefix.startsWith('/'))) {
     fail(join(path, 'rewritePrefix'), 'a path starting with "/" (or "")', rewritePrefix)
   }
@@ -356,6 +366,7 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     rewritePrefix,
     methods,
     websocket: boolean(join(path, 'websocket'), r.websocket, false),
+    grpc: validateGrpcRoute(join(path, 'grpc'), r.grpc, pool),
     timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, pool.timeouts),
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
     rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,

@@ -8,7 +8,8 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
-import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, isGrpc, viaContains, viaPseudonym } from './forwarding.js'
+import { grpcOverHttp1, grpcTrailers } from '../errors/grpc.js'
 import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
@@ -17,7 +18,7 @@ import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
-import { proxyStatusMember } from '../errors/problem.js'
+import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
@@ -54,6 +55,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
       // reply.log. The record above already tells it: from here on, only errors get through.
       reply.log = reply.log.child({}, { level: 'error' })
+      if (isGrpc(request.headers['content-type']) && request.raw.httpVersionMajor >= 2 && exchange.endAnswerWith(grpcTrailers(failure, isFullExposure(config.errors, request)))) return
       cutAnswer(reply)
     },
     aborted (exchange, phase) {
@@ -131,6 +133,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     }
     const path = upstreamPath(request, reply)
     if (path === null) return
+    if (isGrpc(request.headers['content-type']) && pool.config.protocol === 'http1') {
+      answer(request, reply, grpcOverHttp1(pool.name, reply.elapsedTime))
+      return
+    }
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
       websockets.open(request, reply, path, { route, pool, config, answer, recorder })
