@@ -119,10 +119,11 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'tls_protocol_error': return `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`
       case 'tls_certificate_error': return `${target} presented a certificate the gateway rejects${code}. Give the issuing CA in tls.ca, fix the name with tls.servername, or renew the certificate; tls.rejectUnauthorized is true.`
       case 'connection_terminated': return `${target} closed the connection before answering${code}. The service may have crashed or restarted, or closed an idle keep-alive connection; if the latter, set connections.keepAlive below the service's own keep-alive timeout.`
-      case 'http_response_timeout': if (ctx.cause === GATEWAY_CODES.grpcDeadline) return `The gRPC call's deadline (the client's grpc-timeout) passed${tries}; the last try was in the ${ctx.phase} phase on ${target}. The client gave the call this long: look at that service's latency, or have the client allow more time.`
-        return ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
-        ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
-        : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`
+      case 'http_response_timeout': return ctx.cause === GATEWAY_CODES.grpcDeadline
+        ? `The gRPC call's deadline (the client's grpc-timeout) passed${tries}; the last try was in the ${ctx.phase} phase on ${target}. The client gave the call this long: look at that service's latency, or have the client allow more time.`
+        : ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
+          ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
+          : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`
       case 'http_protocol_error': return `${target} answered with something that is not valid HTTP/1.1${code}. Check that the port is an HTTP server (not TLS, gRPC or another protocol) and that it writes well-formed headers.`
       case 'http_response_header_section_size': return `${target} sent response headers larger than the gateway accepts (16 KiB). Look for oversized cookies or debug headers in that service.`
       case 'connection_read_timeout': return `${target} stopped sending the response body for ${t?.body ?? '?'} ms (timeouts.body). The client's connection was cut so it sees a truncated answer. Look for stalls in that service; raise timeouts.body for streaming routes.`
