@@ -47,6 +47,13 @@ const readReport = (report: StatusReport): string => report.diagnosis.map((f: Fi
 const readStory = (story: RequestStory): number => story.attempts.length + story.answer.status
 await app.register(fastifyUpstream, options)
 
+// HTTP/2 pools and gRPC routes.
+const rpc: UpstreamOptions = {
+  pools: { rpc: { targets: ['http://127.0.0.1:50051'], protocol: 'h2c', connections: { streams: 50 } } },
+  routes: [{ prefix: '/helloworld.Greeter', pool: 'rpc', grpc: true }]
+}
+// @ts-expect-error: protocol is 'http1', 'h2' or 'h2c'
+const badProtocol: UpstreamOptions['pools'][string] = { targets: ['http://127.0.0.1:1'], protocol: 'http2' }
 // @ts-expect-error: a route needs a pool
 await app.register(upstream, { pools: {}, routes: [{ prefix: '/x' }] })
 // @ts-expect-error: balancer names are a closed set
@@ -119,3 +126,4 @@ export { badKeep, probed, readReport, readStory, renders, passesThrough, badRend
 export { storiesByUrl, storiesByClient, badStories, storiesState, failing }
 export { discovered, badSrv, badServers, badFamily, dnsNames }
 export { withFrameworkErrors, withRequestIds, badBalancer, badTimeout, longLived, rawRedirects, badOff, pools, inFlight, type, badType, readProblem, readFailure, isOptionsError }
+export { rpc, badProtocol }
