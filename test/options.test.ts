@@ -51,6 +51,11 @@ const cases: Array<[string, unknown, string]> = [
   ['discovery.timeout zero', { ...ok, pools: { users: { targets: ['http://a:1'], discovery: { timeout: 0 } } } }, 'pools.users.discovery.timeout: expected a duration in milliseconds >= 1, got 0'],
   ['srv target with a url', { ...ok, pools: { users: { targets: [{ srv: '_http._tcp.a', url: 'http://a:1' }] } } }, 'pools.users.targets[0].url: give either url or srv, not both'],
   ['srv target protocol', { ...ok, pools: { users: { targets: [{ srv: '_http._tcp.a', protocol: 'ftp' }] } } }, 'pools.users.targets[0].protocol: expected one of "http", "https", got "ftp"'],
+  ['protocol', { ...ok, pools: { users: { targets: ['http://a:1'], protocol: 'http2' } } }, 'pools.users.protocol: expected one of "http1", "h2", "h2c", got "http2"'],
+  ['h2 to an http target', { ...ok, pools: { users: { targets: ['http://a:1'], protocol: 'h2' } } }, 'pools.users.protocol: \'h2\' is HTTP/2 over TLS, but target "http://a:1" is http://; use \'h2c\' for HTTP/2 in clear text, or an https:// URL'],
+  ['h2c to an https target', { ...ok, pools: { users: { targets: ['https://a:1'], protocol: 'h2c' } } }, 'pools.users.protocol: \'h2c\' is HTTP/2 in clear text, but target "https://a:1" is https://; use \'h2\' for HTTP/2 over TLS, or an http:// URL'],
+  ['connections.streams', { ...ok, pools: { users: { targets: ['http://a:1'], protocol: 'h2c', connections: { streams: 0 } } } }, 'pools.users.connections.streams: expected an integer >= 1, got 0'],
+  ['grpc route on an http1 pool', { ...ok, pools: { users: { targets: ['http://a:1'] } }, routes: [{ prefix: '/rpc', pool: 'users', grpc: true }] }, 'routes[0].grpc: gRPC needs HTTP/2 to the targets, and pool "users" speaks HTTP/1.1 (protocol \'http1\'); set protocol: \'h2c\' (or \'h2\' for https targets) on pool "users"'],
   ['srv name', { ...ok, pools: { users: { targets: [{ srv: 'not a name' }] } } }, 'pools.users.targets[0].srv: expected a DNS name such as "_http._tcp.api.service.consul", got "not a name"'],
   ['status.diagnosis.dnsLatency', { ...ok, status: { diagnosis: { dnsLatency: -1 } } }, 'status.diagnosis.dnsLatency: expected a duration in milliseconds >= 1, got -1'],
   ['hash balancer key', { ...ok, pools: { users: { targets: ['http://a:1'], balancer: { hash: 'query:id' } } } }, 'pools.users.balancer.hash: expected "ip", "header:NAME" or "cookie:NAME", got "query:id"']
@@ -75,7 +80,7 @@ t.test('defaults from SPEC.md fill in what is not given', async (t) => {
   const config = validateOptions(ok)
   const pool = config.pools.get('users')!
   t.same(pool.timeouts, { connect: 2000, headers: 30000, body: 60000, total: false }, 'no wall clock cuts a stream that keeps sending')
-  t.same(pool.connections, { perTarget: Infinity, keepAlive: 4000 }, 'no cap on open connections, as nginx and HAProxy')
+  t.same(pool.connections, { perTarget: Infinity, keepAlive: 4000, streams: 100 }, 'no cap on open connections, as nginx and HAProxy')
   t.same([...pool.retry.on], ['connect-failure', 'refused-stream', 'reset'])
   t.same(pool.balancer, { kind: 'round-robin' })
   t.same(pool.targets, [{ url: 'http://127.0.0.1:3001', weight: 1, backup: false, srv: null }])

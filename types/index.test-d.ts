@@ -47,6 +47,13 @@ const readReport = (report: StatusReport): string => report.diagnosis.map((f: Fi
 const readStory = (story: RequestStory): number => story.attempts.length + story.answer.status
 await app.register(fastifyUpstream, options)
 
+// HTTP/2 pools and gRPC routes.
+const rpc: UpstreamOptions = {
+  pools: { rpc: { targets: ['http://127.0.0.1:50051'], protocol: 'h2c', connections: { streams: 50 } } },
+  routes: [{ prefix: '/helloworld.Greeter', pool: 'rpc', grpc: true }]
+}
+// @ts-expect-error: protocol is 'http1', 'h2' or 'h2c'
+const badProtocol: UpstreamOptions['pools'][string] = { targets: ['http://127.0.0.1:1'], protocol: 'http2' }
 // @ts-expect-error: a route needs a pool
 await app.register(upstream, { pools: {}, routes: [{ prefix: '/x' }] })
 // @ts-expect-error: balancer names are a closed set
@@ -147,3 +154,5 @@ const badHook: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users'
 // @ts-expect-error a host constraint is a string or a RegExp
 const badConstraint: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', constraints: { host: 42 } }
 void [rewritten, rewriterWithoutHeaders, rewriterWithStringStatus, guarded, badHook, badConstraint]
+
+export { rpc, badProtocol }

@@ -33,7 +33,29 @@ const CERTIFICATE_CODES = new Set([
   'ERR_TLS_CERT_ALTNAME_INVALID', 'HOSTNAME_MISMATCH', 'INVALID_CA', 'PATH_LENGTH_EXCEEDED'
 ])
 
-const TERMINATED_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED', 'UND_ERR_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE'])
+const TERMINATED_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECONNABORTED', 'UND_ERR_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE',
+  // HTTP/2: a stream reset (RST_STREAM other than REFUSED_STREAM), the session's end or GOAWAY.
+  'ERR_HTTP2_STREAM_ERROR', 'ERR_HTTP2_SESSION_ERROR', 'ERR_HTTP2_GOAWAY_SESSION', 'ERR_HTTP2_STREAM_CANCEL', 'ERR_HTTP2_INVALID_SESSION'])
+
+/**
+ * The cause of an HTTP/2 stream the target refused (RST_STREAM REFUSED_STREAM, RFC 9113
+ * §8.7): it did no work on it, so it is safe to send elsewhere whatever the method.
+ */
+export const REFUSED_STREAM = 'REFUSED_STREAM'
+
+/**
+ * Node reports a peer's RST_STREAM as ERR_HTTP2_STREAM_ERROR with the code's nghttp2 name as
+ * the whole message (`Stream closed with error code NGHTTP2_REFUSED_STREAM`); the error carries
+ * no numeric code, so the name is the one signal there is.
+ */
+function isRefusedStream (err: unknown): boolean {
+  for (let current = err, depth = 0; depth < 5 && current !== null && typeof current === 'object'; depth++) {
+    const { code, message } = current as { code?: unknown, message?: unknown }
+    if (code === 'ERR_HTTP2_STREAM_ERROR' && typeof message === 'string' && message.endsWith('NGHTTP2_REFUSED_STREAM')) return true
+    current = (current as { cause?: unknown }).cause
+  }
+  return false
+}
 
 /** undici's parser errors lose their llhttp code (it is looked up by number); the class name stays. */
 const PARSER_ERROR = 'HTTPParserError'
@@ -69,13 +91,14 @@ export function classify (err: unknown, progress: Progress): Classified {
   const at = (error: ProxyErrorType, phase: Phase): Classified => ({ error, phase, cause })
 
   if (code === GATEWAY_CODES.clientAborted) return { error: 'client_aborted', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
-  if (code === GATEWAY_CODES.totalTimeout) {
-    return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: null }
+  if (code === GATEWAY_CODES.totalTimeout || code === GATEWAY_CODES.grpcDeadline) {
+    return { error: 'http_response_timeout', phase: progress.connected ? phaseAfterConnect : 'connect', cause: code === GATEWAY_CODES.grpcDeadline ? code : null }
   }
   if (code === GATEWAY_CODES.bodyTooLarge || code === GATEWAY_CODES.clientBodyTimeout) return { error: 'http_request_error', phase: 'send', cause: null }
   if (code === GATEWAY_CODES.sendTimeout) return { error: 'connection_write_timeout', phase: 'send', cause: null }
   if (code !== null && RELAY_LIMITS.has(code)) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
   if (code === null) return at('proxy_internal_error', progress.connected ? phaseAfterConnect : 'connect')
+  if (!progress.responseStarted && isRefusedStream(err)) return { error: 'connection_terminated', phase: 'send', cause: REFUSED_STREAM }
 
   switch (code) {
     case 'ENOTFOUND': case 'EAI_NONAME': case 'EAI_NODATA': case 'EAI_FAIL': return at('dns_error', 'dns')

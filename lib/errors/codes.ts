@@ -11,6 +11,8 @@ export class GatewayError extends Error {
 /** Gateway-made errors carry one of these codes so the classifier can read them like any other. */
 export const GATEWAY_CODES = {
   totalTimeout: 'FST_UPSTREAM_TOTAL_TIMEOUT',
+  // A gRPC call's own deadline (its client's grpc-timeout) passed: a total timeout of the call's.
+  grpcDeadline: 'FST_UPSTREAM_GRPC_DEADLINE',
   // The gateway enforces timeouts.headers itself (undici's timer ticks every ~0.5 s); it is the
   // same event as undici's own, so it carries undici's code.
   headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',

@@ -52,6 +52,8 @@ export interface FailureContext {
   receivedStatus?: number | null
   /** Extra operator words: per-target reasons, what the budget did, the request's problem. */
   why?: string
+  /** What the target really speaks and what to change (pool/sniff.ts): the hint, when known. */
+  mismatch?: string
   /** The pool's active health check path, if it has one (hints differ with and without). */
   healthPath?: string | null
   note?: string | undefined
@@ -96,6 +98,7 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
   const extra = ctx.why !== undefined ? ` ${ctx.why}` : ''
   // One switch, so only the words for this failure are built.
   const hint = ((): string => {
+    if (ctx.mismatch !== undefined) return ctx.mismatch
     switch (error) {
       case 'dns_error': return `${hostOf(target)} does not resolve${code}. Check the name in ${pool} and the resolver this host uses.`
       case 'dns_timeout': return `Looking up ${hostOf(target)} failed for now${code}. Check that the resolver answers; the gateway will try again.`
@@ -107,9 +110,11 @@ function hintFor (error: ProxyErrorType, ctx: FailureContext): string {
       case 'tls_protocol_error': return `The TLS handshake with ${target} failed${code}. Check that the target speaks TLS on that port (http vs https in the target URL) and that the protocol versions and ciphers match.`
       case 'tls_certificate_error': return `${target} presented a certificate the gateway rejects${code}. Give the issuing CA in tls.ca, fix the name with tls.servername, or renew the certificate; tls.rejectUnauthorized is true.`
       case 'connection_terminated': return `${target} closed the connection before answering${code}. The service may have crashed or restarted, or closed an idle keep-alive connection; if the latter, set connections.keepAlive below the service's own keep-alive timeout.`
-      case 'http_response_timeout': return ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
-        ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
-        : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`
+      case 'http_response_timeout': return ctx.cause === GATEWAY_CODES.grpcDeadline
+        ? `The gRPC call's deadline (the client's grpc-timeout) passed${tries}; the last try was in the ${ctx.phase} phase on ${target}. The client gave the call this long: look at that service's latency, or have the client allow more time.`
+        : ctx.phase === 'headers' && ctx.cause === 'UND_ERR_HEADERS_TIMEOUT'
+          ? `${target} sent no response headers within ${t?.headers ?? '?'} ms (timeouts.headers). Look for slow queries or saturated workers there; if slow answers are expected, raise timeouts.headers for this route.`
+          : `The whole exchange took longer than ${t?.total ?? '?'} ms (timeouts.total)${tries}; the last try was in the ${ctx.phase} phase on ${target}. Raise timeouts.total for this route if that is expected.`
       case 'http_protocol_error': return `${target} answered with something that is not valid HTTP/1.1${code}. Check that the port is an HTTP server (not TLS, gRPC or another protocol) and that it writes well-formed headers.`
       case 'http_response_header_section_size': return `${target} sent response headers larger than the gateway accepts (16 KiB). Look for oversized cookies or debug headers in that service.`
       case 'connection_read_timeout': return `${target} stopped sending the response body for ${t?.body ?? '?'} ms (timeouts.body). The client's connection was cut so it sees a truncated answer. Look for stalls in that service; raise timeouts.body for streaming routes.`

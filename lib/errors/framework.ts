@@ -79,8 +79,8 @@ export function clientErrorHandler (this: FastifyInstance, error: ConnectionErro
   // Who may see full details is decided per request; with no request to ask, only a gateway
   // that shows everything to everyone does.
   const full = gateway.settings.errors.expose === 'full'
-  const { headers, body = '' } = failureAnswer(request, failure, gateway.settings, full)
-  const head = [`HTTP/1.1 ${status} ${STATUS_CODES[status]}`, 'connection: close', `content-length: ${Buffer.byteLength(body)}`,
+  const { headers, body = '', status: answered } = failureAnswer(request, failure, gateway.settings, full)
+  const head = [`HTTP/1.1 ${answered} ${STATUS_CODES[answered]}`, 'connection: close', `content-length: ${Buffer.byteLength(body)}`,
     ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`)]
   answerAndRelease(socket, `${head.join('\r\n')}\r\n\r\n${body}`)
 }

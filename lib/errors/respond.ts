@@ -1,11 +1,13 @@
 // Sends the gateway's own answer for a failure: negotiated body, Proxy-Status, no-store, the
 // request id and Retry-After. Everything here reads the failure record; nothing re-decides.
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { ServerHttp2Stream } from 'node:http2'
 import type { ErrorsConfig } from '../options/config.js'
 import type { Failure } from './failure.js'
 import { buildProblem, isFullExposure, proxyStatusMember, type Problem } from './problem.js'
-import { appendList } from '../proxy/forwarding.js'
+import { appendList, isGrpc } from '../proxy/forwarding.js'
 import { renderHtml } from './html.js'
+import { encodeGrpcMessage, grpcMessage, grpcStatusOf } from './grpc.js'
 
 export interface ResponderSettings {
   errors: ErrorsConfig
@@ -15,10 +17,21 @@ export interface ResponderSettings {
 export function sendFailure (request: FastifyRequest, reply: FastifyReply, failure: Failure, settings: ResponderSettings): void {
   if (reply.sent || reply.raw.headersSent) return
   const full = isFullExposure(settings.errors, request)
-  const { headers, body } = failureAnswer(request, failure, settings, full, reply.getHeader('proxy-status') as string | undefined)
+  const answer = failureAnswer(request, failure, settings, full, reply.getHeader('proxy-status') as string | undefined)
+  const { headers, body } = answer
+  const stream = (reply.raw as { stream?: ServerHttp2Stream }).stream
+  if (stream !== undefined && headers['grpc-status'] !== undefined) {
+    // Trailers-only: one HEADERS frame that ends the stream. Through Node's compatibility
+    // response the headers would go without END_STREAM, and a gRPC client that sees the
+    // stream end without it reports "Call ended without gRPC status" instead of ours.
+    reply.hijack()
+    if (!stream.destroyed && !stream.headersSent) stream.respond({ ':status': 200, ...headers }, { endStream: true })
+    return
+  }
   // Headers the upstream may have set on this reply do not belong to the gateway's answer.
   reply.removeHeader('content-length')
-  reply.code(failure.status)
+  const { status } = answer
+  reply.code(status)
   reply.headers(headers)
   reply.send(body)
 }
@@ -27,7 +40,8 @@ export function sendFailure (request: FastifyRequest, reply: FastifyReply, failu
  * What the gateway answers for a failure: its headers and negotiated body (none for HEAD).
  * `proxyStatus` is a Proxy-Status already on the answer (the upstream's), kept in front of ours.
  */
-export function failureAnswer (request: FastifyRequest, failure: Failure, settings: ResponderSettings, full: boolean, proxyStatus?: string): { headers: Record<string, string>, body: string | undefined } {
+export function failureAnswer (request: FastifyRequest, failure: Failure, settings: ResponderSettings, full: boolean, proxyStatus?: string): { headers: Record<string, string>, body: string | undefined, status: number } {
+  if (isGrpc(request.headers['content-type'])) return grpcAnswer(request, failure, settings, full, proxyStatus)
   const problem = buildProblem(failure, request, settings.errors, full)
   const { type, body, html } = render(problem, request, settings, full)
   const headers: Record<string, string> = {
@@ -40,7 +54,25 @@ export function failureAnswer (request: FastifyRequest, failure: Failure, settin
   }
   if (html === true) headers['content-security-policy'] = PAGE_POLICY
   if (failure.retryAfter !== null) headers['retry-after'] = String(Math.ceil(failure.retryAfter))
-  return { headers, body: request.method === 'HEAD' ? undefined : body }
+  return { headers, body: request.method === 'HEAD' ? undefined : body, status: failure.status }
+}
+
+/**
+ * A gRPC client's answer: HTTP 200 and trailers-only (no body: the headers end the stream),
+ * `grpc-status` from the failure record and `grpc-message` in the gateway's words, with the
+ * headers every failure carries. Never a page: a gRPC client would read it as a broken message.
+ */
+function grpcAnswer (request: FastifyRequest, failure: Failure, settings: ResponderSettings, full: boolean, proxyStatus?: string): { headers: Record<string, string>, body: string | undefined, status: number } {
+  const headers: Record<string, string> = {
+    'content-type': 'application/grpc',
+    'grpc-status': String(grpcStatusOf(failure)),
+    'grpc-message': encodeGrpcMessage(grpcMessage(failure, full)),
+    'proxy-status': appendList(proxyStatus, proxyStatusMember(failure, settings.errors.proxyName, full, null)),
+    'cache-control': 'no-store',
+    [settings.requestIdHeader]: String(request.id)
+  }
+  if (failure.retryAfter !== null) headers['retry-after'] = String(Math.ceil(failure.retryAfter))
+  return { headers, body: undefined, status: 200 }
 }
 
 /** A Retry-After value in seconds (a plugin's on the reply, or the upstream's); null when it is none. */

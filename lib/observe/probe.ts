@@ -8,23 +8,11 @@ import { performance } from 'node:perf_hooks'
 import type { TLSSocket } from 'node:tls'
 import type { UpstreamPool } from '../pool/pool.js'
 import { classify, classifyCredentialsFailure, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
-import type { ProxyErrorType, Phase } from '../errors/taxonomy.js'
+import type { ProxyErrorType } from '../errors/taxonomy.js'
+import { probeHttp2 } from './probe-h2.js'
+import type { ProbeResult } from './records.js'
 
-export interface ProbeResult {
-  pool: string
-  target: string
-  /** The URL requested: the target with the pool's health.path, or `/`. */
-  url: string
-  at: string
-  ok: boolean
-  /** The upstream's status, when it answered. */
-  status: number | null
-  error: ProxyErrorType | null
-  phase: Phase | null
-  cause: string | null
-  /** Milliseconds from the start to the end of each phase; null for one not reached or not done. */
-  ms: { dns: number | null, connect: number | null, tls: number | null, firstByte: number | null, total: number }
-}
+export type { ProbeResult }
 
 export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResult> {
   const target = pool.find(url)
@@ -40,6 +28,10 @@ export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResu
       const failed = classifyCredentialsFailure(err)
       return { pool: pool.name, target: target.url, url: address.href, at, ok: false, status: null, error: 'proxy_internal_error', phase: failed.phase, cause: failed.cause, ms: { dns: null, connect: null, tls: null, firstByte: null, total: 0 } }
     }
+  }
+  if (pool.config.protocol !== 'http1') {
+    const outcome = await probeHttp2(target, pool.config, address, auth)
+    if (outcome !== 'http1') return { pool: pool.name, target: target.url, url: address.href, at, ...outcome }
   }
   const secure = address.protocol === 'https:'
   const started = performance.now()

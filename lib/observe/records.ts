@@ -2,7 +2,7 @@
 // recorder, the metrics, the story store and the pages share (a leaf, so none imports another
 // for them).
 import type { AttemptRecord } from '../errors/failure.js'
-import type { ProxyErrorType } from '../errors/taxonomy.js'
+import type { Phase, ProxyErrorType } from '../errors/taxonomy.js'
 
 /** The last failure of one error type in a pool. */
 export interface ErrorExample {
@@ -67,3 +67,20 @@ export interface TunnelCounts {
 
 /** What becomes of a WebSocket handshake or tunnel. */
 export type TunnelEvent = 'opened' | 'closed' | 'failed' | 'refused'
+
+/** One timed request to one target (app.upstream.probe and the status page's probe). */
+export interface ProbeResult {
+  pool: string
+  target: string
+  /** The URL requested: the target with the pool's health.path, or `/`. */
+  url: string
+  at: string
+  ok: boolean
+  /** The upstream's status, when it answered. */
+  status: number | null
+  error: ProxyErrorType | null
+  phase: Phase | null
+  cause: string | null
+  /** Milliseconds from the start to the end of each phase; null for one not reached or not done. */
+  ms: { dns: number | null, connect: number | null, tls: number | null, firstByte: number | null, total: number }
+}

@@ -1,7 +1,7 @@
 // The complete, validated configuration. Everything after `validate.ts` receives these types:
 // every default is filled in, so no other module re-checks or re-defaults an option.
 import type { HTTPMethods } from 'fastify'
-import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey, RewriteRequestHeaders, RewriteResponseHeaders, RouteFastifyOptions } from './types.js'
+import type { AddressFamily, BalancerInput, ExposeInput, ErrorsInput, RetryCondition, TlsInput, AuthInput, HashKey, RewriteRequestHeaders, RewriteResponseHeaders, RouteFastifyOptions, UpstreamProtocol } from './types.js'
 import type { Registry } from 'prom-client'
 import type { Cluster, Redis } from 'ioredis'
 
@@ -66,8 +66,8 @@ export interface PoolConfig {
   targets: TargetConfig[]
   balancer: BalancerConfig
   timeouts: Timeouts
-  /** perTarget: Infinity for no cap. */
-  connections: { perTarget: number, keepAlive: number }
+  /** perTarget: Infinity for no cap. streams: requests per connection over HTTP/2. */
+  connections: { perTarget: number, keepAlive: number, streams: number }
   limits: { maxConcurrent: number, maxPending: number, queueTimeout: number }
   health: HealthConfig | null
   outlier: OutlierConfig | null
@@ -78,6 +78,7 @@ export interface PoolConfig {
   auth: AuthConfig | null
   panic: boolean
   sticky: StickyConfig | null
+  protocol: UpstreamProtocol
 }
 
 export interface StickyConfig {
@@ -124,6 +125,8 @@ export interface RouteConfig {
   rewritePrefix: string
   methods: HTTPMethods[]
   websocket: boolean
+  /** The route carries gRPC calls (its pool speaks HTTP/2: checked at registration). */
+  grpc: boolean
   /** The pool's timeouts with the route's overrides applied. */
   timeouts: Timeouts
   /** The pool's retry policy with the route's overrides applied. */

@@ -62,7 +62,16 @@ export interface ConnectionsInput {
   perTarget?: number | false
   /** How long an idle keep-alive connection is kept. [4000] */
   keepAlive?: number
+  /** Over HTTP/2 (`protocol` 'h2' or 'h2c'): requests multiplexed on one connection, at most. [100] */
+  streams?: number
 }
+
+/**
+ * How the gateway speaks to a pool's targets: `'http1'`; `'h2'`, HTTP/2 over TLS offered by
+ * ALPN (HTTP/1.1 where a target does not take it; https targets); `'h2c'`, HTTP/2 in clear text
+ * with prior knowledge (http targets, as gRPC services inside a cluster listen).
+ */
+export type UpstreamProtocol = 'http1' | 'h2' | 'h2c'
 
 /** Past these limits a request gets `503 connection_limit_reached` with `Retry-After: 1`. */
 export interface LimitsInput {
@@ -277,6 +286,8 @@ export interface PoolInput {
    * rotation. [off]
    */
   sticky?: StickyInput
+  /** How the gateway speaks to the targets. ['http1'] */
+  protocol?: UpstreamProtocol
 }
 
 /** pools.<name>.sticky: the gateway's own affinity cookie. */
@@ -355,6 +366,8 @@ export interface RouteInput extends RouteFastifyOptions {
   methods?: HTTPMethods[]
   /** Tunnel WebSocket upgrades on this route to its pool. [false] */
   websocket?: boolean
+  /** The route carries gRPC calls: its pool must speak HTTP/2 (`protocol` 'h2' or 'h2c'), checked at registration. [false] */
+  grpc?: boolean
   /** Per-field override of the pool's `timeouts`. [the pool's] */
   timeouts?: TimeoutsInput
   /** Per-field override of the pool's `retry` (the budget stays the pool's). [the pool's] */

@@ -2,7 +2,7 @@
 // code receives a complete `Config` and never re-checks it.
 import type { HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
-import type { UpstreamOptions, RetryCondition } from './types.js'
+import type { UpstreamOptions, RetryCondition, UpstreamProtocol, PoolInput, RouteInput, TimeoutsInput, RetryInput } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
   HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig,
@@ -25,12 +25,13 @@ const RETRY_CONDITIONS: RetryCondition[] = ['connect-failure', 'refused-stream',
 const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream', 'reset']
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
-const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'sticky']
+// Typed against the public option types, so a key added to one but not the other fails to compile.
+const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'sticky', 'protocol'] as const satisfies ReadonlyArray<keyof PoolInput>
 /** Fastify's own route options a route hands over as they are (routes[].onRequest, ...). */
-const ROUTE_FASTIFY_KEYS = ['onRequest', 'preHandler', 'preValidation', 'config', 'constraints'] as const
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', 'match', 'split', 'mirror', ...ROUTE_FASTIFY_KEYS]
-const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
-const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
+const ROUTE_FASTIFY_KEYS = ['onRequest', 'preHandler', 'preValidation', 'config', 'constraints'] as const satisfies ReadonlyArray<keyof RouteInput>
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'grpc', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', 'match', 'split', 'mirror', ...ROUTE_FASTIFY_KEYS] as const satisfies ReadonlyArray<keyof RouteInput>
+const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total'] as const satisfies ReadonlyArray<keyof TimeoutsInput>
+const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget'] as const satisfies ReadonlyArray<keyof RetryInput>
 
 // Options only @fastify/http-proxy takes: given here, they mean an app moving from it.
 const HTTP_PROXY_KEYS = ['upstream', 'prefix', 'rewritePrefix', 'replyOptions', 'wsUpstream', 'websocket', 'httpMethods', 'preHandler', 'preValidation', 'undici', 'http2', 'base']
@@ -87,7 +88,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
     urls.add(target.url)
   })
 
-  const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive'])
+  const connections = optionalObject(join(path, 'connections'), pool.connections, ['perTarget', 'keepAlive', 'streams'])
   const limits = optionalObject(join(path, 'limits'), pool.limits, ['maxConcurrent', 'maxPending', 'queueTimeout'])
   const tls = optionalObject(join(path, 'tls'), pool.tls, ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
   const discovery = optionalObject(join(path, 'discovery'), pool.discovery, ['refresh', 'minTtl', 'maxTtl', 'timeout', 'servers', 'family'])
@@ -102,7 +103,8 @@ function validatePool (name: string, input: unknown): PoolConfig {
       // No cap by default, as nginx and HAProxy: a cap makes the next request wait behind
       // long-lived responses (SSE, slow readers) that hold their connections.
       perTarget: connections.perTarget === false ? Infinity : integer(join(join(path, 'connections'), 'perTarget'), connections.perTarget, Infinity, 1),
-      keepAlive: duration(join(join(path, 'connections'), 'keepAlive'), connections.keepAlive, 4000)
+      keepAlive: duration(join(join(path, 'connections'), 'keepAlive'), connections.keepAlive, 4000),
+      streams: integer(join(join(path, 'connections'), 'streams'), connections.streams, 100, 1)
     },
     limits: {
       maxConcurrent: integer(join(join(path, 'limits'), 'maxConcurrent'), limits.maxConcurrent, Infinity, 1),
@@ -130,8 +132,37 @@ function validatePool (name: string, input: unknown): PoolConfig {
     },
     auth: validateAuth(join(path, 'auth'), pool.auth),
     panic: boolean(join(path, 'panic'), pool.panic, false),
-    sticky: validateSticky(join(path, 'sticky'), pool.sticky)
+    sticky: validateSticky(join(path, 'sticky'), pool.sticky),
+    protocol: validateProtocol(join(path, 'protocol'), pool.protocol, targets)
   }
+}
+
+/** gRPC needs HTTP/2 to the targets: a route that says it carries gRPC needs a pool that speaks it. */
+function validateGrpcRoute (path: string, input: unknown, pool: PoolConfig): boolean {
+  const grpc = boolean(path, input, false)
+  if (grpc && pool.protocol === 'http1') {
+    throw new OptionsError(path, `gRPC needs HTTP/2 to the targets, and pool "${pool.name}" speaks HTTP/1.1 (protocol 'http1'); set protocol: 'h2c' (or 'h2' for https targets) on pool "${pool.name}"`)
+  }
+  return grpc
+}
+
+/**
+ * 'h2' is HTTP/2 over TLS (ALPN), 'h2c' HTTP/2 in clear text: a target whose scheme says the
+ * other is a contradiction an operator should hear of now, not as a protocol error per request.
+ */
+function validateProtocol (path: string, input: unknown, targets: TargetConfig[]): UpstreamProtocol {
+  const protocol = oneOf(path, input, ['http1', 'h2', 'h2c'] as const, 'http1')
+  const scheme = protocol === 'h2' ? 'https:' : protocol === 'h2c' ? 'http:' : null
+  if (scheme === null) return protocol
+  targets.forEach((target) => {
+    const own = target.srv?.protocol ?? new URL(target.url).protocol
+    if (own !== scheme) {
+      throw new OptionsError(path, protocol === 'h2'
+        ? `'h2' is HTTP/2 over TLS, but target "${target.url}" is http://; use 'h2c' for HTTP/2 in clear text, or an https:// URL`
+        : `'h2c' is HTTP/2 in clear text, but target "${target.url}" is https://; use 'h2' for HTTP/2 over TLS, or an http:// URL`)
+    }
+  })
+  return protocol
 }
 
 function validateTarget (path: string, input: unknown): TargetConfig {
@@ -319,7 +350,8 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   if (/[:*?#]/.test(prefix)) fail(join(path, 'prefix'), 'a literal path, without ":" parameters, "*", "?" or "#"', prefix)
   const poolName = poolNamed(join(path, 'pool'), r.pool, pools)
   const pool = pools.get(poolName)!
-  const rewritePrefix = r.rewritePrefix === undefined ? '' : r.rewritePrefix
+  // A gRPC path (/package.Service/Method) goes as sent: a gRPC route keeps its prefix by default.
+  const rewritePrefix = r.rewritePrefix === undefined ? (r.grpc === true ? prefix : '') : r.rewritePrefix
   if (typeof rewritePrefix !== 'string' || (rewritePrefix !== '' && !rewritePrefix.startsWith('/'))) {
     fail(join(path, 'rewritePrefix'), 'a path starting with "/" (or "")', rewritePrefix)
   }
@@ -345,6 +377,7 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     rewritePrefix,
     methods,
     websocket: boolean(join(path, 'websocket'), r.websocket, false),
+    grpc: validateGrpcRoute(join(path, 'grpc'), r.grpc, pool),
     timeouts: validateTimeouts(join(path, 'timeouts'), r.timeouts, pool.timeouts),
     retry: validateRetry(join(path, 'retry'), r.retry, pool.retry),
     rateLimit: (r.rateLimit as RouteConfig['rateLimit']) ?? null,

@@ -21,6 +21,7 @@ import { Selection } from './selection.js'
 import { AdmissionQueue } from './admission.js'
 import { explainOutage, type Outage } from './outage.js'
 import { unknownTarget } from '../errors/codes.js'
+import { perTargetRoom } from './protocol.js'
 
 export type { Outage } from './outage.js'
 
@@ -59,7 +60,7 @@ export class UpstreamPool {
     this.name = config.name
     this.config = config
     this.budget = new RetryBudget(config.retry.budget.ratio, config.retry.budget.minPerSecond)
-    this.#room = Math.min(config.limits.maxConcurrent, config.connections.perTarget)
+    this.#room = Math.min(config.limits.maxConcurrent, perTargetRoom(config.protocol, config.connections.perTarget, config.connections.streams))
     this.credentials = config.auth === null ? null : new Credentials(config.name, config.auth, log)
     this.origins = new Set(config.targets.filter((t) => t.srv === null).map((t) => t.url))
     this.#transitions = new Transitions(config.name, log)

@@ -1,7 +1,10 @@
 // One upstream target: its address, weight, live counters, what health checks and passive
 // observation say of it, and its own keep-alive pool.
-import { Pool as UndiciPool, buildConnector } from 'undici'
+import { Pool as UndiciPool, buildConnector, type Dispatcher } from 'undici'
 import { ConnectGate, ConnectTimes, endsFirst, timed } from './connector.js'
+import { dispatcherOptions, type ConnectionUse } from './protocol.js'
+import { keepTrailers } from './h2-trailers.js'
+import { Sniffer, type Speaks } from './sniff.js'
 import type { PoolConfig, TargetConfig } from '../options/config.js'
 import { originOf, type Endpoint } from './discovery.js'
 
@@ -133,9 +136,10 @@ export class Target {
   /** Slow start ramps the share of weight from here. */
   warmingSince: number | null = null
 
-  // One undici pool per connect timeout: a route may override `timeouts.connect`, and undici
-  // sets the connect timeout per pool, not per request. Almost always there is exactly one.
-  readonly #clients = new Map<number, UndiciPool>()
+  // One undici pool per connect timeout (a route may override `timeouts.connect`, and undici
+  // sets the connect timeout per pool, not per request) and per use of its connections over
+  // HTTP/2 (see protocol.ts). Almost always there is exactly one.
+  readonly #clients = new Map<string, Dispatcher>()
   readonly #connectGate = new ConnectGate()
   /** How long new connections took to open (TCP, TLS), for the status page and diagnosis. */
   readonly connectTimes = new ConnectTimes()
@@ -322,18 +326,22 @@ export class Target {
     this.ending = false
   }
 
-  client (connectTimeout: number): UndiciPool {
-    let client = this.#clients.get(connectTimeout)
+  client (connectTimeout: number, use: ConnectionUse = 'request'): Dispatcher {
+    const { connections, tls, protocol } = this.#pool
+    // An http1 pool has one kind of connection for every use.
+    const key = protocol === 'http1' ? `${connectTimeout}` : `${connectTimeout} ${use}`
+    let client = this.#clients.get(key)
     if (client === undefined) {
-      const { connections, tls } = this.#pool
-      client = new UndiciPool(this.origin, {
+      const speaks = dispatcherOptions(protocol, use, connections.streams)
+      const pool = new UndiciPool(this.origin, {
         // The gateway keeps within connections.perTarget itself (pool.hasRoom), so a request
         // never waits in undici's queue with its connect timer running.
         connections: Number.isFinite(connections.perTarget) ? connections.perTarget : null,
         keepAliveTimeout: connections.keepAlive,
         keepAliveMaxTimeout: connections.keepAlive,
-        pipelining: 1,
+        ...speaks.pool,
         connect: endsFirst(this.#connectGate.wrap(timed(buildConnector({
+          ...speaks.connector,
           timeout: connectTimeout,
           rejectUnauthorized: tls.rejectUnauthorized,
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
@@ -343,9 +351,21 @@ export class Target {
           ...(tls.servername !== undefined ? { servername: tls.servername } : this.address !== null ? { servername: this.hostHeader.replace(/:\d+$/, '') } : {})
         }), (timing) => this.connectTimes.record(timing))), this.#resumePaused)
       })
-      this.#clients.set(connectTimeout, client)
+      client = speaks.http2 ? pool.compose(keepTrailers) : pool
+      this.#clients.set(key, client)
     }
     return client
+  }
+
+  #sniffer: Sniffer | null = null
+
+  /** What the target's port really speaks (asked after a failure a mismatch explains). */
+  async speaks (): Promise<Speaks> {
+    if (this.#sniffer === null) {
+      const url = new URL(this.origin)
+      this.#sniffer = new Sniffer(url.hostname.replace(/^\[|\]$/g, ''), Number(url.port !== '' ? url.port : (url.protocol === 'https:' ? 443 : 80)))
+    }
+    return await this.#sniffer.speaks()
   }
 
   recordLatency (ms: number): void {

@@ -15,6 +15,17 @@ export interface PreparedBody {
   replayable: boolean
   /** Why it is not replayable, in words for the log. */
   why: string
+  /**
+   * A stream passed on as it comes (a gRPC call's messages): it may still be sent again while
+   * no try has read from it (a refused connection), see `untouched`.
+   */
+  live?: boolean
+}
+
+/** A live body that no try has read from yet: another try may send it, as if it were the first. */
+export function untouched (prepared: PreparedBody): boolean {
+  const body = prepared.body
+  return prepared.live === true && body instanceof Readable && !body.readableDidRead && !body.destroyed
 }
 
 /** A body that needs no reading (none, or already in memory), at once; else null. */
@@ -30,10 +41,13 @@ const NO_BODY: PreparedBody = Object.freeze({ body: null, replayable: true, why:
  * A body ready to send (and maybe replay). `limit` (bytes, null for none) applies to a body
  * of unknown length: past it, reading rejects, or the stream handed on errors, with BodyTooLarge.
  */
-export async function prepareBody (body: unknown, contentLength: string | undefined, limit: number | null): Promise<PreparedBody> {
+export async function prepareBody (body: unknown, contentLength: string | undefined, limit: number | null, live = false): Promise<PreparedBody> {
   const ready = bodyWithoutReading(body)
   if (ready !== null) return ready
   if (!(body instanceof Readable)) return { body: body as Body, replayable: false, why: 'an unknown kind of body' }
+  // A gRPC call's messages go on as they come: a streaming call's next message may wait for
+  // the answer to the last, so nothing is read ahead for a replay.
+  if (live && limit === null) return { body, replayable: false, why: 'a gRPC call\'s messages, already on their way to the target', live: true }
   const declared = contentLength === undefined ? null : Number(contentLength)
   const count = (size: number): void => {
     if (declared === null && limit !== null && size > limit) throw new BodyTooLarge(limit)

@@ -2,6 +2,7 @@
 // waiting for a target with room, retries under the policy and the pool's budget, the total
 // timeout across tries, and how it ends (a streamed response, or one failure record).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Dispatcher } from 'undici'
@@ -9,14 +10,15 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { Attempt, type AttemptOwner } from './attempt.js'
-import { closeConnectionAfter, cutAnswer, type ResponseHeaders } from './forwarding.js'
+import { closeConnectionAfter, cutAnswer, isGrpc, type ResponseHeaders } from './forwarding.js'
+import { formatGrpcTimeout, parseGrpcTimeout } from './grpc-deadline.js'
 import { asRelayLimit, classify, relayLimitStatus, classifyClientFault, GatewayError, GATEWAY_CODES, RELAY_LIMITS, type Classified, type Progress } from '../errors/classify.js'
 import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
 import { sendTry } from './try.js'
 import { BodyTooLarge } from '../errors/codes.js'
-import { bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
+import { bodyWithoutReading, prepareBody, untouched, type PreparedBody } from './body.js'
 import { shouldRetryStatus } from './retry.js'
 import { TrySequence, type FailureDetails, type Replay } from './tries.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
@@ -41,6 +43,10 @@ function onTotalTimeout (exchange: Exchange): void {
 
 /** Whether the client's request has a body, by its framing. */
 function hasBody (raw: IncomingMessage): boolean {
+  // HTTP/2 frames a body by its stream, not its fields (gRPC sends no Content-Length): there is
+  // one unless the client's HEADERS frame ended the stream.
+  const stream = (raw as { stream?: { endAfterHeaders?: boolean } }).stream
+  if (stream !== undefined) return stream.endAfterHeaders === false
   const length = raw.headers['content-length']
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
@@ -70,6 +76,8 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   /** The answer on its way to the client, once a try has one to deliver. */
   #relay: Relay | null = null
   #totalTimer: NodeJS.Timeout | null = null
+  /** A gRPC call's deadline (performance.now()), when its grpc-timeout comes before timeouts.total. */
+  #deadlineAt: number | null = null
   /** Watches the client's upload for a stall (timeouts.body); null without a body to watch. */
   #upload: UploadWatch | null = null
   /** The context the try spans hang from; null when tracing is off. */
@@ -87,7 +95,11 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     super(request, route, pool, 'request')
     this.#traceParent = tracing?.requestContext(request) ?? null
     const { total, body } = route.timeouts
-    if (total !== false) {
+    const deadline = isGrpc(request.headers['content-type']) ? parseGrpcTimeout(request.headers['grpc-timeout']) : null
+    if (deadline !== null && (total === false || deadline < total)) {
+      this.#deadlineAt = performance.now() + deadline
+      this.#totalTimer = setTimeout(onTotalTimeout, deadline, this)
+    } else if (total !== false) {
       this.#totalTimer = setTimeout(onTotalTimeout, total, this)
     }
     if (body !== false && this.#clientStillSending()) {
@@ -115,6 +127,10 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
 
   /** timeouts.total passed: the client was still uploading, or the exchange took too long. */
   onTotalTimeout (): void {
+    if (this.#deadlineAt !== null) {
+      this.abort(new GatewayError(GATEWAY_CODES.grpcDeadline, 'the gRPC call\'s deadline (grpc-timeout) passed'))
+      return
+    }
     const total = this.route.timeouts.total as number
     this.abort(this.#clientStillSending()
       ? new GatewayError(GATEWAY_CODES.clientBodyTimeout, `The client had not sent its whole body when timeouts.total (${total} ms) passed. Raise timeouts.total for this route if uploads this slow are expected.`)
@@ -141,7 +157,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
       this.tryNext()
       return
     }
-    prepareBody(sent, headers['content-length'], limit).then((body) => {
+    prepareBody(sent, headers['content-length'], limit, isGrpc(headers['content-type'])).then((body) => {
       this.#body = body
       if (!this.settled) this.tryNext()
     }, (err) => {
@@ -194,10 +210,12 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
 
   protected replay (): Replay {
     const body = this.#body
-    return { method: this.request.method, replayable: body?.replayable ?? false, why: body?.why ?? '' }
+    return { method: this.request.method, replayable: body === null ? false : body.replayable || untouched(body), why: body?.why ?? '' }
   }
 
   #send (attempt: Attempt, headers: Record<string, string>): void {
+    // The target hears what is left of the call's deadline, not what the client first gave.
+    if (this.#deadlineAt !== null) headers['grpc-timeout'] = formatGrpcTimeout(this.#deadlineAt - performance.now())
     sendTry(attempt, attempt, this.route.timeouts, { path: this.#path, method: this.request.method as Dispatcher.HttpMethod, headers, body: this.#body!.body }, (err) => {
       this.onAttemptError(attempt, err)
     })
@@ -207,6 +225,11 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   #dropAnswer (attempt: Attempt, status: number, why: string): void {
     this.#endSpan(attempt, status)
     attempt.drop(new GatewayError(GATEWAY_CODES.retried, why))
+  }
+
+  /** Ends the client's answer with these trailers rather than a cut (relay.ts, endWith). */
+  endAnswerWith (trailers: Record<string, string>): boolean {
+    return this.#relay?.endWith(trailers) ?? false
   }
 
   get timeouts (): RouteConfig['timeouts'] {
@@ -399,7 +422,8 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
       this.events.broken(this, failure)
       return
     }
-    if ((err as { code?: unknown }).code === GATEWAY_CODES.totalTimeout) {
+    const code = (err as { code?: unknown }).code
+    if (code === GATEWAY_CODES.totalTimeout || code === GATEWAY_CODES.grpcDeadline) {
       this.pool.recordFailure(attempt.target, verdict.error, verdict.cause)
       this.#fail(verdict.error, { phase: verdict.phase, cause: verdict.cause })
       return

@@ -49,9 +49,24 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
   const element = forwardedElement(peer, proto, host)
   const claimed = headers.forwarded
   headers.forwarded = claimed !== undefined && trustsPeer(request) ? appendList(claimed, element) : element
-  headers.via = appendList(headers.via, `1.1 ${settings.via}`)
+  // The protocol this hop received (RFC 9110 §7.6.3): `2` from an HTTP/2 client.
+  headers.via = appendList(headers.via, `${request.raw.httpVersionMajor >= 2 ? '2' : '1.1'} ${settings.via}`)
   headers[settings.requestIdHeader] = request.id
+  // TE is hop-by-hop; a gRPC call's `TE: trailers` is made again on this hop, as gRPC asks
+  // every hop to send it (and servers may insist): the gateway relays the trailers.
+  if (isGrpc(incoming['content-type']) && acceptsTrailers(incoming.te)) headers.te = 'trailers'
   return headers
+}
+
+/** A gRPC call: `application/grpc`, or `application/grpc+proto` and the like. */
+export function isGrpc (contentType: string | undefined): boolean {
+  return contentType !== undefined && /^application\/grpc(?:\+[^;\s]*)?\s*(?:;|$)/i.test(contentType)
+}
+
+/** Does a TE field list `trailers` (RFC 9110 §10.1.4)? */
+export function acceptsTrailers (te: string | string[] | undefined): boolean {
+  if (te === undefined) return false
+  return String(te).toLowerCase().split(',').some((coding) => coding.split(';')[0]!.trim() === 'trailers')
 }
 
 /** This hop's RFC 7239 `Forwarded` element: who connected, over what, to which host. */

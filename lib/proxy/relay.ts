@@ -15,7 +15,7 @@
 import { Readable } from 'node:stream'
 import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
+import { acceptsTrailers, appendList, closeConnectionAfter, endToEnd, forwardResponseHeaders, type ResponseHeaders } from './forwarding.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { RewriteResponseHeaders } from '../options/types.js'
 import type { UpstreamPool } from '../pool/pool.js'
@@ -97,6 +97,8 @@ export class Relay {
   #sized = false
   /** Trailers go on to this client (see #trailersFor). */
   #trailers = false
+  /** A gRPC status the target sent in its headers (trailers-only), to go on as trailers. */
+  #grpcStatus: Record<string, string | string[]> | null = null
   /** Header names the relay set on the reply: taken off again if the gateway answers instead. */
   #applied: string[] = []
 
@@ -134,6 +136,7 @@ export class Relay {
     this.#trailers = !bodiless && this.#trailersFor(request)
     // A Trailer field promises trailers; on an answer that cannot carry them Node refuses it.
     if (!this.#trailers) Reflect.deleteProperty(headers, 'trailer')
+    else this.#grpcStatus = movedGrpcStatus(headers)
     this.route.rewriteLocations?.(headers, request, this.exchange.pool)
     const cookies = this.exchange.routingCookies(true)
     if (cookies !== null) headers['set-cookie'] = withCookies(headers['set-cookie'], cookies)
@@ -164,8 +167,7 @@ export class Relay {
     const raw = request.raw
     if (raw.httpVersionMajor >= 2) return true
     if (raw.httpVersion !== '1.1' || this.#sized) return false
-    const te = raw.headers.te
-    return te !== undefined && String(te).toLowerCase().split(',').some((coding) => coding.trim().split(';')[0] === 'trailers')
+    return acceptsTrailers(raw.headers.te)
   }
 
   data (chunk: Buffer): boolean {
@@ -181,7 +183,7 @@ export class Relay {
 
   complete (trailers: IncomingHttpHeaders): void {
     this.#complete = true
-    if (this.#trailers) this.#addTrailers(trailers)
+    if (this.#trailers) this.#addTrailers(this.#grpcStatus === null ? trailers : { ...this.#grpcStatus, ...trailers })
     if (this.#stream !== null) {
       this.#stream.push(null)
       return
@@ -247,6 +249,28 @@ export class Relay {
   }
 
   /** Takes the upstream's headers off the reply: the gateway answers instead (nothing was sent). */
+  /**
+   * Ends the answer as complete, with `trailers`, instead of cutting it: a gRPC stream cut after
+   * messages flowed ends with its status in the trailers, which a gRPC client reads, where a
+   * reset would say only that the stream broke. False when that cannot be: the answer went out
+   * whole already, or its stream is gone.
+   */
+  endWith (trailers: Record<string, string>): boolean {
+    if (this.#complete) return false
+    if (this.#stream === null) {
+      if (this.#chunks === null) return false
+      this.#complete = true
+      this.#trailers = false
+      this.startStreaming()
+    }
+    const stream = this.#stream
+    if (stream === null || stream.destroyed) return false
+    this.#complete = true
+    this.exchange.reply.raw.addTrailers(trailers)
+    stream.push(null)
+    return true
+  }
+
   discard (): void {
     const reply = this.exchange.reply
     for (const name of this.#applied) reply.removeHeader(name)
@@ -270,6 +294,27 @@ export class Relay {
     const res = this.exchange.reply.raw
     if (!res.headersSent && !res.destroyed) res.flushHeaders()
   }
+}
+
+/** gRPC's status fields, found in a response's headers. */
+const GRPC_STATUS_FIELDS = ['grpc-status', 'grpc-message', 'grpc-status-details-bin']
+
+/**
+ * A gRPC answer that is trailers-only (its status in the one HEADERS frame that ends the
+ * stream) cannot be relayed as such: Node's response sends its headers, then ends the stream
+ * apart, and a gRPC client takes a status without END_STREAM for headers and then misses it.
+ * The status moves to the trailers, which gRPC reads the same. Null when there is none.
+ */
+function movedGrpcStatus (headers: ResponseHeaders): Record<string, string | string[]> | null {
+  if (headers['grpc-status'] === undefined) return null
+  const moved: Record<string, string | string[]> = {}
+  for (const name of GRPC_STATUS_FIELDS) {
+    const value = headers[name]
+    if (value === undefined) continue
+    moved[name] = value
+    Reflect.deleteProperty(headers, name)
+  }
+  return moved
 }
 
 class BodyStream extends Readable {

@@ -3,6 +3,7 @@
 import type { RetryConfig } from '../options/config.js'
 import type { RetryCondition } from '../options/types.js'
 import { TAXONOMY, type Phase, type ProxyErrorType } from '../errors/taxonomy.js'
+import { REFUSED_STREAM } from '../errors/classify.js'
 
 /** Full-jitter backoff between tries (as in AWS's and Envoy's): random in [0, min(cap, base·2ⁿ)). */
 export const BACKOFF_BASE_MS = 25
@@ -45,6 +46,8 @@ export type RetryVerdict = { retry: true } | { retry: false, why: string }
 export interface RetryQuestion {
   error: ProxyErrorType
   phase: Phase
+  /** The failure's cause: `REFUSED_STREAM` marks a stream an HTTP/2 target did no work on. */
+  cause?: string | null
   method: string
   policy: RetryConfig
   /** Retries already made. */
@@ -60,8 +63,9 @@ export function shouldRetryFailure (q: RetryQuestion): RetryVerdict {
   const condition = conditionOf(q.error, q.phase)
   if (condition === null) return { retry: false, why: `${q.error} is not a failure a retry can fix` }
   if (!q.policy.on.has(condition)) return { retry: false, why: `"${condition}" is not in retry.on` }
-  // A request that never reached the upstream is safe to send elsewhere, whatever its method.
-  if (TAXONOMY[q.error].sent !== 'no' && !q.policy.methods.has(q.method)) {
+  // A request that never reached the upstream is safe to send elsewhere, whatever its method;
+  // so is a stream an HTTP/2 target refused (RFC 9113 §8.7: it did no work on it).
+  if (TAXONOMY[q.error].sent !== 'no' && q.cause !== REFUSED_STREAM && !q.policy.methods.has(q.method)) {
     return { retry: false, why: `${q.method} is not in retry.methods and the upstream may have acted on it` }
   }
   if (!q.replayable) return { retry: false, why: `the request body could not be replayed (${q.unreplayableWhy})` }

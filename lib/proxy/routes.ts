@@ -8,7 +8,8 @@ import type { Config, RouteConfig } from '../options/config.js'
 import type { RouteRouter } from '../routing/router.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
-import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
+import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, isGrpc, viaContains, viaPseudonym } from './forwarding.js'
+import { grpcOverHttp1, grpcTrailers } from '../errors/grpc.js'
 import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, type RouterMatching } from './path.js'
 import { UnsafePathError } from '../errors/codes.js'
@@ -19,7 +20,7 @@ import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { classifyClientFault, ensureSentence, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import { rewriteRequest, type RewrittenRequest } from './rewrite.js'
-import { proxyStatusMember } from '../errors/problem.js'
+import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
@@ -62,6 +63,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       // Fastify logs the cut it is about to see ("stream closed prematurely", at info) through
       // reply.log. The record above already tells it: from here on, only errors get through.
       reply.log = reply.log.child({}, { level: 'error' })
+      if (isGrpc(request.headers['content-type']) && request.raw.httpVersionMajor >= 2 && exchange.endAnswerWith(grpcTrailers(failure, isFullExposure(config.errors, request)))) return
       cutAnswer(reply)
     },
     aborted (exchange, phase) {
@@ -145,6 +147,10 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     const routed = router.choose(request)
     // The record Fastify writes when the answer is sent names the pool that served it.
     if (chooses) reply.log = reply.log.child({ pool: routed.pool.name })
+    if (isGrpc(request.headers['content-type']) && routed.pool.config.protocol === 'http1') {
+      answer(request, reply, grpcOverHttp1(routed.pool.name, reply.elapsedTime))
+      return
+    }
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
       websockets.open(request, reply, path, upstream, routed, { route: routed.route, pool: routed.pool, config, answer, recorder })

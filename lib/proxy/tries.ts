@@ -13,7 +13,8 @@ import type { RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import type { Target } from '../pool/target.js'
 import { waitForCredentials } from '../pool/credentials.js'
-import type { Classified } from '../errors/classify.js'
+import { REFUSED_STREAM, type Classified } from '../errors/classify.js'
+import { mismatchHint } from '../pool/sniff.js'
 import type { AttemptRecord, FailureContext } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { Candidates } from './candidates.js'
@@ -23,7 +24,10 @@ import type { TargetTry } from './try.js'
 import type { Routed } from '../routing/router.js'
 
 /** What a failure record gets from the request's side; the sequence adds the rest. */
-export type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
+export type FailureDetails = Pick<FailureContext, 'phase' | 'cause' | 'target' | 'why' | 'mismatch' | 'status' | 'receivedStatus' | 'retryAfter' | 'note' | 'detail' | 'temporary'>
+
+/** Failures a protocol mismatch explains: TLS refused, closed before answering, not HTTP/1.1. */
+const MISMATCH_SUSPECTS: ReadonlySet<ProxyErrorType> = new Set(['tls_protocol_error', 'connection_terminated', 'http_protocol_error'])
 
 /** What the retry rules need to know of the request itself. */
 export interface Replay {
@@ -199,6 +203,7 @@ export abstract class TrySequence<T extends TargetTry> {
     const next = afterFailure({
       error,
       phase,
+      cause,
       method: request.method,
       policy: this.route.retry,
       retries: this.#retries,
@@ -206,10 +211,27 @@ export abstract class TrySequence<T extends TargetTry> {
       unreplayableWhy: request.why
     }, () => this.hasAnotherTry(), this.pool.budget)
     if (!next.retry) {
-      this.failWith(error, { phase, cause, note: next.note })
+      this.#failNamingMismatch(failed.target, error, { phase, cause, note: next.note })
       return
     }
     this.retryLater(next.free)
+  }
+
+  /**
+   * The failure stands; when it is one a protocol mismatch explains, the target is asked what
+   * it speaks first (pool/sniff.ts, at most a second, then remembered), so the hint names it.
+   */
+  #failNamingMismatch (target: Target, error: ProxyErrorType, details: FailureDetails): void {
+    if (!MISMATCH_SUSPECTS.has(error) || details.cause === REFUSED_STREAM) {
+      this.failWith(error, details)
+      return
+    }
+    const { name, config } = this.pool
+    target.speaks().then((speaks) => {
+      if (this.settled) return
+      const mismatch = mismatchHint({ hostPort: target.hostPort, pool: name, secure: target.origin.startsWith('https:'), protocol: config.protocol, speaks })
+      this.failWith(error, mismatch === null ? details : { ...details, mismatch })
+    }, () => { if (!this.settled) this.failWith(error, details) })
   }
 
   /** The next try after a backoff, or on the next turn of the event loop when `immediate`. */

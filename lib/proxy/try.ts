@@ -4,6 +4,7 @@
 import { performance } from 'node:perf_hooks'
 import type { Dispatcher } from 'undici'
 import type { Target } from '../pool/target.js'
+import { connectionUse } from '../pool/protocol.js'
 import type { Timeouts } from '../options/config.js'
 import { GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import type { AttemptRecord } from '../errors/failure.js'
@@ -56,7 +57,7 @@ export function sendTry (attempt: SendableTry, handler: Dispatcher.DispatchHandl
   const { connect, headers, body } = timeouts
   const target = attempt.target
   try {
-    target.client(backstop(connect)).dispatch(Object.assign({ origin: target.origin, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
+    target.client(backstop(connect), connectionUse(request.body, request.upgrade)).dispatch(Object.assign({ origin: target.origin, headersTimeout: backstop(headers), bodyTimeout: backstop(body) }, request), handler)
   } catch (err) {
     attempt.abandon()
     failed(err)
