@@ -7,6 +7,7 @@ import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { RouteRouter } from './routing/router.js'
 import { Affinity } from './routing/sticky.js'
+import { Mirror } from './proxy/mirror.js'
 import { Recorder } from './observe/recorder.js'
 import { registerMetrics, registerStatus } from './observe/routes.js'
 import { Metrics } from './observe/metrics.js'
@@ -84,9 +85,15 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   let closing = false
   // Open WebSocket tunnels end too: each would hold the server open as long as it lives.
   const websockets = config.routes.some((route) => route.websocket) ? new WebSockets(app, config.routes) : null
+  // Each mirroring route's copies, by prefix (its counts on the status page and in the metrics).
+  const mirrors = new Map(config.routes.flatMap((route) => route.mirror === null
+    ? []
+    : [[route.prefix, new Mirror(route.mirror, pools.get(route.mirror.pool)!, config.errors.proxyName, (outcome) => { recorder?.mirrored(route.prefix, route.mirror!.pool, outcome) })] as const]))
   app.addHook('preClose', async function markClosingAndEndTunnels () {
     closing = true
     websockets?.close()
+    // Copies in flight are dropped: a slow mirror service must not hold the app open.
+    for (const mirror of mirrors.values()) mirror.close()
   })
   app.addHook('onSend', function closeConnectionsWhileShuttingDown (_request, reply, payload, done) {
     if (closing) closeConnectionAfter(reply)
@@ -118,11 +125,12 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories, (prefix) => mirrors.get(prefix)?.inFlight ?? 0)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
     if (stories !== null) metrics.watchStoryStore(stories)
+    if (config.routes.some((route) => route.match.length > 0 || route.split.length > 0 || route.mirror !== null)) metrics.watchRoutes(recorder!.routes)
     registerMetrics(app, config.metrics!.path, metrics)
   }
 
@@ -131,7 +139,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   await app.register(async function proxiedRoutes (gateway) {
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, new RouteRouter(route, pools, affinities, config.errors.proxyName), websockets, recorder, tracing)
+      const router = new RouteRouter(route, pools, affinities, config.errors.proxyName)
+      await registerRoute(gateway, config, route, router, mirrors.get(route.prefix) ?? null, websockets, recorder, tracing)
     }
   })
 }
