@@ -158,3 +158,18 @@ t.test('the status page and the metrics count each route\'s requests per pool an
   t.match(metrics, new RegExp(`fastify_upstream_routed_total\\{route="/app",pool="canary",by="split"\\} ${byPool.canary!.split}`))
   t.match(metrics, /fastify_upstream_requests_total\{pool="canary",target="127\.0\.0\.1:\d+",status_class="2xx"\} \d+/, 'the requests of the pool that served them')
 })
+
+t.test('split: a client dealt its bucket keeps it even when its first answer is the gateway\'s error', async (t) => {
+  const gw = await startGateway(t, {
+    pools: { stable: { targets: ['http://127.0.0.1:1'], retry: { retries: 0 } }, canary: { targets: ['http://127.0.0.1:1'], retry: { retries: 0 } } },
+    routes: [{ prefix: '/app', pool: 'stable', split: { canary: 50 } }]
+  })
+  const res = await gw.request('/app/x', { headers: { accept: 'application/json' } })
+  t.equal(res.statusCode, 502)
+  t.match(res.headers['set-cookie'], /^fastify-upstream-split=b[0-9a-z]+; Max-Age=2592000; Path=\/; HttpOnly; SameSite=Lax$/)
+  const problem = await res.body.json() as { pool: string }
+  t.ok(['stable', 'canary'].includes(problem.pool), 'the failure names the pool the split chose')
+  const again = await gw.request('/app/x', { headers: { cookie: String(res.headers['set-cookie']).split(';')[0]! } })
+  t.equal(again.headers['set-cookie'], undefined, 'the bucket is kept')
+  await again.body.dump()
+})
