@@ -7,9 +7,11 @@ import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { RollingStats } from './stats.js'
 import type { Metrics } from './metrics.js'
 import type { StoryStore } from './story-store.js'
-import { entry, type ErrorExample, type RequestStory, type Ending, type TunnelCounts, type TunnelEvent } from './records.js'
+import { entry, type ErrorExample, type RequestStory, type Ending, type TunnelCounts, type TunnelEvent, type RouteCounts } from './records.js'
+import type { RoutedBy } from '../routing/router.js'
+import type { MirrorOutcome } from '../proxy/mirror.js'
 
-export type { ErrorExample, RequestStory, Ending, TunnelCounts, TunnelEvent }
+export type { ErrorExample, RequestStory, Ending, TunnelCounts, TunnelEvent, RouteCounts }
 
 const newTunnelCounts = (): TunnelCounts => ({ opened: 0, open: 0, failed: 0, refused: 0 })
 
@@ -58,6 +60,8 @@ export class PoolStats {
 
 export class Recorder {
   readonly pools = new Map<string, PoolStats>()
+  /** By route prefix: only routes that choose a pool or mirror are counted. */
+  readonly routes = new Map<string, RouteCounts>()
   readonly #ring: Array<RequestStory | undefined>
   readonly #byId = new Map<string, RequestStory>()
   #next = 0
@@ -125,6 +129,28 @@ export class Recorder {
     const stats = this.pool(pool)
     stats.stats.recordAborted(now)
     if (target !== null) stats.target(target).recordAborted(now)
+  }
+
+  /** A request of `route` sent to `pool`, chosen `by` match, split or the route itself. */
+  routed (route: string, pool: string, by: RoutedBy): void {
+    const counts = entry(this.#route(route).pools, pool, () => ({ route: 0, match: 0, split: 0 }))
+    counts[by]++
+  }
+
+  /** A copy of a request of `route` to its mirror `pool`, and what became of it. */
+  mirrored (route: string, pool: string, outcome: MirrorOutcome): void {
+    const counts = this.#route(route)
+    counts.mirror ??= { pool, answered: 0, failed: 0, skipped: 0 }
+    counts.mirror[outcome]++
+  }
+
+  #route (prefix: string): RouteCounts {
+    let counts = this.routes.get(prefix)
+    if (counts === undefined) {
+      counts = { pools: new Map(), mirror: null }
+      this.routes.set(prefix, counts)
+    }
+    return counts
   }
 
   /** A WebSocket handshake or tunnel of `pool`, on `target` (null: none was tried). */

@@ -3,6 +3,8 @@
 // for them).
 import type { AttemptRecord } from '../errors/failure.js'
 import type { Phase, ProxyErrorType } from '../errors/taxonomy.js'
+import type { RoutedBy } from '../routing/router.js'
+import type { MirrorOutcome } from '../proxy/mirror.js'
 
 /** The last failure of one error type in a pool. */
 export interface ErrorExample {
@@ -83,4 +85,12 @@ export interface ProbeResult {
   cause: string | null
   /** Milliseconds from the start to the end of each phase; null for one not reached or not done. */
   ms: { dns: number | null, connect: number | null, tls: number | null, firstByte: number | null, total: number }
+}
+
+/** What a route that chooses its pool (match, split) or copies requests (mirror) did, since start. */
+export interface RouteCounts {
+  /** Requests per pool, by how the pool was chosen. */
+  pools: Map<string, Record<RoutedBy, number>>
+  /** Copies to the mirror pool, by outcome; null without a mirror. */
+  mirror: ({ pool: string } & Record<MirrorOutcome, number>) | null
 }
