@@ -27,6 +27,8 @@ import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
  * - An upstream 503 to a GET: @fastify/reply-from tries it 10 more times (its maxRetriesOn503)
  *   and the client waits for all of them; the gateway passes the 503 on at once (retrying it
  *   is the main plugin's retry.statuses).
+ * - A body sent with GET: @fastify/http-proxy drops it (and its Content-Length); the gateway
+ *   forwards it as sent, as it does any body of any method.
  * - With a preValidation hook, @fastify/http-proxy parses request bodies with the app's parsers
  *   (so a form body is refused 415, JSON is re-serialized); the gateway streams every body as sent.
  * - A path or method no route serves: the gateway's 404 in its own format (it sets the app's
@@ -177,6 +179,14 @@ t.test('methods with and without bodies, HEAD and custom headers reach the upstr
   await same(t, p, '/api/items/7', { method: 'PUT', body: 'plain text body', headers: { 'content-type': 'text/plain' } })
   await same(t, p, '/api/items/7', { method: 'PATCH', body: 'a=1&b=2', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await same(t, p, '/api/items/7', { method: 'DELETE' })
+  await same(t, p, '/api/items/7', { method: 'DELETE', body: '{"reason":"gone"}', headers: { 'content-type': 'application/json' } })
+  // Intended: a body sent with GET.
+  const getWithBody = { method: 'GET', body: 'a body on a GET', headers: { 'content-type': 'text/plain' } } as const
+  await send(p.a.url, '/api/items', getWithBody)
+  await send(p.b.url, '/api/items', getWithBody)
+  t.equal(p.a.upstream.received.at(-1)?.body, '', '@fastify/http-proxy drops the body of a GET')
+  t.equal(p.b.upstream.received.at(-1)?.body, 'a body on a GET', 'httpProxy forwards it as sent')
+  await same(t, p, '/api/items', { method: 'POST', body: Buffer.from([0, 1, 2, 255]), headers: { 'content-type': 'application/octet-stream' } })
   await same(t, p, '/api/items', { method: 'OPTIONS' })
   await same(t, p, '/api', { headers: { 'x-custom': 'one', 'x-tenant': 'acme', authorization: 'Bearer t0ken', cookie: 'session=abc' } })
 })
