@@ -10,6 +10,7 @@ import fastifyHttpProxy from '@fastify/http-proxy'
 import { Agent, request, type Dispatcher } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
+import { opensslMissing, selfSignedCert, startHttpsUpstream } from './helpers/servers.js'
 
 /**
  * Every difference between the two, on purpose. Everything not named here must be equal.
@@ -24,6 +25,8 @@ import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
  *   client used (nginx's proxy_redirect default); @fastify/http-proxy passes it as sent.
  * - Failures the gateway answers itself (upstream down): its status (502) and problem body,
  *   where @fastify/http-proxy answers 500 with reply-from's error.
+ * - An https upstream with a self-signed certificate: @fastify/reply-from does not verify it
+ *   (200); the gateway does (502 tls_certificate_error).
  * - An upstream 503 to a GET: @fastify/reply-from tries it 10 more times (its maxRetriesOn503)
  *   and the client waits for all of them; the gateway passes the 503 on at once (retrying it
  *   is the main plugin's retry.statuses).
@@ -278,6 +281,20 @@ t.test('header rewriters, a preHandler, preValidation, config and constraints wo
     t.equal(b.status, 404, 'a 404 from both')
     t.equal(JSON.parse(b.body).error, 'http_request_error', 'the gateway\'s in its own format')
   }
+})
+
+t.test('a self-signed upstream: served by @fastify/http-proxy, refused by httpProxy (intended)', { skip: opensslMissing ?? false }, async (t) => {
+  const upstream = await startHttpsUpstream((await selfSignedCert())!, (_req, res) => res.end('from a self-signed upstream'))
+  t.teardown(upstream.close)
+  const a = Fastify()
+  await a.register(fastifyHttpProxy, { upstream: upstream.url })
+  const b = Fastify()
+  await b.register(httpProxy, { upstream: upstream.url })
+  const ra = await send(await listen(t, a), '/', { headers: { accept: 'application/json' } })
+  const rb = await send(await listen(t, b), '/', { headers: { accept: 'application/json' } })
+  t.equal(ra.status, 200, '@fastify/http-proxy does not verify the certificate')
+  t.equal(rb.status, 502, 'httpProxy does')
+  t.equal(JSON.parse(rb.body).error, 'tls_certificate_error')
 })
 
 t.test('a WebSocket echo works alike through both', async (t) => {
