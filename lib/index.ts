@@ -7,6 +7,7 @@ import { UpstreamPool } from './pool/pool.js'
 import { registerRoute } from './proxy/routes.js'
 import { RouteRouter } from './routing/router.js'
 import { Affinity } from './routing/sticky.js'
+import { Mirror } from './proxy/mirror.js'
 import { Recorder } from './observe/recorder.js'
 import { registerMetrics, registerStatus } from './observe/routes.js'
 import { Metrics } from './observe/metrics.js'
@@ -73,6 +74,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const metrics = first && config.metrics !== null ? new Metrics(registrations.pools, config.metrics.registry) : null
   const stories = first && config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
   if (first) {
+    registrations.metrics = metrics
     app.decorate('upstream', createApi(registrations.pools))
     if (config.status !== null || metrics !== null) registrations.recorder = new Recorder(config.status?.keep ?? 0, metrics, config.status !== null, stories, diagnosisMarks(config))
   }
@@ -101,9 +103,16 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   if (madeWebsockets) registrations.websockets = new WebSockets(app, registrations.routes)
   else registrations.websockets?.addRoutes(config.routes)
   const websockets = registrations.websockets
+  // Each mirroring route's copies, by prefix (its counts on the status page and in the metrics).
+  const mirrors = new Map(config.routes.flatMap((route) => route.mirror === null
+    ? []
+    : [[route.prefix, new Mirror(route.mirror, pools.get(route.mirror.pool)!, config.errors.proxyName, (outcome) => { recorder?.mirrored(route.prefix, route.mirror!.pool, outcome) })] as const]))
+  for (const [prefix, mirror] of mirrors) registrations.mirrors.set(prefix, mirror)
   app.addHook('preClose', async function markClosingAndEndTunnels () {
     closing = true
     if (madeWebsockets) websockets?.close()
+    // Copies in flight are dropped: a slow mirror service must not hold the app open.
+    for (const mirror of mirrors.values()) mirror.close()
   })
   app.addHook('onSend', function closeConnectionsWhileShuttingDown (_request, reply, payload, done) {
     if (closing) closeConnectionAfter(reply)
@@ -135,13 +144,18 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  // The status page reads every registration's pools and routes, as they join.
-  if (first && config.status !== null) registerStatus(app, { ...config, routes: registrations.routes }, config.status, registrations.pools, recorder!, limiter?.health ?? null, stories)
+  // The status page reads every registration's pools, routes and mirrors, as they join.
+  if (first && config.status !== null) registerStatus(app, { ...config, routes: registrations.routes }, config.status, registrations.pools, recorder!, limiter?.health ?? null, stories, (prefix) => registrations.mirrors.get(prefix)?.inFlight ?? 0)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
     if (stories !== null) metrics.watchStoryStore(stories)
     registerMetrics(app, config.metrics!.path, metrics)
+  }
+  // Routes that choose their pool or mirror are counted from the first registration that has one.
+  if (registrations.metrics !== null && !registrations.watchingRoutes && config.routes.some((route) => route.match.length > 0 || route.split.length > 0 || route.mirror !== null)) {
+    registrations.metrics.watchRoutes(recorder!.routes)
+    registrations.watchingRoutes = true
   }
 
   // The proxied routes share one scope, so a global rate limit applies to them and not to the
@@ -149,7 +163,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   await app.register(async function proxiedRoutes (gateway) {
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, new RouteRouter(route, pools, affinities, config.errors.proxyName), websockets, recorder, tracing)
+      const router = new RouteRouter(route, pools, affinities, config.errors.proxyName)
+      await registerRoute(gateway, config, route, router, mirrors.get(route.prefix) ?? null, websockets, recorder, tracing)
     }
   })
 }

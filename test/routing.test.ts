@@ -129,3 +129,32 @@ t.test('sticky: Secure when the client came over TLS (as trustProxy reads it); a
   t.equal(failed.headers['set-cookie'], undefined)
   await failed.body.dump()
 })
+
+t.test('the status page and the metrics count each route\'s requests per pool and how the pool was chosen', async (t) => {
+  const u = await upstreams(t, 'stable', 'canary')
+  const gw = await startGateway(t, {
+    pools: { stable: { targets: [u.stable!.url] }, canary: { targets: [u.canary!.url] } },
+    routes: [{ prefix: '/app', pool: 'stable', split: { canary: 10 }, match: [{ header: { 'x-canary': '1' }, pool: 'canary' }] }, { prefix: '/plain', pool: 'stable' }]
+  })
+  for (let i = 0; i < 100; i++) await who(gw, '/app/x')
+  for (let i = 0; i < 3; i++) await who(gw, '/app/x', { 'x-canary': '1' })
+  await who(gw, '/plain/x')
+  const report = await (await gw.request('/_upstream', { headers: { accept: 'application/json' } })).body.json() as { routes: Array<{ prefix: string, pools: Array<{ pool: string, match: number, split: number, route: number }>, split: Record<string, number> }> }
+  t.equal(report.routes.length, 1, 'a route with one pool has nothing to count')
+  const [route] = report.routes
+  t.equal(route!.prefix, '/app')
+  t.same(route!.split, { canary: 10 })
+  const byPool = Object.fromEntries(route!.pools.map((p) => [p.pool, p]))
+  t.equal(byPool.canary!.match, 3)
+  t.equal(byPool.canary!.split + byPool.stable!.split, 100)
+  t.ok(Math.abs(byPool.canary!.split - 10) <= 3, `canary split ${byPool.canary!.split} of 100`)
+  const text = await (await gw.request('/_upstream', { headers: { accept: 'text/plain' } })).body.text()
+  t.match(text, /Route \/app \(since start\)\n {2}(stable|canary): \d+ requests, [\d.]+% of 103/)
+  t.match(text, /canary: \d+ requests, [\d.]+% of 103 \(split asks 10%\): 3 by match, \d+ by split/)
+  const html = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
+  t.match(html, /<h2>Route <code>\/app<\/code><\/h2>/)
+  const metrics = await (await gw.request('/metrics')).body.text()
+  t.match(metrics, /fastify_upstream_routed_total\{route="\/app",pool="canary",by="match"\} 3/)
+  t.match(metrics, new RegExp(`fastify_upstream_routed_total\\{route="/app",pool="canary",by="split"\\} ${byPool.canary!.split}`))
+  t.match(metrics, /fastify_upstream_requests_total\{pool="canary",target="127\.0\.0\.1:\d+",status_class="2xx"\} \d+/, 'the requests of the pool that served them')
+})

@@ -9,7 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { entry, type Ending, type TunnelEvent } from './recorder.js'
+import { entry, type Ending, type RouteCounts, type TunnelEvent } from './recorder.js'
 import type { StoryStore } from './story-store.js'
 import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
@@ -215,6 +215,39 @@ export class Metrics {
       collect (this: Counter<string>) {
         this.reset()
         this.inc(health.errorsTotal)
+      }
+    })
+  }
+
+  /**
+   * Routes that choose a pool (match, split) or mirror: requests per pool by how it was chosen,
+   * and mirror copies by outcome, read from the recorder's counts at scrape time.
+   */
+  watchRoutes (routes: ReadonlyMap<string, RouteCounts>): void {
+    const registers = [this.registry]
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}routed_total`,
+      help: 'Requests of routes that choose their pool (routes[].match, split), by route, pool and how it was chosen (match, split).',
+      labelNames: ['route', 'pool', 'by'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const [route, counts] of routes) {
+          for (const [pool, by] of counts.pools) for (const [how, n] of Object.entries(by)) if (n > 0) this.inc({ route, pool, by: how }, n)
+        }
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}mirror_total`,
+      help: 'Copies of requests to a route\'s mirror pool, by outcome: answered (any status), failed, skipped (maxInFlight reached, or a body over bodyLimit or streamed).',
+      labelNames: ['route', 'pool', 'outcome'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const [route, { mirror }] of routes) {
+          if (mirror === null) continue
+          for (const outcome of ['answered', 'failed', 'skipped'] as const) this.inc({ route, pool: mirror.pool, outcome }, mirror[outcome])
+        }
       }
     })
   }

@@ -4,7 +4,7 @@
 import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
 import type { RequestStory, TunnelCounts } from './recorder.js'
-import type { PoolReport, StatusReport, TargetReport } from './report.js'
+import { routeWords, type PoolReport, type RouteReport, type StatusReport, type TargetReport } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
@@ -23,6 +23,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
     renderDiagnosis(report.diagnosis),
     renderRateLimitStore(report.rateLimitStore),
     renderStoryStore(report.storyStore),
+    ...report.routes.map(renderRoute),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -51,6 +52,11 @@ function renderStoryStore (store: StoryStoreSnapshot | null): string {
     ? `<strong>reachable</strong> since <time>${e(store.since)}</time>: request ids from every instance are found here`
     : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>: only this instance's requests are found · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
   return `<section class="story-store"><h2>Request story store</h2><p>Redis (status.store): ${state}</p></section>`
+}
+
+/** A route that chooses its pool or mirrors: where its requests went (since start). */
+function renderRoute (route: RouteReport): string {
+  return `<section class="route"><h2>Route <code>${e(route.prefix)}</code></h2>${routeWords(route).map((line) => `<p>${e(line)}</p>`).join('')}<p class="muted">Since start.</p></section>`
 }
 
 function renderPool (pool: PoolReport, base: string): string {

@@ -7,6 +7,8 @@ import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { RollingStats } from './stats.js'
 import type { Metrics } from './metrics.js'
 import type { StoryStore } from './story-store.js'
+import type { RoutedBy } from '../routing/router.js'
+import type { MirrorOutcome } from '../proxy/mirror.js'
 
 /** The last failure of one error type in a pool. */
 export interface ErrorExample {
@@ -117,8 +119,18 @@ export class PoolStats {
   }
 }
 
+/** What a route that chooses its pool (match, split) or copies requests (mirror) did, since start. */
+export interface RouteCounts {
+  /** Requests per pool, by how the pool was chosen. */
+  pools: Map<string, Record<RoutedBy, number>>
+  /** Copies to the mirror pool, by outcome; null without a mirror. */
+  mirror: ({ pool: string } & Record<MirrorOutcome, number>) | null
+}
+
 export class Recorder {
   readonly pools = new Map<string, PoolStats>()
+  /** By route prefix: only routes that choose a pool or mirror are counted. */
+  readonly routes = new Map<string, RouteCounts>()
   readonly #ring: Array<RequestStory | undefined>
   readonly #byId = new Map<string, RequestStory>()
   #next = 0
@@ -186,6 +198,28 @@ export class Recorder {
     const stats = this.pool(pool)
     stats.stats.recordAborted(now)
     if (target !== null) stats.target(target).recordAborted(now)
+  }
+
+  /** A request of `route` sent to `pool`, chosen `by` match, split or the route itself. */
+  routed (route: string, pool: string, by: RoutedBy): void {
+    const counts = entry(this.#route(route).pools, pool, () => ({ route: 0, match: 0, split: 0 }))
+    counts[by]++
+  }
+
+  /** A copy of a request of `route` to its mirror `pool`, and what became of it. */
+  mirrored (route: string, pool: string, outcome: MirrorOutcome): void {
+    const counts = this.#route(route)
+    counts.mirror ??= { pool, answered: 0, failed: 0, skipped: 0 }
+    counts.mirror[outcome]++
+  }
+
+  #route (prefix: string): RouteCounts {
+    let counts = this.routes.get(prefix)
+    if (counts === undefined) {
+      counts = { pools: new Map(), mirror: null }
+      this.routes.set(prefix, counts)
+    }
+    return counts
   }
 
   /** A WebSocket handshake or tunnel of `pool`, on `target` (null: none was tried). */

@@ -36,10 +36,23 @@ export interface PoolReport extends Omit<PoolSnapshot, 'targets'> {
   targets: TargetReport[]
 }
 
+/** A route that chooses its pool (match, split) or mirrors: what it did since the gateway started. */
+export interface RouteReport {
+  prefix: string
+  /** Requests per pool, by how the pool was chosen. */
+  pools: Array<{ pool: string, match: number, split: number, route: number }>
+  /** routes[].split as configured, in percent per pool (the rest go to the route's pool). */
+  split: Record<string, number>
+  /** Copies to the mirror pool, by outcome; null without a mirror. */
+  mirror: { pool: string, percent: number, inFlight: number, answered: number, failed: number, skipped: number } | null
+}
+
 export interface StatusReport {
   at: string
   diagnosis: Finding[]
   pools: PoolReport[]
+  /** Routes that choose a pool or mirror; the others serve their one pool. */
+  routes: RouteReport[]
   /** The shared rate limit store (rateLimit.redis); null when there is none. */
   rateLimitStore: RateLimitStoreSnapshot | null
   /** The shared request story store (status.store); null when there is none. */
@@ -50,7 +63,7 @@ export interface StatusReport {
 const DIAGNOSIS_WINDOW = '5m'
 const DIAGNOSIS_MINUTES = 5
 
-export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null, storyStore: StoryStoreSnapshot | null = null): StatusReport {
+export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, config: Config, status: StatusConfig, now = Date.now(), rateLimitStore: RateLimitStoreSnapshot | null = null, storyStore: StoryStoreSnapshot | null = null, mirrorsInFlight: (prefix: string) => number = () => 0): StatusReport {
   const reports: PoolReport[] = []
   const inputs: PoolInput[] = []
   for (const pool of pools.values()) {
@@ -97,7 +110,31 @@ export function buildReport (pools: ReadonlyMap<string, UpstreamPool>, recorder:
       healthChecks: pool.config.health !== null
     })
   }
-  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore, storyStore), pools: reports, rateLimitStore, storyStore }
+  return { at: new Date(now).toISOString(), diagnosis: diagnose(inputs, status.diagnosis, rateLimitStore, storyStore), pools: reports, routes: routeReports(config, recorder, mirrorsInFlight), rateLimitStore, storyStore }
+}
+
+function routeReports (config: Config, recorder: Recorder, mirrorsInFlight: (prefix: string) => number): RouteReport[] {
+  const out: RouteReport[] = []
+  for (const route of config.routes) {
+    if (route.match.length === 0 && route.split.length === 0 && route.mirror === null) continue
+    const counts = recorder.routes.get(route.prefix)
+    let below = 0
+    const split: Record<string, number> = {}
+    for (const share of route.split) {
+      split[share.pool] = (share.upTo - below) / 100
+      below = share.upTo
+    }
+    const mirror = counts?.mirror ?? null
+    out.push({
+      prefix: route.prefix,
+      pools: [...(counts?.pools ?? [])].map(([pool, by]) => ({ pool, ...by })),
+      split,
+      mirror: route.mirror === null
+        ? null
+        : { pool: route.mirror.pool, percent: route.mirror.percent, inFlight: mirrorsInFlight(route.prefix), answered: mirror?.answered ?? 0, failed: mirror?.failed ?? 0, skipped: mirror?.skipped ?? 0 }
+    })
+  }
+  return out
 }
 
 function finite (n: number): number | null {
@@ -116,4 +153,22 @@ function headersTimeoutOf (config: Config, pool: string): number | false {
     if (shortest === false || route.timeouts.headers < shortest) shortest = route.timeouts.headers
   }
   return shortest
+}
+
+/**
+ * A route's counts in words, one line each, for the HTML page and the text answer alike:
+ * where its requests went and why, and what became of its mirror's copies.
+ */
+export function routeWords (route: RouteReport): string[] {
+  const total = route.pools.reduce((sum, p) => sum + p.match + p.split + p.route, 0)
+  const share = (n: number): string => total === 0 ? '0%' : `${Math.round((n / total) * 1000) / 10}%`
+  const lines = route.pools.map(({ pool, match, split, route: plain }) => {
+    const how = [match > 0 ? `${match} by match` : '', split > 0 ? `${split} by split` : '', plain > 0 ? `${plain} as the route's pool` : ''].filter((w) => w !== '').join(', ')
+    const asked = route.split[pool] !== undefined ? ` (split asks ${route.split[pool]}%)` : ''
+    return `${pool}: ${match + split + plain} requests, ${share(match + split + plain)} of ${total}${asked}${how !== '' ? `: ${how}` : ''}`
+  })
+  if (route.pools.length === 0 && (Object.keys(route.split).length > 0 || route.mirror === null)) lines.push('No requests routed yet.')
+  const m = route.mirror
+  if (m !== null) lines.push(`Mirror to ${m.pool} (${m.percent}% of requests): ${m.answered} copies answered, ${m.failed} failed, ${m.skipped} skipped (busy or body too large), ${m.inFlight} in flight`)
+  return lines
 }

@@ -20,7 +20,7 @@ import type { StoryStore } from './story-store.js'
 
 const REFRESH_SECONDS = 10
 
-export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, rateLimitStore: StoreHealth | null = null, storyStore: StoryStore | null = null): void {
+export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, rateLimitStore: StoreHealth | null = null, storyStore: StoryStore | null = null, mirrorsInFlight: (prefix: string) => number = () => 0): void {
   const { notFoundHandler } = createErrorHandlers(config, null)
   const errors = status.expose === null ? config.errors : { ...config.errors, expose: status.expose }
   const base = status.path === '/' ? '' : status.path.replace(/\/$/, '')
@@ -35,7 +35,7 @@ export function registerStatus (app: FastifyInstance, config: Config, status: St
 
   app.get(base === '' ? '/' : base, function statusPage (request, reply) {
     if (!allowed(request, reply)) return reply
-    const report = buildReport(pools, recorder, config, status, Date.now(), rateLimitStore?.snapshot() ?? null, storyStore?.snapshot() ?? null)
+    const report = buildReport(pools, recorder, config, status, Date.now(), rateLimitStore?.snapshot() ?? null, storyStore?.snapshot() ?? null, mirrorsInFlight)
     reply.header('cache-control', 'no-store')
     const format = formatOf(request)
     if (format === 'json') return reply.send(report)

@@ -3,7 +3,7 @@
 // HTML page; only the layout differs, and nothing needs escaping.
 import type { Finding } from './diagnosis.js'
 import type { RequestStory } from './recorder.js'
-import type { PoolReport, StatusReport, TargetReport, Windows } from './report.js'
+import { routeWords, type PoolReport, type StatusReport, type TargetReport, type Windows } from './report.js'
 import type { WindowStats } from './stats.js'
 import type { ProbeResult } from './probe.js'
 import type { RateLimitStoreSnapshot } from '../proxy/rate-limit-store.js'
@@ -13,6 +13,7 @@ export function statusText (report: StatusReport, base: string): string {
   lines.push(...diagnosisLines(report.diagnosis))
   lines.push(...storeLines(report.rateLimitStore))
   if (report.storyStore !== null) lines.push('', `Request story store (status.store): ${report.storyStore.state === 'ok' ? 'reachable' : 'UNREACHABLE: only this instance\'s requests are found'} since ${report.storyStore.since}`)
+  for (const route of report.routes) lines.push('', `Route ${route.prefix} (since start)`, ...routeWords(route).map((line) => `  ${line}`))
   for (const pool of report.pools) lines.push('', ...poolLines(pool, base))
   lines.push('')
   return lines.join('\n')

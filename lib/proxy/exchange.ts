@@ -73,6 +73,8 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   #upload: UploadWatch | null = null
   /** The context the try spans hang from; null when tracing is off. */
   readonly #traceParent: object | null
+  /** Told once the body is ready to send, after the first try went (routes[].mirror's copy). */
+  onBodyReady: ((body: PreparedBody) => void) | null = null
 
   constructor (
     request: FastifyRequest,
@@ -138,11 +140,14 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     if (ready !== null) {
       this.#body = ready
       this.tryNext()
+      this.onBodyReady?.(ready)
       return
     }
     prepareBody(sent, headers['content-length'], limit).then((body) => {
       this.#body = body
-      if (!this.settled) this.tryNext()
+      if (this.settled) return
+      this.tryNext()
+      this.onBodyReady?.(body)
     }, (err) => {
       if (this.settled) return
       if (err instanceof BodyTooLarge) {

@@ -6,6 +6,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from
 import type { IncomingMessage } from 'node:http'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { RouteRouter } from '../routing/router.js'
+import type { Mirror } from './mirror.js'
 import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
 import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
@@ -23,7 +24,7 @@ import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, mirror: Mirror | null, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
   /** The route's own pool: the one a request is answered for before routing chooses. */
   const pool = router.pool
   /** The route may send a request to another pool than its own (match, split). */
@@ -142,8 +143,11 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     const upstream = requestHeaders(request, reply)
     if (upstream === null) return
     const routed = router.choose(request)
-    // The record Fastify writes when the answer is sent names the pool that served it.
-    if (chooses) reply.log = reply.log.child({ pool: routed.pool.name })
+    if (chooses) {
+      // The record Fastify writes when the answer is sent names the pool that served it.
+      reply.log = reply.log.child({ pool: routed.pool.name })
+      recorder?.routed(route.prefix, routed.pool.name, routed.by)
+    }
     // A handshake on a websocket route opens a tunnel; anything else is plain HTTP.
     if (websockets !== null && route.websocket && isWebSocketHandshake(request)) {
       websockets.open(request, reply, path, upstream, routed, { route: routed.route, pool: routed.pool, config, answer, recorder })
@@ -158,6 +162,9 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     const exchange = new Exchange(request, reply, routed.route, routed.pool, events, relayRoute, tracing)
     exchange.routed = routed
     exchange.pinnedHost = upstream.host
+    if (mirror !== null && mirror.take(request)) {
+      exchange.onBodyReady = (body) => { mirror.send(request, path, upstream.headers, body) }
+    }
     exchange.start(path, upstream.headers as Record<string, string>, kept ?? request.body as IncomingMessage | undefined)
   }
 
