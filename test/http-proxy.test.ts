@@ -9,6 +9,7 @@ import WebSocket, { WebSocketServer } from 'ws'
 import upstream, { httpProxy, OptionsError, type HttpProxyOptions } from '../lib/index.js'
 import { fromHttpProxy, REFUSED } from '../lib/options/http-proxy.js'
 import { deadTarget, startUpstream } from './helpers/servers.js'
+import { waitFor } from './helpers/gateway.js'
 
 async function registrationError (options: unknown): Promise<Error> {
   const app = Fastify()
@@ -283,4 +284,26 @@ t.test('two registrations with body limits: Expect: 100-continue is decided once
   t.same(await post('/b/x', 500), { status: 413, continued: false }, 'over it: 413, no 100 Continue')
   t.same(await post('/a/x', 50), { status: 413, continued: false }, 'the first registration\'s limit holds for its route')
   t.equal(service.hits, 1, 'the upstream got the one request under its limit, once')
+})
+
+t.test('a later registration\'s mirror is counted on the first one\'s status page', async (t) => {
+  const main = await startUpstream('main')
+  const shadow = await startUpstream('shadow')
+  t.teardown(main.close)
+  t.teardown(shadow.close)
+  const app = Fastify()
+  t.teardown(async () => await app.close())
+  await app.register(httpProxy, { upstream: main.url, prefix: '/plain' })
+  await app.register(upstream, {
+    pools: { main: { targets: [main.url] }, shadow: { targets: [shadow.url] } },
+    routes: [{ prefix: '/copied', pool: 'main', mirror: { pool: 'shadow' } }]
+  })
+  t.equal((await app.inject('/copied/x')).statusCode, 200)
+  await waitFor(() => shadow.hits === 1, 5000, 'the copy')
+  type Report = { routes: Array<{ prefix: string, mirror?: { answered: number } }> }
+  const copied = async (): Promise<Report['routes'][number] | undefined> =>
+    ((await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })).json() as Report).routes.find((r) => r.prefix === '/copied')
+  // The copy's answer is counted when it ends, a moment after the mirror service saw it.
+  for (let i = 0; i < 250 && (await copied())?.mirror?.answered !== 1; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.match(await copied(), { mirror: { answered: 1 } }, 'the copy is counted where the first registration shows routes')
 })
