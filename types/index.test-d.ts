@@ -147,3 +147,28 @@ const badHook: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users'
 // @ts-expect-error a host constraint is a string or a RegExp
 const badConstraint: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'users', constraints: { host: 42 } }
 void [rewritten, rewriterWithoutHeaders, rewriterWithStringStatus, guarded, badHook, badConstraint]
+
+// Routing: match rules (strings or RegExps), split shares, a mirror, and sticky pools.
+const routing: UpstreamOptions = {
+  pools: {
+    stable: { targets: ['http://127.0.0.1:3001'], sticky: { cookie: 'srv', ttl: 3_600_000 } },
+    canary: { targets: ['http://127.0.0.1:3002'], sticky: {} },
+    shadow: { targets: ['http://127.0.0.1:3003'] }
+  },
+  routes: [{
+    prefix: '/app',
+    pool: 'stable',
+    match: [{ header: { 'x-canary': '1' }, pool: 'canary' }, { cookie: { tester: /^(ada|grace)$/ }, query: { v: '2' }, pool: 'canary' }],
+    split: { canary: 5 },
+    mirror: { pool: 'shadow', percent: 10, maxInFlight: 50, bodyLimit: 65536 }
+  }]
+}
+// @ts-expect-error a match rule names its pool
+const ruleWithoutPool: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'stable', match: [{ header: { a: '1' } }] }
+// @ts-expect-error a match value is a string or a RegExp
+const numericMatch: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'stable', match: [{ query: { v: 2 }, pool: 'canary' }] }
+// @ts-expect-error a split share is a number of percent
+const stringShare: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'stable', split: { canary: '5%' } }
+// @ts-expect-error a mirror names its pool
+const mirrorWithoutPool: UpstreamOptions['routes'][number] = { prefix: '/x', pool: 'stable', mirror: { percent: 5 } }
+void [routing, ruleWithoutPool, numericMatch, stringShare, mirrorWithoutPool]

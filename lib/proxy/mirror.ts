@@ -3,6 +3,7 @@
 // body is in hand, carries `x-mirrored-by: <proxyName>` so its service can skip side effects,
 // and its answer is read and thrown away. The client's exchange never waits for it and never
 // hears of it: a copy that fails is counted and logged at debug, nothing more.
+import { setMaxListeners } from 'node:events'
 import type { FastifyRequest } from 'fastify'
 import type { MirrorConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
@@ -25,7 +26,10 @@ export class Mirror {
     readonly pool: UpstreamPool,
     private readonly proxyName: string,
     private readonly counted: (outcome: MirrorOutcome) => void
-  ) {}
+  ) {
+    // Each copy in flight listens on the one signal: at most maxInFlight of them, by design.
+    setMaxListeners(config.maxInFlight + 1, this.#closing.signal)
+  }
 
   get inFlight (): number {
     return this.#inFlight
