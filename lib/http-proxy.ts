@@ -1,7 +1,7 @@
 // `httpProxy`: @fastify/http-proxy's options, registered as the gateway's one pool and one
 // route, so an app moves by changing its import. Registered several times (one prefix each, as
-// http-proxy users do), the registrations share app.upstream, the status page and the metrics
-// (registrations.ts).
+// http-proxy users do), the registrations share app.upstream and the status page, and join the
+// metrics of a fastify-upstream registration made before them (registrations.ts).
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { fromHttpProxy, type HttpProxyOptions } from './options/http-proxy.js'

@@ -9,6 +9,8 @@ import { OptionsError } from './options/check.js'
 import type { UpstreamPool } from './pool/pool.js'
 import type { Recorder } from './observe/recorder.js'
 import type { WebSockets } from './proxy/websocket.js'
+import type { Metrics } from './observe/metrics.js'
+import type { Mirror } from './proxy/mirror.js'
 
 export interface Registrations {
   /** Every registration's pools, by name: what `app.upstream`, the status page and metrics read. */
@@ -19,6 +21,12 @@ export interface Registrations {
   recorder: Recorder | null
   /** The one 'upgrade' listener, made by the first registration with a websocket route. */
   websockets: WebSockets | null
+  /** The first registration's metrics (null: it has none). */
+  metrics: Metrics | null
+  /** Whether the metrics count routes that choose their pool (once, whichever registration has one). */
+  watchingRoutes: boolean
+  /** Every registration's mirroring routes, by prefix (copies in flight, on the status page). */
+  readonly mirrors: Map<string, Mirror>
 }
 
 // Keyed by the HTTP server: registrations in different encapsulated contexts share it.
@@ -30,7 +38,7 @@ export function earlierRegistrations (app: FastifyInstance): Registrations | nul
 }
 
 export function firstRegistration (app: FastifyInstance): Registrations {
-  const registrations: Registrations = { pools: new Map(), routes: [], recorder: null, websockets: null }
+  const registrations: Registrations = { pools: new Map(), routes: [], recorder: null, websockets: null, metrics: null, watchingRoutes: false, mirrors: new Map() }
   byServer.set(app.server, registrations)
   // Its pools are closed with the app: nothing may join them after.
   app.addHook('onClose', async function forgetRegistrations () { byServer.delete(app.server) })

@@ -10,6 +10,7 @@ import fastifyHttpProxy from '@fastify/http-proxy'
 import { Agent, request, type Dispatcher } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
+import { opensslMissing, selfSignedCert, startHttpsUpstream } from './helpers/servers.js'
 
 /**
  * Every difference between the two, on purpose. Everything not named here must be equal.
@@ -24,9 +25,13 @@ import { httpProxy, type HttpProxyOptions } from '../lib/index.js'
  *   client used (nginx's proxy_redirect default); @fastify/http-proxy passes it as sent.
  * - Failures the gateway answers itself (upstream down): its status (502) and problem body,
  *   where @fastify/http-proxy answers 500 with reply-from's error.
+ * - An https upstream with a self-signed certificate: @fastify/reply-from does not verify it
+ *   (200); the gateway does (502 tls_certificate_error).
  * - An upstream 503 to a GET: @fastify/reply-from tries it 10 more times (its maxRetriesOn503)
  *   and the client waits for all of them; the gateway passes the 503 on at once (retrying it
  *   is the main plugin's retry.statuses).
+ * - A body sent with GET: @fastify/http-proxy drops it (and its Content-Length); the gateway
+ *   forwards it as sent, as it does any body of any method.
  * - With a preValidation hook, @fastify/http-proxy parses request bodies with the app's parsers
  *   (so a form body is refused 415, JSON is re-serialized); the gateway streams every body as sent.
  * - A path or method no route serves: the gateway's 404 in its own format (it sets the app's
@@ -177,6 +182,14 @@ t.test('methods with and without bodies, HEAD and custom headers reach the upstr
   await same(t, p, '/api/items/7', { method: 'PUT', body: 'plain text body', headers: { 'content-type': 'text/plain' } })
   await same(t, p, '/api/items/7', { method: 'PATCH', body: 'a=1&b=2', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   await same(t, p, '/api/items/7', { method: 'DELETE' })
+  await same(t, p, '/api/items/7', { method: 'DELETE', body: '{"reason":"gone"}', headers: { 'content-type': 'application/json' } })
+  // Intended: a body sent with GET.
+  const getWithBody = { method: 'GET', body: 'a body on a GET', headers: { 'content-type': 'text/plain' } } as const
+  await send(p.a.url, '/api/items', getWithBody)
+  await send(p.b.url, '/api/items', getWithBody)
+  t.equal(p.a.upstream.received.at(-1)?.body, '', '@fastify/http-proxy drops the body of a GET')
+  t.equal(p.b.upstream.received.at(-1)?.body, 'a body on a GET', 'httpProxy forwards it as sent')
+  await same(t, p, '/api/items', { method: 'POST', body: Buffer.from([0, 1, 2, 255]), headers: { 'content-type': 'application/octet-stream' } })
   await same(t, p, '/api/items', { method: 'OPTIONS' })
   await same(t, p, '/api', { headers: { 'x-custom': 'one', 'x-tenant': 'acme', authorization: 'Bearer t0ken', cookie: 'session=abc' } })
 })
@@ -268,6 +281,20 @@ t.test('header rewriters, a preHandler, preValidation, config and constraints wo
     t.equal(b.status, 404, 'a 404 from both')
     t.equal(JSON.parse(b.body).error, 'http_request_error', 'the gateway\'s in its own format')
   }
+})
+
+t.test('a self-signed upstream: served by @fastify/http-proxy, refused by httpProxy (intended)', { skip: opensslMissing ?? false }, async (t) => {
+  const upstream = await startHttpsUpstream((await selfSignedCert())!, (_req, res) => res.end('from a self-signed upstream'))
+  t.teardown(upstream.close)
+  const a = Fastify()
+  await a.register(fastifyHttpProxy, { upstream: upstream.url })
+  const b = Fastify()
+  await b.register(httpProxy, { upstream: upstream.url })
+  const ra = await send(await listen(t, a), '/', { headers: { accept: 'application/json' } })
+  const rb = await send(await listen(t, b), '/', { headers: { accept: 'application/json' } })
+  t.equal(ra.status, 200, '@fastify/http-proxy does not verify the certificate')
+  t.equal(rb.status, 502, 'httpProxy does')
+  t.equal(JSON.parse(rb.body).error, 'tls_certificate_error')
 })
 
 t.test('a WebSocket echo works alike through both', async (t) => {

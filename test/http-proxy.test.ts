@@ -8,7 +8,8 @@ import type { AddressInfo } from 'node:net'
 import WebSocket, { WebSocketServer } from 'ws'
 import upstream, { httpProxy, OptionsError, type HttpProxyOptions } from '../lib/index.js'
 import { fromHttpProxy, REFUSED } from '../lib/options/http-proxy.js'
-import { startUpstream } from './helpers/servers.js'
+import { deadTarget, startUpstream } from './helpers/servers.js'
+import { waitFor } from './helpers/gateway.js'
 
 async function registrationError (options: unknown): Promise<Error> {
   const app = Fastify()
@@ -143,17 +144,25 @@ t.test('registered once per prefix, the registrations share app.upstream, the st
   await app.register(upstream, { pools: { more: { targets: [users.url] } }, routes: [{ prefix: '/more', pool: 'more', rewritePrefix: '/more' }] })
   await app.register(httpProxy, { upstream: users.url, prefix: '/users' })
   await app.register(httpProxy, { upstream: `${auth.url}/signon`, prefix: '/auth' })
+  await app.register(httpProxy, { upstream: await deadTarget(t), prefix: '/down' })
 
   for (const [path, name, url] of [['/users/7', 'users', '/7'], ['/auth/user?x=1', 'auth', '/signon/user?x=1'], ['/more/x', 'users', '/more/x']]) {
     const res = await app.inject(path!)
     t.equal(res.statusCode, 200, path)
     t.match(res.json(), { name, url }, `${path!} reaches ${url!}`)
   }
-  t.same(app.upstream.pools().map((p) => p.name), ['more', '/users', '/auth'], 'app.upstream knows every registration\'s pools')
+  t.same(app.upstream.pools().map((p) => p.name), ['more', '/users', '/auth', '/down'], 'app.upstream knows every registration\'s pools')
   const status = await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })
-  t.same(status.json().pools.map((p: { name: string }) => p.name), ['more', '/users', '/auth'], 'one status page lists them all')
+  t.same(status.json().pools.map((p: { name: string }) => p.name), ['more', '/users', '/auth', '/down'], 'one status page lists them all')
   const metrics = await app.inject('/metrics')
   for (const pool of ['more', '/users', '/auth']) t.match(metrics.body, `fastify_upstream_requests_total{pool="${pool}"`, `metrics count ${pool}`)
+
+  // A later registration's failure is told on the first one's status page.
+  const failed = await app.inject({ url: '/down/x', headers: { accept: 'application/json' } })
+  t.equal(failed.statusCode, 502)
+  const story = await app.inject({ url: `/_upstream/requests/${failed.json().requestId as string}`, headers: { accept: 'application/json' } })
+  t.equal(story.statusCode, 200, 'its story is found by its request id')
+  t.match(story.json(), { pool: '/down', route: '/down', answer: { status: 502, error: 'connection_refused' } })
 })
 
 t.test('a later registration may not reuse a pool name', async (t) => {
@@ -275,4 +284,26 @@ t.test('two registrations with body limits: Expect: 100-continue is decided once
   t.same(await post('/b/x', 500), { status: 413, continued: false }, 'over it: 413, no 100 Continue')
   t.same(await post('/a/x', 50), { status: 413, continued: false }, 'the first registration\'s limit holds for its route')
   t.equal(service.hits, 1, 'the upstream got the one request under its limit, once')
+})
+
+t.test('a later registration\'s mirror is counted on the first one\'s status page', async (t) => {
+  const main = await startUpstream('main')
+  const shadow = await startUpstream('shadow')
+  t.teardown(main.close)
+  t.teardown(shadow.close)
+  const app = Fastify()
+  t.teardown(async () => await app.close())
+  await app.register(httpProxy, { upstream: main.url, prefix: '/plain' })
+  await app.register(upstream, {
+    pools: { main: { targets: [main.url] }, shadow: { targets: [shadow.url] } },
+    routes: [{ prefix: '/copied', pool: 'main', mirror: { pool: 'shadow' } }]
+  })
+  t.equal((await app.inject('/copied/x')).statusCode, 200)
+  await waitFor(() => shadow.hits === 1, 5000, 'the copy')
+  type Report = { routes: Array<{ prefix: string, mirror?: { answered: number } }> }
+  const copied = async (): Promise<Report['routes'][number] | undefined> =>
+    ((await app.inject({ url: '/_upstream', headers: { accept: 'application/json' } })).json() as Report).routes.find((r) => r.prefix === '/copied')
+  // The copy's answer is counted when it ends, a moment after the mirror service saw it.
+  for (let i = 0; i < 250 && (await copied())?.mirror?.answered !== 1; i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.match(await copied(), { mirror: { answered: 1 } }, 'the copy is counted where the first registration shows routes')
 })
