@@ -3,7 +3,7 @@ import http2 from 'node:http2'
 import * as grpc from '@grpc/grpc-js'
 import type { FastifyServerOptions } from 'fastify'
 import type { AddressInfo } from 'node:net'
-import { startGateway, type Gateway } from './helpers/gateway.js'
+import { startGateway, waitFor, type Gateway } from './helpers/gateway.js'
 import { deadTarget } from './helpers/servers.js'
 import { startH2Upstream } from './helpers/h2.js'
 import type { UpstreamOptions } from '../lib/index.js'
@@ -247,4 +247,34 @@ t.test('a gRPC call to an http1 pool: UNIMPLEMENTED, naming the option', async (
   const { err } = await unary(client, 'ping')
   t.equal(err?.code, grpc.status.UNIMPLEMENTED)
   t.match(err?.details, /set protocol: 'h2c'/)
+})
+
+t.test('health.grpc: grpc.health.v1.Health/Check; SERVING is healthy, anything else is not, with the status in the reason', async (t) => {
+  let serving = 1
+  let asked = ''
+  const server = new grpc.Server()
+  const raw = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b }
+  server.addService({
+    check: { path: '/grpc.health.v1.Health/Check', requestStream: false, responseStream: false, requestSerialize: raw.serialize, requestDeserialize: raw.deserialize, responseSerialize: raw.serialize, responseDeserialize: raw.deserialize }
+  }, {
+    check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      // HealthCheckRequest { service = 1 }: tag, length, name.
+      asked = call.request.subarray(2).toString()
+      callback(null, Buffer.from([0x08, serving]))
+    }
+  })
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => { if (err !== null) reject(err); else resolve(p) })
+  })
+  t.teardown(() => server.forceShutdown())
+  const gw = await startGateway(t, {
+    pools: { rpc: { targets: [`http://127.0.0.1:${port}`], protocol: 'h2c', health: { grpc: { service: 'test.Echo' }, interval: 50, healthyAfter: 1, unhealthyAfter: 1 } } },
+    routes: [{ prefix: '/test.Echo', pool: 'rpc', grpc: true }]
+  })
+  const target = (): ReturnType<Gateway['app']['upstream']['pool']>['targets'] extends () => Array<infer T> ? T : never => gw.app.upstream.pool('rpc').targets()[0]!
+  await waitFor(() => target().health === 'healthy', 5000, 'a SERVING answer')
+  t.equal(asked, 'test.Echo', 'the check names the service')
+  serving = 2
+  await waitFor(() => target().health === 'unhealthy', 5000, 'a NOT_SERVING answer')
+  t.match(target().why, /NOT_SERVING, expected SERVING/)
 })

@@ -17,7 +17,8 @@ export type { ProbeResult }
 export async function probe (pool: UpstreamPool, url: string): Promise<ProbeResult> {
   const target = pool.find(url)
   const { timeouts, tls, health } = pool.config
-  const address = new URL(health?.path ?? '/', target.origin)
+  // A gRPC health check's path is a method a GET cannot call: the probe asks for / then.
+  const address = new URL(health !== null && health.grpc === null ? health.path : '/', target.origin)
   const at = new Date().toISOString()
   // The probe carries the pool's credentials, as requests do; without them it tells nothing.
   let auth: Record<string, string> = {}

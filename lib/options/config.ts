@@ -39,6 +39,8 @@ export type BalancerConfig =
 
 export interface HealthConfig {
   path: string
+  /** Checks by grpc.health.v1.Health/Check (then `path` is its method's path); null for GET. */
+  grpc: { service: string } | null
   interval: number
   timeout: number
   expect: { status: (status: number) => boolean, statusText: string, body: string | RegExp | null }

@@ -149,8 +149,14 @@ export interface StoryStoreInput {
 
 /** Active health checks: a target failing them is taken out of rotation before requests reach it. */
 export interface HealthInput {
-  /** The path checked with a GET on each target; setting it turns checks on. */
-  path: string
+  /** The path checked with a GET on each target; setting it (or `grpc`) turns checks on. */
+  path?: string
+  /**
+   * Check with gRPC's `grpc.health.v1.Health/Check` instead of a GET (pools with `protocol`
+   * 'h2' or 'h2c'): `SERVING` is healthy, anything else is not. `service` [''] is the service
+   * asked about ('' is the server as a whole).
+   */
+  grpc?: { service?: string }
   /** Time between two checks of a target, in ms, ±10% so gateways do not probe in step. [5000] */
   interval?: number
   /** How long one check may take, in ms. [2000, or interval if shorter] */

@@ -3,6 +3,7 @@
 import type { HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition, UpstreamProtocol, PoolInput, RouteInput, TimeoutsInput, RetryInput } from './types.js'
+import { HEALTH_CHECK_PATH } from '../pool/grpc-health.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
   HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig,
@@ -111,7 +112,7 @@ function validatePool (name: string, input: unknown): PoolConfig {
       maxPending: integer(join(join(path, 'limits'), 'maxPending'), limits.maxPending, Infinity, 0),
       queueTimeout: duration(join(join(path, 'limits'), 'queueTimeout'), limits.queueTimeout, 1000)
     },
-    health: pool.health === undefined ? null : validateHealth(join(path, 'health'), pool.health),
+    health: pool.health === undefined ? null : validateHealth(join(path, 'health'), pool.health, oneOf(join(path, 'protocol'), pool.protocol, ['http1', 'h2', 'h2c'] as const, 'http1')),
     outlier: validateOutlier(join(path, 'outlier'), pool.outlier),
     slowStart: duration(join(path, 'slowStart'), pool.slowStart, 0, 0),
     retry: validateRetry(join(path, 'retry'), pool.retry, null),
@@ -232,9 +233,13 @@ function validateTimeouts (path: string, input: unknown, base: Timeouts): Timeou
   }
 }
 
-function validateHealth (path: string, input: unknown): HealthConfig {
-  const h = object(path, input, ['path', 'interval', 'timeout', 'expect', 'healthyAfter', 'unhealthyAfter'])
-  const healthPath = string(join(path, 'path'), h.path)
+function validateHealth (path: string, input: unknown, protocol: UpstreamProtocol): HealthConfig {
+  const h = object(path, input, ['path', 'grpc', 'interval', 'timeout', 'expect', 'healthyAfter', 'unhealthyAfter'])
+  const grpc = h.grpc === undefined ? null : optionalObject(join(path, 'grpc'), h.grpc, ['service'])
+  if (grpc !== null && protocol === 'http1') throw new OptionsError(join(path, 'grpc'), 'gRPC health checks need HTTP/2 to the targets: set protocol: \'h2c\' (or \'h2\') on the pool')
+  if (grpc !== null && h.path !== undefined) throw new OptionsError(join(path, 'path'), 'give health.path or health.grpc, not both')
+  const service = grpc === null ? null : grpc.service === undefined || grpc.service === '' ? '' : string(join(join(path, 'grpc'), 'service'), grpc.service)
+  const healthPath = grpc !== null ? HEALTH_CHECK_PATH : string(join(path, 'path'), h.path)
   if (!healthPath.startsWith('/')) fail(join(path, 'path'), 'a path starting with "/"', healthPath)
   const expect = optionalObject(join(path, 'expect'), h.expect, ['status', 'body'])
   const body = expect.body
@@ -244,6 +249,7 @@ function validateHealth (path: string, input: unknown): HealthConfig {
   const interval = duration(join(path, 'interval'), h.interval, 5000)
   return {
     path: healthPath,
+    grpc: service === null ? null : { service },
     interval,
     timeout: duration(join(path, 'timeout'), h.timeout, Math.min(2000, interval)),
     expect: { ...statusExpectation(join(join(path, 'expect'), 'status'), expect.status), body: body ?? null },

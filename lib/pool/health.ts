@@ -9,6 +9,9 @@ import { classify, GATEWAY_CODES } from '../errors/classify.js'
 import { makeFailure } from '../errors/failure.js'
 import type { Credentials } from './credentials.js'
 import type { Transitions } from './transitions.js'
+import type { Dispatcher } from 'undici'
+import { healthCheckRequest, servingStatus, SERVING_STATUS } from './grpc-health.js'
+import { GRPC_NAMES } from '../errors/grpc.js'
 
 /** How much of a body `expect.body` looks at. */
 const BODY_LIMIT = 64 * 1024
@@ -135,16 +138,19 @@ export class HealthChecker {
     const done = (result: Omit<CheckResult, 'ms' | 'at'>): CheckResult => ({ ...result, ms: Math.round(performance.now() - started), at: Date.now() })
     let answered = false
     try {
+      const grpc = health.grpc
       const res = await target.client(timeouts.connect === false ? health.timeout : Math.min(timeouts.connect, health.timeout)).request({
         origin: target.origin,
         path: health.path,
-        method: 'GET',
-        headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream health check' }, auth),
+        method: grpc === null ? 'GET' : 'POST',
+        headers: Object.assign({ host: target.hostHeader, 'user-agent': 'fastify-upstream health check' }, grpc === null ? {} : { 'content-type': 'application/grpc', te: 'trailers' }, auth),
+        ...(grpc === null ? {} : { body: healthCheckRequest(grpc.service) }),
         signal: controller.signal,
         headersTimeout: health.timeout,
         bodyTimeout: health.timeout
       })
       answered = true
+      if (grpc !== null) return done(await grpcVerdict(res))
       const body = health.expect.body === null ? (await res.body.dump(), '') : await readLimited(res.body)
       if (!health.expect.status(res.statusCode)) {
         return done({ ok: false, status: res.statusCode, error: null, cause: null, reason: `status ${res.statusCode}, expected ${health.expect.statusText}` })
@@ -167,6 +173,27 @@ export class HealthChecker {
       this.#inFlight.delete(controller)
     }
   }
+}
+
+/** A Health/Check answer: SERVING is healthy; anything else, a gRPC error included, is not. */
+async function grpcVerdict (res: Dispatcher.ResponseData): Promise<Omit<CheckResult, 'ms' | 'at'>> {
+  const body = Buffer.from(await res.body.arrayBuffer())
+  const status = res.statusCode
+  // A trailers-only answer carries its grpc-status in the headers.
+  const grpcStatus = Number(res.trailers['grpc-status'] ?? res.headers['grpc-status'] ?? NaN)
+  if (status !== 200 || grpcStatus !== 0) {
+    const message = res.trailers['grpc-message'] ?? res.headers['grpc-message']
+    const words = Number.isNaN(grpcStatus)
+      ? `status ${status} without a gRPC status: not a gRPC health service`
+      : `grpc-status ${grpcStatus} ${GRPC_NAMES[grpcStatus] ?? ''}${typeof message === 'string' && message !== '' ? `: ${decodeURIComponent(message)}` : ''}`
+    return { ok: false, status, error: null, cause: null, reason: words }
+  }
+  const serving = servingStatus(body)
+  if (serving === null) return { ok: false, status, error: null, cause: null, reason: 'the answer is not a HealthCheckResponse' }
+  const name = SERVING_STATUS[serving] ?? String(serving)
+  return serving === 1
+    ? { ok: true, status, error: null, cause: null, reason: name }
+    : { ok: false, status, error: null, cause: null, reason: `${name}, expected SERVING` }
 }
 
 async function readLimited (body: AsyncIterable<Buffer> & { destroy: () => void }): Promise<string> {

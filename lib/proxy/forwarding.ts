@@ -50,7 +50,7 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
   const claimed = headers.forwarded
   headers.forwarded = claimed !== undefined && trustsPeer(request) ? appendList(claimed, element) : element
   // The protocol this hop received (RFC 9110 §7.6.3): `2` from an HTTP/2 client.
-  headers.via = appendList(headers.via, `${request.raw.httpVersionMajor >= 2 ? '2' : '1.1'} ${settings.via}`)
+  headers.via = appendList(headers.via, `${receivedVersion(request)} ${settings.via}`)
   headers[settings.requestIdHeader] = request.id
   // TE is hop-by-hop; a gRPC call's `TE: trailers` is made again on this hop, as gRPC asks
   // every hop to send it (and servers may insist): the gateway relays the trailers.
@@ -61,6 +61,13 @@ export function forwardRequestHeaders (request: FastifyRequest, incoming: Incomi
 /** A gRPC call: `application/grpc`, or `application/grpc+proto` and the like. */
 export function isGrpc (contentType: string | undefined): boolean {
   return contentType !== undefined && /^application\/grpc(?:\+[^;\s]*)?\s*(?:;|$)/i.test(contentType)
+}
+
+/** The protocol version this hop received, as `Via` writes it: `2` or `1.1`. */
+function receivedVersion (request: FastifyRequest): string {
+  // Read loosely: a request stand-in without a raw message (unit tests) is HTTP/1.1.
+  const raw = request.raw as FastifyRequest['raw'] | undefined
+  return raw !== undefined && raw.httpVersionMajor >= 2 ? '2' : '1.1'
 }
 
 /** Does a TE field list `trailers` (RFC 9110 §10.1.4)? */
