@@ -31,6 +31,7 @@ import {
   startWatchdog, stopChildren, writeResults
 } from './harness.js'
 import { DOORS, FLOOR, PREFIX, chosenDoors, startDoor, type Door } from './doors.js'
+import { KINDS, annotate, type Kind } from './callgrind.js'
 
 const run = promisify(execFile)
 const DEFAULT_VARIANTS: Door[] = ['node-floor', 'fastify-floor', 'http-proxy', 'defaults', 'everything']
@@ -41,12 +42,19 @@ export interface InstructionsReport {
   commit: string
   node: string
   settings: { warmup: number, requests: number, connections: number, runs: number }
-  /** Instructions per response, the median of the runs. */
+  /**
+   * Instructions per response without V8's optimising compiler (see bench/callgrind.ts), the
+   * median of the runs: the figure every ratio and bench:check use.
+   */
   perResponse: Partial<Record<Door, number>>
   /** Every run's figure. */
   runs: Partial<Record<Door, number[]>>
   /** perResponse over fastify-floor's, when it ran. */
   vsFloor: Partial<Record<Door, number>>
+  /** All instructions per response, the compiler's included, every run. */
+  totals: Partial<Record<Door, number[]>>
+  /** Instructions per response by kind, the last run. */
+  kinds: Partial<Record<Door, Record<Kind, number>>>
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +99,9 @@ async function dumpedInstructions (dir: string, pid: number): Promise<{ ir: numb
   throw new Error(`no callgrind dump for pid ${pid} in ${dir}`)
 }
 
-async function measureVariant (variant: Door, upstreamPorts: number[], warmup: number, requests: number, connections: number, dir: string): Promise<number> {
+interface Counted { steady: number, total: number, kinds: Record<Kind, number> }
+
+async function measureVariant (variant: Door, upstreamPorts: number[], warmup: number, requests: number, connections: number, dir: string): Promise<Counted> {
   // Instrumentation starts off: start-up and warm-up run several times faster uninstrumented.
   const valgrind = ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dir, 'callgrind.%p')}`, '--dump-line=no', '--compress-strings=no', '--compress-pos=no']
   const { child, ports } = await startChild(import.meta.url, variant, { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }, {
@@ -110,15 +120,18 @@ async function measureVariant (variant: Door, upstreamPorts: number[], warmup: n
     await load(pool, requests, connections)
     await run('callgrind_control', ['-d', String(child.pid)])
     const done = Date.now()
-    const { ir, file } = await dumpedInstructions(dir, child.pid!)
+    const { file } = await dumpedInstructions(dir, child.pid!)
+    const { total, byKind } = await annotate(file)
     const keep = process.env.BENCH_KEEP
     if (keep !== undefined && keep !== '') {
       await mkdir(keep, { recursive: true })
       await copyFile(file, join(keep, `callgrind.${variant}.${child.pid!}`))
     }
-    console.log(`  ${variant.padEnd(13)} ${Math.round(ir / requests).toLocaleString('en')} Ir/response ` +
+    const kinds = Object.fromEntries(KINDS.map((kind) => [kind, byKind[kind] / requests])) as Record<Kind, number>
+    const steady = (total - byKind.compiler) / requests
+    console.log(`  ${variant.padEnd(13)} ${Math.round(steady).toLocaleString('en')} Ir/response without the compiler, ${Math.round(total / requests).toLocaleString('en')} with it ` +
       `(warm-up ${Math.round((counted - started) / 1000)} s, counted ${Math.round((done - counted) / 1000)} s under valgrind)`)
-    return ir / requests
+    return { steady, total: total / requests, kinds }
   } finally {
     await pool.close()
     await stopChildren()
@@ -139,6 +152,8 @@ async function main (): Promise<void> {
 
   console.log(`bench: at ${commit}, ${runs} run(s) of ${warmup} warm-up then ${requests} counted requests per variant, ${connections} connections, node ${process.version}`)
   const measured: Partial<Record<Door, number[]>> = {}
+  const totals: Partial<Record<Door, number[]>> = {}
+  const kinds: Partial<Record<Door, Record<Kind, number>>> = {}
   try {
     // Run by run, every variant in turn: a drift of the machine over the run then touches all alike.
     for (let i = 1; i <= runs; i++) {
@@ -146,7 +161,10 @@ async function main (): Promise<void> {
       for (const variant of chosen) {
         // The upstreams restart with each variant: stopChildren ends every child.
         const { ports } = await startChild(import.meta.url, 'upstreams')
-        ;(measured[variant] ??= []).push(await measureVariant(variant, ports, warmup, requests, connections, dir))
+        const counted = await measureVariant(variant, ports, warmup, requests, connections, dir)
+        ;(measured[variant] ??= []).push(counted.steady)
+        ;(totals[variant] ??= []).push(counted.total)
+        kinds[variant] = counted.kinds
       }
     }
   } finally {
@@ -156,13 +174,14 @@ async function main (): Promise<void> {
   const perResponse = Object.fromEntries(chosen.map((variant) => [variant, median(measured[variant]!)])) as Partial<Record<Door, number>>
   const ratio = (variant: Door, base: Door): number | undefined => perResponse[base] === undefined ? undefined : perResponse[variant]! / perResponse[base]
   const cell = (value: number | undefined): string => value === undefined ? '-' : value.toFixed(3)
-  console.log(`\n${runs > 1 ? `Median of ${runs} runs. ` : ''}Ratios to the floors measured in this run:\n` + formatTable([
-    ['variant', 'Ir/response', `vs ${FLOOR}`, 'vs node-floor', 'vs http-proxy'],
-    ...chosen.map((variant) => [variant, Math.round(perResponse[variant]!).toLocaleString('en'), cell(ratio(variant, FLOOR)), cell(ratio(variant, 'node-floor')), cell(ratio(variant, 'http-proxy'))])
+  console.log(`\n${runs > 1 ? `Median of ${runs} runs. ` : ''}Instructions per response without V8's compiler; ratios to the floors measured in this run:\n` + formatTable([
+    ['variant', 'Ir/response', `vs ${FLOOR}`, 'vs node-floor', 'vs http-proxy', 'with compiler'],
+    ...chosen.map((variant) => [variant, Math.round(perResponse[variant]!).toLocaleString('en'), cell(ratio(variant, FLOOR)), cell(ratio(variant, 'node-floor')), cell(ratio(variant, 'http-proxy')),
+      Math.round(median(totals[variant]!)).toLocaleString('en')])
   ]))
   const vsFloor = Object.fromEntries(chosen.flatMap((variant) => { const r = ratio(variant, FLOOR); return r === undefined ? [] : [[variant, r]] }))
   const date = new Date().toISOString()
-  const report: InstructionsReport = { date, commit, node: process.version, settings: { warmup, requests, connections, runs }, perResponse, runs: measured, vsFloor }
+  const report: InstructionsReport = { date, commit, node: process.version, settings: { warmup, requests, connections, runs }, perResponse, runs: measured, vsFloor, totals, kinds }
   console.log(`\nwrote ${await writeResults(`instructions-${commit}-${date.slice(0, 19).replace(/:/g, '-')}Z.json`, report)}`)
 }
 
