@@ -100,7 +100,10 @@ export async function startDoor (door: Door, upstreamPorts: number[], options: D
   }
 
   const { default: Fastify } = await import('fastify')
-  const app = Fastify({ logger: false })
+  // No logger by default: Fastify's child logger per request would be in every Fastify door's
+  // figures alike. BENCH_LOG_LEVEL=warn shows why a door answered an error.
+  const level = process.env.BENCH_LOG_LEVEL
+  const app = Fastify({ logger: level === undefined || level === '' ? false : { level } })
   if (door === 'fastify-floor') {
     const { Pool } = await import('undici')
     const pool = new Pool(origins[0]!)

@@ -80,8 +80,8 @@ async function load (pool: Pool, count: number, connections: number): Promise<vo
     while (left > 0) {
       left--
       const { statusCode, body } = await pool.request({ path: `${PREFIX}/hello`, method: 'GET' })
-      await body.text()
-      if (statusCode !== 200) throw new Error(`GET ${PREFIX}/hello answered ${statusCode}`)
+      const text = await body.text()
+      if (statusCode !== 200) throw new Error(`GET ${PREFIX}/hello answered ${statusCode}: ${text.slice(0, 500)}`)
     }
   }
   await Promise.all(Array.from({ length: connections }, worker))
