@@ -8,11 +8,15 @@
 // Why the compiler is its own kind: even after the warm-up, V8 goes on compiling (and
 // recompiling after a deoptimisation) in the counted window, and how much falls there varies
 // from run to run. It is a start-up cost, not a per-response one: `steady` leaves it out.
-// JIT-compiled functions have no symbols under valgrind (V8 does not tell it their names); for
-// which JavaScript functions cost what, use bench:profile (node --cpu-prof).
+// JIT-compiled functions have no symbols under valgrind: with `BENCH_KEEP`, bench:instructions
+// starts node with --perf-basic-prof and keeps the map V8 writes (`perf-<pid>.map`, the address
+// range and name of every piece of code it makes) beside the dump, and each JIT address is named
+// through it, so instructions count per JavaScript function and per package (fastify-upstream,
+// fastify, undici, node) without the noise of a sampling profiler.
 import { execFile } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
 import { promisify } from 'node:util'
-import { basename } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { formatTable, isEntry } from './harness.js'
 
 const run = promisify(execFile)
@@ -35,12 +39,61 @@ export function kindOf (fn: string): Kind {
 export interface Annotated {
   total: number
   byKind: Record<Kind, number>
-  /** The functions outside JIT code and the compiler, most expensive first: [name, Ir]. */
+  /** JavaScript's (and builtins named through the map) instructions per package. */
+  byPackage: Map<string, number>
+  /** The functions outside the compiler, most expensive first: [name, Ir]. */
   functions: Array<[string, number]>
 }
 
-/** Runs callgrind_annotate on `file` and sums its self costs per kind. */
+/** A perf map's code ranges, sorted by start: [start, end, name]. */
+type CodeMap = Array<[number, number, string]>
+
+function readCodeMap (file: string): CodeMap {
+  return readFileSync(file, 'utf8').split('\n').flatMap((line) => {
+    const match = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line)
+    if (match === null) return []
+    const start = parseInt(match[1]!, 16)
+    return [[start, start + parseInt(match[2]!, 16), match[3]!] as [number, number, string]]
+  }).sort((a, b) => a[0] - b[0])
+}
+
+/** The name of the code at `address`: the last range starting at or before it that holds it. */
+function nameAt (map: CodeMap, address: number): string | null {
+  let low = 0
+  let high = map.length - 1
+  let found = -1
+  while (low <= high) {
+    const middle = (low + high) >> 1
+    if (map[middle]![0] <= address) {
+      found = middle
+      low = middle + 1
+    } else {
+      high = middle - 1
+    }
+  }
+  return found >= 0 && address < map[found]![1] ? map[found]![2] : null
+}
+
+/** The package of a perf-map name (`JS:*onRequest file:///…/node_modules/fastify/lib/x.js:1:2`). */
+export function packageOfCode (name: string): string {
+  if (name.startsWith('Builtin:') || name.startsWith('BytecodeHandler:')) return '(builtins)'
+  const modules = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(name)
+  if (modules !== null) return modules[1]!
+  if (/\snode:/.test(name)) return 'node'
+  if (/\/(dist|lib)\//.test(name)) return 'fastify-upstream'
+  if (/\/bench\//.test(name)) return 'bench'
+  return '(other)'
+}
+
+/**
+ * Runs callgrind_annotate on `file` and sums its self costs per kind. A perf map beside the
+ * dump (`perf-<pid>.map`, as bench:instructions keeps it) names the JIT-compiled code.
+ */
 export async function annotate (file: string): Promise<Annotated> {
+  const pid = /\.(\d+)$/.exec(file)?.[1]
+  const mapFile = pid === undefined ? null : join(dirname(file), `perf-${pid}.map`)
+  const map = mapFile !== null && existsSync(mapFile) ? readCodeMap(mapFile) : null
+  const byPackage = new Map<string, number>()
   const { stdout } = await run('callgrind_annotate', ['--inclusive=no', '--threshold=100', file], { maxBuffer: 256 * 1024 * 1024 })
   const byKind = Object.fromEntries(KINDS.map((kind) => [kind, 0])) as Record<Kind, number>
   const functions: Array<[string, number]> = []
@@ -49,24 +102,44 @@ export async function annotate (file: string): Promise<Annotated> {
     const match = /^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.+)$/.exec(line)
     if (match === null || match[2]!.includes('PROGRAM TOTALS')) continue
     const ir = Number(match[1]!.replace(/,/g, ''))
-    const kind = kindOf(match[2]!)
+    let name = match[2]!
+    let kind = kindOf(name)
+    const address = /^\?\?\?:0x([0-9a-f]+) /.exec(name)
+    const code = map === null || address === null ? null : nameAt(map, parseInt(address[1]!, 16))
+    if (code !== null) {
+      name = code
+      kind = code.startsWith('Builtin:') || code.startsWith('BytecodeHandler:') ? 'builtins' : 'javascript'
+      const pkg = packageOfCode(code)
+      byPackage.set(pkg, (byPackage.get(pkg) ?? 0) + ir)
+    }
     byKind[kind] += ir
     total += ir
-    if (kind !== 'compiler' && kind !== 'javascript') functions.push([match[2]!.replace(/^\?\?\?:/, '').replace(/\s*\[[^\]]*\]$/, ''), ir])
+    if (kind !== 'compiler') functions.push([name.replace(/^\?\?\?:/, '').replace(/\s*\[[^\]]*\]$/, '').replace(/file:\/\/\S*?\/(node_modules|dist|lib)\//, '$1/'), ir])
   }
-  return { total, byKind, functions }
+  // Functions of the same name (several compiled versions of one JS function) as one.
+  const merged = new Map<string, number>()
+  for (const [name, ir] of functions) merged.set(name, (merged.get(name) ?? 0) + ir)
+  return { total, byKind, byPackage, functions: [...merged].sort((a, b) => b[1] - a[1]) }
 }
 
 async function main (): Promise<void> {
+  // BENCH_REQUESTS: the counted requests of the dumps, to print instructions per response.
+  const requests = Number(process.env.BENCH_REQUESTS ?? '1')
   const files = process.argv.slice(2)
-  if (files.length === 0) throw new Error('usage: node --import tsx bench/callgrind.ts DUMP [DUMP…]')
+  if (files.length === 0) throw new Error('usage: [BENCH_REQUESTS=2000] node --import tsx bench/callgrind.ts DUMP [DUMP…]')
+  const top = Number(process.env.BENCH_TOP ?? '30')
   for (const file of files) {
-    const { total, byKind, functions } = await annotate(file)
+    const { total, byKind, byPackage, functions } = await annotate(file)
     const share = (ir: number): string => `${(ir / total * 100).toFixed(1)}%`
-    console.log(`\n${basename(file)}: ${total.toLocaleString('en')} Ir\n`)
-    console.log(formatTable([['kind', 'Ir', 'share'], ...KINDS.map((kind) => [kind, byKind[kind].toLocaleString('en'), share(byKind[kind])])]))
-    console.log('\n' + formatTable([['function (outside JIT code and the compiler)', 'Ir', 'share'],
-      ...functions.slice(0, 25).map(([name, ir]) => [name.slice(0, 110), ir.toLocaleString('en'), share(ir)])]))
+    const per = (ir: number): string => Math.round(ir / requests).toLocaleString('en')
+    const unit = requests === 1 ? 'Ir' : 'Ir/response'
+    console.log(`\n${basename(file)}: ${per(total)} ${unit}\n`)
+    console.log(formatTable([['kind', unit, 'share'], ...KINDS.map((kind) => [kind, per(byKind[kind]), share(byKind[kind])])]))
+    if (byPackage.size > 0) {
+      console.log('\n' + formatTable([['package (JIT code)', unit, 'share'], ...[...byPackage].sort((a, b) => b[1] - a[1]).map(([name, ir]) => [name, per(ir), share(ir)])]))
+    }
+    console.log('\n' + formatTable([['function (outside the compiler)', unit, 'share'],
+      ...functions.slice(0, top).map(([name, ir]) => [name.slice(0, 120), per(ir), share(ir)])]))
   }
 }
 

@@ -10,7 +10,7 @@
 // requests before counting [2000], BENCH_REQUESTS counted [2000], BENCH_CONNECTIONS concurrent
 // keep-alive connections [8], BENCH_VARIANTS comma-separated subset, BENCH_RUNS runs of every
 // variant, in turn, each in a fresh process [1] (the figure is their median), BENCH_KEEP a
-// directory to keep the callgrind dumps in (for callgrind_annotate). Writes
+// directory to keep the callgrind dumps in, with V8's code maps (for bench/callgrind.ts). Writes
 // bench/results/instructions-<commit>-<date>.json; `npm run bench:check` compares the newest
 // two (bench/check.ts).
 //
@@ -104,9 +104,13 @@ interface Counted { steady: number, total: number, kinds: Record<Kind, number> }
 async function measureVariant (variant: Door, upstreamPorts: number[], warmup: number, requests: number, connections: number, dir: string): Promise<Counted> {
   // Instrumentation starts off: start-up and warm-up run several times faster uninstrumented.
   const valgrind = ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${join(dir, 'callgrind.%p')}`, '--dump-line=no', '--compress-strings=no', '--compress-pos=no']
+  const keep = process.env.BENCH_KEEP
+  const keeping = keep !== undefined && keep !== ''
+  // Kept dumps get V8's map of its code, so bench/callgrind.ts can name the JIT-compiled functions.
+  const perfMap = keeping ? ['--perf-basic-prof'] : []
   const { child, ports } = await startChild(import.meta.url, variant, { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }, {
     execPath: 'valgrind',
-    execArgv: [...valgrind, process.execPath, ...process.execArgv],
+    execArgv: [...valgrind, process.execPath, ...perfMap, ...process.execArgv],
     // Start-up under valgrind (node, tsx, fastify) takes a minute or more (more on a busy machine).
     startMs: 600_000
   })
@@ -122,10 +126,10 @@ async function measureVariant (variant: Door, upstreamPorts: number[], warmup: n
     const done = Date.now()
     const { file } = await dumpedInstructions(dir, child.pid!)
     const { total, byKind } = await annotate(file)
-    const keep = process.env.BENCH_KEEP
-    if (keep !== undefined && keep !== '') {
+    if (keeping) {
       await mkdir(keep, { recursive: true })
       await copyFile(file, join(keep, `callgrind.${variant}.${child.pid!}`))
+      await copyFile(`/tmp/perf-${child.pid!}.map`, join(keep, `perf-${child.pid!}.map`))
     }
     const kinds = Object.fromEntries(KINDS.map((kind) => [kind, byKind[kind] / requests])) as Record<Kind, number>
     const steady = (total - byKind.compiler) / requests
