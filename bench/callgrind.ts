@@ -5,9 +5,13 @@
 //
 //   node --import tsx bench/callgrind.ts .prof/callgrind/callgrind.everything.1234 [more dumps]
 //
-// Why the compiler is its own kind: even after the warm-up, V8 goes on compiling (and
-// recompiling after a deoptimisation) in the counted window, and how much falls there varies
-// from run to run. It is a start-up cost, not a per-response one: `steady` leaves it out.
+// Why the compiler and the major GC are kinds of their own: even after the warm-up, V8 goes on
+// compiling (and recompiling after a deoptimisation) in the counted window, and a mark-compact
+// of the old generation falls in a window of a few thousand requests or not: either can move a
+// count by a third from run to run. Neither recurs with each response (a mark-compact's cost
+// follows the live heap, not the requests), so bench:instructions leaves both out of its figure
+// (NOT_PER_RESPONSE). The scavenges of the young generation stay in: they follow what each
+// response allocates.
 // JIT-compiled functions have no symbols under valgrind: with `BENCH_KEEP`, bench:instructions
 // starts node with --perf-basic-prof and keeps the map V8 writes (`perf-<pid>.map`, the address
 // range and name of every piece of code it makes) beside the dump, and each JIT address is named
@@ -21,14 +25,18 @@ import { formatTable, isEntry } from './harness.js'
 
 const run = promisify(execFile)
 
-export const KINDS = ['compiler', 'javascript', 'builtins', 'v8 runtime', 'gc', 'node', 'libc', 'other'] as const
+export const KINDS = ['compiler', 'major gc', 'javascript', 'builtins', 'v8 runtime', 'gc', 'node', 'libc', 'other'] as const
+/** What bench:instructions leaves out of its figure: work that does not recur with each response. */
+export const NOT_PER_RESPONSE: readonly Kind[] = ['compiler', 'major gc']
 export type Kind = typeof KINDS[number]
 
 /** The kind of one `file:function [object]` line of callgrind_annotate. */
 export function kindOf (fn: string): Kind {
   if (/v8::internal::(compiler|maglev|baseline)::|OptimizingCompile|Turbofan|Pipeline/.test(fn)) return 'compiler'
   if (/^\?\?\?:0x[0-9a-f]+ \[\?\?\?\]/.test(fn)) return 'javascript'
-  if (/Heap|Scaveng|MarkCompact|Sweep|Marking|Evacuat|RootVisitor|IterateObjectCache|VisitRoot|RememberedSet|GCTracer|MemoryAllocator|MemoryChunk/.test(fn)) return 'gc'
+  // Mark-compact: its marking, sweeping and evacuation (and the bitmaps and page sets they use).
+  if (/MarkCompact|Marking|Sweep|Evacuat|RecordMigratedSlot|MemoryChunk|ActiveSystemPages|__popcount|MarkBit|FullObjectSlot.*Mark/.test(fn)) return 'major gc'
+  if (/Heap|Scaveng|RootVisitor|IterateObjectCache|VisitRoot|RememberedSet|GCTracer|MemoryAllocator/.test(fn)) return 'gc'
   if (fn.includes('Builtins_')) return 'builtins'
   if (fn.includes('v8::')) return 'v8 runtime'
   if (/node::|uv_|uv__|llhttp|nghttp|ares_/.test(fn)) return 'node'
