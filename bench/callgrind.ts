@@ -88,7 +88,7 @@ export function packageOfCode (name: string): string {
   const modules = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(name)
   if (modules !== null) return modules[1]!
   if (/\snode:/.test(name)) return 'node'
-  if (/\/(dist|lib)\//.test(name)) return 'fastify-upstream'
+  if (/(\s|\/)(dist|lib)\//.test(name)) return 'fastify-upstream'
   if (/\/bench\//.test(name)) return 'bench'
   return '(other)'
 }
@@ -97,12 +97,12 @@ export function packageOfCode (name: string): string {
  * Runs callgrind_annotate on `file` and sums its self costs per kind. A perf map beside the
  * dump (`perf-<pid>.map`, as bench:instructions keeps it) names the JIT-compiled code.
  */
-export async function annotate (file: string): Promise<Annotated> {
+export async function annotate (file: string, inclusive = false): Promise<Annotated> {
   const pid = /\.(\d+)$/.exec(file)?.[1]
   const mapFile = pid === undefined ? null : join(dirname(file), `perf-${pid}.map`)
   const map = mapFile !== null && existsSync(mapFile) ? readCodeMap(mapFile) : null
   const byPackage = new Map<string, number>()
-  const { stdout } = await run('callgrind_annotate', ['--inclusive=no', '--threshold=100', file], { maxBuffer: 256 * 1024 * 1024 })
+  const { stdout } = await run('callgrind_annotate', [`--inclusive=${inclusive ? 'yes' : 'no'}`, '--threshold=100', file], { maxBuffer: 256 * 1024 * 1024 })
   const byKind = Object.fromEntries(KINDS.map((kind) => [kind, 0])) as Record<Kind, number>
   const functions: Array<[string, number]> = []
   let total = 0
@@ -136,7 +136,18 @@ async function main (): Promise<void> {
   const files = process.argv.slice(2)
   if (files.length === 0) throw new Error('usage: [BENCH_REQUESTS=2000] node --import tsx bench/callgrind.ts DUMP [DUMP…]')
   const top = Number(process.env.BENCH_TOP ?? '30')
+  // BENCH_INCLUSIVE=fastify-upstream: the functions of that package with what they call (a
+  // JavaScript function's inclusive cost takes in the builtins and runtime calls it makes).
+  const only = process.env.BENCH_INCLUSIVE
   for (const file of files) {
+    if (only !== undefined && only !== '') {
+      const { total, functions } = await annotate(file, true)
+      console.log(`\n${basename(file)}: inclusive, ${only}'s functions\n`)
+      console.log(formatTable([['function', requests === 1 ? 'Ir' : 'Ir/response', 'share'],
+        ...functions.filter(([name]) => packageOfCode(name) === only || name.includes(only)).slice(0, top)
+          .map(([name, ir]) => [name.slice(0, 120), Math.round(ir / requests).toLocaleString('en'), `${(ir / total * 100).toFixed(1)}%`])]))
+      continue
+    }
     const { total, byKind, byPackage, functions } = await annotate(file)
     const share = (ir: number): string => `${(ir / total * 100).toFixed(1)}%`
     const per = (ir: number): string => Math.round(ir / requests).toLocaleString('en')

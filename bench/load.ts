@@ -25,6 +25,7 @@ import {
 import { DOORS, FLOOR, PREFIX, chosenDoors, startDoor, type Door } from './doors.js'
 
 const DEFAULT_VARIANTS: Door[] = ['node-floor', 'fastify-floor', 'http-proxy', 'defaults', 'everything']
+const FIRST_WARMUP_SECONDS = 2
 
 type Cell = LoadShape
 interface Sample { requestsPerSecond: number, p50: number, p99: number, cpuPerResponse: number }
@@ -83,7 +84,7 @@ async function main (): Promise<void> {
   const seconds = positiveInteger('BENCH_SECONDS', 2)
   const rounds = positiveInteger('BENCH_ROUNDS', 1)
   const cells: Cell[] = connections.flatMap((c) => sizes.flatMap((bytes) => keepAlives.map((keepAlive) => ({ connections: c, bytes, keepAlive }))))
-  const estimate = rounds * cells.length * chosen.length * (seconds + WARMUP_SECONDS) + 10
+  const estimate = rounds * cells.length * chosen.length * (seconds + WARMUP_SECONDS) + chosen.length * FIRST_WARMUP_SECONDS + 10
   // Bounded: twice the estimate, and the start-ups, before the watchdog ends the run.
   startWatchdog((estimate * 2 + 120) * 1000)
   const commit = commitOf()
@@ -95,6 +96,9 @@ async function main (): Promise<void> {
     const { child, ports } = await startChild(import.meta.url, variant, { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') })
     doors.push({ variant, port: ports[0]!, pid: child.pid! })
   }
+
+  // The doors start cold (JIT, connection pools): unmeasured load on each before the first cell.
+  for (const door of doors) await closedLoop(door.port, `${PREFIX}/bytes/200`, { connections: 50, bytes: 200, keepAlive: true }, FIRST_WARMUP_SECONDS)
 
   const samples = new Map<string, Sample[]>()
   const key = (cell: Cell, variant: Door): string => `${cellName(cell)} | ${variant}`
