@@ -4,6 +4,8 @@
 // summarises the dumps that `BENCH_KEEP=dir npm run bench:instructions` keeps:
 //
 //   node --import tsx bench/callgrind.ts .prof/callgrind/callgrind.everything.1234 [more dumps]
+//   BENCH_BASE=.prof/callgrind/callgrind.fastify-floor.1200 node --import tsx bench/callgrind.ts DUMP
+//                                                   what DUMP costs above the floor, per function
 //
 // Why the compiler and the major GC are kinds of their own: even after the warm-up, V8 goes on
 // compiling (and recompiling after a deoptimisation) in the counted window, and a mark-compact
@@ -139,7 +141,22 @@ async function main (): Promise<void> {
   // BENCH_INCLUSIVE=fastify-upstream: the functions of that package with what they call (a
   // JavaScript function's inclusive cost takes in the builtins and runtime calls it makes).
   const only = process.env.BENCH_INCLUSIVE
+  // BENCH_BASE=<dump of a floor>: what each function costs above it (JIT code is compared by
+  // name, so both dumps need their perf maps). Counted requests must match.
+  const base = process.env.BENCH_BASE
+  const floor = base === undefined || base === '' ? null : new Map((await annotate(base)).functions)
   for (const file of files) {
+    if (floor !== null) {
+      const { byKind, functions } = await annotate(file)
+      const { byKind: floorKinds } = await annotate(base!)
+      const per = (ir: number): string => Math.round(ir / requests).toLocaleString('en')
+      console.log(`\n${basename(file)} above ${basename(base!)}\n`)
+      console.log(formatTable([['kind', 'above', 'floor', 'this'], ...KINDS.map((kind) => [kind, per(byKind[kind] - floorKinds[kind]), per(floorKinds[kind]), per(byKind[kind])])]))
+      const above = functions.filter(([name]) => !NOT_PER_RESPONSE.includes(kindOf(name)))
+        .map(([name, ir]): [string, number] => [name, ir - (floor.get(name) ?? 0)]).sort((a, b) => b[1] - a[1])
+      console.log('\n' + formatTable([['function (outside the compiler and major GC)', 'above'], ...above.slice(0, top).map(([name, ir]) => [name.slice(0, 120), per(ir)])]))
+      continue
+    }
     if (only !== undefined && only !== '') {
       const { total, functions } = await annotate(file, true)
       console.log(`\n${basename(file)}: inclusive, ${only}'s functions\n`)
