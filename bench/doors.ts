@@ -17,7 +17,7 @@
 // fields, the body) and nothing more: no forwarding headers, no timers, no error pages.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Pool } from 'undici'
-import { HOST, portOf } from './harness.js'
+import { HOST, closeServers, portOf, runMain, runUpstreams, serveAsChild } from './harness.js'
 
 export const PREFIX = '/svc'
 
@@ -148,4 +148,29 @@ export async function startDoor (door: Door, upstreamPorts: number[], options: D
   }
   await app.listen({ port: 0, host: HOST })
   return { port: portOf(app.server), close: async () => { await app.close() } }
+}
+
+/**
+ * A door bench's child, by the role it was forked with (see startChild): the upstreams a, b and
+ * c in one process, or one door in front of them (their ports in BENCH_UPSTREAM_PORTS).
+ */
+export async function runDoorChild (role: 'upstreams' | Door, options: DoorOptions = {}): Promise<void> {
+  if (role === 'upstreams') {
+    const servers = await runUpstreams(['a', 'b', 'c'])
+    // Under valgrind the proxy's idle timers fire late: it may reuse a connection idle for more
+    // than the upstreams' 10 s just as they close it (reply-from then answers 500, "other side
+    // closed"). The upstreams never close an idle connection first there.
+    if (options.underValgrind === true) for (const server of servers) server.keepAliveTimeout = 600_000
+    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
+    return
+  }
+  const door = await startDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number), options)
+  serveAsChild([door.port], door.close)
+}
+
+/** The last line of a door bench: forked with a role it runs that child, else the bench's main. */
+export async function doorBenchEntry (main: () => Promise<void>, options: DoorOptions = {}): Promise<void> {
+  const role = process.argv[2] as 'upstreams' | Door | undefined
+  if (role !== undefined) await runDoorChild(role, options)
+  else await runMain(main)
 }

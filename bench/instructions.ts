@@ -27,10 +27,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { Pool } from 'undici'
 import {
-  HOST, closeServers, commitOf, formatTable, median, portOf, positiveInteger, runMain, runUpstreams, serveAsChild, startChild,
-  startWatchdog, stopChildren, writeResults
+  HOST, commitOf, formatTable, median, positiveInteger, startChild, startWatchdog, stopChildren,
+  writeResults
 } from './harness.js'
-import { DOORS, FLOOR, PREFIX, chosenDoors, startDoor, type Door } from './doors.js'
+import { DOORS, FLOOR, PREFIX, chosenDoors, type Door, doorBenchEntry } from './doors.js'
 import { KINDS, NOT_PER_RESPONSE, annotate, type Kind } from './callgrind.js'
 
 const run = promisify(execFile)
@@ -55,23 +55,6 @@ export interface InstructionsReport {
   totals: Partial<Record<Door, number[]>>
   /** Instructions per response by kind, the last run. */
   kinds: Partial<Record<Door, Record<Kind, number>>>
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children: the servers.
-
-async function runChild (role: 'upstreams' | Door): Promise<void> {
-  if (role === 'upstreams') {
-    const servers = await runUpstreams(['a', 'b', 'c'])
-    // Under valgrind the proxy's idle timers fire late: it may reuse a connection idle for more
-    // than the upstreams' 10 s just as they close it (reply-from then answers 500, "other side
-    // closed"). The upstreams never close an idle connection first here.
-    for (const server of servers) server.keepAliveTimeout = 600_000
-    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
-    return
-  }
-  const door = await startDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number), { underValgrind: true })
-  serveAsChild([door.port], door.close)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,9 +176,4 @@ async function main (): Promise<void> {
   console.log(`\nwrote ${await writeResults(`instructions-${commit}-${date.slice(0, 19).replace(/:/g, '-')}Z.json`, report)}`)
 }
 
-const role = process.argv[2] as 'upstreams' | Door | undefined
-if (role !== undefined) {
-  await runChild(role)
-} else {
-  await runMain(main)
-}
+await doorBenchEntry(main, { underValgrind: true })

@@ -19,10 +19,10 @@
 // answer's last byte. The generator shares the machine with the proxy, the same for every
 // variant of a cell; CPU per response is the proxy's own (from /proc) and moves least.
 import {
-  WARMUP_SECONDS, closeServers, closedLoop, commitOf, cpuMicros, figure, formatSpread, formatTable, percentile, portOf, positiveInteger,
-  runMain, runUpstreams, serveAsChild, startChild, startWatchdog, stopChildren, writeResults, type Figure, type LoadShape
+  WARMUP_SECONDS, closedLoop, commitOf, cpuMicros, figure, formatSpread, formatTable, percentile,
+  positiveInteger, startChild, startWatchdog, stopChildren, writeResults, type Figure, type LoadShape
 } from './harness.js'
-import { DOORS, FLOOR, PREFIX, chosenDoors, startDoor, type Door } from './doors.js'
+import { DOORS, FLOOR, PREFIX, chosenDoors, type Door, doorBenchEntry } from './doors.js'
 
 const DEFAULT_VARIANTS: Door[] = ['node-floor', 'fastify-floor', 'http-proxy', 'defaults', 'everything']
 const FIRST_WARMUP_SECONDS = 2
@@ -45,19 +45,6 @@ function numbers (name: string, fallback: string): number[] {
 
 function cellName (cell: Cell): string {
   return `${cell.connections} conn, ${cell.bytes >= 1024 ? `${cell.bytes / 1024} KB` : `${cell.bytes} B`}, ${cell.keepAlive ? 'keep-alive' : 'close'}`
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children: the servers.
-
-async function runChild (role: 'upstreams' | Door): Promise<void> {
-  if (role === 'upstreams') {
-    const servers = await runUpstreams(['a', 'b', 'c'])
-    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
-    return
-  }
-  const door = await startDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number))
-  serveAsChild([door.port], door.close)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,9 +125,4 @@ async function main (): Promise<void> {
   console.log(`\nwrote ${await writeResults(`load-${commit}-${date.slice(0, 19).replace(/:/g, '-')}Z.json`, report)}`)
 }
 
-const role = process.argv[2] as 'upstreams' | Door | undefined
-if (role !== undefined) {
-  await runChild(role)
-} else {
-  await runMain(main)
-}
+await doorBenchEntry(main)

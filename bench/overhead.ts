@@ -25,10 +25,9 @@
 // autocannon.
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, closeServers, cpuMicros, figure, getBody, portOf, runUpstreams,
-  serveAsChild, startChild, scenarioEntry, type Figure, type Settings
+  HOST, WARMUP_SECONDS, cpuMicros, figure, getBody, startChild, scenarioEntry, type Figure, type Settings
 } from './harness.js'
-import { DOORS, FLOOR, PREFIX, UPSTREAMS_SEEN, chosenDoors, startDoor, type Door } from './doors.js'
+import { DOORS, FLOOR, PREFIX, UPSTREAMS_SEEN, chosenDoors, type Door, runDoorChild } from './doors.js'
 import { PEERS, externalPeers, startPeer, type Peer, type PeerProcess } from './external.js'
 
 const CONNECTIONS = 50
@@ -36,19 +35,6 @@ const CONNECTIONS = 50
 const FIRST_WARMUP_SECONDS = 2
 
 type Variant = 'direct' | Door | Peer
-
-// ---------------------------------------------------------------------------------------------
-// Children: the servers.
-
-async function runChild (role: 'upstreams' | Door): Promise<void> {
-  if (role === 'upstreams') {
-    const servers = await runUpstreams(['a', 'b', 'c'])
-    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
-    return
-  }
-  const door = await startDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number))
-  serveAsChild([door.port], door.close)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Parent.
@@ -154,4 +140,4 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
   }
 }
 
-await scenarioEntry(import.meta.url, 'overhead', async (role) => { await runChild(role as 'upstreams' | Door) })
+await scenarioEntry(import.meta.url, 'overhead', async (role) => { await runDoorChild(role as 'upstreams' | Door) })

@@ -13,26 +13,13 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import {
-  WARMUP_SECONDS, closeServers, closedLoop, formatTable, portOf, positiveInteger, runMain, runUpstreams, serveAsChild,
-  startChild, startWatchdog, stopChildren
-} from './harness.js'
-import { DOORS, PREFIX, chosenDoors, startDoor, type Door } from './doors.js'
+import { WARMUP_SECONDS, closedLoop, formatTable, positiveInteger, startChild, startWatchdog, stopChildren } from './harness.js'
+import { DOORS, PREFIX, chosenDoors, doorBenchEntry } from './doors.js'
 
 const PROFILES = fileURLToPath(new URL('../.prof/', import.meta.url))
 
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number }, hitCount?: number }
 interface CpuProfile { nodes: ProfileNode[], samples: number[], timeDeltas: number[] }
-
-async function runChild (role: 'upstreams' | Door): Promise<void> {
-  if (role === 'upstreams') {
-    const servers = await runUpstreams(['a', 'b', 'c'])
-    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
-    return
-  }
-  const door = await startDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number))
-  serveAsChild([door.port], door.close)
-}
 
 /** Which part of the process a frame belongs to. */
 export function packageOf (url: string, functionName: string): string {
@@ -100,9 +87,4 @@ async function main (): Promise<void> {
   }
 }
 
-const role = process.argv[2] as 'upstreams' | Door | undefined
-if (role !== undefined) {
-  await runChild(role)
-} else {
-  await runMain(main)
-}
+await doorBenchEntry(main)
