@@ -7,7 +7,7 @@
 // fastify-floor and node-floor measured in the same run.
 //
 // Run with `npm run bench:instructions` (needs valgrind). Knobs (environment): BENCH_WARMUP
-// requests before counting [2000], BENCH_REQUESTS counted [2000], BENCH_CONNECTIONS concurrent
+// requests before counting [8000], BENCH_REQUESTS counted [2000], BENCH_CONNECTIONS concurrent
 // keep-alive connections [8], BENCH_VARIANTS comma-separated subset, BENCH_RUNS runs of every
 // variant, in turn, each in a fresh process [1] (the figure is their median), BENCH_KEEP a
 // directory to keep the callgrind dumps in, with V8's code maps (for bench/callgrind.ts). Writes
@@ -130,7 +130,9 @@ async function measureVariant (variant: Door, upstreamPorts: number[], warmup: n
 }
 
 async function main (): Promise<void> {
-  const warmup = positiveInteger('BENCH_WARMUP', 2000)
+  // 8000: after 2000 the gateway's code was still tiering up (in the baseline tier, compiling)
+  // and counted 2.14× the Fastify floor; after 8000, 1.54× (docs/performance.md).
+  const warmup = positiveInteger('BENCH_WARMUP', 8000)
   const requests = positiveInteger('BENCH_REQUESTS', 2000)
   const connections = positiveInteger('BENCH_CONNECTIONS', 8)
   const runs = positiveInteger('BENCH_RUNS', 1)
