@@ -6,12 +6,13 @@
 // Process layout, and why: autocannon runs in the parent; each server runs in a child process.
 // In one process the load generator and the server under test would share one event loop and
 // one core, so every variant would measure mostly autocannon.
-import { fork, type ChildProcess, type ForkOptions } from 'node:child_process'
+import { execFileSync, fork, type ChildProcess, type ForkOptions } from 'node:child_process'
 import { createServer, get, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { readdirSync, readFileSync } from 'node:fs'
 import { resolve as resolvePath } from 'node:path'
+import { Pool } from 'undici'
 import { fileURLToPath } from 'node:url'
 
 export const HOST = '127.0.0.1'
@@ -26,13 +27,28 @@ export interface Ready { ports: number[] }
 // ---------------------------------------------------------------------------------------------
 // Children: the servers.
 
-/** Plain node:http upstreams in one process; each names itself so balancing can be seen. */
+/**
+ * Plain node:http upstreams in one process; each names itself so balancing can be seen. A path
+ * ending in `/bytes/<n>` is answered with n bytes (the JSON padded with spaces), any other with
+ * the small JSON.
+ */
 export async function runUpstreams (names: string[]): Promise<Server[]> {
   const servers = names.map((name) => {
-    const body = JSON.stringify({ ok: true, upstream: name })
-    const server = createServer((_request, response) => {
+    const json = JSON.stringify({ ok: true, upstream: name })
+    const small = Buffer.from(json)
+    const padded = new Map<number, Buffer>()
+    const bodyFor = (url: string): Buffer => {
+      const bytes = /\/bytes\/(\d+)$/.exec(url)
+      if (bytes === null) return small
+      const length = Number(bytes[1])
+      let body = padded.get(length)
+      if (body === undefined) padded.set(length, body = Buffer.from(json.padEnd(length, ' ')))
+      return body
+    }
+    const server = createServer((request, response) => {
+      const body = bodyFor(request.url ?? '/')
       // Content-Length, not chunked: keeps the upstream's share of the work small and fixed.
-      response.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+      response.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length })
       response.end(body)
     })
     // Longer than the proxies' idle keep-alive (undici's 4 s) so the proxy, not the upstream,
@@ -375,4 +391,55 @@ export async function scenarioEntry (moduleUrl: string, scenarios: string, runRo
   }
   console.error(`run with: npm run bench -- --only ${scenarios}`)
   process.exitCode = 1
+}
+
+/**
+ * The commit the benchmarked code is at (short hash), `-dirty` when lib/ or bench/ differ from
+ * it: a figure names the code it measured, and the results files are named after it.
+ */
+export function commitOf (): string {
+  const git = (...args: string[]): string => execFileSync('git', args, { encoding: 'utf8', cwd: fileURLToPath(new URL('..', import.meta.url)) }).trim()
+  try {
+    const commit = git('rev-parse', '--short=7', 'HEAD')
+    return git('status', '--porcelain', '--', 'lib', 'bench/doors.ts', 'package-lock.json') === '' ? commit : `${commit}-dirty`
+  } catch {
+    return 'unknown'
+  }
+}
+
+/** The shape of a load: how many connections at once, the answers' size, keep-alive or not. */
+export interface LoadShape { connections: number, bytes: number, keepAlive: boolean }
+
+/**
+ * Closed-loop GETs of `path` on `port` for `seconds`, from undici in this process: each
+ * connection sends its next request once the last answer has been read to its end. Every answer
+ * must be a 200 of `shape.bytes` bytes. Latency is from sending to the answer's last byte.
+ */
+export async function closedLoop (port: number, path: string, shape: LoadShape, seconds: number): Promise<{ latencies: number[], responses: number, ms: number }> {
+  const pool = new Pool(`http://${HOST}:${port}`, { connections: shape.connections, pipelining: 1 })
+  const latencies: number[] = []
+  const from = performance.now()
+  const until = from + seconds * 1000
+  const worker = async (): Promise<void> => {
+    while (performance.now() < until) {
+      const sent = performance.now()
+      // reset: undici sends `Connection: close` and opens a new connection for the next request.
+      const { statusCode, body } = await pool.request({ path, method: 'GET', reset: !shape.keepAlive })
+      let length = 0
+      for await (const chunk of body) length += (chunk as Buffer).length
+      if (statusCode !== 200 || length !== shape.bytes) throw new Error(`GET ${path} on port ${port}: ${statusCode} with ${length} bytes, expected 200 with ${shape.bytes}`)
+      latencies.push(performance.now() - sent)
+    }
+  }
+  try {
+    await Promise.all(Array.from({ length: shape.connections }, worker))
+  } finally {
+    await pool.close()
+  }
+  return { latencies, responses: latencies.length, ms: performance.now() - from }
+}
+
+/** The value below which a share `p` of the sorted values fall. */
+export function percentile (sorted: number[], p: number): number {
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!
 }

@@ -1,18 +1,22 @@
-// Overhead: what each front door costs on the success path, against a direct connection to the
-// upstream, in the same round:
+// Overhead: what each front door costs on the success path, in the same round, against the
+// floors of what a Node proxy on undici can cost (the doors are defined in bench/doors.ts):
 //
-//   direct                  autocannon → upstream a
-//   http-proxy              autocannon → bare @fastify/http-proxy → a
-//   fastify-upstream        autocannon → fastify-upstream, defaults (round-robin pool of a, b)
-//   fastify-upstream (all)  the same with everything on: 3 targets, active health checks,
-//                           outlier detection, retries on every condition, limits, metrics,
-//                           status page, request ids
+//   direct                  autocannon → upstream a (the latency a proxy adds to)
+//   node-floor              node:http + undici Pool.stream → a
+//   fastify-floor           a Fastify wildcard route, hijacked reply, undici Pool.stream → a
+//   http-proxy              bare @fastify/http-proxy → a
+//   defaults                fastify-upstream, defaults (round-robin pool of a, b)
+//   observe-off             the same without metrics and status page
+//   everything              everything on: 3 targets, active health checks, outlier detection,
+//                           retries on every condition, limits, metrics, status page, request ids
 //   nginx, haproxy          the peers, round-robin over a and b with keep-alive, one worker
 //                           (skipped when not installed; configs in bench/nginx.conf, haproxy.cfg)
 //
-// Figures per variant: req/s, p50 and p99 (as ratios to direct) and the CPU time the proxy's
-// process(es) spent per response (as a ratio to bare http-proxy), read from /proc for every
-// proxy alike. CPU per response is the figure that moves least on a shared machine.
+// Figures per variant: req/s, p50, p99 and the CPU time the proxy's process(es) spent per
+// response, read from /proc for every proxy alike, each as a ratio to fastify-floor in the same
+// round; CPU per response also against node-floor and http-proxy. CPU per response is the
+// figure that moves least on a shared machine. `BENCH_VARIANTS=fastify-floor,everything`
+// measures a subset (fastify-floor is always measured: it is the baseline).
 //
 // Process layout: autocannon runs in the parent; the upstreams share one child process (so the
 // upstream side has the same CPU budget in every variant); each Node front door is a child of
@@ -21,78 +25,25 @@
 // autocannon.
 import autocannon from 'autocannon'
 import {
-  HOST, WARMUP_SECONDS, closeServers, cpuMicros, figure, getBody, portOf, runUpstreams,
-  serveAsChild, startChild, scenarioEntry, type Figure, type Settings
+  HOST, WARMUP_SECONDS, cpuMicros, figure, getBody, startChild, scenarioEntry, type Figure, type Settings
 } from './harness.js'
-import { externalPeers, startPeer, type PeerProcess } from './external.js'
+import { DOORS, FLOOR, PREFIX, UPSTREAMS_SEEN, chosenDoors, type Door, runDoorChild } from './doors.js'
+import { PEERS, externalPeers, startPeer, type Peer, type PeerProcess } from './external.js'
 
-const PREFIX = '/svc'
 const CONNECTIONS = 50
 /** Unmeasured load before round 1: the front doors start cold (JIT, connection pools). */
 const FIRST_WARMUP_SECONDS = 2
 
-type Role = 'upstreams' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream-off' | 'fastify-upstream-all'
-type Variant = 'direct' | 'http-proxy' | 'fastify-upstream' | 'fastify-upstream (observe off)' | 'fastify-upstream (all)' | 'nginx' | 'haproxy'
-
-// ---------------------------------------------------------------------------------------------
-// Children: the servers.
-
-async function runFrontDoor (role: Exclude<Role, 'upstreams'>, upstreamPorts: number[]): Promise<void> {
-  const { default: Fastify } = await import('fastify')
-  const app = Fastify({ logger: false })
-  const origins = upstreamPorts.map((port) => `http://${HOST}:${port}`)
-  if (role === 'http-proxy') {
-    const { default: httpProxy } = await import('@fastify/http-proxy')
-    await app.register(httpProxy, { upstream: origins[0]!, prefix: PREFIX })
-  } else if (role === 'fastify-upstream' || role === 'fastify-upstream-off') {
-    // The defaults, and the defaults without metrics and status page: what observing costs.
-    const { default: upstream } = await import('fastify-upstream')
-    await app.register(upstream, {
-      pools: { svc: { targets: origins.slice(0, 2), balancer: 'round-robin' } },
-      routes: [{ prefix: PREFIX, pool: 'svc' }],
-      ...(role === 'fastify-upstream-off' ? { metrics: false, status: false } : {})
-    })
-  } else {
-    const { default: upstream } = await import('fastify-upstream')
-    await app.register(upstream, {
-      pools: {
-        svc: {
-          targets: origins,
-          health: { path: '/health', interval: 1000 },
-          outlier: { consecutiveFailures: 5 },
-          retry: { retries: 2, on: ['connect-failure', 'refused-stream', 'reset', 'timeout', '5xx'] },
-          limits: { maxConcurrent: 10_000, maxPending: 10_000 },
-          timeouts: { total: 30_000 }
-        }
-      },
-      routes: [{ prefix: PREFIX, pool: 'svc' }],
-      errors: { expose: 'full' },
-      metrics: { path: '/metrics' },
-      status: { path: '/_upstream' },
-      requestIdHeader: 'x-request-id'
-    })
-  }
-  await app.listen({ port: 0, host: HOST })
-  serveAsChild([portOf(app.server)], async () => { await app.close() })
-}
-
-async function runChild (role: Role): Promise<void> {
-  if (role === 'upstreams') {
-    const servers = await runUpstreams(['a', 'b', 'c'])
-    serveAsChild(servers.map(portOf), async () => { await closeServers(servers) })
-  } else {
-    await runFrontDoor(role, (process.env.BENCH_UPSTREAM_PORTS ?? '').split(',').map(Number))
-  }
-}
+type Variant = 'direct' | Door | Peer
 
 // ---------------------------------------------------------------------------------------------
 // Parent.
 
-interface Door { variant: Variant, url: string, pids: number[] }
+interface Front { variant: Variant, url: string, pids: number[] }
 
 interface Sample { requestsPerSecond: number, p50: number, p99: number, cpuPerResponse: number }
 
-async function load (door: Door, seconds: number): Promise<autocannon.Result> {
+async function load (door: Front, seconds: number): Promise<autocannon.Result> {
   const result = await autocannon({ url: door.url, connections: CONNECTIONS, duration: seconds, title: door.variant })
   const problems = result.errors + result.timeouts + result.non2xx + result.mismatches + result.resets
   if (problems > 0 || result['2xx'] === 0) {
@@ -102,7 +53,7 @@ async function load (door: Door, seconds: number): Promise<autocannon.Result> {
   return result
 }
 
-async function measure (door: Door, seconds: number): Promise<Sample> {
+async function measure (door: Front, seconds: number): Promise<Sample> {
   await load(door, WARMUP_SECONDS)
   const cpuBefore = cpuMicros(door.pids)
   const result = await load(door, seconds)
@@ -116,7 +67,7 @@ async function measure (door: Door, seconds: number): Promise<Sample> {
 }
 
 /** Every front door answers 200; the pools really spread over their targets. */
-async function sanityCheck (doors: Door[]): Promise<void> {
+async function sanityCheck (doors: Front[]): Promise<void> {
   for (const door of doors) {
     const seen = new Set<string>()
     for (let i = 0; i < 3; i++) {
@@ -124,7 +75,7 @@ async function sanityCheck (doors: Door[]): Promise<void> {
       if (status !== 200) throw new Error(`overhead, ${door.variant}: GET ${door.url} answered ${status}: ${body}`)
       seen.add((JSON.parse(body) as { upstream: string }).upstream)
     }
-    const expected = door.variant === 'direct' || door.variant === 'http-proxy' ? 1 : door.variant === 'fastify-upstream (all)' ? 3 : 2
+    const expected = (UPSTREAMS_SEEN as Record<string, number>)[door.variant] ?? (door.variant === 'direct' ? 1 : 2)
     if (seen.size !== expected) throw new Error(`overhead, ${door.variant}: 3 requests reached ${[...seen].join(', ')}, expected ${expected} upstream(s)`)
   }
 }
@@ -133,15 +84,16 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
   const script = import.meta.url
   const { ports: upstreamPorts } = await startChild(script, 'upstreams')
   const env = { BENCH_UPSTREAM_PORTS: upstreamPorts.join(',') }
-  const roles: Array<[Variant, Role]> = [['http-proxy', 'http-proxy'], ['fastify-upstream', 'fastify-upstream'], ['fastify-upstream (observe off)', 'fastify-upstream-off'], ['fastify-upstream (all)', 'fastify-upstream-all']]
-  const doors: Door[] = [{ variant: 'direct', url: `http://${HOST}:${upstreamPorts[0]!}${PREFIX}/hello`, pids: [] }]
-  for (const [variant, role] of roles) {
-    const { child, ports } = await startChild(script, role, env)
+  const chosen = chosenDoors<Variant>(['direct', ...DOORS, ...PEERS])
+  if (!chosen.includes(FLOOR)) chosen.unshift(FLOOR)
+  const doors: Front[] = chosen.includes('direct') ? [{ variant: 'direct', url: `http://${HOST}:${upstreamPorts[0]!}${PREFIX}/hello`, pids: [] }] : []
+  for (const variant of DOORS.filter((door) => chosen.includes(door))) {
+    const { child, ports } = await startChild(script, variant, env)
     doors.push({ variant, url: `http://${HOST}:${ports[0]!}${PREFIX}/hello`, pids: [child.pid!] })
   }
   const peers: PeerProcess[] = []
   try {
-    for (const peer of externalPeers()) {
+    for (const peer of externalPeers().filter((peer) => chosen.includes(peer))) {
       const started = await startPeer(peer, { servers: upstreamPorts.slice(0, 2), prefix: PREFIX })
       peers.push(started)
       doors.push({ variant: peer, url: `http://${HOST}:${started.port}${PREFIX}/hello`, pids: started.pids })
@@ -160,31 +112,32 @@ export async function overhead (settings: Settings): Promise<{ figures: Figure[]
     }
 
     const of = (variant: string, pick: (s: Sample) => number): number[] => samples[variant]!.map(pick)
-    const direct = (pick: (s: Sample) => number): { name: string, values: number[] } => ({ name: 'direct', values: of('direct', pick) })
+    const baseline = (name: string, pick: (s: Sample) => number): { name: string, values: number[] } | undefined =>
+      samples[name] === undefined ? undefined : { name, values: of(name, pick) }
     const figures: Figure[] = []
     for (const { variant } of doors) {
-      const rps = of(variant, (s) => s.requestsPerSecond)
-      figures.push(figure('overhead', variant, 'req/s', 'req/s', rps, variant === 'direct' ? undefined : direct((s) => s.requestsPerSecond)))
-      figures.push(figure('overhead', variant, 'p50', 'ms', of(variant, (s) => s.p50), variant === 'direct' ? undefined : direct((s) => s.p50)))
-      figures.push(figure('overhead', variant, 'p99', 'ms', of(variant, (s) => s.p99), variant === 'direct' ? undefined : direct((s) => s.p99)))
-      if (variant !== 'direct') {
-        figures.push(figure('overhead', variant, 'CPU/response', 'µs', of(variant, (s) => s.cpuPerResponse),
-          variant === 'http-proxy' ? undefined : { name: 'http-proxy', values: of('http-proxy', (s) => s.cpuPerResponse) }))
+      // Each figure as a ratio to the Fastify floor in the same round; the floor's own stand alone.
+      const against = (pick: (s: Sample) => number): { name: string, values: number[] } | undefined =>
+        variant === FLOOR ? undefined : baseline(FLOOR, pick)
+      figures.push(figure('overhead', variant, 'req/s', 'req/s', of(variant, (s) => s.requestsPerSecond), against((s) => s.requestsPerSecond)))
+      figures.push(figure('overhead', variant, 'p50', 'ms', of(variant, (s) => s.p50), against((s) => s.p50)))
+      figures.push(figure('overhead', variant, 'p99', 'ms', of(variant, (s) => s.p99), against((s) => s.p99)))
+      if (variant !== 'direct') figures.push(figure('overhead', variant, 'CPU/response', 'µs', of(variant, (s) => s.cpuPerResponse), against((s) => s.cpuPerResponse)))
+    }
+    // The gateway's CPU per response against the other baselines: the Node floor and http-proxy.
+    for (const variant of ['defaults', 'everything'].filter((name) => samples[name] !== undefined)) {
+      for (const other of ['node-floor', 'http-proxy']) {
+        const base = baseline(other, (s) => s.cpuPerResponse)
+        if (base !== undefined) figures.push(figure('overhead', variant, `CPU/response vs ${other}`, 'µs', of(variant, (s) => s.cpuPerResponse), base))
       }
     }
-    // The goal: at least bare http-proxy's req/s, with the defaults and with everything on.
-    const bare = { name: 'http-proxy', values: of('http-proxy', (s) => s.requestsPerSecond) }
-    for (const variant of ['fastify-upstream', 'fastify-upstream (all)']) {
-      figures.push(figure('overhead', variant, 'req/s vs http-proxy', 'req/s', of(variant, (s) => s.requestsPerSecond), bare))
-    }
     // What metrics and the status page's rolling stats cost on the success path, same rounds.
-    const off = 'fastify-upstream (observe off)'
-    figures.push(figure('overhead', 'fastify-upstream', 'req/s vs observe off', 'req/s', of('fastify-upstream', (s) => s.requestsPerSecond), { name: off, values: of(off, (s) => s.requestsPerSecond) }))
-    figures.push(figure('overhead', 'fastify-upstream', 'CPU/response vs observe off', 'µs', of('fastify-upstream', (s) => s.cpuPerResponse), { name: off, values: of(off, (s) => s.cpuPerResponse) }))
+    const off = baseline('observe-off', (s) => s.cpuPerResponse)
+    if (off !== undefined && samples.defaults !== undefined) figures.push(figure('overhead', 'defaults', 'CPU/response vs observe-off', 'µs', of('defaults', (s) => s.cpuPerResponse), off))
     return { figures, detail: samples }
   } finally {
     for (const peer of peers) await peer.stop()
   }
 }
 
-await scenarioEntry(import.meta.url, 'overhead', async (role) => { await runChild(role as Role) })
+await scenarioEntry(import.meta.url, 'overhead', async (role) => { await runDoorChild(role as 'upstreams' | Door) })

@@ -12,7 +12,7 @@
 import os from 'node:os'
 import { execFileSync } from 'node:child_process'
 import {
-  formatTable, runMain, startWatchdog, stopChildren, writeResults, type Figure, type Settings
+  commitOf, formatTable, runMain, startWatchdog, stopChildren, writeResults, type Figure, type Settings
 } from './harness.js'
 import { PEERS, peerBinary } from './external.js'
 import { overhead } from './overhead.js'
@@ -24,7 +24,7 @@ import { FIGURE_HEADER, figureRows } from './table.js'
 type Scenario = (settings: Settings) => Promise<{ figures: Figure[], detail: unknown }>
 
 const SCENARIOS: Record<string, { run: Scenario, about: string }> = {
-  overhead: { run: overhead, about: 'success-path cost: direct, http-proxy, fastify-upstream (defaults, everything on), nginx, HAProxy' },
+  overhead: { run: overhead, about: 'success-path cost against the floors: direct, node-floor, fastify-floor, http-proxy, fastify-upstream (defaults, observe-off, everything), nginx, HAProxy' },
   kill: { run: kill, about: 'one of three targets SIGKILLed under load: client errors, time to ejection' },
   slow: { run: slow, about: 'one of three targets 200 ms slow: p50/p99 per balancer' },
   storm: { run: storm, about: 'every target refuses: req/s against the success path, event-loop delay, log lines per failure' },
@@ -68,8 +68,9 @@ async function main (): Promise<void> {
   const { settings, only } = parseArgs(process.argv.slice(2))
   startWatchdog(30 * 60_000)
   const started = new Date()
+  const commit = commitOf()
   const loadavgAtStart = os.loadavg()
-  console.log(`bench: ${only.join(', ')}; ${settings.rounds} round(s), ${settings.seconds} s per measurement${settings.quick ? ' (quick)' : ''}; ` +
+  console.log(`bench at ${commit}: ${only.join(', ')}; ${settings.rounds} round(s), ${settings.seconds} s per measurement${settings.quick ? ' (quick)' : ''}; ` +
     `node ${process.version}, ${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ''}, load average ${os.loadavg().map((n) => n.toFixed(2)).join(' ')}`)
 
   const figures: Figure[] = []
@@ -98,6 +99,7 @@ async function main (): Promise<void> {
 
   const report = {
     date: started.toISOString(),
+    commit,
     durationSeconds: Math.round((Date.now() - started.getTime()) / 1000),
     machine: { node: process.version, platform: `${os.platform()} ${os.release()} ${os.arch()}`, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? null, loadavgAtStart, loadavgAtEnd: os.loadavg(), peers: peerVersions() },
     settings: { ...settings, scenarios: only },
@@ -105,7 +107,8 @@ async function main (): Promise<void> {
     failures,
     details
   }
-  const file = `${started.toISOString().slice(0, 19).replace(/:/g, '-')}Z${settings.quick ? '-quick' : ''}.json`
+  // Named after the commit it measured, so a figure quoted elsewhere can name its file.
+  const file = `${started.toISOString().slice(0, 19).replace(/:/g, '-')}Z-at-${commit}${settings.quick ? '-quick' : ''}.json`
   console.log(`\nwrote ${await writeResults(file, report)}`)
   if (Object.keys(failures).length > 0) throw new Error(`failed: ${Object.entries(failures).map(([name, message]) => `${name} (${message})`).join('; ')}`)
 }
