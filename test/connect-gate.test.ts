@@ -120,12 +120,15 @@ t.test('through the gateway: a target failing TLS outright sees one connection f
   }
   const first = await ask()
   t.equal(first.status, 502)
-  t.equal(plain.hits, 1)
+  // The request's connection, and the look at what the port speaks that a TLS failure triggers
+  // (pool/sniff.ts: a plain request, then a ClientHello; once per target every 10 s).
+  const afterFirst = plain.hits
+  t.ok(afterFirst >= 1 && afterFirst <= 3, `${afterFirst} connection(s): the request's, and the sniff's`)
 
   const burst = await Promise.all(Array.from({ length: 20 }, ask))
   t.same(new Set(burst.map((r) => `${r.status} ${r.error}`)), new Set([`502 ${first.error}`]), `all 20 answered 502 ${first.error}`)
   // Without the gate this is 20: each request would open a connection of its own.
-  t.ok(plain.hits - 1 <= 3, `${plain.hits - 1} TCP connection(s) for 20 requests`)
+  t.ok(plain.hits - afterFirst <= 3, `${plain.hits - afterFirst} TCP connection(s) for 20 requests`)
   t.equal(gw.failures().length, 21, 'one log record per failed request, as before')
 })
 
