@@ -2,6 +2,7 @@
 import type { UpstreamPool, PoolSnapshot } from './pool/pool.js'
 import type { TargetSnapshot } from './pool/target.js'
 import { probe, type ProbeResult } from './observe/probe.js'
+import type { Caches } from './cache/caches.js'
 
 export interface UpstreamPoolApi {
   readonly name: string
@@ -23,9 +24,15 @@ export interface UpstreamApi {
    * timed; resolves with the status or the classified error. Throws for an unknown pool or target.
    */
   probe: (pool: string, url: string) => Promise<ProbeResult>
+  /**
+   * Drops the stored answers of a caching route (named by its prefix), or of one path of it
+   * (as the client requests it; without a query string, every query string of that path goes
+   * too). Resolves with how many keys went. Throws for a route that does not cache.
+   */
+  purge: (route: string, path?: string) => Promise<number>
 }
 
-export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamApi {
+export function createApi (pools: ReadonlyMap<string, UpstreamPool>, caches: Caches | null = null): UpstreamApi {
   const find = (name: string): UpstreamPool => {
     const pool = pools.get(name)
     if (pool === undefined) throw new Error(`fastify-upstream: no pool named "${name}" (pools: ${[...pools.keys()].join(', ')})`)
@@ -39,6 +46,10 @@ export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamAp
     },
     drain: (name, url) => { find(name).drain(url) },
     enable: (name, url) => { find(name).enable(url) },
-    probe: async (name, url) => await probe(find(name), url)
+    probe: async (name, url) => await probe(find(name), url),
+    purge: async (route, path) => {
+      if (caches === null) throw new Error(`fastify-upstream: no route caches (routes[].cache), so there is nothing to purge for "${route}"`)
+      return await caches.purge(route, path)
+    }
   }
 }

@@ -21,6 +21,7 @@ import { createTracing, type Tracing } from './observe/tracing.js'
 import type { Config } from './options/config.js'
 import { OptionsError } from './options/check.js'
 import { closeConnectionAfter } from './proxy/forwarding.js'
+import { Caches } from './cache/caches.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -56,7 +57,8 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const appErrors = createErrorHandlers(config, null)
   const tracing = tracingFor(config, pools)
 
-  app.decorate('upstream', createApi(pools))
+  const caches = config.routes.some((route) => route.cache !== null) ? new Caches(app.log) : null
+  app.decorate('upstream', createApi(pools, caches))
   // Finished requests are counted only where something reads the counts.
   const metrics = config.metrics === null ? null : new Metrics(pools, config.metrics.registry)
   const stories = config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
@@ -92,12 +94,13 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async function startPoolsAndRateLimitStore () {
     // Waits for each target name's first lookup (at most discovery.timeout), not for success.
-    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start(), stories?.start()])
+    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start(), stories?.start(), caches?.start()])
   })
   app.addHook('onClose', async function closePoolsAndStores () {
     tracing?.close()
     limiter?.close()
     stories?.close()
+    caches?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
@@ -127,7 +130,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   await app.register(async function proxiedRoutes (gateway) {
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
-      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing)
+      await registerRoute(gateway, config, route, pools.get(route.pool)!, websockets, recorder, tracing, caches)
     }
   })
 }

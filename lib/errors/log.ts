@@ -35,6 +35,30 @@ export function logFailure (request: FastifyRequest, failure: Failure, cut = fal
   else request.log.warn(record, msg)
 }
 
+/**
+ * A failure answered with a stored answer (stale-if-error): one warn record, not error, since
+ * the client got a good answer; it names the failure as logFailure would, and `status` is
+ * the stale answer's.
+ */
+export function logServedStale (request: FastifyRequest, failure: Failure, status: number): void {
+  const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
+  const what = failure.error === 'upstream_error_status' ? `answered ${failure.receivedStatus ?? '?'}` : failure.title.toLowerCase()
+  request.log.warn({
+    method: request.method,
+    url: request.url,
+    status,
+    error: failure.error,
+    blame: failure.blame,
+    phase: failure.phase,
+    pool: failure.pool,
+    target: failure.target,
+    cause: failure.cause,
+    attempts: failure.attempts,
+    ms: failure.ms,
+    servedStale: true
+  }, `${failure.status} ${failure.error}:${where} ${what}; served a stale answer from the cache instead (stale-if-error)`)
+}
+
 export function logClientAborted (request: FastifyRequest, phase: string, pool: string, target: string | null, ms: number): void {
   request.log.info({ method: request.method, url: request.url, error: 'client_aborted', blame: 'client', phase, pool, target, ms: Math.round(ms) },
     `client_aborted: the client went away during the ${phase} phase`)

@@ -30,6 +30,8 @@ export interface RequestStory {
   ms: number
   /** Each target's state when the request ended. */
   poolState: ReadonlyArray<{ target: string, state: string }>
+  /** The answer's Cache-Status when it came from the cache (a stale answer for a failure). */
+  cache?: string
 }
 
 /** What the recorder needs to know of a finished request. */
@@ -45,6 +47,8 @@ export interface Ending {
   attempts: readonly AttemptRecord[]
   /** Reads each target's state now; called only for a request that is kept. */
   poolState: () => Array<{ target: string, state: string }>
+  /** The answer's Cache-Status when it came from the cache. */
+  cache?: string
 }
 
 /** The map's value for `key`, made by `make` the first time. */
@@ -238,7 +242,8 @@ export class Recorder {
         ? { status: ending.status, error: null, cause: null, blame: null, note: null }
         : { status: ending.status, error: failure.error, cause: failure.cause, blame: failure.blame, note: failure.note },
       ms: Math.round(ending.ms),
-      poolState: ending.poolState()
+      poolState: ending.poolState(),
+      ...(ending.cache !== undefined ? { cache: ending.cache } : {})
     }
     const old = this.#ring[this.#next]
     if (old !== undefined && this.#byId.get(old.id) === old) this.#byId.delete(old.id)

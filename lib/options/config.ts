@@ -104,6 +104,20 @@ export interface RouteConfig {
    * route itself sets it; null (no idle timer) otherwise, as the pool's value is for HTTP bodies.
    */
   tunnelIdle: number | null
+  /** Null: the route does not cache. */
+  cache: CacheConfig | null
+}
+
+export interface CacheConfig {
+  /** 'memory', or a URL the gateway connects to, or the user's own client. */
+  store: 'memory' | string | Redis | Cluster
+  maxBytes: number
+  maxEntryBytes: number
+  /** Milliseconds (0: the answer's own window only). */
+  staleIfError: number
+  staleWhileRevalidate: number
+  lock: boolean
+  prefix: string
 }
 
 export interface ErrorsConfig {

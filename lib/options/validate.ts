@@ -5,7 +5,7 @@ import type { Registry } from 'prom-client'
 import type { UpstreamOptions, RetryCondition } from './types.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
-  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig
+  HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig, CacheConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -25,7 +25,7 @@ const DEFAULT_RETRY_ON: RetryCondition[] = ['connect-failure', 'refused-stream',
 const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS', 'TRACE', 'SEARCH', 'PROPFIND', 'PROPPATCH', 'MKCOL', 'COPY', 'MOVE', 'LOCK', 'UNLOCK', 'REPORT', 'MKCALENDAR']
 
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic']
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation']
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'cache']
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total']
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget']
 
@@ -341,7 +341,27 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     bodyLimit: validateBodyLimit(join(path, 'bodyLimit'), r.bodyLimit),
     rewriteLocation: boolean(join(path, 'rewriteLocation'), r.rewriteLocation, true),
     // Checked with the rest of `timeouts` above; only the route's own value counts here.
-    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null
+    tunnelIdle: isPlainObject(r.timeouts) && typeof r.timeouts.body === 'number' ? r.timeouts.body : null,
+    cache: validateCache(join(path, 'cache'), r.cache)
+  }
+}
+
+/** routes[].cache: `true` for the defaults, or an object. */
+function validateCache (path: string, input: unknown): CacheConfig | null {
+  if (input === undefined || input === false) return null
+  if (input !== true && !isPlainObject(input)) fail(path, 'true, false or an object', input)
+  const c = input === true ? {} : object(path, input, ['store', 'maxBytes', 'maxEntryBytes', 'staleIfError', 'staleWhileRevalidate', 'lock', 'prefix'])
+  const maxBytes = integer(join(path, 'maxBytes'), c.maxBytes, 67_108_864, 1)
+  const maxEntryBytes = integer(join(path, 'maxEntryBytes'), c.maxEntryBytes, Math.min(1_048_576, maxBytes), 1)
+  if (maxEntryBytes > maxBytes) fail(join(path, 'maxEntryBytes'), `at most maxBytes (${maxBytes})`, maxEntryBytes)
+  return {
+    store: c.store === undefined || c.store === 'memory' ? 'memory' : validateRedis(join(path, 'store'), c.store, '"memory", a redis:// or rediss:// URL, or an ioredis client')!,
+    maxBytes,
+    maxEntryBytes,
+    staleIfError: duration(join(path, 'staleIfError'), c.staleIfError, 0, 0),
+    staleWhileRevalidate: duration(join(path, 'staleWhileRevalidate'), c.staleWhileRevalidate, 0, 0),
+    lock: boolean(join(path, 'lock'), c.lock, true),
+    prefix: string(join(path, 'prefix'), c.prefix, 'fastify-upstream:')
   }
 }
 
@@ -374,15 +394,15 @@ function refuseWhitelist (path: string, options: Record<string, unknown>): void 
   if (options.whitelist !== undefined) throw new OptionsError(join(path, 'whitelist'), `use ${path}.allowList (the same values; @fastify/rate-limit 11 no longer reads whitelist)`)
 }
 
-function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+function validateRedis (path: string, value: unknown, expected = 'a redis:// or rediss:// URL, or an ioredis client'): RateLimitConfig['redis'] {
   if (value === undefined) return null
   if (typeof value === 'string') {
-    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, expected, value)
     return value
   }
   // What the Redis counts (rate-limit-counts.ts) call on the client: ioredis's Redis or Cluster.
   const client = value as { defineCommand?: unknown, on?: unknown } | null
-  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, expected, value)
   return value as RateLimitConfig['redis']
 }
 

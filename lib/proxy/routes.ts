@@ -4,25 +4,28 @@
 // sends it upstream on undici and relays the answer (relay.ts).
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
+import type { Readable } from 'node:stream'
 import type { Config, RouteConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
+import { Exchange, exchangeOf, type ExchangeCache, type ExchangeEvents } from './exchange.js'
 import { rewriteLocations } from './location.js'
 import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, viaContains, viaPseudonym } from './forwarding.js'
 import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
-import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
+import { logFailure, logClientAborted, logRecovered, logServedStale } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
-import { proxyStatusMember } from '../errors/problem.js'
+import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
+import type { Caches } from '../cache/caches.js'
+import { keyPool } from '../cache/key.js'
 import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, pool: UpstreamPool, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null, caches: Caches | null = null): Promise<void> {
   const settings = { proxyName: config.errors.proxyName, requestIdHeader: config.requestIdHeader, via: viaPseudonym(config, config.errors.proxyName) }
   const { answer, errorHandler, notFoundHandler } = createErrorHandlers(config, pool.name)
 
@@ -44,6 +47,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   const events: ExchangeEvents = {
     failed (exchange, failure) {
+      if (exchange.cache?.failed(exchange, failure) === true) return
       recorder?.failed(ending(exchange, failure.status), failure)
       answer(exchange.request, exchange.reply, failure)
     },
@@ -103,6 +107,21 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     rewriteLocations: route.rewriteLocation ? (headers, request) => { rewriteLocations(headers, request, route, pool) } : null
   }
 
+  const cache = route.cache === null || caches === null
+    ? null
+    : caches.create(route, {
+      app,
+      route: route.prefix,
+      proxyName: settings.proxyName,
+      via: relayRoute.via,
+      prepare: (headers, request) => { relayRoute.rewriteLocations?.(headers, request) },
+      proxyStatus: (request, failure) => proxyStatusMember(failure, settings.proxyName, isFullExposure(config.errors, request), failure.receivedStatus),
+      staleServed (request, failure, exchange, cacheStatus, status) {
+        if (exchange !== null) recorder?.failed({ ...ending(exchange, status), cache: cacheStatus }, failure)
+        logServedStale(request, failure, status)
+      }
+    })
+
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
 
   /** The client's own fault, found before any exchange: answered with the classifier's status. */
@@ -142,9 +161,22 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
       return
     }
+    const body = kept ?? request.body as IncomingMessage | undefined
+    if (cache === null) {
+      exchange(request, reply, path, body, null, null)
+      return
+    }
+    // Looked up before any target is picked: a hit costs the pool nothing.
+    cache.handle(request, reply, keyPool(pool.name), (hook, validators) => { exchange(request, reply, path, body, hook, validators) })
+  }
+
+  /** Sends the request upstream; `validators`: the conditional fields that revalidate a stored answer. */
+  function exchange (request: FastifyRequest, reply: FastifyReply, path: string, body: Readable | undefined, hook: ExchangeCache | null, validators: Record<string, string> | null): void {
     const headers = forwardRequestHeaders(request, request.headers, settings) as Record<string, string>
+    if (validators !== null) Object.assign(headers, validators)
     const exchange = new Exchange(request, reply, route, pool, events, relayRoute, tracing)
-    exchange.start(path, headers, kept ?? request.body as IncomingMessage | undefined)
+    exchange.cache = hook
+    exchange.start(path, headers, body)
   }
 
   /**
