@@ -117,11 +117,12 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   }
 
   answerExpectContinue(app, config.routes)
-  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories)
+  if (config.status !== null) registerStatus(app, config, config.status, pools, recorder!, limiter?.health ?? null, stories, caches)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
     if (stories !== null) metrics.watchStoryStore(stories)
+    if (caches !== null) metrics.watchCaches(caches)
     registerMetrics(app, config.metrics!.path, metrics)
   }
 

@@ -145,6 +145,8 @@ export class RouteCache {
       this.counts.misses++
       const release = this.config.lock && held === undefined ? this.#lock(key) : null
       const validators = stored !== null && policy !== null ? validatorsFor(policy, request) : null
+      // Said again with the upstream's status once it answers; this stays on the gateway's own error answer.
+      reply.header('cache-status', forwardStatus(name, fwd, null, false, collapsed, storeDown ? 'store-unavailable' : null))
       forward(new CacheExchange(this, key, request, reply, stored, validators !== null, { fwd, collapsed, storeDown, refresh }, release), validators)
       return
     }

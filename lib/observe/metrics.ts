@@ -11,6 +11,8 @@ import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending, type TunnelEvent } from './recorder.js'
 import type { StoryStore } from './story-store.js'
+import type { Caches } from '../cache/caches.js'
+import type { CacheCounts } from '../cache/cache.js'
 import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
 const PREFIX = 'fastify_upstream_'
@@ -235,6 +237,54 @@ export class Metrics {
       collect (this: Counter<string>) {
         this.reset()
         this.inc(store.errorsTotal)
+      }
+    })
+  }
+
+  /** The route caches: what each answered, what it holds, and its store's failures. */
+  watchCaches (caches: Caches): void {
+    const registers = [this.registry]
+    const results: Array<[string, keyof CacheCounts]> = [['hit', 'hits'], ['miss', 'misses'], ['stale_if_error', 'staleIfError'], ['stale_while_revalidate', 'staleWhileRevalidate'], ['revalidated', 'revalidated'], ['collapsed', 'collapsed']]
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}cache_requests_total`,
+      help: 'Requests on caching routes by what the cache did: hit (fresh, no upstream request), miss (went upstream), stale_if_error (a stale answer for a failure), stale_while_revalidate, revalidated (a 304 confirmed a stale answer), collapsed (waited for another request fetching the same key).',
+      labelNames: ['route', 'result'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const cache of caches.snapshot()) {
+          for (const [result, field] of results) this.labels(cache.route, result).inc(cache.counts[field])
+        }
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}cache_stored_total`,
+      help: 'Answers stored by a route cache.',
+      labelNames: ['route'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const cache of caches.snapshot()) this.labels(cache.route).inc(cache.counts.stored)
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}cache_store_errors_total`,
+      help: 'Lookups and writes a route cache\'s store failed or did not answer in time (each one a miss, or an answer not stored).',
+      labelNames: ['route'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const cache of caches.snapshot()) this.labels(cache.route).inc(cache.counts.storeErrors)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${PREFIX}cache_bytes`,
+      help: 'Bytes a route cache holds in memory (routes with a Redis store are not counted here).',
+      labelNames: ['route'],
+      registers,
+      collect (this: Gauge<string>) {
+        this.reset()
+        for (const cache of caches.snapshot()) if (cache.bytes !== null) this.labels(cache.route).set(cache.bytes)
       }
     })
   }

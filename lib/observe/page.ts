@@ -1,6 +1,7 @@
 // The status page and a request's story page, as HTML: self-contained (inline style, no
 // script, no fetched asset), refreshed by a meta tag, one column on a phone. Every value from
 // outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
+import type { CacheSnapshot } from '../cache/caches.js'
 import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
 import type { RequestStory, TunnelCounts } from './recorder.js'
@@ -23,6 +24,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
     renderDiagnosis(report.diagnosis),
     renderRateLimitStore(report.rateLimitStore),
     renderStoryStore(report.storyStore),
+    renderCaches(report.caches),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -51,6 +53,17 @@ function renderStoryStore (store: StoryStoreSnapshot | null): string {
     ? `<strong>reachable</strong> since <time>${e(store.since)}</time>: request ids from every instance are found here`
     : `<strong class="bad">unreachable</strong> since <time>${e(store.since)}</time>: only this instance's requests are found · ${e(store.errors)} error(s), the first: ${e(store.lastError ?? '?')}`
   return `<section class="story-store"><h2>Request story store</h2><p>Redis (status.store): ${state}</p></section>`
+}
+
+/** Each caching route: what its cache answered, and what it holds. */
+function renderCaches (caches: CacheSnapshot[] | undefined): string {
+  if (caches === undefined || caches.length === 0) return ''
+  const rows = caches.map((c) => {
+    const held = c.bytes === null ? `Redis${c.storeHealth?.state === 'unreachable' ? ' <strong class="bad">unreachable</strong>' : ''}` : `${e((c.bytes / 1048576).toFixed(1))} / ${e((c.maxBytes / 1048576).toFixed(1))} MiB`
+    const n = c.counts
+    return `<tr><td><code>${e(c.route)}</code></td><td>${e(n.hits)}</td><td>${e(n.misses)}</td><td>${e(n.staleIfError)}</td><td>${e(n.staleWhileRevalidate)}</td><td>${e(n.revalidated)}</td><td>${e(n.collapsed)}</td><td>${e(n.stored)}</td><td>${e(n.storeErrors)}</td><td>${held}</td></tr>`
+  }).join('')
+  return `<section class="caches"><h2>Caches</h2><div class="scroll"><table><thead><tr><th>Route</th><th>Hits</th><th>Misses</th><th>Stale for a failure</th><th>Stale while refreshing</th><th>Revalidated</th><th>Waited for another</th><th>Stored</th><th>Store errors</th><th>Held</th></tr></thead><tbody>${rows}</tbody></table></div></section>`
 }
 
 function renderPool (pool: PoolReport, base: string): string {
