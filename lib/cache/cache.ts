@@ -9,8 +9,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { ExchangeCache, Exchange } from '../proxy/exchange.js'
 import type { CacheConfig } from '../options/config.js'
 import { forwardResponseHeaders, type ResponseHeaders } from '../proxy/forwarding.js'
-import { makeFailure, type Failure } from '../errors/failure.js'
-import { retryAfterOf } from '../errors/respond.js'
+import type { Failure } from '../errors/failure.js'
 import { cacheKey, purgePrefix, variantOf } from './key.js'
 import { keepFor, policyOf, requestRefusesStored, restorePolicy, shouldStore, staleWhileRevalidateSeconds, usableOnError, type Policy, type StaleWindows } from './policy.js'
 import type { CacheStore, StoredAnswer } from './store.js'
@@ -278,17 +277,7 @@ class CacheExchange implements ExchangeCache {
       }
     }
     if (status >= 500) {
-      const failure = makeFailure('upstream_error_status', {
-        phase: 'headers',
-        pool: exchange.pool.name,
-        target: exchange.target?.hostPort ?? null,
-        attempts: exchange.attempts,
-        ms: exchange.ms,
-        status,
-        receivedStatus: status,
-        retryAfter: retryAfterOf(upstream['retry-after'])
-      })
-      if (this.cache.serveStale(this.request, this.reply, stored, failure, exchange)) {
+      if (this.cache.serveStale(this.request, this.reply, stored, exchange.statusFailure(status, upstream), exchange)) {
         this.#done()
         return 'stale'
       }

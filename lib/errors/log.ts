@@ -9,23 +9,9 @@ import type { AttemptRecord, Failure } from './failure.js'
  */
 export function logFailure (request: FastifyRequest, failure: Failure, cut = false): void {
   const note = cut ? 'the response had started, so the client connection was cut' : undefined
-  const record = {
-    method: request.method,
-    url: request.url,
-    status: failure.status,
-    error: failure.error,
-    blame: failure.blame,
-    phase: failure.phase,
-    pool: failure.pool,
-    target: failure.target,
-    cause: failure.cause,
-    attempts: failure.attempts,
-    ms: failure.ms,
-    ...(failure.queueMs > 0 ? { queueMs: failure.queueMs } : {}),
-    ...(failure.note !== null ? { note: failure.note } : {})
-  }
+  const record = failureRecord(request, failure, failure.status)
   const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
-  const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
+  const where = whereOf(failure)
   const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
   const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
   // The status the client got decides, except for a response cut after its headers (`cut`,
@@ -41,9 +27,14 @@ export function logFailure (request: FastifyRequest, failure: Failure, cut = fal
  * the stale answer's.
  */
 export function logServedStale (request: FastifyRequest, failure: Failure, status: number): void {
-  const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
   const what = failure.error === 'upstream_error_status' ? `answered ${failure.receivedStatus ?? '?'}` : failure.title.toLowerCase()
-  request.log.warn({
+  request.log.warn({ ...failureRecord(request, failure, status), servedStale: true },
+    `${failure.status} ${failure.error}:${whereOf(failure)} ${what}; served a stale answer from the cache instead (stale-if-error)`)
+}
+
+/** The fields of a failure's log record; `status` is the one the client got. */
+function failureRecord (request: FastifyRequest, failure: Failure, status: number): Record<string, unknown> {
+  return {
     method: request.method,
     url: request.url,
     status,
@@ -55,8 +46,14 @@ export function logServedStale (request: FastifyRequest, failure: Failure, statu
     cause: failure.cause,
     attempts: failure.attempts,
     ms: failure.ms,
-    servedStale: true
-  }, `${failure.status} ${failure.error}:${where} ${what}; served a stale answer from the cache instead (stale-if-error)`)
+    ...(failure.queueMs > 0 ? { queueMs: failure.queueMs } : {}),
+    ...(failure.note !== null ? { note: failure.note } : {})
+  }
+}
+
+/** ` pool target host:port:` for a log message, or nothing. */
+function whereOf (failure: Failure): string {
+  return failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
 }
 
 export function logClientAborted (request: FastifyRequest, phase: string, pool: string, target: string | null, ms: number): void {

@@ -14,6 +14,7 @@ import { asRelayLimit, classify, relayLimitStatus, classifyClientFault, GatewayE
 import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
+import { retryAfterOf } from '../errors/respond.js'
 import { sendTry } from './try.js'
 import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { shouldRetryStatus } from './retry.js'
@@ -292,6 +293,14 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     }
     // Backpressure passes straight through: false pauses the try until the relay resumes it.
     return outcome === 'body'
+  }
+
+  /**
+   * The record of an upstream answer the gateway does not pass on as it is (an intercepted
+   * status, a 5xx answered from the cache): not a failure of the gateway's, its status the upstream's.
+   */
+  statusFailure (status: number, headers: { 'retry-after'?: string | string[] }): Failure {
+    return this.#failure('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfterOf(headers['retry-after']) })
   }
 
   /** The answer's status is one errors.intercept names: the gateway answers with its own page. */

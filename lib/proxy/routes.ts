@@ -15,7 +15,6 @@ import { PathMapper, UnsafePathError, type RouterMatching } from './path.js'
 import type { RelayRoute } from './relay.js'
 import { logFailure, logClientAborted, logRecovered, logServedStale } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
-import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { classifyClientFault, ensureSentence, GATEWAY_CODES } from '../errors/classify.js'
 import { isFullExposure, proxyStatusMember } from '../errors/problem.js'
@@ -73,16 +72,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     },
     intercepted (exchange, status, headers) {
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
-      const failure = makeFailure('upstream_error_status', {
-        phase: 'headers',
-        pool: pool.name,
-        target: exchange.target?.hostPort ?? null,
-        attempts: exchange.attempts,
-        ms: exchange.ms,
-        status,
-        receivedStatus: status,
-        retryAfter: retryAfterOf(headers['retry-after'])
-      })
+      const failure = exchange.statusFailure(status, headers)
       recorder?.failed(ending(exchange, failure.status), failure)
       answer(exchange.request, exchange.reply, failure)
     }
