@@ -36,6 +36,8 @@ export type { StatusReport, PoolReport, TargetReport, Windows } from './observe/
 export type { WindowStats } from './observe/stats.js'
 export type { Finding, Severity } from './observe/diagnosis.js'
 export type { RequestStory, ErrorExample, TunnelCounts } from './observe/recorder.js'
+export type { CacheSnapshot } from './cache/caches.js'
+export type { CacheCounts } from './cache/cache.js'
 export { OptionsError }
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 export { requestIdFrom, type RequestIdOptions } from './request-id.js'
