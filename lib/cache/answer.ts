@@ -31,13 +31,10 @@ export function forwardStatus (name: string, fwd: Forwarded, status: number | nu
 export function sendStored (reply: FastifyReply, stored: StoredAnswer, policy: Policy, cacheStatus: string, proxyStatus: string | null = null): void {
   const headers = policy.responseHeaders()
   const status = stored.policy.st
+  headers['cache-status'] = cacheStatus
+  if (proxyStatus !== null) headers['proxy-status'] = proxyStatus
   reply.code(status)
-  for (const name in headers) {
-    const value = headers[name]
-    if (value !== undefined) reply.header(name, value)
-  }
-  reply.header('cache-status', cacheStatus)
-  if (proxyStatus !== null) reply.header('proxy-status', proxyStatus)
+  reply.headers(headers)
   if (reply.request.method === 'HEAD' || status === 204 || status === 304) {
     reply.send()
     return

@@ -96,19 +96,21 @@ export class RouteCache {
   async #handle (request: FastifyRequest, reply: FastifyReply, pool: string, forward: Forward): Promise<void> {
     const name = this.context.proxyName
     const method = request.method
+    // Taken off any request: only this process's own refresh may carry it, and never upstream.
+    const refresh = this.#takeRefreshMark(request.headers)
     if (method !== 'GET' && method !== 'HEAD') {
       reply.header('cache-status', forwardStatus(name, 'method', null, false))
       forward(null, null)
       return
     }
-    const refresh = this.#takeRefreshMark(request.headers)
     const key = cacheKey(this.context.route, request.url, pool, request.headers.host, method)
     let collapsed = false
     for (let round = 0; ; round++) {
       let answers: StoredAnswer[] = []
       let storeDown = false
       try {
-        answers = await this.store.get(key)
+        const got = this.store.get(key)
+        answers = Array.isArray(got) ? got : await got
       } catch {
         this.counts.storeErrors++
         storeDown = true

@@ -53,8 +53,17 @@ export function policyOf (request: PolicyRequest, status: number, headers: Heade
   )
 }
 
+/** Policies already made from a stored object: a memory store hands out the same object on every hit. */
+const restored = new WeakMap<PolicyObject, Policy>()
+
+/** The policy of a stored answer. Policies are only read once made, so one serves every hit. */
 export function restorePolicy (object: PolicyObject): Policy {
-  return CachePolicy.fromObject(object)
+  let policy = restored.get(object)
+  if (policy === undefined) {
+    policy = CachePolicy.fromObject(object)
+    restored.set(object, policy)
+  }
+  return policy
 }
 
 /**

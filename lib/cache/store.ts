@@ -15,8 +15,11 @@ export interface StoredAnswer {
 }
 
 export interface CacheStore {
-  /** The variants stored under `key` and not past their deleteAt. Rejects when the store fails. */
-  get: (key: string) => Promise<StoredAnswer[]>
+  /**
+   * The variants stored under `key` and not past their deleteAt; at once where the store can
+   * (memory: a hit then costs no turn of the event loop). Rejects when the store fails.
+   */
+  get: (key: string) => StoredAnswer[] | Promise<StoredAnswer[]>
   /** Keeps `answer` under `key`, replacing the variant it is. Rejects when the store fails. */
   set: (key: string, answer: StoredAnswer) => Promise<void>
   /** Drops every key starting with `prefix`; resolves with how many keys went. */
@@ -56,7 +59,7 @@ export class MemoryStore implements CacheStore {
     return this.#lru.calculatedSize
   }
 
-  async get (key: string): Promise<StoredAnswer[]> {
+  get (key: string): StoredAnswer[] {
     const now = Date.now()
     const answers = this.#lru.get(key)
     if (answers === undefined) return []
