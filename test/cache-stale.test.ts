@@ -172,3 +172,19 @@ t.test('the route\'s staleWhileRevalidate covers answers that give no window of 
   t.equal(answer.headers['cache-status'], 'fastify-upstream; hit; detail=stale-while-revalidate')
   await waitFor(() => u.hits === 2, 5000, 'the refresh')
 })
+
+t.test('stale-if-error: a pool at its limits (decided in the queue, nothing sent) is answered with the stored answer', async (t) => {
+  const u = await upstream(t, good('max-age=1, stale-if-error=60'))
+  const { gw, body } = await staleEntry(t, u, true, { limits: { maxConcurrent: 1, maxPending: 0 } })
+  // One request holds the only slot: the next is refused by the limits.
+  let release: () => void = () => {}
+  u.set((req, res) => { release = () => { good('max-age=1')(req, res) } })
+  const holding = gw.request('/shop/other')
+  await waitFor(() => u.hits === 2, 5000, 'the request holding the slot')
+  assertServedStale(t, gw, await get(gw, '/shop/item'), body, 'connection_limit_reached')
+  release()
+  await (await holding).body.dump()
+  const page = await (await gw.request('/_upstream', { headers: { accept: 'text/html' } })).body.text()
+  t.match(page, /<h2>Caches<\/h2>/, 'the status page has the caches')
+  t.match(page, /<code>\/shop<\/code><\/td><td>0<\/td><td>\d+<\/td><td>1<\/td>/, 'with the stale answer counted')
+})
