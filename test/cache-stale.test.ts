@@ -82,6 +82,8 @@ t.test('stale-if-error: a refused connection is answered with the stored answer'
   t.equal(report.caches?.[0]?.counts.staleIfError, 1, 'counted on the status report')
   const story = (await (await gw.request(`/_upstream/requests/${String(staleRecords(gw)[0]!.reqId)}`, { headers: { accept: 'application/json' } })).body.json()) as { cache?: string }
   t.equal(story.cache, 'fastify-upstream; hit; detail=stale-if-error', 'the story says the answer came from the cache')
+  const storyPage = await (await gw.request(`/_upstream/requests/${String(staleRecords(gw)[0]!.reqId)}`, { headers: { accept: 'text/html' } })).body.text()
+  t.match(storyPage, /Answered from the cache instead \(<code>fastify-upstream; hit; detail=stale-if-error<\/code>\)/)
 })
 
 t.test('stale-if-error: a headers timeout is answered with the stored answer', async (t) => {

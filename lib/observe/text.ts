@@ -75,6 +75,7 @@ export function storyText (story: RequestStory): string {
     '',
     `Answer: ${a.status}${a.error !== null ? ` ${a.error} (blame: ${a.blame ?? '?'})` : ' delivered after a retry'}${a.cause !== null ? ` — cause ${a.cause}` : ''}`,
     ...(a.note !== null ? [`  ${a.note}`] : []),
+    ...(story.cache !== undefined ? [`  answered from the cache instead (${story.cache}): the client got the stored answer, not the failure`] : []),
     '',
     'Tries'
   ]
