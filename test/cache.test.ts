@@ -206,6 +206,24 @@ t.test('a stale answer with only Last-Modified is revalidated with If-Modified-S
   t.equal(revalidated.headers['cache-status'], 'fastify-upstream; fwd=stale; fwd-status=304; stored')
 })
 
+t.test('a client\'s own condition is answered from the stored answer: 304 when it has it', async (t) => {
+  const modified = new Date(Date.now() - 3_600_000).toUTCString()
+  const u = await upstream(t, cacheable('max-age=60', 'hello', { etag: 'W/"v1"', 'last-modified': modified }))
+  const gw = await gateway(t, u)
+  await get(gw, '/shop/cond')
+  const matching = await get(gw, '/shop/cond', { 'if-none-match': '"v0", "v1"' })
+  t.equal(matching.status, 304, 'weak comparison matches')
+  t.equal(matching.body, '')
+  t.equal(matching.headers['cache-status'], 'fastify-upstream; hit')
+  t.equal(matching.headers.etag, 'W/"v1"')
+  const other = await get(gw, '/shop/cond', { 'if-none-match': '"v2"' })
+  t.equal(other.status, 200)
+  t.equal(other.body, 'hello')
+  t.equal((await get(gw, '/shop/cond', { 'if-modified-since': new Date().toUTCString() })).status, 304)
+  t.equal((await get(gw, '/shop/cond', { 'if-modified-since': new Date(Date.now() - 7_200_000).toUTCString() })).status, 200)
+  t.equal(u.hits, 1)
+})
+
 t.test('a request with Cache-Control: no-cache goes upstream (fwd=request)', async (t) => {
   const u = await upstream(t, cacheable('max-age=60'))
   const gw = await gateway(t, u)

@@ -2,6 +2,7 @@
 // answer came from. The policy (http-cache-semantics) gives the headers as they must be served:
 // hop-by-hop fields dropped, `Age` and `Date` as of now.
 import { Readable } from 'node:stream'
+import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyReply } from 'fastify'
 import type { Policy } from './policy.js'
 import type { StoredAnswer } from './store.js'
@@ -33,9 +34,12 @@ export function sendStored (reply: FastifyReply, stored: StoredAnswer, policy: P
   const status = stored.policy.st
   headers['cache-status'] = cacheStatus
   if (proxyStatus !== null) headers['proxy-status'] = proxyStatus
-  reply.code(status)
+  // RFC 9111 §4.3.2: the client's own condition is answered from the stored answer.
+  const notModified = status === 200 && conditionHolds(reply.request.headers, headers)
+  if (notModified) Reflect.deleteProperty(headers, 'content-length')
+  reply.code(notModified ? 304 : status)
   reply.headers(headers)
-  if (reply.request.method === 'HEAD' || status === 204 || status === 304) {
+  if (notModified || reply.request.method === 'HEAD' || status === 204 || status === 304) {
     reply.send()
     return
   }
@@ -47,4 +51,24 @@ export function sendStored (reply: FastifyReply, stored: StoredAnswer, policy: P
     return
   }
   reply.send(stored.body)
+}
+
+/**
+ * Whether the client's condition says it has this answer already (RFC 9110 §13.1.2, §13.1.3):
+ * If-None-Match by weak comparison (or `*`), else If-Modified-Since against Last-Modified.
+ */
+function conditionHolds (request: IncomingHttpHeaders, stored: Record<string, string | string[] | undefined>): boolean {
+  const etag = stored.etag
+  const ifNoneMatch = request['if-none-match']
+  if (ifNoneMatch !== undefined) {
+    if (typeof etag !== 'string') return ifNoneMatch.trim() === '*'
+    const weak = (tag: string): string => tag.trim().replace(/^W\//, '')
+    return ifNoneMatch.split(',').some((tag) => tag.trim() === '*' || weak(tag) === weak(etag))
+  }
+  const since = request['if-modified-since']
+  const modified = stored['last-modified']
+  if (since === undefined || typeof modified !== 'string') return false
+  const sinceMs = Date.parse(since)
+  const modifiedMs = Date.parse(modified)
+  return Number.isFinite(sinceMs) && Number.isFinite(modifiedMs) && modifiedMs <= sinceMs
 }
