@@ -155,7 +155,6 @@ t.test('stale-while-revalidate answers at once and refreshes in the background, 
   }
   await waitFor(() => u.hits === before + 1, 5000, 'the refresh')
   release()
-  await waitFor(() => gw.app.upstream !== undefined && u.hits === before + 1, 1000)
   let fresh = await get(gw, '/shop/item')
   for (let i = 0; i < 100 && fresh.headers['cache-status'] !== 'fastify-upstream; hit'; i++) {
     await sleep(20)
