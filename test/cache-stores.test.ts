@@ -72,6 +72,8 @@ t.test('the memory store through the gateway: filled past maxBytes, it holds no 
   t.match(metrics, /fastify_upstream_cache_bytes\{route="\/shop"\} \d+/)
   t.match(metrics, /fastify_upstream_cache_requests_total\{route="\/shop",result="hit"\} 1/)
   t.match(metrics, /fastify_upstream_cache_requests_total\{route="\/shop",result="miss"\} 41/)
+  t.match(metrics, /# TYPE fastify_upstream_cache_stored_total counter\nfastify_upstream_cache_stored_total\{route="\/shop"\} 41/)
+  t.match(metrics, /# TYPE fastify_upstream_cache_bytes gauge/)
 })
 
 t.test('two gateways share one Redis store: what one stored, the other serves', { skip: noRedis ?? false }, async (t) => {

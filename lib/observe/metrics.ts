@@ -11,7 +11,7 @@ import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending, type TunnelEvent } from './recorder.js'
 import type { StoryStore } from './story-store.js'
-import type { Caches } from '../cache/caches.js'
+import type { Caches, CacheSnapshot } from '../cache/caches.js'
 import type { CacheCounts } from '../cache/cache.js'
 import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
@@ -257,36 +257,24 @@ export class Metrics {
         }
       }
     })
-    new Counter({ // eslint-disable-line no-new
-      name: `${PREFIX}cache_stored_total`,
-      help: 'Answers stored by a route cache.',
-      labelNames: ['route'],
-      registers,
-      collect (this: Counter<string>) {
-        this.reset()
-        for (const cache of caches.snapshot()) this.labels(cache.route).inc(cache.counts.stored)
+    // One series per caching route, read from the caches when scraped (null: none for that route).
+    const perRoute = (kind: 'counter' | 'gauge', name: string, help: string, read: (cache: CacheSnapshot) => number | null): void => {
+      const options = { name: `${PREFIX}${name}`, help, labelNames: ['route'], registers }
+      const fill = (set: (route: string, value: number) => void): void => {
+        for (const cache of caches.snapshot()) {
+          const value = read(cache)
+          if (value !== null) set(cache.route, value)
+        }
       }
-    })
-    new Counter({ // eslint-disable-line no-new
-      name: `${PREFIX}cache_store_errors_total`,
-      help: 'Lookups and writes a route cache\'s store failed or did not answer in time (each one a miss, or an answer not stored).',
-      labelNames: ['route'],
-      registers,
-      collect (this: Counter<string>) {
-        this.reset()
-        for (const cache of caches.snapshot()) this.labels(cache.route).inc(cache.counts.storeErrors)
+      if (kind === 'counter') {
+        new Counter({ ...options, collect (this: Counter<string>) { this.reset(); fill((route, value) => { this.labels(route).inc(value) }) } }) // eslint-disable-line no-new
+      } else {
+        new Gauge({ ...options, collect (this: Gauge<string>) { this.reset(); fill((route, value) => { this.labels(route).set(value) }) } }) // eslint-disable-line no-new
       }
-    })
-    new Gauge({ // eslint-disable-line no-new
-      name: `${PREFIX}cache_bytes`,
-      help: 'Bytes a route cache holds in memory (routes with a Redis store are not counted here).',
-      labelNames: ['route'],
-      registers,
-      collect (this: Gauge<string>) {
-        this.reset()
-        for (const cache of caches.snapshot()) if (cache.bytes !== null) this.labels(cache.route).set(cache.bytes)
-      }
-    })
+    }
+    perRoute('counter', 'cache_stored_total', 'Answers stored by a route cache.', (cache) => cache.counts.stored)
+    perRoute('counter', 'cache_store_errors_total', 'Lookups and writes a route cache\'s store failed or did not answer in time (each one a miss, or an answer not stored).', (cache) => cache.counts.storeErrors)
+    perRoute('gauge', 'cache_bytes', 'Bytes a route cache holds in memory (routes with a Redis store are not counted here).', (cache) => cache.bytes)
   }
 
   /** One finished request; `failure` when it failed. */
