@@ -3,6 +3,7 @@ import type { UpstreamPool, PoolSnapshot } from './pool/pool.js'
 import type { TargetSnapshot } from './pool/target.js'
 import { probe, type ProbeResult } from './observe/probe.js'
 import type { Caches } from './cache/caches.js'
+import { unknownPool } from './errors/codes.js'
 
 export interface UpstreamPoolApi {
   readonly name: string
@@ -35,7 +36,7 @@ export interface UpstreamApi {
 export function createApi (pools: ReadonlyMap<string, UpstreamPool>, caches: Caches | null = null): UpstreamApi {
   const find = (name: string): UpstreamPool => {
     const pool = pools.get(name)
-    if (pool === undefined) throw new Error(`fastify-upstream: no pool named "${name}" (pools: ${[...pools.keys()].join(', ')})`)
+    if (pool === undefined) throw unknownPool(name, [...pools.keys()])
     return pool
   }
   return {

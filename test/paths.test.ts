@@ -1,6 +1,7 @@
 import t from 'tap'
 import http from 'node:http'
-import { PathMapper, UnsafePathError, checkPath } from '../lib/proxy/path.js'
+import { PathMapper, checkPath } from '../lib/proxy/path.js'
+import { UnsafePathError } from '../lib/errors/codes.js'
 import { startGateway } from './helpers/gateway.js'
 import { startUpstream } from './helpers/servers.js'
 import { ourProxyStatus } from './helpers/proxy-status.js'

@@ -17,7 +17,10 @@ t.test('a healthy target answers with every phase timed, at its health path', as
   t.type(result.ms.firstByte, 'number')
   t.equal(result.ms.tls, null, 'no TLS over http')
   await (await gw.request('/api/x')).body.text()
-  t.match(gw.app.upstream.pool('api').targets()[0]!.connections, { count: 1, tlsMs: null }, 'a proxied connection is timed, with no TLS over http')
+  // At least one: the first health check may open a connection of its own at the same moment.
+  const connections = gw.app.upstream.pool('api').targets()[0]!.connections
+  t.ok(connections.count >= 1, 'a proxied connection is timed')
+  t.equal(connections.tlsMs, null, 'with no TLS over http')
   t.ok(result.ms.connect! <= result.ms.firstByte! && result.ms.firstByte! <= result.ms.total)
 
   const res = await gw.request(`/_upstream/probe?pool=api&target=${encodeURIComponent(u.url)}`, { headers: { accept: 'application/json' } })

@@ -3,6 +3,10 @@
 // that into the immutable record every response, header, log line and counter reads.
 import { CLIENT_FAULTS, CREDENTIALS_FAILURE, type ClientFault, type Phase, type ProxyErrorType } from './taxonomy.js'
 import type { FailureContext } from './failure.js'
+import { GATEWAY_CODES, RELAY_LIMITS, GatewayError } from './codes.js'
+
+// The codes are read here, so they are at hand here too.
+export { GATEWAY_CODES, RELAY_LIMITS, GatewayError }
 
 export interface Classified {
   error: ProxyErrorType | 'client_aborted'
@@ -34,55 +38,6 @@ const TERMINATED_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'ECON
 /** undici's parser errors lose their llhttp code (it is looked up by number); the class name stays. */
 const PARSER_ERROR = 'HTTPParserError'
 
-/** Gateway-made errors carry one of these codes so the classifier can read them like any other. */
-export const GATEWAY_CODES = {
-  totalTimeout: 'FST_UPSTREAM_TOTAL_TIMEOUT',
-  // The gateway enforces timeouts.headers itself (undici's timer ticks every ~0.5 s); it is the
-  // same event as undici's own, so it carries undici's code.
-  headersTimeout: 'UND_ERR_HEADERS_TIMEOUT',
-  connectTimeout: 'UND_ERR_CONNECT_TIMEOUT',
-  bodyTimeout: 'UND_ERR_BODY_TIMEOUT',
-  // A status line undici parsed but HTTP has no such status (under 100, over 599): llhttp's
-  // own name for it, so it classifies as any other malformed answer.
-  invalidStatus: 'HPE_INVALID_STATUS',
-  clientAborted: 'FST_UPSTREAM_CLIENT_ABORTED',
-  // The client's streamed body passed routes[].bodyLimit: its fault, whatever the upstream did.
-  bodyTooLarge: 'FST_UPSTREAM_BODY_TOO_LARGE',
-  // The client stalled mid-upload (timeouts.body), or was still sending when timeouts.total
-  // passed: its delay, not the upstream's.
-  clientBodyTimeout: 'FST_UPSTREAM_CLIENT_BODY_TIMEOUT',
-  // The upstream took no part of the request body for timeouts.body while the client had more
-  // to give (nginx's proxy_send_timeout).
-  sendTimeout: 'FST_UPSTREAM_SEND_TIMEOUT',
-  // More than one Host field (RFC 9112 §3.2), which Node's parser lets through.
-  duplicateHost: 'FST_UPSTREAM_DUPLICATE_HOST',
-  // An upgrade request that goes on as plain HTTP with a chunked body (proxy/upgrade-body.ts).
-  lengthRequired: 'FST_UPSTREAM_LENGTH_REQUIRED',
-  // A path an upstream could resolve outside the route's rewritePrefix (proxy/path.ts).
-  unsafePath: 'FST_UPSTREAM_UNSAFE_PATH',
-  // pools.<name>.auth.token gave no usable token: nothing was sent to the upstream.
-  credentials: 'FST_UPSTREAM_CREDENTIALS',
-  // The rate limit store failed or was too slow, and rateLimit.onStoreError is 'deny'.
-  rateLimitStore: 'FST_UPSTREAM_RATE_LIMIT_STORE',
-  // What the gateway cannot relay, although the target's answer is valid HTTP: the gateway's
-  // limits, never counted against the target (see RELAY_LIMITS).
-  // A transfer coding other than chunked (`Transfer-Encoding: gzip, chunked`).
-  transferCoding: 'FST_UPSTREAM_TRANSFER_CODING',
-  // An interim 100 Continue the gateway did not ask for: HTTP lets a server send one (RFC 9110
-  // §15.2), undici's HTTP/1.1 client refuses it.
-  unsolicitedContinue: 'FST_UPSTREAM_UNSOLICITED_100',
-  // Relay work threw (Node refused a header, an app's hook or stream failed): a gateway bug or
-  // an unexpected state, caught so it ends one exchange, never the process.
-  relayFailed: 'FST_UPSTREAM_RELAY_FAILED'
-} as const
-
-/**
- * Answers the gateway cannot relay although they are valid HTTP: its own limits, classified as
- * `proxy_internal_error`, never retried (the target would answer the same), never counted
- * toward the target's ejection; the hint is the error's own words.
- */
-export const RELAY_LIMITS: ReadonlySet<string> = new Set([GATEWAY_CODES.transferCoding, GATEWAY_CODES.unsolicitedContinue, GATEWAY_CODES.relayFailed])
-
 /**
  * The status of a relay limit's answer: a target's valid answer the gateway could not relay is
  * a bad gateway (502); relay work that threw keeps the taxonomy's 500.
@@ -106,9 +61,6 @@ export function asRelayLimit (err: unknown): unknown {
 }
 
 /** An error the gateway raises itself (a timeout, an abort), with one of GATEWAY_CODES. */
-export class GatewayError extends Error {
-  constructor (readonly code: string, message: string, options?: ErrorOptions) { super(message, options) }
-}
 
 export function classify (err: unknown, progress: Progress): Classified {
   const code = findCode(err)

@@ -3,19 +3,10 @@
 // record, counters and the dashboard.
 import { TAXONOMY, type Blame, type Phase, type ProxyErrorType, type Sent } from './taxonomy.js'
 import type { Timeouts } from '../options/config.js'
-import { GATEWAY_CODES, RELAY_LIMITS } from './classify.js'
+import { GATEWAY_CODES, RELAY_LIMITS } from './codes.js'
+import type { AttemptRecord } from './shapes.js'
 
-export interface AttemptRecord {
-  /** `host:port` of the target tried. */
-  target: string
-  /** The error type of this try, or null if it got a response. */
-  error: ProxyErrorType | null
-  cause: string | null
-  phase: Phase
-  ms: number
-  /** The upstream status, when it answered. */
-  status?: number
-}
+export type { AttemptRecord }
 
 export interface Failure {
   readonly error: ProxyErrorType

@@ -2,29 +2,12 @@
 // failure record. `expose` decides how much an audience may see.
 import type { FastifyRequest } from 'fastify'
 import type { ErrorsConfig } from '../options/config.js'
-import type { Failure, AttemptRecord } from './failure.js'
+import type { Failure } from './failure.js'
+import type { Problem } from './shapes.js'
 import { serializeItem, Token, type Parameters } from 'structured-headers'
-import { PROXY_STATUS_ERROR, type Blame, type Phase, type ProxyErrorType } from './taxonomy.js'
+import { PROXY_STATUS_ERROR } from './taxonomy.js'
 
-export interface Problem {
-  type: string
-  title: string
-  status: number
-  detail: string
-  instance: string
-  error: ProxyErrorType
-  blame: Blame
-  phase: Phase
-  requestId: string
-  timestamp: string
-  temporary: boolean
-  hint: string
-  /** Full exposure only. */
-  pool?: string | null
-  target?: string | null
-  cause?: string | null
-  attempts?: readonly AttemptRecord[]
-}
+export type { Problem }
 
 export function isFullExposure (errors: ErrorsConfig, request: FastifyRequest): boolean {
   const expose = errors.expose

@@ -9,7 +9,7 @@
 import { Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
 import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
-import { entry, type Ending, type TunnelEvent } from './recorder.js'
+import { entry, type Ending, type TunnelEvent } from './records.js'
 import type { StoryStore } from './story-store.js'
 import type { Caches, CacheSnapshot } from '../cache/caches.js'
 import type { CacheCounts } from '../cache/cache.js'

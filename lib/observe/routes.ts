@@ -10,6 +10,7 @@ import type { UpstreamPool } from '../pool/pool.js'
 import { createErrorHandlers } from '../errors/handlers.js'
 import { isFullExposure } from '../errors/problem.js'
 import { negotiate } from '../errors/respond.js'
+import { isUnknownName } from '../errors/codes.js'
 import { buildReport } from './report.js'
 import { renderProbe, renderStatus, renderStory } from './page.js'
 import { probeText, statusText, storyText } from './text.js'
@@ -62,7 +63,10 @@ export function registerStatus (app: FastifyInstance, config: Config, status: St
     try {
       result = await probe(pool, target)
     } catch (err) {
-      return await refuse((err as Error).message)
+      // A target not in the pool is the caller's mistake; anything else is the gateway's own
+      // (its error handler answers proxy_internal_error).
+      if (isUnknownName(err)) return await refuse((err as Error).message)
+      throw err
     }
     if (format === 'json') return await reply.send(result)
     if (format === 'text') return await reply.type(TEXT).send(probeText(result))

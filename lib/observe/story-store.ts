@@ -6,7 +6,7 @@
 import type { Cluster, Redis } from 'ioredis'
 import type { FastifyBaseLogger } from 'fastify'
 import type { StoryStoreConfig } from '../options/config.js'
-import type { RequestStory } from './recorder.js'
+import type { RequestStory } from './records.js'
 import { REDIS_TIMEOUT, StoreClient, type OutageSnapshot } from '../redis.js'
 
 /** The longest a save or a lookup waits on Redis, in ms. */

@@ -1,13 +1,9 @@
 // Small checkers that either return a well-typed value or throw an `OptionsError` naming the
 // option's path, what was expected and what was given. `validate.ts` is written with these.
 
-export class OptionsError extends Error {
-  readonly code = 'FST_UPSTREAM_INVALID_OPTION'
-  constructor (readonly path: string, message: string) {
-    super(`${path}: ${message}`)
-    this.name = 'OptionsError'
-  }
-}
+import { OptionsError } from '../errors/codes.js'
+
+export { OptionsError }
 
 export function describe (value: unknown): string {
   if (value === undefined) return 'undefined'

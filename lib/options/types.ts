@@ -2,7 +2,7 @@
 // optional where a default exists; `validate.ts` turns these into the complete `Config` in `config.ts`.
 import type { FastifyRequest, HTTPMethods } from 'fastify'
 import type { Registry } from 'prom-client'
-import type { Problem } from '../errors/problem.js'
+import type { Problem } from '../errors/shapes.js'
 import type { RateLimitPluginOptions } from '@fastify/rate-limit'
 import type { Cluster, Redis } from 'ioredis'
 

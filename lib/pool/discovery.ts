@@ -8,6 +8,7 @@ import { isIP } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { DiscoveryConfig, TargetConfig } from '../options/config.js'
 import type { AddressFamily } from '../options/types.js'
+import { LookupError } from '../errors/codes.js'
 
 /** One address a name resolved to: where to connect, and what to call it (Host, TLS name). */
 export interface Endpoint {
@@ -28,11 +29,6 @@ export interface Answer {
   ttl: number | null
   /** `dns`: the resolver; `system`: the system's lookup (for names in /etc/hosts). */
   via: 'dns' | 'system'
-}
-
-/** A failed lookup, with the resolver's code (`ENOTFOUND`, `ESERVFAIL`, `ETIMEOUT`...). */
-export class LookupError extends Error {
-  constructor (readonly code: string, message: string) { super(message) }
 }
 
 /** What a target asks discovery to resolve: a host name with a port, or an SRV name. */

@@ -1,12 +1,14 @@
 // Active health checks (as HAProxy's `check` and Envoy's health checking): every interval, with
-// jitter so many gateways do not probe in lock-step, one request per target. Failures go
-// through the request classifier, so a failed check reads like a failed request.
+// jitter so many gateways do not probe in lock-step, one request per target; rise and fall
+// (healthyAfter, unhealthyAfter) decide a target's health. Failures go through the request
+// classifier, so a failed check reads like a failed request.
 import { performance } from 'node:perf_hooks'
 import type { HealthConfig, PoolConfig } from '../options/config.js'
 import type { CheckResult, Target } from './target.js'
 import { classify, GATEWAY_CODES } from '../errors/classify.js'
 import { makeFailure } from '../errors/failure.js'
 import type { Credentials } from './credentials.js'
+import type { Transitions } from './transitions.js'
 
 /** How much of a body `expect.body` looks at. */
 const BODY_LIMIT = 64 * 1024
@@ -23,7 +25,8 @@ export class HealthChecker {
 
   constructor (
     private readonly pool: PoolConfig & { health: HealthConfig },
-    private readonly onResult: (target: Target, result: CheckResult) => void,
+    /** Where each target's change of health is logged. */
+    private readonly transitions: Transitions,
     /** The pool's credentials (auth): checks carry them as requests do. */
     private readonly credentials: Credentials | null = null,
     private readonly random: () => number = Math.random
@@ -67,7 +70,7 @@ export class HealthChecker {
     const timer = setTimeout(() => {
       this.#round(target).then((result) => {
         if (this.#stopped || !this.#targets.has(target)) return
-        if (result !== null) this.onResult(target, result)
+        if (result !== null) this.#judge(target, result)
         const { interval } = this.pool.health
         this.#schedule(target, interval * (1 - JITTER + 2 * JITTER * this.random()))
       }, () => {})
@@ -94,6 +97,30 @@ export class HealthChecker {
     // A 401 to the gateway's token: have it refreshed, as a request's 401 would.
     if (result.status === 401 && auth.authorization !== undefined) this.credentials!.unauthorized(auth.authorization.slice('Bearer '.length))
     return result
+  }
+
+  /**
+   * Rise and fall: a target's first check decides at once whether it is healthy; after that,
+   * health.healthyAfter passed checks in a row bring it back and health.unhealthyAfter failed
+   * ones take it out.
+   */
+  #judge (target: Target, result: CheckResult): void {
+    const { healthyAfter, unhealthyAfter } = this.pool.health
+    target.recordCheck(result)
+    const first = target.health === 'unknown'
+    if (result.ok) {
+      if (target.health === 'healthy' || (!first && target.checksPassed < healthyAfter)) return
+      this.transitions.change(target, first
+        ? `passed its first health check: ${result.reason}`
+        : `passed ${target.checksPassed} health checks in a row (health.healthyAfter = ${healthyAfter}): ${result.reason}`,
+      () => { target.setHealth('healthy') })
+      return
+    }
+    if (target.health === 'unhealthy' || (!first && target.checksFailed < unhealthyAfter)) return
+    this.transitions.change(target, first
+      ? `failed its first health check: ${result.reason}`
+      : `failed ${target.checksFailed} health checks in a row (health.unhealthyAfter = ${unhealthyAfter}): ${result.reason}`,
+    () => { target.setHealth('unhealthy') })
   }
 
   /** One check: GET health.path (with `auth`, the credential headers), then status and body against `expect`. */

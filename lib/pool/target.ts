@@ -71,6 +71,8 @@ export interface TargetSnapshot {
 const EWMA_ALPHA = 0.2
 /** How fast a latency average fades without new samples (e-folding time). */
 const LATENCY_DECAY_MS = 10_000
+/** The latency sample a failed try counts as (see countFailure). */
+const FAILURE_LATENCY_MS = 1000
 /** A target warming up under slow start never gets less than this share of its weight. */
 const MIN_WARM_SHARE = 0.1
 /** SRV weights (0..65535) are kept within the weights targets may have. */
@@ -192,12 +194,98 @@ export class Target {
     return !this.draining && !this.isEjected(now) && this.health !== 'unhealthy'
   }
 
-  /** Back into rotation after an ejection or an operator's enable: a fresh streak, warming up. */
-  readmit (): void {
+  // The pool's parts change a target only through the methods below, each one event in the
+  // target's life, so what an event changes is written once.
+
+  /** Back into rotation after an ejection (on probation) or an operator's enable: a fresh streak, warming up. */
+  readmit (probation = false): void {
     this.ejectedUntil = null
     this.ejectedReason = null
     this.consecutiveFailures = 0
     this.warmingSince = Date.now()
+    if (probation) this.probation = true
+  }
+
+  /** Its state changed (the pool logs the transition): "since" counts from now. */
+  entered (now = Date.now()): void {
+    this.since = now
+  }
+
+  /** Left its name's DNS answer: drains, and leaves the pool once its requests in flight end. */
+  leaveAnswer (): void {
+    this.removed = true
+    this.draining = true
+  }
+
+  /** Back in its name's answer before it finished draining: it stays, state and all. */
+  rejoinAnswer (): void {
+    this.removed = false
+    this.draining = false
+  }
+
+  /** An operator's drain: no new requests, those in flight finish. */
+  drain (): void {
+    this.draining = true
+  }
+
+  /** An operator's enable: back in rotation, any ejection over. */
+  enable (): void {
+    this.draining = false
+    this.readmit()
+  }
+
+  /** A new address or a recovered target: slow start ramps its share of traffic up from now. */
+  startWarming (now = Date.now()): void {
+    this.warmingSince = now
+  }
+
+  /** A failed try: counted, its error kept, and slow for latency-aware balancing however fast it came. */
+  countFailure (error: string, cause: string | null, now = Date.now()): void {
+    this.failures++
+    this.consecutiveFailures++
+    this.recordLatency(Math.max(FAILURE_LATENCY_MS, 2 * (this.latencyEwma ?? 0)))
+    this.lastError = { error, cause, at: now }
+  }
+
+  /** A good answer: the failure streak and probation end. */
+  countSuccess (): void {
+    this.consecutiveFailures = 0
+    this.probation = false
+  }
+
+  /** Ejected (the `ejection`-th time in a row) until `until`, for `reason`. */
+  eject (ejection: number, until: number, reason: string): void {
+    this.ejections = ejection
+    this.ejectionsTotal++
+    this.ejectedUntil = until
+    this.ejectedReason = reason
+  }
+
+  /** Stayed in rotation long enough: the next ejection is a first one again. */
+  forgetEjections (): void {
+    this.ejections = 0
+  }
+
+  /** An active check's result: the streaks of passed and failed checks. */
+  recordCheck (result: CheckResult): void {
+    this.lastCheck = result
+    if (result.ok) {
+      this.checksPassed++
+      this.checksFailed = 0
+    } else {
+      this.checksFailed++
+      this.checksPassed = 0
+      this.healthReason = result.reason
+    }
+  }
+
+  /** What active checks now conclude; a target that recovers warms up under slow start. */
+  setHealth (health: Health): void {
+    if (health === 'healthy') {
+      if (this.health === 'unhealthy') this.startWarming()
+      this.healthReason = null
+    }
+    this.health = health
   }
 
   /** The weight balancers use: ramps from 10% to 100% over `slowStart` after a recovery. */

@@ -3,7 +3,7 @@
 // then not retried. A body without a declared length is counted against routes[].bodyLimit as
 // it streams (one with a Content-Length is checked before: HTTP framing keeps it to that).
 import { Readable } from 'node:stream'
-import { GATEWAY_CODES } from '../errors/classify.js'
+import { BodyTooLarge } from '../errors/codes.js'
 
 /** Bodies up to this size are kept for replay. */
 export const REPLAY_LIMIT = 64 * 1024
@@ -25,14 +25,6 @@ export function bodyWithoutReading (body: unknown): PreparedBody | null {
 }
 
 const NO_BODY: PreparedBody = Object.freeze({ body: null, replayable: true, why: '' })
-
-/** The client sent more than routes[].bodyLimit allows. */
-export class BodyTooLarge extends Error {
-  readonly code = GATEWAY_CODES.bodyTooLarge
-  constructor (readonly limit: number) {
-    super(`the request body passed ${limit} bytes`)
-  }
-}
 
 /**
  * A body ready to send (and maybe replay). `limit` (bytes, null for none) applies to a body

@@ -16,7 +16,8 @@ import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
 import { retryAfterOf } from '../errors/respond.js'
 import { sendTry } from './try.js'
-import { BodyTooLarge, bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
+import { BodyTooLarge } from '../errors/codes.js'
+import { bodyWithoutReading, prepareBody, type PreparedBody } from './body.js'
 import { shouldRetryStatus } from './retry.js'
 import { TrySequence, type FailureDetails, type Replay } from './tries.js'
 import type { Tracing, TryOutcome } from '../observe/tracing.js'
@@ -228,7 +229,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   /** A try's answer the client will not see (another try follows): its span ends, its body is not read. */
   #dropAnswer (attempt: Attempt, status: number, why: string): void {
     this.#endSpan(attempt, status)
-    attempt.drop(new GatewayError('FST_UPSTREAM_RETRIED', why))
+    attempt.drop(new GatewayError(GATEWAY_CODES.retried, why))
   }
 
   get timeouts (): RouteConfig['timeouts'] {
@@ -308,7 +309,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
     const attempt = this.current!
     this.#settle()
     // Its body is not read: the try is cut, and not taken for a client abort (settled).
-    attempt.drop(new GatewayError('FST_UPSTREAM_INTERCEPTED', `status ${status} is answered by the gateway (errors.intercept)`))
+    attempt.drop(new GatewayError(GATEWAY_CODES.intercepted, `status ${status} is answered by the gateway (errors.intercept)`))
     this.events.intercepted(this, status, headers)
   }
 

@@ -1,19 +1,12 @@
 // The path a request goes upstream with: the route's prefix swapped for its rewritePrefix, the
 // rest of the path and the query passed on byte for byte, as the client sent them. A path that
 // could climb out of rewritePrefix at the upstream is refused (400) before anything is sent.
-import { GATEWAY_CODES } from '../errors/classify.js'
-import { CLIENT_FAULTS } from '../errors/taxonomy.js'
+import { UnsafePathError } from '../errors/codes.js'
 
 /** How the app's router matches paths (Fastify's routerOptions), for prefixes sent encoded. */
 export interface RouterMatching {
   caseSensitive: boolean
   ignoreDuplicateSlashes: boolean
-}
-
-/** A path the gateway refuses to forward: a client fault (classifyClientFault gives its status). */
-export class UnsafePathError extends Error {
-  readonly code = GATEWAY_CODES.unsafePath
-  readonly statusCode = CLIENT_FAULTS.unsafePath.status
 }
 
 /**

@@ -1,6 +1,7 @@
 // lib/proxy/path.ts without a socket: prefix rewriting and the paths that are refused.
 import t from 'tap'
-import { checkPath, PathMapper, type UnsafePathError } from '../../lib/proxy/path.js'
+import { checkPath, PathMapper } from '../../lib/proxy/path.js'
+import type { UnsafePathError } from '../../lib/errors/codes.js'
 
 const UNSAFE = { code: 'FST_UPSTREAM_UNSAFE_PATH' }
 const strict = { caseSensitive: true, ignoreDuplicateSlashes: false }
