@@ -8,14 +8,17 @@
 //   billing a pool whose only target is a port where nothing listens
 //   reports one instance that answers every request, correctly, after 2.5 s: slow, not broken,
 //           which the status page's diagnosis points out
+//   catalog one instance whose answers may be cached (its route caches them); /catalog/outage
+//           stops it for a while, to see the last good answer served instead of an error
 //
 // Logs are Fastify's plain JSON lines (pipe through `pino-pretty` if you have it); the
 // upstreams print one `[upstream …]` line each on stderr, with the request id the gateway
 // sent them, so a gateway log line and an upstream log line can be matched.
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import upstream, { frameworkErrors, clientErrorHandler, requestIdFrom } from 'fastify-upstream'
-import { startUpstream, freePort, sendJson } from './lib/upstream.js'
+import { startUpstream, freePort, sendJson, type Upstream } from './lib/upstream.js'
 import { serve } from './lib/gateway.js'
 
 /** The orders route's `timeouts.headers`: /orders/slow answers well after it. */
@@ -99,10 +102,55 @@ function slowReports (req: IncomingMessage, res: ServerResponse, name: string): 
   return true
 }
 
+/** How long /catalog/outage keeps the catalog service down. */
+const CATALOG_OUTAGE_MS = 30_000
+
+/**
+ * The catalog service: product lists a shared cache may keep for 10 s, and stand in with for
+ * ten minutes if the service fails (`stale-if-error`). /catalog/outage stops it listening for
+ * CATALOG_OUTAGE_MS (said in an answer nobody may store), then it comes back on the same port.
+ */
+async function startCatalog (): Promise<Upstream> {
+  let served = 0
+  let restart: NodeJS.Timeout | null = null
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]
+    process.stderr.write(`[upstream catalog-1] ${req.method ?? '?'} ${req.url ?? '/'} x-request-id=${String(req.headers['x-request-id'] ?? '-')}\n`)
+    if (path === '/catalog/outage') {
+      res.setHeader('cache-control', 'no-store')
+      sendJson(res, 200, { instance: 'catalog-1', stopping: true, forMs: CATALOG_OUTAGE_MS })
+      // Stops listening once this answer is out, and starts again later on the same port.
+      res.once('finish', () => {
+        server.close()
+        server.closeAllConnections()
+        restart = setTimeout(() => { restart = null; server.listen(port, '127.0.0.1') }, CATALOG_OUTAGE_MS)
+      })
+      return
+    }
+    served++
+    res.setHeader('cache-control', 'max-age=10, stale-if-error=600')
+    sendJson(res, 200, { instance: 'catalog-1', products: ['tea', 'coffee', 'cocoa'], servedByTheService: served, at: new Date().toISOString() })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    name: 'catalog-1',
+    url: `http://127.0.0.1:${port}`,
+    close: async () => {
+      if (restart !== null) clearTimeout(restart)
+      if (!server.listening) return
+      const closed = new Promise<void>((resolve) => { server.close(() => { resolve() }) })
+      server.closeAllConnections()
+      await closed
+    }
+  }
+}
+
 const usersA = await startUpstream('users-a', { log: true, handler: usersTraffic })
 const usersB = await startUpstream('users-b', { log: true, handler: usersTraffic })
 const orders = await startUpstream('orders-1', { log: true, handler: faultyOrders })
 const reports = await startUpstream('reports-1', { log: true, handler: slowReports })
+const catalog = await startCatalog()
 const billingUrl = `http://127.0.0.1:${await freePort()}`
 
 // `requestIdFrom` lets a caller pass its own id (curl -H 'x-request-id: …') when it is
@@ -118,13 +166,17 @@ await app.register(upstream, {
     // the next lines a 503 for a second. A lenient setting keeps it in rotation, shown failing.
     orders: { targets: [orders.url], outlier: { consecutiveFailures: 10 } },
     billing: { targets: [billingUrl] },
-    reports: { targets: [reports.url] }
+    reports: { targets: [reports.url] },
+    catalog: { targets: [catalog.url] }
   },
   routes: [
     { prefix: '/users', pool: 'users' },
     { prefix: '/orders', pool: 'orders', rewritePrefix: '/orders', timeouts: { headers: ORDERS_HEADERS_TIMEOUT } },
     { prefix: '/billing', pool: 'billing' },
-    { prefix: '/reports', pool: 'reports' }
+    { prefix: '/reports', pool: 'reports' },
+    // The catalog's answers are kept as their Cache-Control allows (10 s fresh, stale-if-error
+    // for 10 min): a hit costs the service nothing, and an outage costs its visitors nothing.
+    { prefix: '/catalog', pool: 'catalog', rewritePrefix: '/catalog', cache: true }
   ],
   // A demo sees a handful of requests, not a production pool's hundreds: let the diagnosis
   // judge a pool from 3 requests (20 by default).
@@ -132,13 +184,14 @@ await app.register(upstream, {
 })
 
 await serve(app, {
-  upstreams: [usersA, usersB, orders, reports],
+  upstreams: [usersA, usersB, orders, reports, catalog],
   banner: [
     'fastify-upstream demo: a gateway at $GW in front of',
     `  users    ${usersA.url} (${usersA.name}), ${usersB.url} (${usersB.name}): round-robin, healthy`,
     `  orders   ${orders.url} (${orders.name}): faulty on purpose; its route has timeouts.headers = ${ORDERS_HEADERS_TIMEOUT} ms`,
     `  billing  ${billingUrl}: nothing listens there`,
     `  reports  ${reports.url} (${reports.name}): answers everything, ${REPORTS_ANSWER_MS} ms late`,
+    `  catalog  ${catalog.url} (${catalog.name}): cacheable answers; its route caches them (routes[].cache)`,
     '',
     'Each failed request writes one log line (level 50): error, blame, phase, pool, target, cause, attempts, ms.',
     '',
@@ -157,6 +210,10 @@ await serve(app, {
     ['curl -i $GW/orders/oops', "the service's own 500 passes through; Proxy-Status says received-status=500"],
     ["curl -i -H 'accept: application/json' $GW/billing/invoices", '502 connection_refused'],
     ['for r in daily weekly monthly; do curl -s $GW/reports/$r & done; wait', `three slow answers at once (${REPORTS_ANSWER_MS / 1000} s each): then see the diagnosis`],
+    ['curl -s $GW/catalog/products', 'cacheable: the service answers, and the gateway keeps the answer'],
+    ['curl -i $GW/catalog/products', 'again: Cache-Status: fastify-upstream; hit, with Age; the service saw nothing'],
+    ['curl -s $GW/catalog/outage', `stops the catalog service for ${CATALOG_OUTAGE_MS / 1000} s`],
+    ["curl -i -H 'cache-control: max-age=0' $GW/catalog/products", 'asks past the cache: the service is down, so the last good answer comes, marked stale-if-error, Proxy-Status naming the failure'],
     ["curl -s -H 'accept: application/json' $GW/_upstream", 'the status report: every pool and target, rates, percentiles, and what is wrong in words'],
     ["curl -s -H 'x-request-id: my-id-1' $GW/orders/crash", "your id: in the answer, the gateway's log line and the upstream's"],
     ["curl -i -H \"cookie: $(head -c 20000 /dev/zero | tr '\\0' a)\" $GW/users/1", '431: headers too large, said in the gateway\'s words']

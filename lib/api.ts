@@ -2,7 +2,8 @@
 import type { UpstreamPool, PoolSnapshot } from './pool/pool.js'
 import type { TargetSnapshot } from './pool/target.js'
 import { probe, type ProbeResult } from './observe/probe.js'
-import { unknownPool } from './errors/codes.js'
+import type { Caches } from './cache/caches.js'
+import { unknownCachingRoute, unknownPool } from './errors/codes.js'
 
 export interface UpstreamPoolApi {
   readonly name: string
@@ -24,9 +25,15 @@ export interface UpstreamApi {
    * timed; resolves with the status or the classified error. Throws for an unknown pool or target.
    */
   probe: (pool: string, url: string) => Promise<ProbeResult>
+  /**
+   * Drops the stored answers of a caching route (named by its prefix), or of one path of it
+   * (as the client requests it; without a query string, every query string of that path goes
+   * too). Resolves with how many keys went. Throws for a route that does not cache.
+   */
+  purge: (route: string, path?: string) => Promise<number>
 }
 
-export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamApi {
+export function createApi (pools: ReadonlyMap<string, UpstreamPool>, caches: readonly Caches[] = []): UpstreamApi {
   const find = (name: string): UpstreamPool => {
     const pool = pools.get(name)
     if (pool === undefined) throw unknownPool(name, [...pools.keys()])
@@ -40,6 +47,11 @@ export function createApi (pools: ReadonlyMap<string, UpstreamPool>): UpstreamAp
     },
     drain: (name, url) => { find(name).drain(url) },
     enable: (name, url) => { find(name).enable(url) },
-    probe: async (name, url) => await probe(find(name), url)
+    probe: async (name, url) => await probe(find(name), url),
+    purge: async (route, path) => {
+      const owner = caches.find((c) => c.has(route))
+      if (owner === undefined) throw unknownCachingRoute(route, caches.flatMap((c) => c.routes()))
+      return await owner.purge(route, path)
+    }
   }
 }

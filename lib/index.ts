@@ -26,6 +26,7 @@ import { OptionsError } from './options/check.js'
 import { closeConnectionAfter } from './proxy/forwarding.js'
 import { makeHttpProxy } from './http-proxy.js'
 import { checkJoin, earlierRegistrations, firstRegistration, join } from './registrations.js'
+import { Caches } from './cache/caches.js'
 
 export type * from './options/types.js'
 export type { UpstreamApi, UpstreamPoolApi } from './api.js'
@@ -40,6 +41,8 @@ export type { StatusReport, PoolReport, TargetReport, Windows } from './observe/
 export type { WindowStats } from './observe/stats.js'
 export type { Finding, Severity } from './observe/diagnosis.js'
 export type { RequestStory, ErrorExample, TunnelCounts } from './observe/recorder.js'
+export type { CacheSnapshot } from './cache/caches.js'
+export type { CacheCounts } from './cache/cache.js'
 export { OptionsError }
 export { frameworkErrors, clientErrorHandler } from './errors/framework.js'
 export { requestIdFrom, type RequestIdOptions } from './request-id.js'
@@ -67,15 +70,19 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const appErrors = createErrorHandlers(config, null)
   const tracing = tracingFor(config, pools)
 
+  // Each registration's caching routes have their stores; app.upstream.purge, the status
+  // page and the metrics read every registration's.
+  const caches = config.routes.some((route) => route.cache !== null) ? new Caches(app.log) : null
   // Finished requests are counted only where something reads the counts.
   const first = earlier === null
   const registrations = earlier ?? firstRegistration(app)
   join(registrations, pools, config.routes)
+  if (caches !== null) registrations.caches.push(caches)
   const metrics = first && config.metrics !== null ? new Metrics(registrations.pools, config.metrics.registry) : null
   const stories = first && config.status?.store != null ? new StoryStore(config.status.store, config.status.keep, app.log) : null
   if (first) {
     registrations.metrics = metrics
-    app.decorate('upstream', createApi(registrations.pools))
+    app.decorate('upstream', createApi(registrations.pools, registrations.caches))
     if (config.status !== null || metrics !== null) registrations.recorder = new Recorder(config.status?.keep ?? 0, metrics, config.status !== null, stories, diagnosisMarks(config))
   }
   const recorder = registrations.recorder
@@ -122,12 +129,13 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
   const limiter = config.rateLimit !== null ? new RateLimiter(config.rateLimit, app.log) : null
   app.addHook('onReady', async function startPoolsAndRateLimitStore () {
     // Waits for each target name's first lookup (at most discovery.timeout), not for success.
-    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start(), stories?.start()])
+    await Promise.all([...[...pools.values()].map(async (pool) => await pool.start()), limiter?.start(), stories?.start(), caches?.start()])
   })
   app.addHook('onClose', async function closePoolsAndStores () {
     tracing?.close()
     limiter?.close()
     stories?.close()
+    caches?.close()
     await Promise.all([...pools.values()].map(async (pool) => await pool.close()))
   })
 
@@ -145,11 +153,12 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
 
   answerExpectContinue(app, config.routes)
   // The status page reads every registration's pools, routes and mirrors, as they join.
-  if (first && config.status !== null) registerStatus(app, { ...config, routes: registrations.routes }, config.status, registrations.pools, recorder!, limiter?.health ?? null, stories, (prefix) => registrations.mirrors.get(prefix)?.inFlight ?? 0)
+  if (first && config.status !== null) registerStatus(app, { ...config, routes: registrations.routes }, config.status, registrations.pools, recorder!, limiter?.health ?? null, stories, (prefix) => registrations.mirrors.get(prefix)?.inFlight ?? 0, registrations.caches)
   if (metrics !== null) {
     // Only a shared store (rateLimit.redis) can fail; the in-memory one has nothing to tell.
     if (limiter?.health != null) metrics.watchRateLimitStore(limiter.health)
     if (stories !== null) metrics.watchStoryStore(stories)
+    metrics.watchCaches(registrations.caches)
     registerMetrics(app, config.metrics!.path, metrics)
   }
   // Routes that choose their pool or mirror are counted from the first registration that has one.
@@ -164,7 +173,7 @@ async function fastifyUpstream (app: FastifyInstance, options: UpstreamOptions):
     if (limiter !== null) await gateway.register(rateLimit, limiter.pluginOptions())
     for (const route of config.routes) {
       const router = new RouteRouter(route, pools, affinities, config.errors.proxyName)
-      await registerRoute(gateway, config, route, router, mirrors.get(route.prefix) ?? null, websockets, recorder, tracing)
+      await registerRoute(gateway, config, route, router, mirrors.get(route.prefix) ?? null, websockets, recorder, tracing, caches)
     }
   })
 }

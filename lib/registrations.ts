@@ -11,6 +11,7 @@ import type { Recorder } from './observe/recorder.js'
 import type { WebSockets } from './proxy/websocket.js'
 import type { Metrics } from './observe/metrics.js'
 import type { Mirror } from './proxy/mirror.js'
+import type { Caches } from './cache/caches.js'
 
 export interface Registrations {
   /** Every registration's pools, by name: what `app.upstream`, the status page and metrics read. */
@@ -27,6 +28,8 @@ export interface Registrations {
   watchingRoutes: boolean
   /** Every registration's mirroring routes, by prefix (copies in flight, on the status page). */
   readonly mirrors: Map<string, Mirror>
+  /** Every registration's route caches (each registration opens and closes its own). */
+  readonly caches: Caches[]
 }
 
 // Keyed by the HTTP server: registrations in different encapsulated contexts share it.
@@ -38,7 +41,7 @@ export function earlierRegistrations (app: FastifyInstance): Registrations | nul
 }
 
 export function firstRegistration (app: FastifyInstance): Registrations {
-  const registrations: Registrations = { pools: new Map(), routes: [], recorder: null, websockets: null, metrics: null, watchingRoutes: false, mirrors: new Map() }
+  const registrations: Registrations = { pools: new Map(), routes: [], recorder: null, websockets: null, metrics: null, watchingRoutes: false, mirrors: new Map(), caches: [] }
   byServer.set(app.server, registrations)
   // Its pools are closed with the app: nothing may join them after.
   app.addHook('onClose', async function forgetRegistrations () { byServer.delete(app.server) })

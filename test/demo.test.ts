@@ -237,11 +237,44 @@ const expectations: Array<{ match: RegExp, check: (t: Test, answers: Answer[], r
     }
   },
   {
+    match: /curl -s \S+\/catalog\/products$/,
+    check: (t, [a]) => {
+      t.equal(a!.status, 200)
+      t.equal(a!.headers['cache-status'], 'fastify-upstream; fwd=miss; fwd-status=200; stored')
+      t.match(json(a!), { instance: 'catalog-1', servedByTheService: 1 })
+    }
+  },
+  {
+    match: /curl -i \S+\/catalog\/products$/,
+    check: (t, [a]) => {
+      t.equal(a!.status, 200)
+      t.equal(a!.headers['cache-status'], 'fastify-upstream; hit')
+      t.match(a!.headers.age, /^\d+$/)
+      t.match(json(a!), { servedByTheService: 1 }, 'the stored answer')
+    }
+  },
+  {
+    match: /\/catalog\/outage$/,
+    check: (t, [a]) => {
+      t.equal(a!.status, 200)
+      t.match(json(a!), { stopping: true })
+    }
+  },
+  {
+    match: /max-age=0' \S+\/catalog\/products$/,
+    check: (t, [a]) => {
+      t.equal(a!.status, 200, 'the last good answer, not a 502')
+      t.equal(a!.headers['cache-status'], 'fastify-upstream; hit; detail=stale-if-error')
+      t.match(ourProxyStatus(a!.headers['proxy-status']), { proxy: 'fastify-upstream', params: { error: 'connection_refused' } })
+      t.match(json(a!), { servedByTheService: 1 })
+    }
+  },
+  {
     match: /\/_upstream$/,
     check: (t, [a]) => {
       t.equal(a!.status, 200)
       const report = json(a!) as { pools: Array<{ name: string }>, diagnosis: Array<{ pool: string, title: string }> }
-      t.same(report.pools.map((p) => p.name).sort(), ['billing', 'orders', 'reports', 'users'])
+      t.same(report.pools.map((p) => p.name).sort(), ['billing', 'catalog', 'orders', 'reports', 'users'])
       t.ok(report.diagnosis.some((f) => f.pool === 'reports' && /answers in \d+ ms on average/.test(f.title)),
         'the diagnosis names the slow pool')
     }

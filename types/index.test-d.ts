@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import upstream, {
   fastifyUpstream, OptionsError, frameworkErrors, clientErrorHandler, requestIdFrom,
   type UpstreamOptions, type PoolSnapshot, type TargetSnapshot, type ProxyErrorType, type Problem, type Failure,
-  type ProbeResult, type StatusReport, type Finding, type RequestStory, type AuthToken
+  type ProbeResult, type StatusReport, type Finding, type RequestStory, type AuthToken, type CacheSnapshot
 } from 'fastify-upstream'
 import { Registry } from 'prom-client'
 import { Redis } from 'ioredis'
@@ -122,6 +122,17 @@ const badStories: UpstreamOptions['status'] = { store: { ttl: 1000 } }
 const storiesState = (report: StatusReport): string => report.storyStore?.state ?? 'none'
 const failing = (report: StatusReport): boolean => report.pools.some((p) => p.targets.some((t) => t.state === 'failing'))
 
+// Route caches: true, or options; stores by URL or client; purge by route and path.
+const cachedRoute: UpstreamOptions['routes'][number] = { prefix: '/c', pool: 'users', cache: { store: 'redis://127.0.0.1:6379', maxBytes: 1 << 20, maxEntryBytes: 1 << 16, staleIfError: 600_000, staleWhileRevalidate: 10_000, lock: false } }
+const cachedByClient: UpstreamOptions['routes'][number] = { prefix: '/c', pool: 'users', cache: { store: new Redis({ lazyConnect: true }) } }
+const cachedDefaults: UpstreamOptions['routes'][number] = { prefix: '/c', pool: 'users', cache: true }
+// @ts-expect-error: sizes are numbers of bytes
+const badCacheSize: UpstreamOptions['routes'][number] = { prefix: '/c', pool: 'users', cache: { maxBytes: '64MB' } }
+const purged: Promise<number> = app.upstream.purge('/c', '/c/item')
+const cacheHits = (report: StatusReport): number => report.caches?.reduce((sum, c: CacheSnapshot) => sum + c.counts.hits, 0) ?? 0
+const storyCache = (story: RequestStory): string => story.cache ?? 'not from the cache'
+
+export { cachedRoute, cachedByClient, cachedDefaults, badCacheSize, purged, cacheHits, storyCache }
 export { badKeep, probed, readReport, readStory, renders, passesThrough, badRender, badRenderResult, withAuth, syncToken, badToken, sharedLimit, ownClient, badStoreError, badSkip, storeState }
 export { storiesByUrl, storiesByClient, badStories, storiesState, failing }
 export { discovered, badSrv, badServers, badFamily, dnsNames }

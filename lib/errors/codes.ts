@@ -97,7 +97,8 @@ export class LookupError extends Error {
 /** Codes of the errors `app.upstream` throws for names that are not configured. */
 export const API_CODES = {
   unknownPool: 'FST_UPSTREAM_UNKNOWN_POOL',
-  unknownTarget: 'FST_UPSTREAM_UNKNOWN_TARGET'
+  unknownTarget: 'FST_UPSTREAM_UNKNOWN_TARGET',
+  unknownCachingRoute: 'FST_UPSTREAM_UNKNOWN_CACHING_ROUTE'
 } as const
 
 /** `app.upstream.*` was given a pool name that is not configured. */
@@ -108,6 +109,11 @@ export function unknownPool (name: string, pools: readonly string[]): GatewayErr
 /** A pool was asked for a target it does not have. */
 export function unknownTarget (pool: string, url: string, targets: readonly string[]): GatewayError {
   return new GatewayError(API_CODES.unknownTarget, `fastify-upstream: pool "${pool}" has no target "${url}" (targets: ${targets.join(', ')})`)
+}
+
+/** `app.upstream.purge` was given a prefix that is not a caching route. */
+export function unknownCachingRoute (route: string, caching: readonly string[]): GatewayError {
+  return new GatewayError(API_CODES.unknownCachingRoute, `fastify-upstream: no caching route with prefix "${route}" (caching routes: ${caching.join(', ') || 'none'}; routes[].cache turns caching on)`)
 }
 
 /** Whether `err` says a pool or target name is not configured (the caller's mistake). */

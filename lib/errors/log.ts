@@ -9,10 +9,35 @@ import type { AttemptRecord, Failure } from './failure.js'
  */
 export function logFailure (request: FastifyRequest, failure: Failure, cut = false): void {
   const note = cut ? 'the response had started, so the client connection was cut' : undefined
-  const record = {
+  const record = failureRecord(request, failure, failure.status)
+  const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
+  const where = whereOf(failure)
+  const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
+  const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
+  // The status the client got decides, except for a response cut after its headers (`cut`,
+  // or any failure in the body phase not the client's): that status was the upstream's (often
+  // a 200), and the failure is still not the client's.
+  if (failure.status >= 500 || cut || (failure.phase === 'body' && failure.blame !== 'client')) request.log.error(record, msg)
+  else request.log.warn(record, msg)
+}
+
+/**
+ * A failure answered with a stored answer (stale-if-error): one warn record, not error, since
+ * the client got a good answer; it names the failure as logFailure would, and `status` is
+ * the stale answer's.
+ */
+export function logServedStale (request: FastifyRequest, failure: Failure, status: number): void {
+  const what = failure.error === 'upstream_error_status' ? `answered ${failure.receivedStatus ?? '?'}` : failure.title.toLowerCase()
+  request.log.warn({ ...failureRecord(request, failure, status), servedStale: true },
+    `${failure.status} ${failure.error}:${whereOf(failure)} ${what}; served a stale answer from the cache instead (stale-if-error)`)
+}
+
+/** The fields of a failure's log record; `status` is the one the client got. */
+function failureRecord (request: FastifyRequest, failure: Failure, status: number): Record<string, unknown> {
+  return {
     method: request.method,
     url: request.url,
-    status: failure.status,
+    status,
     error: failure.error,
     blame: failure.blame,
     phase: failure.phase,
@@ -24,15 +49,11 @@ export function logFailure (request: FastifyRequest, failure: Failure, cut = fal
     ...(failure.queueMs > 0 ? { queueMs: failure.queueMs } : {}),
     ...(failure.note !== null ? { note: failure.note } : {})
   }
-  const tries = failure.attempts.length > 1 ? ` (after ${failure.attempts.length} tries)` : ''
-  const where = failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
-  const notes = [failure.note, note].filter((n) => n !== null && n !== undefined).join('; ')
-  const msg = `${failure.status} ${failure.error}:${where} ${failure.title.toLowerCase()}${tries}${notes !== '' ? `; ${notes}` : ''}`
-  // The status the client got decides, except for a response cut after its headers (`cut`,
-  // or any failure in the body phase not the client's): that status was the upstream's (often
-  // a 200), and the failure is still not the client's.
-  if (failure.status >= 500 || cut || (failure.phase === 'body' && failure.blame !== 'client')) request.log.error(record, msg)
-  else request.log.warn(record, msg)
+}
+
+/** ` pool target host:port:` for a log message, or nothing. */
+function whereOf (failure: Failure): string {
+  return failure.pool !== null ? ` ${failure.pool}${failure.target !== null ? ` target ${failure.target}` : ''}:` : ''
 }
 
 export function logClientAborted (request: FastifyRequest, phase: string, pool: string, target: string | null, ms: number): void {

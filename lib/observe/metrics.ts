@@ -11,6 +11,8 @@ import type { Failure } from '../errors/failure.js'
 import type { UpstreamPool } from '../pool/pool.js'
 import { entry, type Ending, type RouteCounts, type TunnelEvent } from './records.js'
 import type { StoryStore } from './story-store.js'
+import type { Caches, CacheSnapshot } from '../cache/caches.js'
+import type { CacheCounts } from '../cache/cache.js'
 import type { StoreHealth } from '../proxy/rate-limit-store.js'
 
 const PREFIX = 'fastify_upstream_'
@@ -270,6 +272,42 @@ export class Metrics {
         this.inc(store.errorsTotal)
       }
     })
+  }
+
+  /** The route caches: what each answered, what it holds, and its store's failures. */
+  watchCaches (caches: readonly Caches[]): void {
+    const registers = [this.registry]
+    const results: Array<[string, keyof CacheCounts]> = [['hit', 'hits'], ['miss', 'misses'], ['stale_if_error', 'staleIfError'], ['stale_while_revalidate', 'staleWhileRevalidate'], ['revalidated', 'revalidated'], ['collapsed', 'collapsed']]
+    new Counter({ // eslint-disable-line no-new
+      name: `${PREFIX}cache_requests_total`,
+      help: 'Requests on caching routes by what the cache did: hit (fresh, no upstream request), miss (went upstream), stale_if_error (a stale answer for a failure), stale_while_revalidate, revalidated (a 304 confirmed a stale answer), collapsed (waited for another request fetching the same key).',
+      labelNames: ['route', 'result'],
+      registers,
+      collect (this: Counter<string>) {
+        this.reset()
+        for (const cache of caches.flatMap((c) => c.snapshot())) {
+          for (const [result, field] of results) this.labels(cache.route, result).inc(cache.counts[field])
+        }
+      }
+    })
+    // One series per caching route, read from the caches when scraped (null: none for that route).
+    const perRoute = (kind: 'counter' | 'gauge', name: string, help: string, read: (cache: CacheSnapshot) => number | null): void => {
+      const options = { name: `${PREFIX}${name}`, help, labelNames: ['route'], registers }
+      const fill = (set: (route: string, value: number) => void): void => {
+        for (const cache of caches.flatMap((c) => c.snapshot())) {
+          const value = read(cache)
+          if (value !== null) set(cache.route, value)
+        }
+      }
+      if (kind === 'counter') {
+        new Counter({ ...options, collect (this: Counter<string>) { this.reset(); fill((route, value) => { this.labels(route).inc(value) }) } }) // eslint-disable-line no-new
+      } else {
+        new Gauge({ ...options, collect (this: Gauge<string>) { this.reset(); fill((route, value) => { this.labels(route).set(value) }) } }) // eslint-disable-line no-new
+      }
+    }
+    perRoute('counter', 'cache_stored_total', 'Answers stored by a route cache.', (cache) => cache.counts.stored)
+    perRoute('counter', 'cache_store_errors_total', 'Lookups and writes a route cache\'s store failed or did not answer in time (each one a miss, or an answer not stored).', (cache) => cache.counts.storeErrors)
+    perRoute('gauge', 'cache_bytes', 'Bytes a route cache holds in memory (routes with a Redis store are not counted here).', (cache) => cache.bytes)
   }
 
   /** One finished request; `failure` when it failed. */

@@ -1,6 +1,7 @@
 // The status page and a request's story page, as HTML: self-contained (inline style, no
 // script, no fetched asset), refreshed by a meta tag, one column on a phone. Every value from
 // outside (target URLs, reasons, causes, request ids) goes through the error page's escapeHtml.
+import type { CacheSnapshot } from '../cache/caches.js'
 import { escapeHtml as e, htmlDocument } from '../errors/html.js'
 import type { Finding } from './diagnosis.js'
 import type { RequestStory, TunnelCounts } from './recorder.js'
@@ -24,6 +25,7 @@ export function renderStatus (report: StatusReport, options: PageOptions): strin
     renderRateLimitStore(report.rateLimitStore),
     renderStoryStore(report.storyStore),
     ...report.routes.map(renderRoute),
+    renderCaches(report.caches),
     ...report.pools.map((pool) => renderPool(pool, options.base))
   ].join('\n')
   return page('Upstream status', body, options.refresh)
@@ -57,6 +59,17 @@ function renderStoryStore (store: StoryStoreSnapshot | null): string {
 /** A route that chooses its pool or mirrors: where its requests went (since start). */
 function renderRoute (route: RouteReport): string {
   return `<section class="route"><h2>Route <code>${e(route.prefix)}</code></h2>${routeWords(route).map((line) => `<p>${e(line)}</p>`).join('')}<p class="muted">Since start.</p></section>`
+}
+
+/** Each caching route: what its cache answered, and what it holds. */
+function renderCaches (caches: CacheSnapshot[] | undefined): string {
+  if (caches === undefined || caches.length === 0) return ''
+  const rows = caches.map((c) => {
+    const held = c.bytes === null ? `Redis${c.storeHealth?.state === 'unreachable' ? ' <strong class="bad">unreachable</strong>' : ''}` : `${e((c.bytes / 1048576).toFixed(1))} / ${e((c.maxBytes / 1048576).toFixed(1))} MiB`
+    const n = c.counts
+    return `<tr><td><code>${e(c.route)}</code></td><td>${e(n.hits)}</td><td>${e(n.misses)}</td><td>${e(n.staleIfError)}</td><td>${e(n.staleWhileRevalidate)}</td><td>${e(n.revalidated)}</td><td>${e(n.collapsed)}</td><td>${e(n.stored)}</td><td>${e(n.storeErrors)}</td><td>${held}</td></tr>`
+  }).join('')
+  return `<section class="caches"><h2>Caches</h2><div class="scroll"><table><thead><tr><th>Route</th><th>Hits</th><th>Misses</th><th>Stale for a failure</th><th>Stale while refreshing</th><th>Revalidated</th><th>Waited for another</th><th>Stored</th><th>Store errors</th><th>Held</th></tr></thead><tbody>${rows}</tbody></table></div></section>`
 }
 
 function renderPool (pool: PoolReport, base: string): string {
@@ -115,7 +128,7 @@ export function renderStory (story: RequestStory, options: PageOptions): string 
   const attempts = story.attempts.map((t, i) => `<tr><td>${i + 1}</td><td>${e(t.target)}</td><td>${e(t.phase)}</td><td>${t.error !== null ? `<code>${e(t.error)}</code>` : '—'}</td><td>${e(t.cause ?? '—')}</td><td>${e(t.status ?? '—')}</td><td>${e(Math.round(t.ms))} ms</td></tr>`).join('')
   const body = `<header><p class="muted"><a href="${e(options.base)}">← status</a></p><h1>Request <code>${e(story.id)}</code></h1>
 <p><time>${e(story.at)}</time> · ${e(story.method)} on route <code>${e(story.route)}</code> · pool <code>${e(story.pool)}</code> · ${e(story.ms)} ms</p></header>
-<section><h2>Answer</h2><p><strong>${e(a.status)}</strong>${a.error !== null ? ` <code>${e(a.error)}</code> (blame: ${e(a.blame)})` : ' delivered after a retry'}${a.cause !== null ? ` — cause <code>${e(a.cause)}</code>` : ''}</p>${a.note !== null ? `<p class="muted">${e(a.note)}</p>` : ''}</section>
+<section><h2>Answer</h2><p><strong>${e(a.status)}</strong>${a.error !== null ? ` <code>${e(a.error)}</code> (blame: ${e(a.blame)})` : ' delivered after a retry'}${a.cause !== null ? ` — cause <code>${e(a.cause)}</code>` : ''}</p>${a.note !== null ? `<p class="muted">${e(a.note)}</p>` : ''}${story.cache !== undefined ? `<p>Answered from the cache instead (<code>${e(story.cache)}</code>): the client got the stored answer, not the failure.</p>` : ''}</section>
 <section><h2>Pool state when it ended</h2><p>${story.poolState.map((p) => `<code>${e(p.target)}</code> ${e(p.state)}`).join(' · ')}</p></section>
 <section><h2>Tries</h2><div class="scroll"><table><thead><tr><th>#</th><th>Target</th><th>Phase</th><th>Error</th><th>Cause</th><th>Status</th><th>Time</th></tr></thead><tbody>${attempts}</tbody></table></div></section>`
   return page(`Request ${story.id}`, body, null)

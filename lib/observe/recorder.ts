@@ -203,7 +203,8 @@ export class Recorder {
         ? { status: ending.status, error: null, cause: null, blame: null, note: null }
         : { status: ending.status, error: failure.error, cause: failure.cause, blame: failure.blame, note: failure.note },
       ms: Math.round(ending.ms),
-      poolState: ending.poolState()
+      poolState: ending.poolState(),
+      ...(ending.cache !== undefined ? { cache: ending.cache } : {})
     }
     const old = this.#ring[this.#next]
     if (old !== undefined && this.#byId.get(old.id) === old) this.#byId.delete(old.id)

@@ -28,6 +28,8 @@ export interface RequestStory {
   ms: number
   /** Each target's state when the request ended. */
   poolState: ReadonlyArray<{ target: string, state: string }>
+  /** The answer's Cache-Status when it came from the cache (a stale answer for a failure). */
+  cache?: string
 }
 
 /** What the recorder needs to know of a finished request. */
@@ -43,6 +45,8 @@ export interface Ending {
   attempts: readonly AttemptRecord[]
   /** Reads each target's state now; called only for a request that is kept. */
   poolState: () => Array<{ target: string, state: string }>
+  /** The answer's Cache-Status when it came from the cache. */
+  cache?: string
 }
 
 /** The map's value for `key`, made by `make` the first time. */

@@ -1,6 +1,7 @@
 // The status report: every pool and target as they are now, with their rolling stats, the last
 // example of each error type, and the diagnosis on top. The JSON answer is this object; the
 // HTML page renders it.
+import type { CacheSnapshot } from '../cache/caches.js'
 import type { Config, StatusConfig } from '../options/config.js'
 import type { PoolSnapshot, UpstreamPool } from '../pool/pool.js'
 import type { TargetSnapshot } from '../pool/target.js'
@@ -57,6 +58,8 @@ export interface StatusReport {
   rateLimitStore: RateLimitStoreSnapshot | null
   /** The shared request story store (status.store); null when there is none. */
   storyStore: StoryStoreSnapshot | null
+  /** Each caching route's cache (routes[].cache); absent when no route caches. */
+  caches?: CacheSnapshot[]
 }
 
 /** The diagnosis reads the last five minutes: long enough to count, short enough to be news. */

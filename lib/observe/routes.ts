@@ -3,6 +3,7 @@
 // else errors.expose), they answer the gateway's 404, as if nothing were there. Each answer is
 // negotiated as the error answers are: JSON for JSON clients, HTML for browsers, text for a
 // client that asks for nothing (curl); `?format=json|html|text` overrides.
+import type { Caches } from '../cache/caches.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Config, StatusConfig } from '../options/config.js'
 import type { UpstreamPool } from '../pool/pool.js'
@@ -21,7 +22,7 @@ import type { StoryStore } from './story-store.js'
 
 const REFRESH_SECONDS = 10
 
-export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, rateLimitStore: StoreHealth | null = null, storyStore: StoryStore | null = null, mirrorsInFlight: (prefix: string) => number = () => 0): void {
+export function registerStatus (app: FastifyInstance, config: Config, status: StatusConfig, pools: ReadonlyMap<string, UpstreamPool>, recorder: Recorder, rateLimitStore: StoreHealth | null = null, storyStore: StoryStore | null = null, mirrorsInFlight: (prefix: string) => number = () => 0, caches: readonly Caches[] = []): void {
   const { notFoundHandler } = createErrorHandlers(config, null)
   const errors = status.expose === null ? config.errors : { ...config.errors, expose: status.expose }
   const base = status.path === '/' ? '' : status.path.replace(/\/$/, '')
@@ -37,6 +38,8 @@ export function registerStatus (app: FastifyInstance, config: Config, status: St
   app.get(base === '' ? '/' : base, function statusPage (request, reply) {
     if (!allowed(request, reply)) return reply
     const report = buildReport(pools, recorder, config, status, Date.now(), rateLimitStore?.snapshot() ?? null, storyStore?.snapshot() ?? null, mirrorsInFlight)
+    const held = caches.flatMap((c) => c.snapshot())
+    if (held.length > 0) report.caches = held
     reply.header('cache-control', 'no-store')
     const format = formatOf(request)
     if (format === 'json') return reply.send(report)

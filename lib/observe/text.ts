@@ -12,6 +12,10 @@ export function statusText (report: StatusReport, base: string): string {
   const lines = [`Upstream status at ${report.at} (HTML: Accept: text/html; JSON: Accept: application/json)`, '', 'Diagnosis']
   lines.push(...diagnosisLines(report.diagnosis))
   lines.push(...storeLines(report.rateLimitStore))
+  for (const c of report.caches ?? []) {
+    const n = c.counts
+    lines.push('', `Cache of route ${c.route}: ${n.hits} hits, ${n.misses} misses, ${n.staleIfError} stale for a failure, ${n.staleWhileRevalidate} stale while refreshing, ${n.revalidated} revalidated, ${n.collapsed} waited for another request, ${n.stored} stored, ${n.storeErrors} store errors; ${c.bytes === null ? 'held in Redis' : `${c.bytes} of ${c.maxBytes} bytes held`}`)
+  }
   if (report.storyStore !== null) lines.push('', `Request story store (status.store): ${report.storyStore.state === 'ok' ? 'reachable' : 'UNREACHABLE: only this instance\'s requests are found'} since ${report.storyStore.since}`)
   for (const route of report.routes) lines.push('', `Route ${route.prefix} (since start)`, ...routeWords(route).map((line) => `  ${line}`))
   for (const pool of report.pools) lines.push('', ...poolLines(pool, base))
@@ -72,6 +76,7 @@ export function storyText (story: RequestStory): string {
     '',
     `Answer: ${a.status}${a.error !== null ? ` ${a.error} (blame: ${a.blame ?? '?'})` : ' delivered after a retry'}${a.cause !== null ? ` — cause ${a.cause}` : ''}`,
     ...(a.note !== null ? [`  ${a.note}`] : []),
+    ...(story.cache !== undefined ? [`  answered from the cache instead (${story.cache}): the client got the stored answer, not the failure`] : []),
     '',
     'Tries'
   ]

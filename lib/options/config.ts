@@ -155,6 +155,20 @@ export interface RouteConfig {
    * timeouts and retry with the route's overrides applied (everything else is the route's).
    */
   variants: ReadonlyMap<string, RouteConfig>
+  /** Null: the route does not cache. */
+  cache: CacheConfig | null
+}
+
+export interface CacheConfig {
+  /** 'memory', or a URL the gateway connects to, or the user's own client. */
+  store: 'memory' | string | Redis | Cluster
+  maxBytes: number
+  maxEntryBytes: number
+  /** Milliseconds (0: the answer's own window only). */
+  staleIfError: number
+  staleWhileRevalidate: number
+  lock: boolean
+  prefix: string
 }
 
 export interface ErrorsConfig {

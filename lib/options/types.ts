@@ -406,6 +406,38 @@ export interface RouteInput extends RouteFastifyOptions {
   rewriteRequestHeaders?: RewriteRequestHeaders
   /** Changes the answer's headers on their way to the client (see `RewriteResponseHeaders`). [none] */
   rewriteResponseHeaders?: RewriteResponseHeaders
+  /**
+   * Keep the upstream's answers to GET and HEAD as a shared cache may (RFC 9111), serve them
+   * while fresh, and in place of a failure while stale-if-error allows. `true`: the defaults. [off]
+   */
+  cache?: boolean | CacheInput
+}
+
+/** A route's cache (routes[].cache). */
+export interface CacheInput {
+  /**
+   * Where answers are kept: `'memory'` (this process, bounded by maxBytes), a `redis://` or
+   * `rediss://` URL, or an ioredis client (shared by every gateway instance). ['memory']
+   */
+  store?: 'memory' | string | Redis | Cluster
+  /** The most bytes the memory store holds; the least recently used answers go first. [67108864] */
+  maxBytes?: number
+  /** The largest answer kept, in bytes; a larger one streams to the client and is not stored. [1048576] */
+  maxEntryBytes?: number
+  /**
+   * How long past its freshness a stored answer may stand in for a failure or an upstream 5xx,
+   * in ms, when the answer's own `stale-if-error` says less. [0: the answer's own only]
+   */
+  staleIfError?: number
+  /**
+   * How long past its freshness a stored answer is served at once while a background request
+   * refreshes it, in ms, when the answer's own `stale-while-revalidate` says less. [0: the answer's own only]
+   */
+  staleWhileRevalidate?: number
+  /** Concurrent misses for one key wait for one upstream request (nginx's proxy_cache_lock). [true] */
+  lock?: boolean
+  /** Put before every key written to Redis ['fastify-upstream:']. */
+  prefix?: string
 }
 
 /**

@@ -7,7 +7,7 @@ import { HEALTH_CHECK_PATH } from '../pool/grpc-health.js'
 import type {
   Config, PoolConfig, RouteConfig, TargetConfig, Timeouts, RetryConfig, BalancerConfig,
   HealthConfig, OutlierConfig, ErrorsConfig, StatusConfig, StoryStoreConfig, AuthConfig, RateLimitConfig,
-  MatchRuleConfig, MatchCondition, SplitShare, MirrorConfig, StickyConfig
+  MatchRuleConfig, MatchCondition, SplitShare, MirrorConfig, StickyConfig, CacheConfig
 } from './config.js'
 import {
   OptionsError, object, optionalObject, join, integer, duration, durationOrOff, ratio, boolean, string, oneOf,
@@ -30,7 +30,7 @@ const KNOWN_METHODS = ['DELETE', 'GET', 'HEAD', 'PATCH', 'POST', 'PUT', 'OPTIONS
 const POOL_KEYS = ['targets', 'balancer', 'timeouts', 'connections', 'limits', 'health', 'outlier', 'slowStart', 'retry', 'tls', 'discovery', 'auth', 'panic', 'sticky', 'protocol'] as const satisfies ReadonlyArray<keyof PoolInput>
 /** Fastify's own route options a route hands over as they are (routes[].onRequest, ...). */
 const ROUTE_FASTIFY_KEYS = ['onRequest', 'preHandler', 'preValidation', 'config', 'constraints'] as const satisfies ReadonlyArray<keyof RouteInput>
-const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'grpc', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', 'match', 'split', 'mirror', ...ROUTE_FASTIFY_KEYS] as const satisfies ReadonlyArray<keyof RouteInput>
+const ROUTE_KEYS = ['prefix', 'pool', 'rewritePrefix', 'methods', 'websocket', 'grpc', 'timeouts', 'retry', 'rateLimit', 'bodyLimit', 'rewriteLocation', 'rewriteRequestHeaders', 'rewriteResponseHeaders', 'match', 'split', 'mirror', 'cache', ...ROUTE_FASTIFY_KEYS] as const satisfies ReadonlyArray<keyof RouteInput>
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'total'] as const satisfies ReadonlyArray<keyof TimeoutsInput>
 const RETRY_KEYS = ['retries', 'on', 'statuses', 'methods', 'budget'] as const satisfies ReadonlyArray<keyof RetryInput>
 
@@ -397,7 +397,8 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
     match,
     split,
     mirror: validateMirror(join(path, 'mirror'), r.mirror, pools),
-    variants: new Map()
+    variants: new Map(),
+    cache: validateCache(join(path, 'cache'), r.cache)
   }
   // Each other pool the route may choose serves it with its own timeouts and retry policy,
   // under the route's overrides.
@@ -414,6 +415,25 @@ function validateRoute (path: string, input: unknown, pools: Map<string, PoolCon
   }
   route.variants = variants
   return route
+}
+
+/** routes[].cache: `true` for the defaults, or an object. */
+function validateCache (path: string, input: unknown): CacheConfig | null {
+  if (input === undefined || input === false) return null
+  if (input !== true && !isPlainObject(input)) fail(path, 'true, false or an object', input)
+  const c = input === true ? {} : object(path, input, ['store', 'maxBytes', 'maxEntryBytes', 'staleIfError', 'staleWhileRevalidate', 'lock', 'prefix'])
+  const maxBytes = integer(join(path, 'maxBytes'), c.maxBytes, 67_108_864, 1)
+  const maxEntryBytes = integer(join(path, 'maxEntryBytes'), c.maxEntryBytes, Math.min(1_048_576, maxBytes), 1)
+  if (maxEntryBytes > maxBytes) fail(join(path, 'maxEntryBytes'), `at most maxBytes (${maxBytes})`, maxEntryBytes)
+  return {
+    store: c.store === undefined || c.store === 'memory' ? 'memory' : validateRedis(join(path, 'store'), c.store, '"memory", a redis:// or rediss:// URL, or an ioredis client')!,
+    maxBytes,
+    maxEntryBytes,
+    staleIfError: duration(join(path, 'staleIfError'), c.staleIfError, 0, 0),
+    staleWhileRevalidate: duration(join(path, 'staleWhileRevalidate'), c.staleWhileRevalidate, 0, 0),
+    lock: boolean(join(path, 'lock'), c.lock, true),
+    prefix: string(join(path, 'prefix'), c.prefix, 'fastify-upstream:')
+  }
 }
 
 /** The name of a pool that exists. */
@@ -548,15 +568,15 @@ function refuseWhitelist (path: string, options: Record<string, unknown>): void 
   if (options.whitelist !== undefined) throw new OptionsError(join(path, 'whitelist'), `use ${path}.allowList (the same values; @fastify/rate-limit 11 no longer reads whitelist)`)
 }
 
-function validateRedis (path: string, value: unknown): RateLimitConfig['redis'] {
+function validateRedis (path: string, value: unknown, expected = 'a redis:// or rediss:// URL, or an ioredis client'): RateLimitConfig['redis'] {
   if (value === undefined) return null
   if (typeof value === 'string') {
-    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+    if (!/^rediss?:\/\/./.test(value) || !URL.canParse(value)) fail(path, expected, value)
     return value
   }
   // What the Redis counts (rate-limit-counts.ts) call on the client: ioredis's Redis or Cluster.
   const client = value as { defineCommand?: unknown, on?: unknown } | null
-  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, 'a redis:// or rediss:// URL, or an ioredis client', value)
+  if (typeof client?.defineCommand !== 'function' || typeof client.on !== 'function') fail(path, expected, value)
   return value as RateLimitConfig['redis']
 }
 

@@ -16,6 +16,7 @@ import { asRelayLimit, classify, relayLimitStatus, classifyClientFault, GatewayE
 import { makeFailure, type AttemptRecord, type Failure } from '../errors/failure.js'
 import type { ProxyErrorType } from '../errors/taxonomy.js'
 import { watchUpload, type UploadWatch } from './upload.js'
+import { retryAfterOf } from '../errors/respond.js'
 import { sendTry } from './try.js'
 import { BodyTooLarge } from '../errors/codes.js'
 import { bodyWithoutReading, prepareBody, untouched, type PreparedBody } from './body.js'
@@ -51,6 +52,26 @@ function hasBody (raw: IncomingMessage): boolean {
   return (length !== undefined && length !== '0') || raw.headers['transfer-encoding'] !== undefined
 }
 
+/**
+ * A route cache's part in an exchange (lib/cache): it sees the upstream's answer before the
+ * relay does, and its body as it streams.
+ */
+export interface ExchangeCache {
+  /**
+   * The answer the client would get. 'relay': it goes on as usual; 'revalidated': the cache
+   * answered with its stored answer (a 304 confirmed it); 'stale': the cache answered a 5xx with
+   * a stale answer, and reported that failure itself.
+   */
+  response: (exchange: Exchange, status: number, headers: IncomingHttpHeaders) => 'relay' | 'revalidated' | 'stale'
+  data: (chunk: Buffer) => void
+  /** The answer was delivered whole. */
+  end: () => void
+  /** The exchange is over (after end(), or without it: nothing of an unfinished answer is kept). */
+  settled: () => void
+  /** The exchange failed without an answer: true when the cache answered instead (stale-if-error). */
+  failed: (exchange: Exchange, failure: Failure) => boolean
+}
+
 /** How an exchange reports its end; `routes.ts` wires these to the error responder and log. */
 export interface ExchangeEvents {
   /** No response reached the client: answer with the failure. */
@@ -84,6 +105,8 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   readonly #traceParent: object | null
   /** Told once the body is ready to send, after the first try went (routes[].mirror's copy). */
   onBodyReady: ((body: PreparedBody) => void) | null = null
+  /** The route's cache, on a caching route. */
+  cache: ExchangeCache | null = null
 
   constructor (
     request: FastifyRequest,
@@ -277,6 +300,13 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
       this.retryLater()
       return false
     }
+    if (this.cache !== null) {
+      const cached = this.cache.response(this, statusCode, headers)
+      if (cached !== 'relay') {
+        this.#answeredFromCache(attempt, cached === 'revalidated')
+        return false
+      }
+    }
     const relay = new Relay(this, this.relayRoute)
     this.#relay = relay
     // A throw (an answer the gateway cannot relay, Node refusing a header) reaches relayFailed.
@@ -286,11 +316,20 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
       // the message (a 304 with a Content-Length makes it cut the connection) is its business:
       // the try is left behind, and its end only frees the target's slot.
       attempt.abandon()
+      this.cache?.end()
       this.#delivered(attempt)
       return false
     }
     // Backpressure passes straight through: false pauses the try until the relay resumes it.
     return outcome === 'body'
+  }
+
+  /**
+   * The record of an upstream answer the gateway does not pass on as it is (an intercepted
+   * status, a 5xx answered from the cache): not a failure of the gateway's, its status the upstream's.
+   */
+  statusFailure (status: number, headers: { 'retry-after'?: string | string[] }): Failure {
+    return this.#failure('upstream_error_status', { phase: 'headers', status, receivedStatus: status, retryAfter: retryAfterOf(headers['retry-after']) })
   }
 
   /** The answer's status is one errors.intercept names: the gateway answers with its own page. */
@@ -308,6 +347,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
   }
 
   onAttemptData (chunk: Buffer): boolean {
+    this.cache?.data(chunk)
     return this.#relay!.data(chunk)
   }
 
@@ -317,7 +357,22 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
 
   onAttemptEnd (attempt: Attempt, trailers: IncomingHttpHeaders): void {
     this.#relay!.complete(trailers)
+    this.cache?.end()
     this.#delivered(attempt)
+  }
+
+  /**
+   * The cache answered instead of the upstream (its stored answer, confirmed by a 304 or standing
+   * in for a 5xx): the try's answer is not read. `delivered`: count it as the upstream's answer.
+   */
+  #answeredFromCache (attempt: Attempt, delivered: boolean): void {
+    attempt.drop(new GatewayError('FST_UPSTREAM_CACHED', 'answered from the cache'))
+    if (delivered) {
+      this.#delivered(attempt)
+      return
+    }
+    this.#endSpan(attempt, attempt.status)
+    this.#settle()
   }
 
   /** The answer is the client's: the exchange ends as a success. */
@@ -520,6 +575,7 @@ export class Exchange extends TrySequence<Attempt> implements AttemptOwner, Rela
 
   #settle (): void {
     this.settled = true
+    this.cache?.settled()
     // A try still open as the exchange ends (left behind by a timeout or an intercepted status).
     if (this.tracing !== null) this.#endSpan(this.current, this.current?.status ?? null)
     if (this.#totalTimer !== null) clearTimeout(this.#totalTimer)

@@ -4,10 +4,13 @@
 // sends it upstream on undici and relays the answer (relay.ts).
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { IncomingMessage } from 'node:http'
+import type { Readable } from 'node:stream'
 import type { Config, RouteConfig } from '../options/config.js'
-import type { RouteRouter } from '../routing/router.js'
+import type { RouteRouter, Routed } from '../routing/router.js'
 import type { Mirror } from './mirror.js'
-import { Exchange, exchangeOf, type ExchangeEvents } from './exchange.js'
+import { Exchange, exchangeOf, type ExchangeCache, type ExchangeEvents } from './exchange.js'
+import type { Caches } from '../cache/caches.js'
+import { keyPool } from '../cache/key.js'
 import { rewriteLocations } from './location.js'
 import { closeConnectionAfter, cutAnswer, forwardRequestHeaders, isGrpc, viaContains, viaPseudonym } from './forwarding.js'
 import { grpcOverHttp1, grpcTrailers } from '../errors/grpc.js'
@@ -15,9 +18,8 @@ import { bodyAfterUpgrade } from './upgrade-body.js'
 import { PathMapper, type RouterMatching } from './path.js'
 import { UnsafePathError } from '../errors/codes.js'
 import type { RelayRoute } from './relay.js'
-import { logFailure, logClientAborted, logRecovered } from '../errors/log.js'
+import { logFailure, logClientAborted, logRecovered, logServedStale } from '../errors/log.js'
 import { createErrorHandlers } from '../errors/handlers.js'
-import { retryAfterOf } from '../errors/respond.js'
 import { makeFailure } from '../errors/failure.js'
 import { classifyClientFault, ensureSentence, GatewayError, GATEWAY_CODES } from '../errors/classify.js'
 import { rewriteRequest, type RewrittenRequest } from './rewrite.js'
@@ -26,7 +28,7 @@ import { isWebSocketHandshake, type WebSockets } from './websocket.js'
 import type { Ending, Recorder } from '../observe/recorder.js'
 import type { Tracing } from '../observe/tracing.js'
 
-export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, mirror: Mirror | null, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null): Promise<void> {
+export async function registerRoute (app: FastifyInstance, config: Config, route: RouteConfig, router: RouteRouter, mirror: Mirror | null, websockets: WebSockets | null = null, recorder: Recorder | null = null, tracing: Tracing | null = null, caches: Caches | null = null): Promise<void> {
   /** The route's own pool: the one a request is answered for before routing chooses. */
   const pool = router.pool
   /** The route may send a request to another pool than its own (match, split). */
@@ -51,6 +53,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
 
   const events: ExchangeEvents = {
     failed (exchange, failure) {
+      if (exchange.cache?.failed(exchange, failure) === true) return
       recorder?.failed(ending(exchange, failure.status), failure)
       // A client just dealt its split bucket keeps it, whatever this answer was.
       const cookies = exchange.routingCookies(false)
@@ -80,16 +83,7 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     },
     intercepted (exchange, status, headers) {
       // As nginx's proxy_intercept_errors: the status stays, the body becomes the gateway's.
-      const failure = makeFailure('upstream_error_status', {
-        phase: 'headers',
-        pool: exchange.pool.name,
-        target: exchange.target?.hostPort ?? null,
-        attempts: exchange.attempts,
-        ms: exchange.ms,
-        status,
-        receivedStatus: status,
-        retryAfter: retryAfterOf(headers['retry-after'])
-      })
+      const failure = exchange.statusFailure(status, headers)
       recorder?.failed(ending(exchange, failure.status), failure)
       answer(exchange.request, exchange.reply, failure)
     }
@@ -114,6 +108,21 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
     rewriteLocations: route.rewriteLocation ? (headers, request, served) => { rewriteLocations(headers, request, route, served) } : null,
     rewriteHeaders: route.rewriteResponseHeaders
   }
+
+  const cache = route.cache === null || caches === null
+    ? null
+    : caches.create(route, {
+      app,
+      route: route.prefix,
+      proxyName: settings.proxyName,
+      via: relayRoute.via,
+      prepare: (headers, request) => { relayRoute.rewriteLocations?.(headers, request, router.pool) },
+      proxyStatus: (request, failure) => proxyStatusMember(failure, settings.proxyName, isFullExposure(config.errors, request), failure.receivedStatus),
+      staleServed (request, failure, exchange, cacheStatus, status) {
+        if (exchange !== null) recorder?.failed({ ...ending(exchange, status), cache: cacheStatus }, failure)
+        logServedStale(request, failure, status)
+      }
+    })
 
   const paths = new PathMapper(route.prefix, route.rewritePrefix, routerMatching(app))
 
@@ -166,13 +175,27 @@ export async function registerRoute (app: FastifyInstance, config: Config, route
       refuse(request, reply, GATEWAY_CODES.lengthRequired, 'The request asked to upgrade the connection (Upgrade) and sent a chunked body; the gateway goes on in plain HTTP and needs the body\'s length for that. The client should send Content-Length, or no Upgrade.')
       return
     }
+    const body = kept ?? request.body as IncomingMessage | undefined
+    if (cache === null) {
+      exchange(request, reply, path, upstream, routed, body, null, null)
+      return
+    }
+    // Looked up before any target is picked: a hit costs the pool nothing. The key has the
+    // pool routing chose, so a canary's answers never stand in for the stable pool's.
+    cache.handle(request, reply, keyPool(routed.pool.name), (hook, validators) => { exchange(request, reply, path, upstream, routed, body, hook, validators) })
+  }
+
+  /** Sends the request upstream; `validators`: the conditional fields that revalidate a stored answer. */
+  function exchange (request: FastifyRequest, reply: FastifyReply, path: string, upstream: RewrittenRequest, routed: Routed, body: Readable | undefined, hook: ExchangeCache | null, validators: Record<string, string> | null): void {
+    const headers = validators === null ? upstream.headers : { ...upstream.headers, ...validators }
     const exchange = new Exchange(request, reply, routed.route, routed.pool, events, relayRoute, tracing)
     exchange.routed = routed
     exchange.pinnedHost = upstream.host
+    exchange.cache = hook
     if (mirror !== null && mirror.take(request)) {
-      exchange.onBodyReady = (body) => { mirror.send(request, path, upstream.headers, body) }
+      exchange.onBodyReady = (prepared) => { mirror.send(request, path, upstream.headers, prepared) }
     }
-    exchange.start(path, upstream.headers as Record<string, string>, kept ?? request.body as IncomingMessage | undefined)
+    exchange.start(path, headers as Record<string, string>, body)
   }
 
   /**
